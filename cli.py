@@ -1,0 +1,444 @@
+"""attnmap command line: a thin click front over ``runtime`` (and, lazily, ``export``).
+
+Library errors are typed (``runtime.errors``); every command turns them into a one-line
+click error. Results go to stdout, progress and messages to stderr.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+import click
+
+from runtime import __version__
+from runtime.errors import AttnmapError, suggest
+from runtime.explain import EXPLAINERS
+from runtime.meta import HEAD_FUSIONS
+from runtime.session import PROVIDERS
+
+FITS = ("crop", "squash", "letterbox")
+
+
+def _err(msg: str) -> None:
+    click.echo(msg, err=True)
+
+
+def handle_errors(fn: Callable) -> Callable:
+    """Turn attnmap's typed errors into one-line click errors (exit code 1), never a traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except AttnmapError as exc:
+            raise click.ClickException(str(exc)) from None
+        except KeyboardInterrupt:
+            raise click.Abort() from None
+
+    return wrapper
+
+
+# ---------------------------------------------------------------------------- shared options
+def model_option(fn: Callable) -> Callable:
+    """``--model`` and ``--provider``."""
+    fn = click.option("--provider", type=click.Choice(PROVIDERS), default="auto", show_default=True,
+                      help="onnxruntime execution provider; 'cuda' fails clearly where it is unavailable.")(fn)
+    fn = click.option("--model", "-m", "model", default=None, metavar="MODEL",
+                      help="An .onnx file from `attnmap export`, or a shipped model name "
+                           "(default: the shipped demo model, or $ATTNMAP_MODEL).")(fn)
+    fn = click.option("--threads", type=click.IntRange(1, 256), default=None,
+                      help="CPU intra-op threads (default: physical cores).")(fn)
+    return fn
+
+
+def _method_option_specs() -> dict[str, dict[str, Any]]:
+    """Every option any method takes, with a type and choices, built from EXPLAINERS."""
+    specs: dict[str, dict[str, Any]] = {}
+    for method in EXPLAINERS.values():
+        for name, default in method.options.items():
+            spec = specs.setdefault(name, {"default": default, "choices": None, "methods": []})
+            spec["methods"].append(method.name)
+            if default is not None and spec["default"] is None:
+                spec["default"] = default
+            if name in method.choices:
+                spec["choices"] = tuple(method.choices[name])
+    return specs
+
+
+METHOD_OPTIONS = _method_option_specs()
+
+
+def method_options(fn: Callable) -> Callable:
+    """``--method`` plus one flag per method option (derived from EXPLAINERS, never listed twice)."""
+    for name, spec in sorted(METHOD_OPTIONS.items(), reverse=True):
+        flag = "--" + name.replace("_", "-")
+        used_by = ", ".join(spec["methods"])
+        default = spec["default"]
+        if isinstance(default, bool):
+            decl = f"{flag}/--no-{name.replace('_', '-')}"
+            fn = click.option(decl, name, default=None, help=f"[{used_by}] default: {default}.")(fn)
+            continue
+        if spec["choices"]:
+            ptype: Any = click.Choice([str(c) for c in spec["choices"]])
+        elif isinstance(default, int):
+            ptype = int
+        elif isinstance(default, float):
+            ptype = float
+        else:
+            ptype = str
+        fn = click.option(flag, name, type=ptype, default=None,
+                          help=f"[{used_by}] default: {default}.")(fn)
+    fn = click.option("--method", default="rollout", show_default=True, type=click.Choice(list(EXPLAINERS)),
+                      help="Explanation method: " + "; ".join(f"{m.name}: {m.summary}" for m in EXPLAINERS.values()))(fn)
+    return fn
+
+
+def pop_method_options(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Remove the method flags from a command's kwargs; return those the user set."""
+    given = {}
+    for name in METHOD_OPTIONS:
+        value = kwargs.pop(name, None)
+        if value is not None:
+            given[name] = _coerce(value, METHOD_OPTIONS[name]["default"])
+    return given
+
+
+def _coerce(value: Any, default: Any) -> Any:
+    if not isinstance(value, str) or isinstance(default, str):
+        return value
+    if isinstance(default, bool):
+        return value.lower() in ("1", "true", "yes", "on")
+    for kind in (int, float):
+        try:
+            return kind(value)
+        except ValueError:
+            pass
+    return value
+
+
+def overlay_options(fn: Callable) -> Callable:
+    """How overlays look: colormap, alpha, blur, mode, label."""
+    fn = click.option("--no-label", is_flag=True, help="Do not draw the predicted label on overlays.")(fn)
+    fn = click.option("--mode", type=click.Choice(["blend", "mask"]), default="blend", show_default=True,
+                      help="blend: colour map over the image; mask: image multiplied by the map.")(fn)
+    fn = click.option("--blur", type=click.FloatRange(0, None), default=0.0, show_default=True,
+                      help="Gaussian smoothing of the heatmap (sigma as a fraction of the shorter side).")(fn)
+    fn = click.option("--alpha", type=click.FloatRange(0, 1), default=0.5, show_default=True,
+                      help="Weight of the colour map in blend mode.")(fn)
+    fn = click.option("--colormap", default="jet", show_default=True,
+                      help="Any OpenCV colormap by name (jet, inferno, viridis, turbo, ...).")(fn)
+    fn = click.option("--fit", type=click.Choice(FITS), default="crop", show_default=True,
+                      help="crop: the model's eval transform; squash: whole frame resized; "
+                           "letterbox: whole frame padded.")(fn)
+    return fn
+
+
+# ---------------------------------------------------------------------------- group
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="attnmap")
+def main() -> None:
+    """attnmap: see what a Vision Transformer looks at.
+
+    Export a timm ViT to a self-describing ONNX file with attention outputs, then explain images,
+    videos and camera frames with onnxruntime alone.
+    """
+
+
+# ---------------------------------------------------------------------------- export
+@main.command()
+@click.argument("model_name")
+@click.option("--out", "-o", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="Where to write the .onnx file.")
+@click.option("--checkpoint", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Local weights: .safetensors, .pth/.pt (loaded with weights_only) or timm's .npz.")
+@click.option("--pretrained", is_flag=True, help="Download timm's pretrained weights (needs a model hub).")
+@click.option("--img-size", type=click.IntRange(8, 4096), default=None, help="Override the input size (square).")
+@click.option("--heads", type=click.Choice(HEAD_FUSIONS), default="none", show_default=True,
+              help="Fuse attention heads inside the graph (H becomes 1), shrinking the output H times.")
+@click.option("--labels", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Class names: a .txt with one per line or a class-index .json "
+                   "(default: ImageNet-1k names for 1000-class heads).")
+@click.option("--num-classes", type=click.IntRange(1, None), default=None, help="Override the head's class count.")
+@click.option("--no-attentions", is_flag=True,
+              help="Export logits only (a plain-inference baseline for benchmarks).")
+@click.option("--opset", type=click.IntRange(13, 30), default=None, help="ONNX opset (default: the exporter's).")
+@handle_errors
+def export(model_name: str, out: Path, checkpoint: Path | None, pretrained: bool, img_size: int | None,
+           heads: str, labels: Path | None, num_classes: int | None, no_attentions: bool, opset: int | None) -> None:
+    """Export a timm ViT-family model to ONNX with attention outputs and attnmap metadata.
+
+    MODEL_NAME is a timm model name, e.g. deit_tiny_patch16_224. The export is checked against
+    torch (parity gate) before the file is written.
+    """
+    if checkpoint is not None and pretrained:
+        raise click.UsageError("Use just one of --checkpoint or --pretrained.")
+    try:
+        from export.to_onnx import export_onnx
+    except ImportError as exc:
+        raise click.ClickException(
+            f"`attnmap export` needs the export extra (torch and timm): pip install -e '.[export]' ({exc})") from None
+    report = export_onnx(model_name, out, checkpoint=checkpoint, pretrained=pretrained, img_size=img_size,
+                         heads=heads, labels=labels, attentions=not no_attentions, opset=opset,
+                         model_kwargs={"num_classes": num_classes} if num_classes else None, log=_err)
+    meta = report.meta
+    _err(f"parity vs torch: logits max abs diff {report.logits_max_abs:.2e}, "
+         f"attentions max abs diff {report.attentions_max_abs:.2e}")
+    click.echo(f"wrote {report.path} ({report.size_bytes / 1e6:.1f} MB, {meta.num_layers} layers x "
+               f"{meta.output_heads} heads x {meta.num_tokens} tokens, {report.seconds:.1f} s)")
+
+
+# ---------------------------------------------------------------------------- info
+@main.command()
+@click.argument("model", required=False)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@handle_errors
+def info(model: str | None, as_json: bool) -> None:
+    """Show a model's metadata, inputs and outputs, and the available providers.
+
+    MODEL is an .onnx file or a shipped model name (default: the shipped default).
+    """
+    import onnxruntime as ort
+
+    from runtime.models import resolve_model
+    from runtime.session import OnnxModel
+
+    m = OnnxModel(resolve_model(model), provider="cpu")
+    io = {
+        "inputs": [{"name": i.name, "shape": i.shape, "type": i.type} for i in m.session.get_inputs()],
+        "outputs": [{"name": o.name, "shape": o.shape, "type": o.type} for o in m.session.get_outputs()],
+    }
+    meta = m.meta
+    if as_json:
+        click.echo(json.dumps({"path": str(m.path), "size_bytes": m.path.stat().st_size,
+                               "meta": json.loads(meta.to_json()), **io,
+                               "available_providers": ort.get_available_providers()}))
+        return
+    labels = ", ".join(meta.label_names[:5]) + (", ..." if len(meta.label_names) > 5 else "")
+    rows = [
+        ("file", f"{m.path} ({m.path.stat().st_size / 1e6:.1f} MB)"),
+        ("model", meta.model_name),
+        ("input", f"{meta.input_size[0]} x {meta.input_size[1]} x {meta.input_size[2]}, mean {_fmt(meta.mean)}, "
+                  f"std {_fmt(meta.std)}"),
+        ("transform", f"{meta.interpolation} resize, crop_pct {meta.crop_pct:g}, crop_mode {meta.crop_mode}"),
+        ("tokens", f"{meta.num_prefix_tokens} prefix ({', '.join(meta.prefix_tokens) or 'none'}) + "
+                   f"{meta.grid_size[0]} x {meta.grid_size[1]} patches of {meta.patch_size[0]} x "
+                   f"{meta.patch_size[1]} px = {meta.num_tokens}"),
+        ("pooling", "class token" if meta.pooling == "token" else "average of patch tokens"),
+        ("attention", f"{meta.num_layers} layers x {meta.num_heads} heads"
+                      + (f", heads fused in graph ({meta.head_fusion})" if meta.head_fusion != "none" else "")),
+        ("gradients", "yes (class-specific methods available)" if meta.has_gradients
+         else "no (export with --gradients for class-specific methods)"),
+        ("classes", f"{meta.num_classes}" + (f": {labels}" if labels else "")),
+    ]
+    rows += [(f"input {i['name']}", f"{i['type']} {i['shape']}") for i in io["inputs"]]
+    rows += [(f"output {o['name']}", f"{o['type']} {o['shape']}") for o in io["outputs"]]
+    rows.append(("exporter", ", ".join(f"{k} {v}" for k, v in meta.exporter.items()) or "unknown"))
+    rows.append(("providers", ", ".join(ort.get_available_providers())))
+    width = max(len(k) for k, _ in rows)
+    for key, value in rows:
+        click.echo(f"{key:<{width}}  {value}")
+
+
+def _fmt(values) -> str:
+    return "(" + ", ".join(f"{v:.3g}" for v in values) + ")"
+
+
+# ---------------------------------------------------------------------------- explain
+@main.command()
+@click.argument("sources", nargs=-1, required=True)
+@model_option
+@method_options
+@overlay_options
+@click.option("--out", "-o", "out_dir", type=click.Path(file_okay=False, path_type=Path),
+              default=Path("runs/explain"), show_default=True, help="Folder for overlays (and maps).")
+@click.option("--topk", type=click.IntRange(1, 1000), default=5, show_default=True, help="Predictions to print.")
+@click.option("--save-maps", is_flag=True, help="Also write an .npz per image with `grid` and `heatmap`.")
+@click.option("--grid", "tiles", type=click.Choice(["none", "layers", "heads"]), default="none", show_default=True,
+              help="Also write a tiled image of raw attention for every layer, or every head of --layer.")
+@click.option("--batch-size", type=click.IntRange(1, 256), default=8, show_default=True,
+              help="Images per inference batch.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print one JSON object per input: {source, topk: [{index, label, prob}], overlay}.")
+@handle_errors
+def explain(sources: tuple[str, ...], model: str | None, provider: str, threads: int | None, method: str,
+            fit: str, colormap: str, alpha: float, blur: float, mode: str, no_label: bool, out_dir: Path,
+            topk: int, save_maps: bool, tiles: str, batch_size: int, as_json: bool, **kwargs: Any) -> None:
+    """Explain images, folders, globs and videos; write overlays to --out.
+
+    SOURCE is an image file, a directory, a glob ("photos/*.jpg"), a video file or an image
+    sequence (img_%04d.png). Bad files are reported and skipped; the exit code is then 1.
+    """
+    from runtime import Explainer
+    from runtime.overlay import HeatmapOverlay, colormap_id
+    from runtime.sources import expand_sources
+
+    options = pop_method_options(kwargs)
+    colormap_id(colormap)  # fail on a bad colormap before any work
+    refs = expand_sources(sources)
+    live = [r.spec for r in refs if r.is_live]
+    if live:
+        raise click.BadParameter(f"{live[0]!r} is a camera or stream; use `attnmap live {live[0]}`",
+                                 param_hint="SOURCE")
+    explainer = Explainer(model, provider=provider, threads=threads)
+    HeatmapOverlay(colormap=colormap, alpha=alpha, blur=blur, mode=mode)  # validate style up front
+    writer = _ResultWriter(out_dir, method, as_json=as_json, save_maps=save_maps, topk=topk,
+                           style=dict(colormap=colormap, alpha=alpha, blur=blur, mode=mode, label=not no_label),
+                           tiles=tiles, options=options)
+    images = [r for r in refs if r.kind == "image"]
+    others = [r for r in refs if r.kind != "image"]
+    _explain_images(explainer, images, writer, method, options, fit, batch_size)
+    for ref in others:
+        _explain_video(explainer, ref, writer, method, options, fit, batch_size)
+    if writer.failures:
+        raise click.ClickException(f"{writer.failures} of {writer.failures + writer.done} inputs failed (see above)")
+    _err(f"{writer.done} overlay{'s' if writer.done != 1 else ''} written to {out_dir}")
+
+
+class _ResultWriter:
+    """Writes overlays, maps and result lines for `explain`, never half-written files."""
+
+    def __init__(self, out_dir: Path, method: str, *, as_json: bool, save_maps: bool, topk: int,
+                 style: dict[str, Any], tiles: str, options: dict[str, Any]):
+        self.out_dir, self.method, self.as_json, self.save_maps = out_dir, method, as_json, save_maps
+        self.topk, self.style, self.tiles, self.options = topk, style, tiles, options
+        self.done = self.failures = 0
+        self._names: set[str] = set()
+
+    def fail(self, source: str, exc: Exception) -> None:
+        self.failures += 1
+        _err(f"error: {source}: {exc}" if source not in str(exc) else f"error: {exc}")
+
+    def stem(self, source: str) -> str:
+        base = Path(source).stem or "input"
+        name, n = f"{base}_{self.method}", 1
+        while name in self._names:
+            n += 1
+            name = f"{base}_{self.method}_{n}"
+        self._names.add(name)
+        return name
+
+    def image(self, source: str, result, explainer, outputs_one=None) -> None:
+        from runtime.files import write_image, write_npz
+
+        stem = self.stem(source)
+        overlay_path = self.out_dir / f"{stem}.png"
+        write_image(overlay_path, result.overlay(**self.style))
+        record: dict[str, Any] = {"source": source,
+                                  "topk": [{"index": t.index, "label": t.label, "prob": round(t.prob, 6)}
+                                           for t in result.topk[: self.topk]],
+                                  "overlay": str(overlay_path)}
+        if result.target is not None:
+            record["target"] = {"index": result.target, "label": result.label_of_target}
+        if self.save_maps:
+            maps_path = self.out_dir / f"{stem}.npz"
+            write_npz(maps_path, grid=result.grid, heatmap=result.heatmap)
+            record["maps"] = str(maps_path)
+        if self.tiles != "none" and outputs_one is not None:
+            tiles_path = self.out_dir / f"{stem}_{self.tiles}.png"
+            write_image(tiles_path, _tile_image(explainer, result, outputs_one, self.tiles, self.options, self.style))
+            record["tiles"] = str(tiles_path)
+        self.done += 1
+        if self.as_json:
+            click.echo(json.dumps(record))
+        else:
+            preds = ", ".join(f"{t.label} {t.prob:.3f}" for t in result.topk[: self.topk])
+            click.echo(f"{source}: {preds}")
+
+
+def _tile_image(explainer, result, outputs_one, tiles: str, options: dict[str, Any], style: dict[str, Any]):
+    """Raw attention of every layer (or every head of one layer) tiled over the image."""
+    import numpy as np
+
+    from runtime.explain import explain as run_method
+    from runtime.overlay import HeatmapOverlay, layer_head_grid
+
+    meta = explainer.meta
+    attn = outputs_one.attentions
+    if tiles == "layers":
+        picks = [dict(layer=l) for l in range(meta.num_layers)]
+        titles = [f"layer {l}" for l in range(meta.num_layers)]
+    else:
+        layer = int(options.get("layer", -1))
+        layer = layer % meta.num_layers
+        heads = attn.shape[2]
+        picks = [dict(layer=layer, head=h) for h in range(heads)]
+        titles = [f"layer {layer} head {h}" for h in range(heads)]
+    grids = np.concatenate([run_method("attention", attn, meta.layout, **p) for p in picks])
+    heatmaps = np.stack([result.geometry.to_image(g) for g in grids])
+    overlay = HeatmapOverlay(colormap=style["colormap"], alpha=style["alpha"], blur=style["blur"], mode=style["mode"])
+    return layer_head_grid(result.image, heatmaps, titles=titles, overlay=overlay)
+
+
+def _explain_images(explainer, refs, writer: _ResultWriter, method: str, options: dict[str, Any],
+                    fit: str, batch_size: int) -> None:
+    """Explain still images in batches, reading the next batch while the current one runs."""
+    from runtime.preprocess import read_image
+
+    progress = _Progress(len(refs), "images")
+    for start in range(0, len(refs), batch_size):
+        chunk = refs[start:start + batch_size]
+        images, names = [], []
+        for ref in chunk:
+            try:
+                images.append(read_image(ref.target))
+                names.append(ref.spec)
+            except AttnmapError as exc:
+                writer.fail(ref.spec, exc)
+        if images:
+            x, geoms = explainer.preprocess(images, fit=fit)
+            outputs = explainer.infer(x)
+            grids = explainer.maps(outputs, method, **options)
+            for i, result in enumerate(explainer.package(images, outputs, grids, geoms, method)):
+                writer.image(names[i], result, explainer, outputs.select(i))
+        progress.update(len(chunk))
+    progress.close()
+
+
+class _Progress:
+    """A progress line on stderr for long runs (only where stderr is a terminal)."""
+
+    def __init__(self, total: int, unit: str, min_total: int = 10):
+        self.bar = None
+        if total >= min_total and sys.stderr.isatty():
+            self.bar = click.progressbar(length=total, label=f"explaining {total} {unit}", file=sys.stderr)
+            self.bar.__enter__()
+
+    def update(self, n: int) -> None:
+        if self.bar is not None:
+            self.bar.update(n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.__exit__(None, None, None)
+
+
+def _explain_video(explainer, ref, writer: _ResultWriter, method, options, fit, batch_size) -> None:
+    raise click.ClickException(f"{ref.spec}: video input is not wired yet")
+
+
+# ---------------------------------------------------------------------------- models
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the registry as JSON.")
+@handle_errors
+def models(as_json: bool) -> None:
+    """List the models shipped in models/ (the default is marked with *)."""
+    from runtime.models import MODELS_DIR, shipped_models
+
+    entries = shipped_models()
+    if as_json:
+        click.echo(json.dumps(entries))
+        return
+    if not entries:
+        click.echo(f"no shipped models in {MODELS_DIR}")
+    for e in entries:
+        acc = e.get("accuracy")
+        extra = f", held-out accuracy {acc:.1%}" if isinstance(acc, (int, float)) else ""
+        click.echo(f"{'*' if e.get('default') else ' '} {e['name']}: {MODELS_DIR / e['file']}{extra}")
+
+
+if __name__ == "__main__":
+    main()

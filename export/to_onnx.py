@@ -1,0 +1,301 @@
+"""Export a timm ViT-family model to one self-describing ONNX file.
+
+The graph takes ``input`` float32 ``[B, 3, H, W]`` (only B dynamic) and emits ``logits``
+``[B, C]`` and ``attentions`` ``[B, L, H, N, N]`` (softmax probabilities of every block), with a
+:class:`runtime.meta.ModelMeta` stored as JSON under the ``"attnmap"`` metadata key.
+
+Exporter route: ``torch.onnx.export(..., dynamo=True)``, the default since torch 2.9. It traces
+with ``torch.export`` (non-strict, so the Python forward hooks that collect the probabilities run
+as plain Python during tracing), translates with onnxscript, names the outputs, and marks the
+batch axis dynamic through ``dynamic_shapes`` (``Dim("batch")``) rather than the legacy
+``dynamic_axes``. The TorchScript exporter is deprecated in this torch and emits a warning on
+every call, so it is not used.
+
+Files are written to a temporary name in the target folder, checked for parity with torch
+(:mod:`export.parity`), and only then moved into place with ``os.replace``; a failed export
+leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+from torch import nn
+
+from runtime.errors import AttnmapError, ExportError, suggest
+from runtime.meta import HEAD_FUSIONS, ModelMeta
+
+from .metadata import build_meta
+from .parity import check_parity, measure_parity
+from .vit_attn import ViTWithAttention, describe_tokens
+from .weights import (checkpoint_num_classes, create_pretrained, head_classes, load_checkpoint,
+                      load_state_dict_strict, read_state_dict)
+
+__all__ = ["ATTN_ATOL", "ExportReport", "export_onnx", "export_module", "check_parity"]
+
+ATTN_ATOL = 1e-5
+# protobuf cannot serialise a message of 2 GiB or more; keep headroom for the graph itself.
+MAX_WEIGHT_BYTES = int(1.9 * 2**30)
+
+
+@dataclass
+class ExportReport:
+    """What an export produced.
+
+    Attributes:
+        path: the written ``.onnx`` file.
+        meta: the metadata embedded in it.
+        logits_max_abs: largest |torch - onnxruntime| of the logits in the parity check.
+        attentions_max_abs: same for the attention probabilities (0.0 without attentions).
+        size_bytes: size of the file.
+        seconds: wall time of the export, parity check included.
+    """
+
+    path: Path
+    meta: ModelMeta
+    logits_max_abs: float
+    attentions_max_abs: float
+    size_bytes: int
+    seconds: float
+
+
+def _check_heads(heads: str) -> None:
+    if heads not in HEAD_FUSIONS:
+        raise ExportError(f"heads must be one of {HEAD_FUSIONS}; got {heads!r}.{suggest(str(heads), HEAD_FUSIONS)}")
+
+
+def _check_module(model: nn.Module, model_name: str) -> None:
+    params = list(model.parameters()) + list(model.buffers())
+    devices = {p.device.type for p in params}
+    if devices - {"cpu"}:
+        raise ExportError(f"{model_name} has weights on {sorted(devices)}; move it to the CPU with model.cpu()")
+    dtypes = {p.dtype for p in model.parameters()}
+    if dtypes - {torch.float32}:
+        raise ExportError(f"{model_name} has {sorted(map(str, dtypes))} weights; attnmap exports float32 "
+                          "models (call model.float())")
+    size = sum(p.numel() * p.element_size() for p in params)
+    if size > MAX_WEIGHT_BYTES:
+        raise ExportError(f"{model_name} holds {size / 2**30:.2f} GiB of weights; one self-contained ONNX "
+                          f"file must stay below protobuf's 2 GiB limit")
+
+
+def _unwrap_error(exc: BaseException) -> AttnmapError | None:
+    """Our own error raised inside the traced forward, if the exporter wrapped one."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, AttnmapError):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def _trace(wrapper: ViTWithAttention, input_size: tuple[int, ...], opset: int | None, model_name: str):
+    """Trace ``wrapper`` into an ``onnx.ModelProto`` with a dynamic batch axis."""
+    outputs = ["logits", "attentions"] if wrapper.attentions else ["logits"]
+    # Batch 2, not 1: torch.export specialises a size-1 dimension to a constant.
+    example = torch.zeros((2, *input_size), dtype=torch.float32)
+    batch = torch.export.Dim("batch", min=1)
+    try:
+        program = torch.onnx.export(
+            wrapper, (example,), None, input_names=["input"], output_names=outputs,
+            opset_version=opset, dynamo=True, external_data=False, dynamic_shapes={"x": {0: batch}},
+            optimize=True, verbose=False)
+    except Exception as exc:  # torch.export and onnxscript raise many types; report the first line
+        own = _unwrap_error(exc)
+        if own is not None:
+            raise own from None
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ExportError(f"torch.onnx could not export {model_name}: {first}") from exc
+    return program.model_proto
+
+
+def _opset_of(proto) -> int:
+    return next(int(o.version) for o in proto.opset_import if o.domain in ("", "ai.onnx"))
+
+
+def _save(proto, meta: ModelMeta, path: Path) -> None:
+    import onnx
+
+    props = {p.key: p.value for p in proto.metadata_props}
+    props.update(meta.to_props())
+    onnx.helper.set_model_props(proto, props)
+    if proto.ByteSize() >= 2**31:
+        raise ExportError(f"the ONNX graph of {meta.model_name} is {proto.ByteSize() / 2**30:.2f} GiB; "
+                          "a self-contained file must stay below 2 GiB")
+    onnx.save_model(proto, str(path))
+    try:
+        onnx.checker.check_model(str(path))
+    except onnx.checker.ValidationError as exc:
+        raise ExportError(f"the exported graph of {meta.model_name} is not valid ONNX: "
+                          f"{str(exc).splitlines()[0]}") from None
+
+
+def export_module(model: nn.Module, out: str | Path, *, model_name: str, heads: str = "none",
+                  labels: str | Path | Sequence[str] | None = None, attentions: bool = True,
+                  opset: int | None = None, atol: float = 1e-4, extra: dict | None = None,
+                  data_config: dict | None = None, log: Callable[[str], None] = print) -> ExportReport:
+    """Export an already-built (e.g. freshly trained) timm ViT-family model.
+
+    The model is put in eval mode for the export and returned to its previous mode after; its
+    attention flags and hooks are restored as well.
+
+    Args:
+        model: timm ViT-family model on the CPU, float32.
+        out: path of the ``.onnx`` file to write (its folder is created if needed).
+        model_name: timm name recorded in the metadata (e.g. ``"vit_tiny_patch16_224"``).
+        heads: ``"none"`` keeps all heads; ``"mean"``, ``"max"``, ``"min"`` fuse them in the graph.
+        labels: labels file, list of class names, or None (ImageNet names for ImageNet-sized heads).
+        attentions: False exports the same model with the ``logits`` output only.
+        opset: ONNX opset; None uses the exporter's default.
+        atol: logits tolerance of the parity gate, scaled by ``max(1, max|logit|)``; attentions
+            must agree within :data:`ATTN_ATOL`.
+        extra: free-form notes stored in ``ModelMeta.extra`` (e.g. training details).
+        data_config: preprocessing overrides (``mean``, ``std``, ``interpolation``, ``crop_pct``,
+            ``crop_mode``) over what timm resolves for the model.
+        log: receives progress lines.
+
+    Returns:
+        :class:`ExportReport`.
+
+    Raises:
+        ExportError: outside the ViT family, bad labels, trace failure, parity failure (then no
+            file is written).
+    """
+    started = time.perf_counter()
+    _check_heads(heads)
+    out = Path(out)
+    describe_tokens(model)
+    _check_module(model, model_name)
+    meta = build_meta(model, model_name=model_name, heads=heads, labels=labels, attentions=attentions,
+                      opset=opset or 0, data_config=data_config, extra=extra)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    was_training = model.training
+    model.eval()
+    try:
+        with ViTWithAttention(model, heads=heads, attentions=attentions) as wrapper:
+            log(f"exporting {model_name} ({meta.num_layers} blocks, {meta.num_heads} heads, "
+                f"{meta.num_tokens} tokens, heads={heads}, attentions={attentions})")
+            proto = _trace(wrapper, meta.input_size, opset, model_name)
+            meta = meta.replace(exporter={**meta.exporter, "opset": str(_opset_of(proto))})
+            _save(proto, meta, tmp)
+            del proto
+            result = measure_parity(wrapper, tmp, meta)
+        logits_tol = atol * max(1.0, result.logits_scale)
+        failures = []
+        if not result.logits_max_abs <= logits_tol:
+            failures.append(f"logits max |torch - onnx| {result.logits_max_abs:.2e} > {logits_tol:.2e}")
+        if attentions and not result.attentions_max_abs <= ATTN_ATOL:
+            failures.append(f"attentions max |torch - onnx| {result.attentions_max_abs:.2e} > {ATTN_ATOL:.0e}")
+        if result.row_sum_max_err > ATTN_ATOL:
+            failures.append(f"attention rows sum to 1 +- {result.row_sum_max_err:.2e}")
+        if failures:
+            raise ExportError(f"parity check failed for {model_name}: {'; '.join(failures)}; no file written")
+        os.replace(tmp, out)
+    finally:
+        model.train(was_training)
+        tmp.unlink(missing_ok=True)
+    size = out.stat().st_size
+    seconds = time.perf_counter() - started
+    log(f"wrote {out} ({size / 2**20:.1f} MiB, {seconds:.1f} s); parity: logits max |d| "
+        f"{result.logits_max_abs:.2e}, attentions max |d| {result.attentions_max_abs:.2e}")
+    return ExportReport(out, meta, result.logits_max_abs, result.attentions_max_abs, size, seconds)
+
+
+def _build(model_name: str, kwargs: dict[str, Any]) -> nn.Module:
+    import timm
+
+    try:
+        return timm.create_model(model_name, pretrained=False, **kwargs).eval()
+    except (TypeError, ValueError, AssertionError, RuntimeError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ExportError(f"timm could not build {model_name} with {kwargs}: {first}") from None
+
+
+def export_onnx(model_name: str, out: str | Path, *, checkpoint: str | Path | None = None,
+                pretrained: bool = False, img_size: int | None = None, heads: str = "none",
+                labels: str | Path | Sequence[str] | None = None, attentions: bool = True,
+                model_kwargs: dict | None = None, opset: int | None = None, atol: float = 1e-4,
+                log: Callable[[str], None] = print) -> ExportReport:
+    """Build a timm model by name, load its weights and export it (see :func:`export_module`).
+
+    Args:
+        model_name: timm model name, optionally with a pretrained tag (``"deit_tiny_patch16_224"``).
+        out: path of the ``.onnx`` file to write.
+        checkpoint: local weights (``.safetensors``, ``.pth``/``.pt``/``.bin``, JAX ``.npz``), loaded
+            strictly. When ``model_kwargs`` has no ``num_classes``, the checkpoint's head size is used.
+        pretrained: download timm's pretrained weights (needs the hub; fails fast offline).
+        img_size: input resolution override (square), e.g. 224 for a 518 px DINOv2.
+        heads: ``"none"``, ``"mean"``, ``"max"`` or ``"min"`` (head fusion in the graph).
+        labels: labels file, list of names, or None (ImageNet names for ImageNet-sized heads).
+        attentions: False exports the same model with the ``logits`` output only.
+        model_kwargs: extra ``timm.create_model`` arguments (``depth``, ``num_classes`` ...).
+        opset: ONNX opset; None uses the exporter's default.
+        atol: logits tolerance of the parity gate (scaled by the logit magnitude).
+        log: receives progress lines (and the warning when weights are random).
+
+    Returns:
+        :class:`ExportReport`; ``meta.extra["weights"]`` records where the weights came from.
+
+    Raises:
+        ExportError: unknown model, conflicting options, weights that do not load, a model
+            outside the ViT family, or a failed parity check.
+    """
+    import timm
+
+    started = time.perf_counter()
+    _check_heads(heads)
+    if not timm.is_model(model_name):
+        raise ExportError(f"timm has no model {model_name!r}.{suggest(model_name, timm.list_models())}")
+    if checkpoint is not None and pretrained:
+        raise ExportError("use just one of checkpoint= and pretrained=True")
+    kwargs = dict(model_kwargs or {})
+    for key in ("pretrained", "checkpoint_path", "pretrained_cfg_overlay"):
+        if key in kwargs:
+            raise ExportError(f"model_kwargs must not set {key!r}; use export_onnx's checkpoint=/pretrained=")
+    if img_size is not None:
+        kwargs["img_size"] = int(img_size)
+
+    state_dict = None
+    if checkpoint is not None:
+        checkpoint = Path(checkpoint)
+        if checkpoint.suffix.lower() == ".npz":
+            classes = checkpoint_num_classes(checkpoint)
+        else:
+            state_dict = read_state_dict(checkpoint)
+            classes = head_classes(state_dict)
+        if "num_classes" not in kwargs and classes is not None:
+            kwargs["num_classes"] = classes
+        source = f"checkpoint:{checkpoint.name}"
+    elif pretrained:
+        source = "pretrained"
+    else:
+        source = "random"
+
+    if pretrained:
+        model = create_pretrained(model_name, kwargs, log)
+    else:
+        model = _build(model_name, kwargs)
+    describe_tokens(model)
+    if state_dict is not None:
+        load_state_dict_strict(model, state_dict, checkpoint.name, log)
+        log(f"loaded weights from {checkpoint}")
+        del state_dict
+    elif checkpoint is not None:
+        load_checkpoint(model, checkpoint, log)
+    elif not pretrained:
+        log(f"warning: no checkpoint and pretrained=False: exporting {model_name} with RANDOM weights "
+            "(pass a checkpoint file or pretrained=True for a real model)")
+    report = export_module(model, out, model_name=model_name, heads=heads, labels=labels,
+                           attentions=attentions, opset=opset, atol=atol, extra={"weights": source}, log=log)
+    return dataclasses.replace(report, seconds=time.perf_counter() - started)

@@ -1,0 +1,55 @@
+"""Typed errors raised by the attnmap library.
+
+The CLI turns every one of these into a one-line ``click`` error; library users can catch
+:class:`AttnmapError` to handle them all. Messages say what was expected, what arrived and,
+where it helps, how to fix it.
+"""
+
+from __future__ import annotations
+
+import difflib
+from typing import Iterable
+
+
+class AttnmapError(Exception):
+    """Base class of every error attnmap raises on purpose."""
+
+
+class MetadataError(AttnmapError):
+    """An ONNX file lacks attnmap metadata, or carries a schema this version cannot read."""
+
+
+class ModelError(AttnmapError):
+    """A model file cannot be loaded or run (missing file, wrong outputs, bad provider)."""
+
+
+class ProviderError(ModelError):
+    """The requested onnxruntime execution provider is not available here."""
+
+
+class SourceError(AttnmapError):
+    """An input source (image, directory, glob, video, camera, stream) cannot be opened or read."""
+
+
+class ImageError(SourceError):
+    """An image array or file is not a readable BGR uint8 image."""
+
+
+class ExplainError(AttnmapError, ValueError):
+    """An explanation method was asked for something it cannot do (bad option, missing outputs)."""
+
+
+class OptionError(AttnmapError, ValueError):
+    """An option value is not one of those allowed (a colormap, fit mode, method option ...)."""
+
+
+class ExportError(AttnmapError):
+    """A model cannot be exported (outside the ViT family, bad checkpoint, parity failure)."""
+
+
+def suggest(name: str, choices: Iterable[str]) -> str:
+    """Return ``" Did you mean 'x'?"`` for the closest of ``choices``, or ``""``."""
+    close = difflib.get_close_matches(name, list(choices), n=3, cutoff=0.5)
+    if not close:
+        return ""
+    return " Did you mean " + " or ".join(repr(c) for c in close) + "?"

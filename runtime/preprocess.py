@@ -1,0 +1,505 @@
+"""Images in, model input out: timm's eval transform in NumPy + OpenCV, with exact geometry.
+
+Every fit mode maps an original image onto the model input by an axis-aligned scale and
+offset: resize the whole image to ``(Hr, Wr)``, then crop (or pad) a window starting at
+resized pixel ``(top, left)``; a negative start means padding. :class:`Geometry` records
+that map, so a patch-grid saliency map can be drawn back onto the original pixels exactly.
+
+Coordinates use the pixel-centre convention of OpenCV and Pillow: pixel ``i`` covers
+``[i - 0.5, i + 0.5)`` and its centre is at ``i``. A resize from ``n`` to ``m`` pixels maps
+``x`` to ``(x + 0.5) * m / n - 0.5``, so the whole map is ``input = orig * s + offset`` with
+``s = m / n`` and ``offset = 0.5 * s - 0.5 - top``.
+
+Resampling reproduces what torchvision's ``Resize`` does to a PIL image, which is what timm's
+eval transform runs: Pillow's separable filters, antialiased (the support widens by the
+shrink factor), each pass rounded and clipped to uint8, in Pillow's order of passes. OpenCV's
+``INTER_CUBIC`` neither antialiases nor uses Pillow's cubic (a = -0.75 against -0.5), and
+``INTER_AREA`` is a box filter, so the filters are built here as weight matrices, cached per
+image size, and applied as matrix products over the band of rows or columns each block of
+16 outputs reads.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import cv2
+import numpy as np
+
+from .errors import ImageError, MetadataError, OptionError, suggest
+from .meta import ModelMeta
+
+FITS = ("crop", "squash", "letterbox")
+MAP_INTERPOLATIONS = {"nearest": cv2.INTER_NEAREST, "linear": cv2.INTER_LINEAR, "cubic": cv2.INTER_CUBIC}
+
+_BLOCK = 16  # outputs per matrix product: small enough that each reads a narrow input band
+
+
+# ----------------------------------------------------------------------------- geometry
+@dataclass(frozen=True)
+class Geometry:
+    """How one original image was mapped into the model input: an axis-aligned scale + offset.
+
+    ``input = orig * scale + offset`` per axis, in the pixel-centre convention (pixel ``i``
+    has its centre at coordinate ``i``). Points are ``(x, y)``; sizes and scales ``(y, x)``.
+
+    Attributes:
+        image_size: ``(H0, W0)`` of the original image.
+        input_size: ``(H, W)`` of the model input.
+        scale: ``(sy, sx)``, model-input pixels per original pixel.
+        offset: ``(oy, ox)`` in model-input pixels.
+        fit: the fit mode that made this map (one of :data:`FITS`).
+        patch_size: ``(ph, pw)`` of the model's patches; None means "input size divided by
+            the grid shape", which then has to divide exactly.
+    """
+
+    image_size: tuple[int, int]
+    input_size: tuple[int, int]
+    scale: tuple[float, float]
+    offset: tuple[float, float]
+    fit: str
+    patch_size: tuple[int, int] | None = None
+
+    def image_to_input_points(self, xy: np.ndarray) -> np.ndarray:
+        """Map original-image points to model-input points.
+
+        Args:
+            xy: ``(..., 2)`` float array of ``(x, y)`` original pixel coordinates.
+
+        Returns:
+            ``(..., 2)`` float64 array of ``(x, y)`` model-input coordinates.
+        """
+        xy = _points(xy)
+        return xy * (self.scale[1], self.scale[0]) + (self.offset[1], self.offset[0])
+
+    def input_to_image_points(self, xy: np.ndarray) -> np.ndarray:
+        """Map model-input points back to original-image points (inverse of the above).
+
+        Args:
+            xy: ``(..., 2)`` float array of ``(x, y)`` model-input coordinates.
+
+        Returns:
+            ``(..., 2)`` float64 array of ``(x, y)`` original pixel coordinates.
+        """
+        xy = _points(xy)
+        return (xy - (self.offset[1], self.offset[0])) / (self.scale[1], self.scale[0])
+
+    def seen_region(self, grid_shape: tuple[int, int]) -> tuple[int, int, int, int]:
+        """Original pixels whose centres fall on the patch grid, as ``(y0, y1, x0, x1)``.
+
+        The grid covers model-input pixels ``[0, gh * ph) x [0, gw * pw)``; an original pixel
+        counts as seen when its centre maps inside that area (edges included). Pixels a
+        crop cut away, or that fall past the last whole patch, are not seen.
+
+        Args:
+            grid_shape: ``(gh, gw)`` of the patch grid.
+
+        Returns:
+            Half-open row and column ranges, clipped to the image.
+        """
+        (ph, pw), eps = self._patch(grid_shape), 1e-6
+        out = []
+        for axis, extent in ((0, grid_shape[0] * ph), (1, grid_shape[1] * pw)):
+            s, o, n = self.scale[axis], self.offset[axis], self.image_size[axis]
+            lo = math.ceil((-0.5 - o) / s - eps)
+            hi = math.floor((extent - 0.5 - o) / s + eps) + 1
+            out += [min(max(lo, 0), n), min(max(hi, 0), n)]
+        return out[0], out[1], out[2], out[3]
+
+    def to_image(self, grid_map: np.ndarray, *, interpolation: str = "linear") -> np.ndarray:
+        """Draw a patch-grid map onto the original image's pixels.
+
+        Grid cell ``(r, c)`` covers model-input pixels ``[r*ph, (r+1)*ph) x [c*pw, (c+1)*pw)``
+        and is centred at input coordinate ``((c + 0.5) * pw - 0.5, (r + 0.5) * ph - 0.5)``.
+        One ``cv2.warpAffine`` (inverse map, original pixel -> grid coordinate) samples the
+        grid at every original pixel, replicating the edge cells; original pixels the model
+        never saw (see :meth:`seen_region`) are set to 0.
+
+        Args:
+            grid_map: ``(gh, gw)`` float map over the patch grid.
+            interpolation: ``"linear"``, ``"nearest"`` or ``"cubic"`` (cubic is clipped to the
+                grid's value range so it cannot overshoot).
+
+        Returns:
+            ``(H0, W0)`` float32 heatmap on the original pixels.
+
+        Raises:
+            ImageError: ``grid_map`` is not a finite 2-D array matching the patch grid.
+            OptionError: unknown ``interpolation``.
+        """
+        if interpolation not in MAP_INTERPOLATIONS:
+            raise OptionError(f"unknown interpolation {interpolation!r}; expected one of "
+                              f"{tuple(MAP_INTERPOLATIONS)}.{suggest(interpolation, MAP_INTERPOLATIONS)}")
+        grid = np.asarray(grid_map)
+        if grid.ndim != 2 or grid.size == 0 or not np.issubdtype(grid.dtype, np.number):
+            raise ImageError(f"grid_map must be a 2-D numeric array (gh, gw); got {grid.dtype} {grid.shape}")
+        grid = np.ascontiguousarray(grid, dtype=np.float32)
+        if not np.isfinite(grid).all():
+            raise ImageError("grid_map must be finite; it holds NaN or inf")
+        (ph, pw), (gh, gw) = self._patch(grid.shape), grid.shape
+        (sy, sx), (oy, ox) = self.scale, self.offset
+        # grid coordinate g of input coordinate u: u = (g + 0.5) * p - 0.5
+        m = np.array([[sx / pw, 0.0, (ox + 0.5) / pw - 0.5],
+                      [0.0, sy / ph, (oy + 0.5) / ph - 0.5]])
+        h0, w0 = self.image_size
+        out = cv2.warpAffine(grid, m, (w0, h0), flags=MAP_INTERPOLATIONS[interpolation] | cv2.WARP_INVERSE_MAP,
+                             borderMode=cv2.BORDER_REPLICATE)
+        if interpolation == "cubic":
+            np.clip(out, grid.min(), grid.max(), out=out)
+        y0, y1, x0, x1 = self.seen_region((gh, gw))
+        out[:y0], out[y1:], out[:, :x0], out[:, x1:] = 0, 0, 0, 0
+        return out
+
+    def _patch(self, grid_shape: tuple[int, int]) -> tuple[int, int]:
+        h, w = self.input_size
+        gh, gw = int(grid_shape[0]), int(grid_shape[1])
+        if self.patch_size is not None:
+            ph, pw = self.patch_size
+            if (gh, gw) != (h // ph, w // pw):
+                raise ImageError(f"grid_map must be {(h // ph, w // pw)} for a {h}x{w} input with "
+                                 f"{ph}x{pw} patches; got shape {(gh, gw)}")
+            return int(ph), int(pw)
+        if h % gh or w % gw:
+            raise ImageError(f"grid_map shape {(gh, gw)} does not divide the {h}x{w} input; "
+                             "set Geometry.patch_size")
+        return h // gh, w // gw
+
+
+def _points(xy: np.ndarray) -> np.ndarray:
+    xy = np.asarray(xy, dtype=np.float64)
+    if xy.ndim == 0 or xy.shape[-1] != 2:
+        raise OptionError(f"points must be an array (..., 2) of (x, y); got shape {xy.shape}")
+    return xy
+
+
+# ----------------------------------------------------------------------------- Pillow's filters
+def _cubic(x: np.ndarray) -> np.ndarray:
+    # Keys' cubic convolution with a = -0.5, the kernel Pillow's BICUBIC uses
+    a, x = -0.5, np.abs(x)
+    return np.where(x < 1, ((a + 2) * x - (a + 3)) * x * x + 1, np.where(x < 2, (((x - 5) * x + 8) * x - 4) * a, 0.0))
+
+
+def _lanczos(x: np.ndarray) -> np.ndarray:
+    return np.where((x >= -3) & (x < 3), np.sinc(x) * np.sinc(x / 3), 0.0)
+
+
+# name -> (kernel, support in input pixels at scale 1); "area" is Pillow's BOX filter
+_FILTERS = {
+    "bilinear": (lambda x: np.maximum(1 - np.abs(x), 0.0), 1.0),
+    "bicubic": (_cubic, 2.0),
+    "area": (lambda x: ((x > -0.5) & (x <= 0.5)).astype(np.float64), 0.5),
+    "lanczos": (_lanczos, 3.0),
+}
+
+
+def _resize_matrix(n_in: int, n_out: int, interpolation: str) -> np.ndarray:
+    """``(n_out, n_in)`` float64 weights of a 1-D resize, as Pillow computes them.
+
+    Output ``i`` is centred at input coordinate ``c = (i + 0.5) * n_in / n_out`` (input
+    pixel ``j`` spans ``[j, j + 1)`` here). When shrinking, the kernel is stretched by the
+    shrink factor ``f``: weights ``k((j + 0.5 - c) / f)`` over ``j`` within ``c ± support * f``
+    (bounds rounded as Pillow rounds them), normalised to sum to 1. ``nearest`` picks
+    ``floor(c)``, Pillow's nearest-neighbour rule.
+    """
+    scale = n_in / n_out
+    m = np.zeros((n_out, n_in))
+    if interpolation == "nearest":
+        # Pillow steps c by repeated addition (its ImagingScaleAffine); a sequential cumsum
+        # reproduces the same float64 rounding, so ties fall the same way
+        steps = np.full(n_out, scale)
+        steps[0] = 0.5 * scale
+        m[np.arange(n_out), np.minimum(np.cumsum(steps).astype(np.int64), n_in - 1)] = 1.0
+        return m
+    centre = (np.arange(n_out) + 0.5) * scale
+    kernel, support = _FILTERS[interpolation]
+    stretch = max(scale, 1.0)
+    support *= stretch
+    # int() truncates toward zero, as Pillow's C casts do
+    lo = np.maximum((centre - support + 0.5).astype(np.int64), 0)
+    hi = np.minimum((centre + support + 0.5).astype(np.int64), n_in)
+    taps = lo[:, None] + np.arange(int((hi - lo).max()))
+    valid = taps < hi[:, None]
+    w = kernel((taps - centre[:, None] + 0.5) / stretch) * valid
+    total = w.sum(axis=1, keepdims=True)
+    w = np.divide(w, total, out=np.zeros_like(w), where=total != 0)
+    rows = np.broadcast_to(np.arange(n_out)[:, None], taps.shape)
+    m[rows[valid], taps[valid]] = w[valid]
+    return m
+
+
+@dataclass(frozen=True)
+class _Axis:
+    """One axis of a resize-then-crop: which outputs hold image and how to compute them."""
+
+    out0: int  # first model-input index that holds image (earlier ones are padding)
+    out1: int
+    in0: int  # original pixels [in0, in1) are all the outputs read
+    in1: int
+    blocks: tuple | None  # (o0, o1, i0, i1, weights) per block; None when the pass is a copy
+
+
+def _axis(n_in: int, n_resized: int, start: int, n_out: int, interpolation: str, interleave: bool) -> _Axis:
+    out0, out1 = max(0, -start), min(n_out, n_resized - start)
+    m = _resize_matrix(n_in, n_resized, interpolation)[out0 + start:out1 + start]
+    used = np.flatnonzero(m.any(axis=0))
+    in0, in1 = int(used[0]), int(used[-1]) + 1
+    if m.shape[0] == in1 - in0 and np.array_equal(m[:, in0:in1], np.eye(m.shape[0])):
+        return _Axis(out0, out1, in0, in1, None)
+    blocks = []
+    for o0 in range(0, m.shape[0], _BLOCK):
+        blk = m[o0:o0 + _BLOCK]
+        cols = np.flatnonzero(blk.any(axis=0))
+        i0, i1 = int(cols[0]), int(cols[-1]) + 1
+        w = blk[:, i0:i1]
+        if interleave:
+            # acts on B,G,R-interleaved rows: (3 * band, 3 * block), channels kept apart
+            w = np.kron(w, np.eye(3)).T
+        blocks.append((o0, o0 + blk.shape[0], i0, i1, np.ascontiguousarray(w, dtype=np.float32)))
+    return _Axis(out0, out1, in0, in1, tuple(blocks))
+
+
+@dataclass(frozen=True)
+class _Plan:
+    geometry: Geometry
+    rows: _Axis
+    cols: _Axis
+    gain: np.ndarray  # (3,) float32 per RGB channel: normalised = value * gain + bias
+    bias: np.ndarray
+    fill: np.ndarray  # (3,) float32 normalised value of padded pixels
+    vertical_first: bool
+
+
+def _start(n_resized: int, n_out: int) -> int:
+    # torchvision's CenterCrop and timm's CenterCropOrPad: pad (left-biased) or crop centred
+    if n_resized < n_out:
+        return -((n_out - n_resized) // 2)
+    return int(round((n_resized - n_out) / 2.0))
+
+
+def _resized_size(h0: int, w0: int, h: int, w: int, crop_pct: float, crop_mode: str, fit: str) -> tuple[int, int]:
+    """``(Hr, Wr)`` before the centre crop or pad, with timm's exact rounding."""
+    if fit == "squash":
+        return h, w
+    if fit == "letterbox":
+        crop_pct, crop_mode = 1.0, "border"
+    sh, sw = math.floor(h / crop_pct), math.floor(w / crop_pct)
+    if crop_mode == "squash":
+        return sh, sw
+    if crop_mode == "center" and sh == sw:
+        # torchvision Resize(int): shorter side to sh, longer side truncated
+        return (sh, int(sh * w0 / h0)) if w0 >= h0 else (int(sh * h0 / w0), sh)
+    # timm ResizeKeepRatio: "center" fits the shorter side (longest=0), "border" the longer one
+    rh, rw = h0 / sh, w0 / sw
+    ratio = max(rh, rw) if crop_mode == "border" else min(rh, rw)
+    # a sliver (say 1 x 1000) would round to 0 rows; keep at least one
+    return max(1, round(h0 / ratio)), max(1, round(w0 / ratio))
+
+
+@functools.lru_cache(maxsize=32)
+def _plan(h0: int, w0: int, key: tuple) -> _Plan:
+    (h, w), (ph, pw), interpolation, crop_pct, crop_mode, mean, std, fit = key
+    hr, wr = _resized_size(h0, w0, h, w, crop_pct, crop_mode, fit)
+    top, left = _start(hr, h), _start(wr, w)
+    sy, sx = hr / h0, wr / w0
+    geometry = Geometry((h0, w0), (h, w), (sy, sx), (0.5 * sy - 0.5 - top, 0.5 * sx - 0.5 - left),
+                        fit, (ph, pw))
+    mean, std = np.array(mean, np.float64), np.array(std, np.float64)
+    if fit == "letterbox":
+        fill = np.zeros(3)  # the mean colour: exactly 0 after normalising
+    else:
+        pad = np.round(255 * mean) if crop_mode == "border" else np.zeros(3)
+        fill = (pad / 255 - mean) / std
+    # Pillow 13 runs the vertical pass first when height shrinks by more than twice the
+    # pixels width loses; the order decides how the uint8 rounding between passes falls
+    vertical_first = hr < h0 and wr != w0 and (h0 - hr) > 2 * (w0 - wr)
+    return _Plan(geometry, _axis(h0, hr, top, h, interpolation, False), _axis(w0, wr, left, w, interpolation, True),
+                 (1 / (255 * std)).astype(np.float32), (-mean / std).astype(np.float32), fill.astype(np.float32),
+                 vertical_first)
+
+
+def _horizontal(cols: _Axis, src: np.ndarray, first: int) -> np.ndarray:
+    """Resample B,G,R-interleaved rows ``src`` (column 0 is original column ``first``)."""
+    if cols.blocks is None:
+        return src[:, 3 * (cols.in0 - first):3 * (cols.in1 - first)].astype(np.float32)
+    out = np.empty((src.shape[0], 3 * (cols.out1 - cols.out0)), np.float32)
+    for o0, o1, i0, i1, w in cols.blocks:
+        np.matmul(src[:, 3 * (i0 - first):3 * (i1 - first)].astype(np.float32), w, out=out[:, 3 * o0:3 * o1])
+    # Pillow stores each pass in uint8: round and clip before the next one
+    return np.clip(np.rint(out, out=out), 0, 255, out=out)
+
+
+def _vertical(rows: _Axis, src: np.ndarray, first: int) -> np.ndarray:
+    """Resample the rows of ``src`` (row 0 is original row ``first``)."""
+    if rows.blocks is None:
+        return src[rows.in0 - first:rows.in1 - first].astype(np.float32)
+    out = np.empty((rows.out1 - rows.out0, src.shape[1]), np.float32)
+    for o0, o1, i0, i1, w in rows.blocks:
+        np.matmul(w, src[i0 - first:i1 - first].astype(np.float32), out=out[o0:o1])
+    return np.clip(np.rint(out, out=out), 0, 255, out=out)
+
+
+def _run(plan: _Plan, img_bgr: np.ndarray, out_chw: np.ndarray) -> None:
+    rows, cols = plan.rows, plan.cols
+    h0, w0 = img_bgr.shape[:2]
+    flat = img_bgr.reshape(h0, w0 * 3)
+    if plan.vertical_first:
+        res = _horizontal(cols, _vertical(rows, flat[:, 3 * cols.in0:3 * cols.in1], 0), cols.in0)
+    else:
+        res = _vertical(rows, _horizontal(cols, flat[rows.in0:rows.in1], 0), rows.in0)
+    res = res.reshape(res.shape[0], -1, 3)
+    if (rows.out0, rows.out1, cols.out0, cols.out1) != (0, out_chw.shape[1], 0, out_chw.shape[2]):
+        out_chw[...] = plan.fill[:, None, None]
+    for c in range(3):  # BGR -> RGB while normalising
+        dst = out_chw[c, rows.out0:rows.out1, cols.out0:cols.out1]
+        np.multiply(res[:, :, 2 - c], plan.gain[c], out=dst)
+        dst += plan.bias[c]
+
+
+# ----------------------------------------------------------------------------- public API
+def preprocess(images_bgr: Sequence[np.ndarray] | np.ndarray, meta: ModelMeta, *, fit: str = "crop",
+               out: np.ndarray | None = None) -> tuple[np.ndarray, list[Geometry]]:
+    """Turn BGR images of any sizes into a normalised model-input batch, with their geometry.
+
+    Fit modes:
+        ``crop``: the model's timm eval transform, from metadata alone: resize by
+            ``crop_pct`` with ``meta.interpolation`` and centre-crop (``meta.crop_mode``
+            ``"center"``: shorter side to ``floor(size / crop_pct)``; ``"squash"``: both sides
+            to it; ``"border"``: longer side to it, then pad with ``round(255 * mean)``).
+        ``squash``: the whole frame resized to the input size; aspect ratio not kept.
+        ``letterbox``: the whole frame scaled to fit, centred, padded with the mean colour
+            (so the padding is exactly 0 after normalising).
+
+    Args:
+        images_bgr: one BGR image ``(H, W, 3)`` uint8 (or gray ``(H, W)``, or BGRA; see
+            :func:`check_image`), a batch array ``(B, H, W, 3)``, or a sequence of images of
+            any sizes.
+        meta: the model's metadata (input size, mean, std, interpolation, crop_pct ...).
+        fit: one of :data:`FITS`.
+        out: optional preallocated ``(B, 3, H, W)`` float32 C-contiguous buffer to fill
+            (reused across frames in live loops); a new one is allocated when None.
+
+    Returns:
+        ``x_nchw`` ``(B, 3, H, W)`` float32 (RGB, ``(v / 255 - mean) / std``) and one
+        :class:`Geometry` per image.
+
+    Raises:
+        ImageError: an image is not a BGR uint8 array.
+        OptionError: unknown ``fit``, or ``out`` of the wrong shape or dtype.
+        MetadataError: the model does not take 3-channel input.
+    """
+    if fit not in FITS:
+        raise OptionError(f"unknown fit {fit!r}; expected one of {FITS}.{suggest(str(fit), FITS)}")
+    if int(meta.input_size[0]) != 3:
+        raise MetadataError(f"preprocess needs a 3-channel model input; got input_size {meta.input_size}")
+    if isinstance(images_bgr, np.ndarray) and images_bgr.ndim == 4:
+        images = [check_image(im, f"images_bgr[{i}]") for i, im in enumerate(images_bgr)]
+    elif isinstance(images_bgr, np.ndarray):
+        images = [check_image(images_bgr, "images_bgr")]
+    else:
+        images = [check_image(im, f"images_bgr[{i}]") for i, im in enumerate(images_bgr)]
+    if not images:
+        raise ImageError("images_bgr is empty; expected at least one image")
+    h, w = meta.image_size
+    shape = (len(images), 3, h, w)
+    if out is None:
+        out = np.empty(shape, np.float32)
+    elif (not isinstance(out, np.ndarray) or out.shape != shape or out.dtype != np.float32
+          or not out.flags.c_contiguous):
+        got = f"{out.dtype} {out.shape}" if isinstance(out, np.ndarray) else type(out).__name__
+        raise OptionError(f"out must be a C-contiguous float32 array {shape}; got {got}")
+    key = ((h, w), tuple(int(p) for p in meta.patch_size), meta.interpolation, float(meta.crop_pct),
+           meta.crop_mode, tuple(map(float, meta.mean)), tuple(map(float, meta.std)), fit)
+    geometries = []
+    for i, img in enumerate(images):
+        plan = _plan(img.shape[0], img.shape[1], key)
+        _run(plan, img, out[i])
+        geometries.append(plan.geometry)
+    return out, geometries
+
+
+def preprocess_one(image_bgr: np.ndarray, meta: ModelMeta, fit: str = "crop") -> tuple[np.ndarray, Geometry]:
+    """:func:`preprocess` for one image.
+
+    Args:
+        image_bgr: ``(H, W, 3)`` BGR uint8 image.
+        meta: the model's metadata.
+        fit: one of :data:`FITS`.
+
+    Returns:
+        ``x_chw`` ``(3, H, W)`` float32 and its :class:`Geometry`.
+    """
+    x, geometries = preprocess([image_bgr], meta, fit=fit)
+    return x[0], geometries[0]
+
+
+def check_image(img: np.ndarray, name: str = "image") -> np.ndarray:
+    """Validate a user image array and return it as BGR uint8 ``(H, W, 3)``.
+
+    Accepted: uint8 ``(H, W)`` or ``(H, W, 1)`` gray (made BGR), ``(H, W, 3)`` BGR (returned
+    as is, never modified), ``(H, W, 4)`` BGRA (alpha dropped, as PIL's ``convert("RGB")``
+    does). Floats are refused rather than guessed at: a float image may hold [0, 1] or
+    [0, 255] values, or already be normalised.
+
+    Args:
+        img: the array.
+        name: how error messages call it.
+
+    Returns:
+        ``(H, W, 3)`` uint8 BGR array.
+
+    Raises:
+        ImageError: not a non-empty uint8 array of one of those shapes.
+    """
+    if not isinstance(img, np.ndarray):
+        raise ImageError(f"{name} must be a BGR uint8 numpy array (H, W, 3); got {type(img).__name__}")
+    shape_ok = img.ndim == 2 or (img.ndim == 3 and img.shape[2] in (1, 3, 4))
+    if img.dtype != np.uint8 or not shape_ok:
+        hint = ""
+        if np.issubdtype(img.dtype, np.floating):
+            hint = "; for values in [0, 1] use (img * 255).round().astype(np.uint8)"
+        elif img.dtype == np.uint16:
+            hint = "; for 16-bit images use (img >> 8).astype(np.uint8)"
+        raise ImageError(f"{name} must be a BGR uint8 array (H, W, 3); got {img.dtype} {img.shape}{hint}")
+    if img.shape[0] == 0 or img.shape[1] == 0:
+        raise ImageError(f"{name} is empty; got shape {img.shape}")
+    if img.ndim == 2 or img.shape[2] == 1:
+        return cv2.cvtColor(np.ascontiguousarray(img.reshape(img.shape[:2])), cv2.COLOR_GRAY2BGR)
+    if img.shape[2] == 4:
+        return cv2.cvtColor(np.ascontiguousarray(img), cv2.COLOR_BGRA2BGR)
+    return np.ascontiguousarray(img)
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """Read an image file as BGR uint8 ``(H, W, 3)``.
+
+    Gray images become 3-channel, alpha is dropped, 16-bit images are scaled to 8 bits, and
+    the EXIF orientation is applied (all by OpenCV's ``IMREAD_COLOR``). The bytes are read
+    with NumPy, so non-ASCII paths work everywhere.
+
+    Args:
+        path: the image file.
+
+    Returns:
+        ``(H, W, 3)`` uint8 BGR array.
+
+    Raises:
+        ImageError: the file is missing, unreadable, or not an image OpenCV decodes.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise ImageError(f"image file {str(path)!r} does not exist")
+    if path.is_dir():
+        raise ImageError(f"image file {str(path)!r} is a directory; expected an image file")
+    try:
+        data = np.fromfile(path, dtype=np.uint8)
+    except OSError as exc:
+        raise ImageError(f"cannot read image file {str(path)!r}: {exc.strerror or exc}") from None
+    img = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
+    if img is None:
+        raise ImageError(f"cannot decode image file {str(path)!r}: not an image format OpenCV reads "
+                         "(PNG, JPEG, BMP, TIFF, WebP ...)")
+    return img

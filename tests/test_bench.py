@@ -1,0 +1,120 @@
+"""The per-stage benchmark and the real-time target measurement.
+
+Timings are never asserted against absolute speeds; the tests check that each stage times
+what it says (a model that sleeps a known time shows that time), that the ratio is computed
+from the right stages, and that the result is JSON-able and printable.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import cv2
+import pytest
+
+from frames_fakes import FakeExplainer, ListSource, quadrant_frame
+from runtime.bench import STAGES, format_bench, format_targets, measure_targets, run_bench
+from runtime.errors import OptionError, SourceError
+
+BENCH_SCRIPT = Path(__file__).resolve().parents[1] / "bench" / "bench_frames.py"
+
+
+def _video(path: Path, n: int, fps: float = 50.0, size=(64, 48)) -> Path:
+    w = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), fps, size)
+    for i in range(n):
+        w.write(quadrant_frame(i, size))
+    w.release()
+    return path
+
+
+def test_stages_time_what_they_say_and_the_ratio_uses_attention_over_plain():
+    ex = FakeExplainer(delay=0.04, plain_delay=0.02)
+    r = run_bench(ex, runs=6, warmup=1, batch_size=2)
+    assert set(r["stages"]) == {*STAGES, "plain_inference"}
+    inf, plain, exp = (r["stages"][k] for k in ("inference", "plain_inference", "explanation"))
+    # Sleeps are lower bounds; a busy machine may wake the sleeper late, never early.
+    assert 40.0 <= inf["median_ms"] < 60.0 and 20.0 <= plain["median_ms"] < 40.0
+    assert inf["per_frame_ms"] == pytest.approx(inf["median_ms"] / 2, abs=1e-3)
+    assert all(s["median_ms"] <= s["p90_ms"] for s in r["stages"].values())
+    # About (40 ms + a fraction of a ms of explanation) / 20 ms = 2, per run then the median.
+    assert r["ratio"] > 1.3
+    assert r["ratio"] == pytest.approx((inf["median_ms"] + exp["median_ms"]) / plain["median_ms"], rel=0.3)
+    assert ex.infer_calls == 7  # warm-up + runs, each with attentions; plain runs not counted
+    assert r["source"] == "synthetic" and r["frame_size"] == [640, 480] and r["batch_size"] == 2
+    assert r["fps"]["plain_inference"] == pytest.approx(2e3 / plain["median_ms"], rel=1e-3)
+    assert json.loads(json.dumps(r)) == r
+
+
+def test_video_source_is_read_onward_and_reopened_at_its_end(tmp_path):
+    path = _video(tmp_path / "v.avi", 5)
+    r = run_bench(FakeExplainer(), str(path), runs=4, warmup=1, batch_size=3)  # 15 frames from a 5-frame clip
+    assert r["source"] == str(path) and r["frame_size"] == [64, 48]
+    assert r["stages"]["decode"]["median_ms"] > 0 and r["stages"]["encode"]["median_ms"] > 0
+    assert list(tmp_path.iterdir()) == [path]  # the encode stage wrote into a temp folder only
+
+
+def test_format_bench_shows_every_stage_and_the_ratio():
+    r = run_bench(FakeExplainer(delay=0.002, plain_delay=0.001), runs=3, warmup=0)
+    text = format_bench(r)
+    for name in ("decode", "preprocess", "inference", "explanation", "overlay", "encode", "plain inference"):
+        assert f"\n{name} " in text
+    assert f"(inference + explanation) / plain = {r['ratio']:.3f}" in text
+    assert "fake_vit" in text
+
+
+def test_bad_arguments():
+    with pytest.raises(OptionError, match="runs and batch_size must be >= 1"):
+        run_bench(FakeExplainer(), runs=0)
+    with pytest.raises(SourceError, match="does not exist"):
+        run_bench(FakeExplainer(), "no/such/clip.mp4")
+    with pytest.raises(SourceError, match="yielded no frames"):
+        run_bench(FakeExplainer(), _Empty())
+
+
+class _Empty(ListSource):
+    """A video source that opens but holds no frames."""
+
+    def __init__(self):
+        super().__init__([quadrant_frame(0)])
+        self.images = []
+
+
+def test_measure_targets_on_a_paced_clip(tmp_path):
+    path = _video(tmp_path / "clip.avi", 20, fps=50.0)
+    ex = FakeExplainer(delay=0.004, plain_delay=0.004)
+    r = measure_targets(ex, str(path), batch_size=4, plain_runs=5)
+    live, off = r["live"], r["offline"]
+    assert live["frames_processed"] + live["frames_dropped"] == live["frames_captured"] == 20
+    assert off["frames"] == 20 and r["source_fps"] == 50.0
+    assert 3.5 <= r["plain_ms"] <= 15.0
+    t = r["targets"]
+    # Live: min(50 fps, 1 / ~4 ms) = 50 fps; threshold 0.9 of that.
+    assert t["live_fps"]["threshold"] == pytest.approx(45.0, rel=1e-6)
+    assert t["latency"]["threshold"] == pytest.approx(1.3 * r["plain_ms"], rel=1e-3)
+    assert t["offline_fps"]["threshold"] == pytest.approx(0.85 * 1e3 / r["plain_batch_ms_per_frame"], rel=1e-2)
+    for name in ("live_fps", "offline_fps"):
+        assert t[name]["met"] == (t[name]["value"] >= t[name]["threshold"])
+    assert t["latency"]["met"] == (t["latency"]["value"] <= t["latency"]["threshold"])
+    assert t["latency"]["value"] == pytest.approx(live["latency_ms"]["median"], abs=1e-3)
+    assert json.loads(json.dumps(r)) == r
+    text = format_targets(r)
+    assert "live_fps" in text and "offline_fps" in text and "latency" in text
+    assert list(tmp_path.iterdir()) == [path]
+
+
+def test_measure_targets_needs_a_clip_with_fps(tmp_path):
+    for i in range(3):
+        cv2.imwrite(str(tmp_path / f"f{i}.png"), quadrant_frame(i))
+    with pytest.raises(SourceError, match="needs a known fps"):
+        measure_targets(FakeExplainer(), str(tmp_path / "f%d.png"))
+
+
+def test_real_tiny_model(tiny_vit_onnx):
+    from runtime import Explainer
+
+    ex = Explainer(tiny_vit_onnx)
+    r = run_bench(ex, runs=5, warmup=1, batch_size=2, method="attention")
+    assert r["model"] == ex.meta.model_name and r["provider"] == "CPUExecutionProvider"
+    assert r["stages"]["plain_inference"]["median_ms"] > 0 and r["ratio"] > 0
+    assert r["file"] == str(tiny_vit_onnx)

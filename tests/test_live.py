@@ -1,0 +1,308 @@
+"""Live path: the latest-frame capture thread, the overlay loop, its keys, and the no-display guard.
+
+Timing tests use a paced synthetic camera and a model with a fixed delay, and check behaviour
+(frames dropped, not queued; ages bounded), never absolute speed.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from frames_fakes import (FakeExplainer, ListSource, PacedSource, attnmap_threads, quadrant_frame,
+                          run_with_timeout)
+from runtime.capture import LatestFrameGrabber
+from runtime.errors import ExplainError, OptionError, SourceError
+from runtime.explain import explain as run_method
+from runtime.live import LiveFrame, run_live
+from runtime.livestate import CYCLE_COLORMAPS, LiveState, apply_key, method_options
+from runtime.overlay import COLORMAPS
+from runtime.sources import open_source
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT.parent / "shared" / "data"
+CLIP = DATA / "video" / "mmaction2_demo_armwrestling.mp4"
+needs_clip = pytest.mark.skipif(not CLIP.is_file(), reason=f"shared clip {CLIP} is absent")
+
+
+def _frames_in(path) -> tuple[int, float, tuple[int, int]]:
+    cap = cv2.VideoCapture(str(path))
+    assert cap.isOpened(), path
+    n = 0
+    while cap.read()[0]:
+        n += 1
+    fps = cap.get(cv2.CAP_PROP_FPS)
+    size = (int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT)))
+    cap.release()
+    return n, fps, size
+
+
+# --------------------------------------------------------------------------- capture thread
+def test_grabber_drops_old_frames_for_a_slow_consumer():
+    src = PacedSource(fps=100)
+    taken = []
+    with LatestFrameGrabber(src) as grab:
+        t_end = time.perf_counter() + 1.0
+        while time.perf_counter() < t_end:
+            frame = grab.get(timeout=1.0)
+            taken.append((frame.index, time.perf_counter() - frame.timestamp))
+            time.sleep(0.05)  # a 50 ms model against a 10 ms camera
+    assert src.closed and not grab.running
+    indices = [i for i, _ in taken]
+    assert indices == sorted(indices) and len(set(indices)) == len(indices)
+    # About one frame per 50 ms is taken; the rest are dropped, not queued.
+    assert 12 <= len(taken) <= 21
+    assert grab.dropped >= 60
+    assert grab.captured - grab.dropped - grab.taken in (0, 1)
+    # Every frame taken is the newest: younger than two camera intervals, however long the run.
+    ages = [a for _, a in taken]
+    assert max(ages) < 0.02 + 0.015, ages
+    # Consecutive frames taken are about 5 camera frames apart: the skipped ones were dropped.
+    gaps = np.diff(indices)
+    assert 3 <= np.median(gaps) <= 7
+
+
+def test_grabber_paces_a_video_file_at_its_fps(tmp_path):
+    path = tmp_path / "v.avi"
+    w = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 40.0, (32, 24))
+    for i in range(12):
+        w.write(quadrant_frame(i, (32, 24)))
+    w.release()
+    stamps = []
+    with LatestFrameGrabber(open_source(str(path))) as grab:
+        assert grab.pace
+        while (frame := grab.get(timeout=2.0)) is not None:
+            stamps.append((frame.index, frame.timestamp))
+    assert [i for i, _ in stamps] == list(range(12))  # a fast consumer drops nothing
+    assert grab.dropped == 0
+    span = stamps[-1][1] - stamps[0][1]
+    assert 11 / 40 * 0.9 <= span <= 11 / 40 + 0.15  # 11 intervals of 25 ms
+
+
+def test_grabber_reports_a_source_failure_and_stops():
+    src = PacedSource(fps=200, fail_after=7)
+    with LatestFrameGrabber(src) as grab:
+        got = []
+        while (frame := grab.get(timeout=2.0)) is not None or not grab.finished:
+            if frame is not None:
+                got.append(frame.index)
+        assert grab.finished and not grab.running
+    assert isinstance(grab.error, SourceError)
+    assert "sensor unplugged" in str(grab.error) and "after 7 frames" in str(grab.error)
+    assert got and got[-1] == 6 and src.closed
+
+
+def test_grabber_stop_is_prompt_on_an_endless_source():
+    src = PacedSource(fps=5)  # a slow camera: a stop must not wait out the 200 ms interval
+    grab = LatestFrameGrabber(src).start()
+    assert grab.get(timeout=2.0).index == 0
+    t0 = time.perf_counter()
+    assert grab.stop(timeout=2.0)
+    assert time.perf_counter() - t0 < 0.5
+    assert src.closed and grab.finished and grab.get(timeout=0.1) is None
+
+
+# --------------------------------------------------------------------------- live loop
+def test_live_drops_frames_when_the_model_is_slower_than_the_camera():
+    ex = FakeExplainer(delay=0.05)
+    stats = run_with_timeout(lambda: run_live(ex, PacedSource(fps=100), show=False, duration=1.2), 10)
+    assert stats.ended == "duration"
+    n = stats.frames_processed
+    assert 14 <= n <= 25, stats.to_dict()  # ~1.2 s / 50 ms
+    assert stats.frames_explained == n == ex.infer_calls - 1  # one warm-up run before the camera starts
+    assert stats.frames_dropped >= 70
+    assert stats.frames_captured - stats.frames_dropped - n in (0, 1)
+    ages = np.array([r.age for r in stats.records])
+    lat = np.array([r.latency for r in stats.records])
+    # No backlog: the age at pick-up stays under ~2 camera intervals (+ inference slack) ...
+    assert ages.max() < 0.02 + 0.05, ages
+    # ... and does not grow: with a queue, frame k would wait k * 40 ms.
+    assert ages[-5:].mean() < ages[:5].mean() + 0.01
+    assert np.median(lat) < 0.05 + 0.02 + 0.03
+    assert attnmap_threads() == []
+
+
+def test_live_keeps_every_frame_of_a_camera_it_can_keep_up_with():
+    ex = FakeExplainer(delay=0.0)
+    src = PacedSource(fps=50, count=40)
+    stats = run_with_timeout(lambda: run_live(ex, src, show=False), 10)
+    assert stats.ended == "end"
+    assert stats.frames_captured == 40
+    assert stats.frames_dropped <= 2  # a scheduling hiccup may cost one, never a backlog
+    assert stats.frames_processed == 40 - stats.frames_dropped
+    assert 30 <= stats.fps <= 55
+
+
+def test_every_k_reuses_the_map_and_smoothing_is_an_ema():
+    ex = FakeExplainer()
+    seen: list[LiveFrame] = []
+    src = ListSource([quadrant_frame(i) for i in range(9)], fps=None)
+    stats = run_live(ex, src, show=False, every=3, smooth=0.25, method="attention", on_frame=seen.append)
+    assert stats.frames_processed == 9 and stats.frames_explained == 3 == ex.infer_calls - 1  # + warm-up
+    assert [f.explained for f in seen] == [True, False, False] * 3
+    raw = ex.raw_maps[1:]  # the method's own maps, one per model run (frames 0, 3, 6) after the warm-up
+    assert len(raw) == 3
+    want = [raw[0]]
+    for m in raw[1:]:
+        want.append(0.25 * want[-1] + 0.75 * m)
+    for k, f in enumerate(seen):
+        np.testing.assert_allclose(f.grid, want[k // 3], rtol=0, atol=1e-6)
+    # The fake model attends to the bright quadrant: frames 0, 3, 6 are lit at TL, BR, BL.
+    assert [np.unravel_index(np.argmax(m), (2, 2)) for m in raw] == [(0, 0), (1, 1), (1, 0)]
+    assert [f.label for f in seen[:1]] == ["dark"]  # mostly dark frames
+
+
+def test_keys_switch_method_layer_head_fit_snapshot_and_quit(tmp_path):
+    ex = FakeExplainer()
+    # Key returned after frame k is drawn; it takes effect from frame k + 1.
+    keys = {0: ord("m"), 1: ord("]"), 2: ord("h"), 3: ord("f"), 4: ord("s"), 5: ord("c"), 6: ord("q")}
+    seen: list[LiveFrame] = []
+
+    def on_frame(view: LiveFrame):
+        seen.append(view)
+        return keys.get(len(seen) - 1)
+
+    src = PacedSource(fps=100)
+    stats = run_with_timeout(lambda: run_live(ex, src, show=False, method="rollout", fit="squash",
+                                              colormap="jet", on_frame=on_frame, snapshot_dir=tmp_path), 10)
+    assert stats.ended == "quit" and len(seen) == 7 and src.closed
+    assert [v.method for v in seen] == ["rollout"] + ["attention"] * 6  # m: next class-agnostic method
+    assert seen[1].options == {}
+    assert seen[2].options == {"layer": 0}             # ]: from the default last layer (1), wrapping to 0
+    assert seen[3].options == {"layer": 0, "head": 0}  # h: fused -> head 0
+    assert [v.fit for v in seen[3:5]] == ["squash", "letterbox"]
+    assert seen[5].colormap == "jet" and seen[6].colormap != "jet"
+    # The keys' choices reach the method: the map drawn is the method run with them.
+    x, _ = ex.preprocess([seen[3].frame.image_bgr], fit="squash")
+    want = run_method("attention", ex.infer(x).attentions, ex.meta.layout, layer=0, head=0)[0]
+    np.testing.assert_allclose(seen[3].grid, want, atol=1e-6)
+    assert not np.allclose(want, run_method("attention", ex.infer(x).attentions, ex.meta.layout)[0])
+    assert len(stats.snapshots) == 1 and Path(stats.snapshots[0]).parent == tmp_path
+    np.testing.assert_array_equal(cv2.imread(stats.snapshots[0]), seen[4].image_bgr)
+
+
+def test_apply_key_cycles_and_ignores_unknown_keys():
+    st = LiveState(method="rollout", options={"discard_ratio": 0.5}, fit="crop", colormap="jet",
+                   methods=("rollout", "attention"), num_layers=3, num_heads=2)
+    assert apply_key(st, ord("x")) == (None, "")
+    assert apply_key(st, ord("h"))[0] == "changed" and method_options(st) == {"discard_ratio": 0.5, "head_fusion": "max"}
+    apply_key(st, ord("h")); apply_key(st, ord("h"))
+    assert method_options(st)["head_fusion"] == "mean"  # mean -> max -> min -> mean
+    apply_key(st, ord("["))
+    assert method_options(st)["start_layer"] == 2  # rollout starts at 0; [ wraps to the last layer
+    v = st.version
+    apply_key(st, ord("m"))
+    assert st.method == "attention" and st.version == v + 1
+    assert method_options(st) == {"layer": 2, "head_fusion": "mean"}  # discard_ratio is rollout's only
+    apply_key(st, ord("h")); apply_key(st, ord("h")); apply_key(st, ord("h"))
+    assert st.head is None  # fused -> 0 -> 1 -> fused
+    cm = st.colormap
+    cycle = []
+    for _ in CYCLE_COLORMAPS:
+        apply_key(st, ord("c"))
+        cycle.append(st.colormap)
+    assert st.colormap == cm and len(set(cycle)) == len(cycle) >= 5 and set(cycle) <= set(COLORMAPS)
+    assert apply_key(st, ord(" ")) == ("changed", "paused") and st.paused
+    assert apply_key(st, ord(" "))[0] == "changed" and not st.paused
+    assert apply_key(st, 27)[0] == "quit" and apply_key(st, ord("s"))[0] == "snapshot"
+
+
+def test_bad_options_fail_before_the_source_is_opened():
+    ex = FakeExplainer()
+    with pytest.raises(OptionError, match="has no option 'layr'.*'layer'"):
+        run_live(ex, "cam:57", show=False, method="attention", options={"layr": 1})
+    with pytest.raises(ExplainError, match="discard_ratio"):
+        run_live(ex, "cam:57", show=False, method="rollout", options={"discard_ratio": 1.5})
+    with pytest.raises(OptionError, match="cannot run on this model"):
+        run_live(ex, "cam:57", show=False, method="chefer")  # no gradients in the fake
+    for kwargs, fragment in [({"fit": "zoom"}, "fit must be"), ({"smooth": 1.0}, "smooth"),
+                             ({"every": 0}, "every"), ({"colormap": "jett"}, "Did you mean 'jet'")]:
+        with pytest.raises(OptionError, match=fragment):
+            run_live(ex, "cam:57", show=False, **kwargs)
+
+
+def test_source_failing_mid_stream_ends_cleanly_with_a_valid_video(tmp_path):
+    out = tmp_path / "live.mp4"
+    src = PacedSource(fps=100, fail_after=25)
+    with pytest.raises(SourceError, match="sensor unplugged") as err:
+        run_with_timeout(lambda: run_live(FakeExplainer(), src, show=False, out=out), 10)
+    assert "after 25 frames" in str(err.value)
+    assert src.closed and attnmap_threads() == []
+    n, fps, size = _frames_in(out)
+    assert n >= 20 and fps == 100 and size == (64, 48)
+    assert [p.name for p in tmp_path.iterdir()] == ["live.mp4"]  # no temp file left behind
+
+
+@needs_clip
+def test_headless_recording_of_the_shared_clip_plays_in_real_time(tmp_path):
+    out = tmp_path / "rec.mp4"
+    ex = FakeExplainer(delay=0.0)
+    seen = []
+    stats = run_with_timeout(lambda: run_live(ex, str(CLIP), show=False, out=out, max_frames=20,
+                                              on_frame=lambda v: seen.append(v.frame.index)), 20)
+    assert stats.ended == "max_frames" and stats.frames_processed == 20
+    n, fps, size = _frames_in(out)
+    # One output frame per source frame from the first to the last processed one (a dropped
+    # frame's slot repeats the previous picture), at the clip's rate and size.
+    assert n == stats.frames_written == seen[-1] - seen[0] + 1
+    assert (fps, size) == (28.0, (340, 256))
+    # Paced at 28 fps, 20 frames take about 19 / 28 s.
+    assert 19 / 28 * 0.9 <= stats.duration_s <= 19 / 28 + 0.5
+
+
+def test_video_file_end_of_stream_stops_the_loop(tmp_path):
+    path = tmp_path / "short.avi"
+    w = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 100.0, (64, 48))
+    for i in range(15):
+        w.write(quadrant_frame(i))
+    w.release()
+    stats = run_with_timeout(lambda: run_live(FakeExplainer(), str(path), show=False), 10)
+    assert stats.ended == "end" and 13 <= stats.frames_processed <= 15
+    assert attnmap_threads() == []
+
+
+def test_show_without_a_display_is_a_clear_error_not_a_qt_abort():
+    # In a child process: if the guard failed, Qt would abort it (SIGABRT), not raise.
+    code = (
+        "import sys; sys.path.insert(0, 'tests')\n"
+        "from frames_fakes import FakeExplainer, PacedSource\n"
+        "from runtime.live import run_live\n"
+        "from runtime.errors import AttnmapError\n"
+        "src = PacedSource(fps=10)\n"
+        "try:\n"
+        "    run_live(FakeExplainer(), src, show=True)\n"
+        "except AttnmapError as exc:\n"
+        "    print('ERR', exc, '|', src.produced, src.closed)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY", "QT_QPA_PLATFORM")}
+    env["PYTHONPATH"] = str(ROOT)
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    line = proc.stdout.strip()
+    assert line.startswith("ERR cannot show a window: no display"), line
+    # Refused before the source produced a frame, and the source was still released.
+    assert "--no-show --out FILE.mp4" in line and line.endswith("| 0 True")
+
+
+@needs_clip
+def test_real_model_live_view_matches_the_api(tiny_vit_onnx):
+    from runtime import Explainer
+
+    ex = Explainer(tiny_vit_onnx)
+    seen: list[LiveFrame] = []
+    stats = run_with_timeout(lambda: run_live(ex, str(CLIP), show=False, method="attention", fit="letterbox",
+                                              max_frames=6, on_frame=seen.append), 30)
+    assert stats.frames_processed == 6 and stats.frames_explained == 6
+    for view in seen:
+        want = ex.explain(view.frame.image_bgr, method="attention", fit="letterbox")
+        np.testing.assert_allclose(view.grid, want.grid, atol=1e-5)
+        assert view.label == want.topk[0].label and view.prob == pytest.approx(want.topk[0].prob, abs=1e-5)
+        assert view.image_bgr.shape == (256, 340, 3)

@@ -1,0 +1,253 @@
+"""Offline video explanation and the bounded pipeline under it.
+
+Checks that an annotated video keeps the input's frame count, size and fps, that its frames
+and maps are what the model and method give frame by frame, and that failures (input, model,
+writer) end cleanly: no hang, no thread left, no temp file, and a valid partial video only
+when the input broke.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from frames_fakes import FakeExplainer, ListSource, PacedSource, attnmap_threads, quadrant_frame, run_with_timeout
+from runtime.errors import AttnmapError, ModelError, OptionError, SourceError
+from runtime.pipeline import BackgroundWorker, prefetch
+from runtime.video import VideoProgress, explain_video
+
+DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+CLIP = DATA / "video" / "mmaction2_test.mp4"
+needs_clip = pytest.mark.skipif(not CLIP.is_file(), reason=f"shared clip {CLIP} is absent")
+
+
+def _write_video(path: Path, n: int, fps: float = 12.0, size=(64, 48)) -> list[np.ndarray]:
+    frames = [quadrant_frame(i, size) for i in range(n)]
+    w = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), fps, size)
+    for f in frames:
+        w.write(f)
+    w.release()
+    return frames
+
+
+def _read_all(path: Path) -> tuple[list[np.ndarray], float]:
+    cap = cv2.VideoCapture(str(path))
+    assert cap.isOpened(), path
+    frames = []
+    while True:
+        ok, f = cap.read()
+        if not ok:
+            break
+        frames.append(f)
+    fps = cap.get(cv2.CAP_PROP_FPS)
+    cap.release()
+    return frames, fps
+
+
+# --------------------------------------------------------------------------- pipeline
+def test_prefetch_keeps_order_batches_and_a_short_tail():
+    batches = list(prefetch(range(23), 5, lambda b: [v * 10 for v in b]))
+    assert [b for b, _ in batches] == [list(range(i, min(i + 5, 23))) for i in range(0, 23, 5)]
+    assert all(p == [v * 10 for v in b] for b, p in batches)
+    assert attnmap_threads() == []
+
+
+def test_prefetch_runs_ahead_only_depth_batches():
+    prepared = []
+    gen = prefetch(range(100), 2, lambda b: prepared.append(b[0]) or b, depth=2)
+    next(gen)
+    time.sleep(0.2)  # give the reader every chance to run away
+    # One yielded + two queued + at most one prepared and waiting to be queued.
+    assert len(prepared) <= 4
+    gen.close()
+    assert attnmap_threads() == []
+
+
+def test_prefetch_reraises_after_yielding_what_was_read():
+    def items():
+        yield from range(7)
+        raise SourceError("decoder broke at item 7")
+
+    got = []
+    with pytest.raises(SourceError, match="item 7"):
+        for batch, _ in prefetch(items(), 3, lambda b: None):
+            got.extend(batch)
+    assert got == list(range(7))  # the short batch [6] before the failure is not lost
+
+
+def test_prefetch_abandoned_early_closes_the_reader():
+    closed = threading.Event()
+
+    def items():
+        try:
+            i = 0
+            while True:
+                yield i
+                i += 1
+        finally:
+            closed.set()
+
+    for batch, _ in prefetch(items(), 4, lambda b: None):
+        break
+    assert closed.wait(2.0) and attnmap_threads() == []
+
+
+def test_background_worker_keeps_order_and_reraises():
+    out = []
+    w = BackgroundWorker(out.append, depth=2)
+    for i in range(50):
+        w.submit(i)
+    w.close()
+    assert out == list(range(50))
+
+    def fail_at_3(i):
+        if i == 3:
+            raise ValueError("encoder broke")
+        out.append(i)
+
+    out.clear()
+    w = BackgroundWorker(fail_at_3, depth=1)
+    with pytest.raises(ValueError, match="encoder broke"):
+        for i in range(100):
+            w.submit(i)
+        w.close()
+    w.close(raise_errors=False)
+    assert out == [0, 1, 2] and attnmap_threads() == []
+
+
+# --------------------------------------------------------------------------- explain_video
+def test_video_keeps_count_size_fps_and_draws_each_frames_own_map(tmp_path):
+    src = tmp_path / "in.avi"
+    _write_video(src, 23, fps=12.0)
+    out = tmp_path / "out.avi"
+    ex = FakeExplainer()
+    progress: list[VideoProgress] = []
+    report = run_with_timeout(lambda: explain_video(ex, str(src), out, batch_size=8, method="attention",
+                                                    save_maps=tmp_path / "maps.npz", progress=progress.append), 30)
+    assert (report.frames, report.fps, report.size) == (23, 12.0, (64, 48))
+    written, fps = _read_all(out)
+    assert len(written) == 23 and fps == 12.0 and written[0].shape == (48, 64, 3)
+    assert [p.done for p in progress] == [8, 16, 23] and progress[-1].total == 23
+    assert progress[-1].eta_s == 0.0 and progress[-1].fps > 0
+    assert ex.infer_calls == 3 and ex.infer_frames == 23  # batched: 8 + 8 + 7
+
+    maps = np.load(tmp_path / "maps.npz")
+    assert maps["grids"].shape == (23, 2, 2) and maps["grids"].dtype == np.float32
+    assert maps["frame_index"].tolist() == list(range(23)) and str(maps["method"]) == "attention"
+    assert float(maps["fps"]) == 12.0 and maps["top1"].tolist() == [0] * 23
+    # Each frame's map is the method on that frame alone (batching changes nothing), and it
+    # peaks on the quadrant that frame lit.
+    decoded, _ = _read_all(src)
+    solo = FakeExplainer()
+    for i in (0, 5, 22):
+        x, geoms = solo.preprocess([decoded[i]], fit="crop")
+        outputs = solo.infer(x)
+        want = solo.maps(outputs, "attention")
+        np.testing.assert_allclose(maps["grids"][i], want[0], atol=1e-6)
+        q = i % 4
+        assert np.unravel_index(np.argmax(maps["grids"][i]), (2, 2)) == (q // 2, q % 2)
+        # ... and the frame written is that explanation drawn over the input (MJPG is lossy).
+        expected = solo.package([decoded[i]], outputs, want, geoms, "attention", topk=1)[0].overlay()
+        assert np.abs(written[i].astype(int) - expected.astype(int)).mean() < 4.0
+        assert np.abs(written[i].astype(int) - decoded[i].astype(int)).mean() > 20.0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.avi", "maps.npz", "out.avi"]
+    assert attnmap_threads() == []
+
+
+@needs_clip
+def test_shared_clip_to_mp4_keeps_all_300_frames(tmp_path):
+    out = tmp_path / "clip_rollout.mp4"
+    report = run_with_timeout(lambda: explain_video(FakeExplainer(), str(CLIP), out, batch_size=16), 120)
+    cap = cv2.VideoCapture(str(out))
+    meta = (int(cap.get(cv2.CAP_PROP_FRAME_COUNT)), cap.get(cv2.CAP_PROP_FPS),
+            int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT)))
+    n = 0
+    while cap.read()[0]:
+        n += 1
+    cap.release()
+    assert meta == (300, 30.0, 340, 256) and n == 300
+    assert report.frames == 300 and report.throughput_fps > 0
+
+
+def test_input_failing_mid_stream_keeps_a_valid_partial_video(tmp_path):
+    frames = [quadrant_frame(i) for i in range(40)]
+    src = ListSource(frames, fps=20.0, fail_after=13)
+    out = tmp_path / "partial.mp4"
+    with pytest.raises(SourceError) as err:
+        run_with_timeout(lambda: explain_video(FakeExplainer(), src, out, batch_size=4,
+                                               save_maps=tmp_path / "m.npz"), 30)
+    msg = str(err.value)
+    assert "decoding failed at frame 13" in msg and "the 13 frames before it were written" in msg
+    assert "\n" not in msg
+    written, fps = _read_all(out)
+    assert len(written) == 13 and fps == 20.0
+    assert np.load(tmp_path / "m.npz")["grids"].shape == (13, 2, 2)
+    assert src.closed and attnmap_threads() == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.npz", "partial.mp4"]
+
+
+def test_model_failure_leaves_no_output_and_no_temp_file(tmp_path):
+    class Broken(FakeExplainer):
+        def infer(self, x, target=None):
+            if self.infer_calls >= 2:
+                raise ModelError("onnxruntime failed on 'fake.onnx': out of memory")
+            return super().infer(x, target)
+
+    src = ListSource([quadrant_frame(i) for i in range(30)], fps=10.0)
+    with pytest.raises(ModelError, match="out of memory"):
+        run_with_timeout(lambda: explain_video(Broken(), src, tmp_path / "o.mp4", batch_size=4), 30)
+    assert list(tmp_path.iterdir()) == [] and src.closed and attnmap_threads() == []
+
+
+def test_frame_size_change_is_a_writer_error_without_output(tmp_path):
+    frames = [quadrant_frame(i, (64, 48)) for i in range(6)] + [quadrant_frame(6, (32, 32))]
+    with pytest.raises(AttnmapError, match=r"must be 48x64x3 uint8; got shape \(32, 32, 3\)"):
+        run_with_timeout(lambda: explain_video(FakeExplainer(), ListSource(frames), tmp_path / "o.avi",
+                                               batch_size=2), 30)
+    assert list(tmp_path.iterdir()) == [] and attnmap_threads() == []
+
+
+def test_live_sources_and_bad_arguments_are_refused(tmp_path):
+    cam = PacedSource(fps=30)
+    with pytest.raises(SourceError, match="is live .*attnmap live SOURCE --no-show --out"):
+        explain_video(FakeExplainer(), cam, tmp_path / "o.mp4")
+    assert cam.closed and cam.produced == 0
+    with pytest.raises(OptionError, match="batch_size"):
+        explain_video(FakeExplainer(), ListSource([quadrant_frame(0)]), tmp_path / "o.mp4", batch_size=0)
+    with pytest.raises(SourceError, match="does not exist"):
+        explain_video(FakeExplainer(), str(tmp_path / "missing.mp4"), tmp_path / "o.mp4")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_image_sequence_without_fps_gets_the_default_rate(tmp_path):
+    for i in range(5):
+        cv2.imwrite(str(tmp_path / f"f_{i:03d}.png"), quadrant_frame(i))
+    report = explain_video(FakeExplainer(), str(tmp_path / "f_%03d.png"), tmp_path / "seq.avi", batch_size=2)
+    written, fps = _read_all(tmp_path / "seq.avi")
+    assert report.frames == len(written) == 5 and fps == 25.0
+
+
+def test_real_model_maps_match_the_api_frame_by_frame(tiny_vit_onnx, tmp_path):
+    from runtime import Explainer
+
+    ex = Explainer(tiny_vit_onnx)
+    src = tmp_path / "in.avi"
+    _write_video(src, 10, fps=8.0)
+    report = explain_video(ex, str(src), tmp_path / "out.mp4", batch_size=4, method="rollout",
+                           options={"discard_ratio": 0.5}, save_maps=tmp_path / "m.npz")
+    assert report.frames == 10 and report.fps == 8.0
+    maps = np.load(tmp_path / "m.npz")
+    decoded, _ = _read_all(src)
+    written, fps = _read_all(tmp_path / "out.mp4")
+    assert len(written) == 10 and fps == 8.0
+    for i, img in enumerate(decoded):
+        # The batched pipeline gives what the one-image API gives.
+        want = ex.explain(img, method="rollout", fit="crop", discard_ratio=0.5)
+        np.testing.assert_allclose(maps["grids"][i], want.grid, atol=1e-4)
+        assert maps["top1"][i] == want.topk[0].index
+        assert maps["prob"][i] == pytest.approx(want.topk[0].prob, abs=1e-4)
