@@ -19,13 +19,17 @@ drift in the last digits and the final accuracy by a fraction of a percent.
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import hashlib
 import json
 import math
 import os
+import shlex
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -174,7 +178,8 @@ def accuracy(model: torch.nn.Module, seed: int, n: int, size: int, batch: int = 
 
 
 def train(cfg: TrainConfig, *, ckpt_dir: Path | None = DEFAULT_CKPT_DIR,
-          log: Callable[[str], None] = print) -> tuple[torch.nn.Module, TrainResult]:
+          log: Callable[[str], None] = print,
+          log_every: int = 50) -> tuple[torch.nn.Module, TrainResult]:
     """Train a ViT on freshly generated shapes batches.
 
     Args:
@@ -182,6 +187,7 @@ def train(cfg: TrainConfig, *, ckpt_dir: Path | None = DEFAULT_CKPT_DIR,
         ckpt_dir: where to save ``<model_name>_seed<seed>.safetensors`` (+ ``.json`` config);
             None to skip saving.
         log: progress sink.
+        log_every: steps between loss lines (0: none).
 
     Returns:
         ``(model, result)``: the trained model in eval mode and its :class:`TrainResult`.
@@ -209,6 +215,10 @@ def train(cfg: TrainConfig, *, ckpt_dir: Path | None = DEFAULT_CKPT_DIR,
         opt.step()
         result.losses.append(loss.item())
         last = step + 1 == cfg.steps
+        if log_every and (step + 1) % log_every == 0:
+            log(f"step {step + 1}/{cfg.steps}  loss {np.mean(result.losses[-log_every:]):.4f}  "
+                f"clutter {_clutter_at(step, cfg):.2f}  "
+                f"{train_seconds + time.perf_counter() - t0:.0f}s")
         if cfg.eval_every and (step + 1) % cfg.eval_every == 0 and not last:
             train_seconds += time.perf_counter() - t0
             acc = accuracy(model, cfg.eval_seed, cfg.eval_n, cfg.img_size)
@@ -254,3 +264,176 @@ def load_checkpoint(path: str | Path) -> tuple[torch.nn.Module, TrainConfig]:
     model = build_model(cfg)
     model.load_state_dict(load_file(str(path)), strict=True)
     return model.eval(), cfg
+
+
+# ----------------------------------------------------------------------------- held-out scoring
+def score_onnx(path: str | Path, seed: int, n: int, *, size: int | None = None,
+               batch: int = 100) -> dict:
+    """Score an exported model on ``make_batch(seed, n)`` with onnxruntime (no torch involved).
+
+    Args:
+        path: attnmap ``.onnx`` file with ``logits`` and ``attentions`` outputs.
+        seed: int seed of the held-out set (never a training seed).
+        n: number of samples.
+        size: image side; None reads it from the metadata.
+        batch: inference batch size.
+
+    Returns:
+        ``{"seed", "n", "accuracy", "rollout": {...}, "attention": {...}, "random": {...}}`` where
+        each method holds ``pointing_game`` (hit rate, 0 px tolerance) and ``box_mass_ratio``
+        (mean over samples), computed on maps resized to the image size.
+    """
+    import onnxruntime as ort
+
+    from runtime.evaluate import box_mass_ratio, pointing_game, resize_maps
+    from runtime.explain import explain
+    from runtime.meta import ModelMeta
+
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    meta = ModelMeta.from_props(sess.get_modelmeta().custom_metadata_map, str(path))
+    size = size or meta.image_size[0]
+    images, labels, _, boxes = synth.make_batch(seed, n, size)
+    mean = np.asarray(meta.mean, np.float32)[:, None, None]
+    std = np.asarray(meta.std, np.float32)[:, None, None]
+    preds, maps = [], {"rollout": [], "attention": []}
+    for i in range(0, n, batch):
+        x = (images[i:i + batch, :, :, ::-1].transpose(0, 3, 1, 2).astype(np.float32) / 255.0
+             - mean) / std
+        logits, attn = sess.run(["logits", "attentions"], {"input": x})
+        preds.append(logits.argmax(1))
+        for method in maps:
+            maps[method].append(explain(method, attn, meta.layout))
+    out = {"seed": seed, "n": n,
+           "accuracy": float((np.concatenate(preds) == labels).mean())}
+    grid_maps = {k: np.concatenate(v) for k, v in maps.items()}
+    grid_maps["random"] = np.random.default_rng(seed).random(grid_maps["rollout"].shape,
+                                                             dtype=np.float32)
+    for method, m in grid_maps.items():
+        full = resize_maps(m, (size, size))
+        out[method] = {"pointing_game": float(pointing_game(full, boxes).mean()),
+                       "box_mass_ratio": float(np.nanmean(box_mass_ratio(full, boxes)))}
+    return out
+
+
+# ----------------------------------------------------------------------------- registry
+def file_sha256(path: str | Path) -> str:
+    """Hex SHA-256 of a file."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def update_registry(registry: str | Path, entry: dict) -> None:
+    """Insert or replace (by ``name``) one model entry of ``models/registry.json``, atomically.
+
+    When ``entry["default"]`` is true every other entry loses its default flag.
+    """
+    registry = Path(registry)
+    data = json.loads(registry.read_text()) if registry.is_file() else {"models": []}
+    models = [m for m in data.get("models", []) if m.get("name") != entry["name"]]
+    if entry.get("default"):
+        for m in models:
+            m["default"] = False
+    data["models"] = models + [entry]
+    registry.parent.mkdir(parents=True, exist_ok=True)
+    tmp = registry.with_name(f".{registry.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(tmp, registry)
+
+
+def _load_average() -> str:
+    try:
+        return " ".join(f"{v:.1f}" for v in os.getloadavg())
+    except OSError:
+        return "unknown"
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m export.train",
+        description="Train a small ViT on the procedural shapes dataset and export it for attnmap.")
+    p.add_argument("--out", type=Path, default=Path("models/shapes_vit.onnx"),
+                   help="ONNX file to write (default: %(default)s)")
+    p.add_argument("--no-export", action="store_true", help="train and save the checkpoint only")
+    p.add_argument("--ckpt-dir", type=Path, default=DEFAULT_CKPT_DIR,
+                   help="where the trained state_dict goes (default: %(default)s)")
+    p.add_argument("--registry", type=Path, default=None,
+                   help="models/registry.json to record the exported model in (default: none)")
+    p.add_argument("--name", default="shapes-vit", help="registry name (default: %(default)s)")
+    p.add_argument("--default", action="store_true", help="mark the registry entry as the default")
+    p.add_argument("--score-seed", type=int, default=4242,
+                   help="held-out seed for the registry figures (default: %(default)s)")
+    p.add_argument("--score-n", type=int, default=500,
+                   help="held-out samples for the registry figures (default: %(default)s)")
+    for f in dataclasses.fields(TrainConfig):
+        p.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=f.default,
+                       help=f"(default: %(default)s)")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> TrainResult:
+    """Command line entry point; see ``python -m export.train --help``."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = _parser().parse_args(argv)
+    cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)})
+    if cfg.steps < 1 or cfg.batch_size < 1:
+        raise SystemExit(f"--steps and --batch-size must be >= 1; got {cfg.steps}, {cfg.batch_size}")
+    log = lambda msg: print(msg, flush=True)  # noqa: E731
+    load_before = _load_average()
+    log(f"training {cfg.model_name}: {asdict(cfg)}; load average {load_before}")
+    model, result = train(cfg, ckpt_dir=args.ckpt_dir, log=log)
+    load_after = _load_average()
+    if args.no_export:
+        return result
+    from .to_onnx import export_module
+
+    extra = {"training": {"dataset": synth.DATASET_VERSION, "seed": cfg.seed, "steps": cfg.steps,
+                          "heldout_accuracy": result.accuracy, "heldout_seed": cfg.eval_seed,
+                          "heldout_n": cfg.eval_n, "seconds": round(result.seconds, 1),
+                          "timm_model": "vit_tiny_patch16_224",
+                          "timm_kwargs": {"img_size": cfg.img_size, "patch_size": cfg.patch_size,
+                                          "embed_dim": cfg.embed_dim, "depth": cfg.depth,
+                                          "num_heads": cfg.num_heads, "mlp_ratio": cfg.mlp_ratio,
+                                          "num_classes": len(synth.CLASSES)}}}
+    report = export_module(model, args.out, model_name=cfg.model_name, labels=list(synth.CLASSES),
+                           extra=extra, data_config=cfg.data_config, log=log)
+    if args.registry is None:
+        return result
+    scores = score_onnx(report.path, args.score_seed, args.score_n)
+    log(f"held-out (seed {args.score_seed}, n {args.score_n}): {json.dumps(scores)}")
+    registry = Path(args.registry)
+    try:
+        file = str(report.path.resolve().relative_to(registry.parent.resolve()))
+    except ValueError:
+        file = str(report.path.resolve())
+    import onnx
+    import onnxruntime
+    import timm
+
+    update_registry(registry, {
+        "name": args.name, "file": file, "default": bool(args.default),
+        "description": f"ViT ({cfg.depth} blocks, {cfg.num_heads} heads, dim {cfg.embed_dim}, "
+                       f"patch {cfg.patch_size}, {cfg.img_size} px) trained from scratch on the "
+                       f"procedural shapes dataset; classes: {', '.join(synth.CLASSES)}",
+        "labels": list(synth.CLASSES),
+        "command": "python -m export.train " + shlex.join(argv),
+        "seed": cfg.seed, "dataset": synth.DATASET_VERSION, "config": asdict(cfg),
+        "heldout": scores,
+        "training_seconds": round(result.seconds, 1),
+        "training_machine": {"threads": cfg.threads, "cpu_count": os.cpu_count(),
+                             "load_average_before": load_before, "load_average_after": load_after},
+        "size_bytes": report.size_bytes, "sha256": file_sha256(report.path),
+        "licence": "Apache-2.0 (the project's licence)",
+        "versions": {"attnmap": report.meta.exporter.get("attnmap", "unknown"),
+                     "torch": torch.__version__, "timm": timm.__version__,
+                     "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__,
+                     "opset": report.meta.exporter.get("opset", "unknown")},
+    })
+    log(f"recorded {args.name} in {registry}")
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -113,15 +113,21 @@ def run_live(explainer, source: "str | Source" = "0", *, method: str = "rollout"
                      hud=hud, win=win, recorder=recorder, on_frame=on_frame, snapshot_dir=Path(snapshot_dir))
         loop.warm_up(src.size)
         grabber.start()
-        stats.ended = loop.run(grabber, max_frames, duration)
+        try:
+            stats.ended = loop.run(grabber, max_frames, duration)
+        except KeyboardInterrupt:
+            # Ctrl-C is how a headless camera run is stopped: finish the recording, report.
+            stats.ended = "interrupted"
     finally:
         grabber.stop()
         stats.frames_captured, stats.frames_dropped = grabber.captured, grabber.dropped
         if win is not None:
             win.close()
         if recorder is not None:
-            stats.out = str(recorder.close()) if recorder.sink is not None and recorder.sink.frames else None
-            stats.frames_written = recorder.frames
+            frames = recorder.frames
+            committed = recorder.close()
+            stats.out = None if committed is None else str(committed)
+            stats.frames_written = frames
     if grabber.error is not None:
         stats.ended = "error"
         raise grabber.error
@@ -149,6 +155,9 @@ class _Loop:
         self.stage_ema = {s: 0.0 for s in STAGES}
         self.fps_times: deque = deque(maxlen=30)
         self.message, self.message_until = "", 0.0
+        if win is not None:
+            # A reminder of the keys for the first seconds in a window (the full list: KEY_HELP).
+            self.message, self.message_until = "keys: m [ ] h c f space s q", time.perf_counter() + 5.0
 
     def warm_up(self, size: tuple[int, int] | None) -> None:
         """Run one blank frame through every stage before the camera starts.

@@ -92,7 +92,7 @@ class LiveStats:
             repeating the last drawn frame, so the file plays in real time).
         duration_s: from the first frame taken to the last shown.
         ended: why the loop stopped: ``"end"`` of stream, ``"quit"``, ``"max_frames"``,
-            ``"duration"`` or ``"error"``.
+            ``"duration"``, ``"interrupted"`` (Ctrl-C) or ``"error"``.
         out: the output video, if one was written.
         snapshots: snapshot files saved with ``s``.
         records: per-frame timings (the last 20,000).

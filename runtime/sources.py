@@ -28,7 +28,6 @@ import glob as _glob
 import os
 import re
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
@@ -36,6 +35,7 @@ import cv2
 import numpy as np
 
 from .errors import ImageError, SourceError
+from .frame import KINDS, LIVE_KINDS, Frame, Source, SourceRef
 
 IMAGE_EXTS = frozenset({".jpg", ".jpeg", ".jpe", ".png", ".bmp", ".dib", ".tif", ".tiff", ".webp",
                         ".jp2", ".pbm", ".pgm", ".ppm", ".pnm", ".pxm", ".sr", ".ras", ".exr", ".hdr",
@@ -43,8 +43,6 @@ IMAGE_EXTS = frozenset({".jpg", ".jpeg", ".jpe", ".png", ".bmp", ".dib", ".tif",
 VIDEO_EXTS = frozenset({".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".mpg", ".mpeg", ".wmv",
                         ".flv", ".gif", ".ts", ".mts", ".3gp", ".ogv", ".y4m"})
 STREAM_SCHEMES = ("rtsp", "rtsps", "rtmp", "http", "https", "udp", "tcp", "srt")
-KINDS = ("image", "directory", "glob", "video", "camera", "stream", "sequence")
-LIVE_KINDS = frozenset({"camera", "stream"})
 
 # How long a network stream may take to open or to deliver a frame before it counts as dead.
 STREAM_TIMEOUT_MS = 5000
@@ -55,49 +53,9 @@ _SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*)://")
 
 ErrorHandler = Callable[[str, SourceError], None]
 
-
-@dataclass
-class Frame:
-    """One decoded frame.
-
-    Attributes:
-        index: position in the source, from 0 (for files in a folder: the file's position
-            among those read, bad files included, so indices stay stable).
-        image_bgr: (H, W, 3) BGR uint8 pixels.
-        source: where the frame came from: the file path, or the source spec.
-        timestamp: ``time.perf_counter()`` when the frame was decoded (or captured); the clock
-            that capture-to-display latencies are measured on.
-    """
-
-    index: int
-    image_bgr: np.ndarray
-    source: str
-    timestamp: float
-
-
-@dataclass(frozen=True)
-class SourceRef:
-    """A parsed source spec: what kind of input it is and where.
-
-    Attributes:
-        kind: one of :data:`KINDS`.
-        spec: the spec as given (a path, pattern, URL or camera spec).
-        target: what is opened: the path, glob pattern, URL, or the camera index as text.
-    """
-
-    kind: str
-    spec: str
-    target: str
-
-    @property
-    def is_live(self) -> bool:
-        """True for cameras and network streams (frames arrive in real time, no end known)."""
-        return self.kind in LIVE_KINDS
-
-    @property
-    def is_multi_image(self) -> bool:
-        """True for sources that list several still images (directory, glob)."""
-        return self.kind in ("directory", "glob")
+__all__ = ["CaptureSource", "ErrorHandler", "Frame", "IMAGE_EXTS", "ImageFilesSource", "KINDS", "LIVE_KINDS",
+           "Source", "SourceRef", "VIDEO_EXTS", "expand_sources", "iter_frames", "open_files", "open_source",
+           "parse_source"]
 
 
 def parse_source(spec: str | os.PathLike) -> SourceRef:
@@ -169,6 +127,33 @@ def open_source(spec: "str | os.PathLike | SourceRef", *, on_error: ErrorHandler
     return CaptureSource(ref)
 
 
+def open_files(paths: Sequence[str | os.PathLike], *, on_error: ErrorHandler | None = None,
+               spec: str | None = None) -> "Source":
+    """Open an explicit list of image files as one source (kind ``"files"``).
+
+    This is how ``attnmap explain a.jpg photos/ "shots/*.png"`` reads all its images in one
+    batched, prefetched stream: :func:`expand_sources` the arguments, then open the image refs
+    together. Files are read lazily, so a bad one is reported (``on_error``) when reached.
+
+    Args:
+        paths: image files, in reading order.
+        on_error: called as ``on_error(path, error)`` for unreadable files, which are skipped;
+            None raises at the bad file.
+        spec: the name the source goes by in messages (default ``"<n> files"``).
+
+    Returns:
+        An open :class:`Source`.
+
+    Raises:
+        SourceError: ``paths`` is empty.
+    """
+    files = [os.fspath(p) for p in paths]
+    if not files:
+        raise SourceError("no image files to read: got an empty list")
+    name = spec or f"{len(files)} files"
+    return ImageFilesSource(SourceRef("files", name, name), files, on_error=on_error)
+
+
 def iter_frames(spec: "str | os.PathLike | SourceRef", *, on_error: ErrorHandler | None = None) -> Iterator[Frame]:
     """Yield the frames of a source, releasing it when the iteration ends or is abandoned.
 
@@ -188,7 +173,8 @@ def expand_sources(specs: Sequence[str | os.PathLike]) -> list[SourceRef]:
 
     Directories and globs become one ``image`` ref per image file (sorted); videos, image
     sequences, cameras and streams stay as one ref each. Duplicates are dropped, keeping the
-    first occurrence, so ``explain a.jpg *.jpg`` explains ``a.jpg`` once.
+    first occurrence, so ``explain a.jpg *.jpg`` explains ``a.jpg`` once. Open the image refs
+    together with :func:`open_files` to explain them in one batched stream.
 
     Args:
         specs: source specs, as typed on the command line.
@@ -210,57 +196,6 @@ def expand_sources(specs: Sequence[str | os.PathLike]) -> list[SourceRef]:
                 seen.add(key)
                 out.append(item)
     return out
-
-
-class Source:
-    """An open frame source. Iterate it for :class:`Frame` objects; close it when done.
-
-    Attributes:
-        ref: the parsed spec.
-        fps: frames per second, None when unknown (cameras may not say; image files have none).
-        frame_count: number of frames, None when unknown (cameras, streams).
-        size: ``(width, height)`` of the frames in pixels, as ``cv2.VideoWriter`` wants it,
-            or None when frames may differ in size (folders of images).
-    """
-
-    fps: float | None = None
-    frame_count: int | None = None
-    size: tuple[int, int] | None = None
-
-    def __init__(self, ref: SourceRef):
-        self.ref = ref
-        self.closed = False
-
-    @property
-    def kind(self) -> str:
-        """One of :data:`KINDS` (subclasses outside this module may add their own)."""
-        return self.ref.kind
-
-    @property
-    def spec(self) -> str:
-        """The spec this source was opened from."""
-        return self.ref.spec
-
-    @property
-    def is_live(self) -> bool:
-        """True when frames arrive in real time and cannot be waited for (camera, stream)."""
-        return self.ref.is_live
-
-    def __iter__(self) -> Iterator[Frame]:
-        raise NotImplementedError  # every concrete source defines its own iteration
-
-    def close(self) -> None:
-        """Release the underlying file or device; safe to call twice."""
-        self.closed = True
-
-    def __enter__(self) -> "Source":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}(kind={self.kind!r}, spec={self.spec!r})"
 
 
 class ImageFilesSource(Source):

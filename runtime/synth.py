@@ -339,6 +339,11 @@ def _write_atomic(path: Path, write) -> None:
             os.remove(tmp)
 
 
+def _imwrite(path: str, image: np.ndarray) -> None:
+    if not cv2.imwrite(path, image):
+        raise SourceError(f"cannot write image {path}; OpenCV refused it")
+
+
 def write_demo_inputs(out_dir: str | Path, seed: int = 0, n_images: int = 6,
                       video_frames: int = 48, size: int = 192, fps: float = 12.0
                       ) -> tuple[list[Path], Path]:
@@ -375,7 +380,7 @@ def write_demo_inputs(out_dir: str | Path, seed: int = 0, n_images: int = 6,
             if sample.label == i % len(CLASSES):
                 break
         path = out / f"shapes_{i:02d}.png"
-        _write_atomic(path, lambda tmp, im=sample.image_bgr: cv2.imwrite(tmp, im))
+        _write_atomic(path, lambda tmp, im=sample.image_bgr: _imwrite(tmp, im))
         paths.append(path)
 
     video = out / "shapes_demo.mp4"

@@ -1,8 +1,8 @@
 """Offline video explanation: every frame in, an annotated video of the same length out.
 
-Three threads overlap the work (see :mod:`runtime.pipeline`): a reader decodes frames and
-preprocesses whole batches, the caller's thread runs the model and the explanation method on
-each batch, and a writer draws the heatmaps and encodes them. Queues between them are bounded,
+Three threads overlap the work: a reader decodes frames and preprocesses whole batches, the
+caller's thread runs the model and the explanation method on each batch (both in
+:func:`runtime.stream.explain_stream`), and a writer draws the heatmaps and encodes them. Queues between them are bounded,
 so a long video never piles up in memory.
 
 The output keeps the input's frame count, frame size and frame rate. If the input fails
@@ -22,15 +22,16 @@ import numpy as np
 from .display import VideoSink
 from .errors import OptionError, SourceError
 from .files import write_npz
-from .pipeline import BackgroundWorker, prefetch
+from .pipeline import BackgroundWorker
 from .sources import Source, open_source
+from .stream import explain_stream
 
 DEFAULT_FPS = 25.0  # for inputs that do not say (image sequences)
 
 
 @dataclass(frozen=True)
 class VideoProgress:
-    """Progress of :func:`explain_video`, passed to its ``progress`` callback after each batch.
+    """Progress of :func:`explain_video`, passed to its ``progress`` callback as frames are done.
 
     Attributes:
         done: frames explained so far.
@@ -120,7 +121,8 @@ def explain_video(explainer, src: "str | Path | Source", out_path: str | Path, *
         save_maps: also write the maps to this ``.npz``: ``grids`` (T, gh, gw) float32 in
             [0, 1], ``frame_index`` (T,) int64, ``top1`` (T,) int64, ``prob`` (T,) float32,
             ``fps`` and ``method``.
-        progress: called with a :class:`VideoProgress` after each batch (in the caller's thread).
+        progress: called with a :class:`VideoProgress` every ``batch_size`` frames and once at
+            the end (in the caller's thread).
         fps: output frame rate override (default: the input's, else 25).
         fourcc: codec override (default by extension: mp4v, MJPG for .avi).
         prefetch_depth: batches the reader may prepare ahead.
@@ -133,9 +135,8 @@ def explain_video(explainer, src: "str | Path | Source", out_path: str | Path, *
             with ``out``), or fails mid-stream (the frames before are written first).
         AttnmapError: the output cannot be written.
     """
-    if batch_size < 1:
+    if int(batch_size) != batch_size or batch_size < 1:
         raise OptionError(f"batch_size must be an integer >= 1; got {batch_size}")
-    opts = dict(options or {})
     source = src if isinstance(src, Source) else open_source(src)
     with source:
         if source.is_live:
@@ -147,46 +148,29 @@ def explain_video(explainer, src: "str | Path | Source", out_path: str | Path, *
         out_fps = float(fps or source.fps or DEFAULT_FPS)
         sink = VideoSink(out_path, out_fps, source.size, fourcc)
         draw = dict(colormap=colormap, alpha=alpha, blur=blur, mode=mode, label=label)
-
-        def render(explanations) -> None:
-            for exp in explanations:
-                sink.write(exp.overlay(**draw))
-
-        def prepare(frames):
-            return explainer.preprocess([f.image_bgr for f in frames], fit=fit)
-
-        writer = BackgroundWorker(render, depth=2, name="attnmap-video-writer")
+        writer = BackgroundWorker(lambda exp: sink.write(exp.overlay(**draw)), depth=2 * batch_size,
+                                  name="attnmap-video-writer")
         grids: list[np.ndarray] = []
         index: list[int] = []
         top1: list[int] = []
         prob: list[float] = []
         stage = {"wait": 0.0, "inference": 0.0, "explanation": 0.0, "submit": 0.0}
         t_start = time.perf_counter()
-        done = 0
+        reported = 0
         try:
-            t = time.perf_counter()
-            for frames, (x, geoms) in prefetch(source, batch_size, prepare, depth=prefetch_depth,
-                                               name="attnmap-video-reader"):
+            for frame, exp in explain_stream(explainer, source, method=method, options=options,
+                                             batch_size=batch_size, fit=fit, topk=1,
+                                             prefetch_depth=prefetch_depth, timings=stage):
                 t0 = time.perf_counter()
-                outputs = explainer.infer(x)
-                t1 = time.perf_counter()
-                maps = explainer.maps(outputs, method, **opts)
-                explanations = explainer.package([f.image_bgr for f in frames], outputs, maps, geoms, method, topk=1)
-                t2 = time.perf_counter()
-                writer.submit(explanations)
-                t3 = time.perf_counter()
-                stage["wait"] += t0 - t
-                stage["inference"] += t1 - t0
-                stage["explanation"] += t2 - t1
-                stage["submit"] += t3 - t2
-                t = t3
-                grids.extend(maps)
-                index.extend(f.index for f in frames)
-                top1.extend(e.topk[0].index for e in explanations)
-                prob.extend(e.topk[0].prob for e in explanations)
-                done += len(frames)
-                if progress is not None:
-                    progress(VideoProgress(done, source.frame_count, time.perf_counter() - t_start))
+                writer.submit(exp)
+                stage["submit"] += time.perf_counter() - t0
+                grids.append(exp.grid)
+                index.append(frame.index)
+                top1.append(exp.topk[0].index)
+                prob.append(exp.topk[0].prob)
+                if progress is not None and len(index) - reported >= batch_size:
+                    reported = len(index)
+                    progress(VideoProgress(reported, source.frame_count, time.perf_counter() - t_start))
             writer.close()
         except SourceError as exc:
             # Keep what was drawn before the input failed: a valid, shorter video.
@@ -203,6 +187,8 @@ def explain_video(explainer, src: "str | Path | Source", out_path: str | Path, *
             sink.close(commit=False)
             raise
         sink.close(commit=True)
+        if progress is not None and reported != len(index):
+            progress(VideoProgress(len(index), source.frame_count, time.perf_counter() - t_start))
         elapsed = time.perf_counter() - t_start
         maps_path = None
         if save_maps is not None:

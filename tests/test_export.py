@@ -127,6 +127,11 @@ def test_family_exports_with_parity_and_layout(tmp_path, fid, name, kwargs, pref
     img = kwargs["img_size"] if isinstance(kwargs["img_size"], tuple) else (kwargs["img_size"],) * 2
     assert meta.input_size == (3, *img)
     assert meta.outputs == ("logits", "attentions") and meta.inputs == ("input",)
+    if fid == "dinov2_reg4":
+        # img_size overrides the 518 px default; the rest of timm's DINOv2 eval config stays.
+        assert model.pretrained_cfg["input_size"] == (3, 518, 518)
+        assert (meta.crop_pct, meta.interpolation, meta.patch_size) == (1.0, "bicubic", (14, 14))
+        assert meta.mean == pytest.approx((0.485, 0.456, 0.406)) and meta.std == pytest.approx((0.229, 0.224, 0.225))
     assert report.logits_max_abs <= 1e-4 and report.attentions_max_abs <= 1e-5
     assert report.size_bytes == out.stat().st_size and sorted(os.listdir(tmp_path)) == [out.name]
 
@@ -178,16 +183,6 @@ def test_prefix_kinds_follow_timm_concatenation_order(name, kwargs, expected):
     assert list(describe_tokens(model)[0]) == expected
 
 
-def test_dinov2_img_size_override_sets_input_size_and_keeps_timm_preprocessing(tmp_path):
-    model = make_model("vit_small_patch14_dinov2", img_size=56)
-    assert model.pretrained_cfg["input_size"] == (3, 518, 518)
-    report = export_module(model, tmp_path / "d.onnx", model_name="vit_small_patch14_dinov2", heads="mean", **QUIET)
-    meta = report.meta
-    assert meta.input_size == (3, 56, 56) and meta.grid_size == (4, 4) and meta.patch_size == (14, 14)
-    assert meta.crop_pct == 1.0 and meta.interpolation == "bicubic"
-    assert meta.mean == pytest.approx((0.485, 0.456, 0.406)) and meta.std == pytest.approx((0.229, 0.224, 0.225))
-
-
 # ----------------------------------------------------------------------------- graph
 def test_graph_names_dtypes_dynamic_batch_and_self_contained(tiny_vit_onnx):
     model = onnx.load(str(tiny_vit_onnx))
@@ -232,12 +227,14 @@ def test_metadata_round_trip_through_onnxruntime(tiny_vit_onnx):
     assert ModelMeta.from_props(meta.to_props()) == meta
 
 
-@pytest.mark.parametrize("heads", ["mean", "max", "min"])
-def test_head_fusion_in_graph_equals_fused_torch_attention(tmp_path, heads):
+@pytest.mark.parametrize("heads,opset", [("mean", None), ("max", None), ("min", 18)])
+def test_head_fusion_in_graph_equals_fused_torch_attention(tmp_path, heads, opset):
     model = make_model(TINY_VIT["name"], img_size=32, patch_size=8)
     out = tmp_path / f"{heads}.onnx"
-    report = export_module(model, out, model_name=TINY_VIT["name"], heads=heads, **QUIET)
+    report = export_module(model, out, model_name=TINY_VIT["name"], heads=heads, opset=opset, **QUIET)
     assert report.meta.head_fusion == heads and report.meta.output_heads == 1 and report.meta.num_heads == 2
+    graph_opset = next(o.version for o in onnx.load(str(out)).opset_import if o.domain in ("", "ai.onnx"))
+    assert report.meta.exporter["opset"] == str(graph_opset) and (opset is None or graph_opset == opset)
     x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(3))
     _, attn = session(out).run(None, {"input": x.numpy()})
     with ViTWithAttention(model) as wrapped, torch.no_grad():
@@ -247,20 +244,27 @@ def test_head_fusion_in_graph_equals_fused_torch_attention(tmp_path, heads):
     np.testing.assert_allclose(attn, reduce(full.numpy(), axis=2, keepdims=True), atol=1e-6)
 
 
-def test_logits_only_export_is_the_same_model(tmp_path):
-    model = make_model(TINY_VIT["name"], img_size=32, patch_size=8)
+def test_logits_only_export_is_the_same_model_and_random_init_is_announced(tmp_path):
     labels = tmp_path / "labels.json"
     labels.write_text(json.dumps({str(i): [f"n{i:08d}", name] for i, name in enumerate(TINY_LABELS)}))
     out = tmp_path / "plain.onnx"
-    report = export_module(model, out, model_name=TINY_VIT["name"], attentions=False, labels=labels, **QUIET)
+    lines = []
+    torch.manual_seed(21)
+    report = export_onnx(TINY_VIT["name"], out, img_size=32, model_kwargs=TINY_VIT["kwargs"], attentions=False,
+                         labels=labels, log=lines.append)
+    assert any("RANDOM weights" in line for line in lines) and any("parity" in line for line in lines)
     sess = session(out)
     assert [o.name for o in sess.get_outputs()] == ["logits"]
     assert report.meta.outputs == ("logits",) and file_meta(out).outputs == ("logits",)
     assert report.meta.label_names == TINY_LABELS and report.attentions_max_abs == 0.0
+    torch.manual_seed(21)  # export_onnx draws the same random weights as this
+    model = timm.create_model(TINY_VIT["name"], img_size=32, **TINY_VIT["kwargs"]).eval()
     x = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(5))
     (logits,) = sess.run(None, {"input": x.numpy()})
     with torch.no_grad():
-        np.testing.assert_allclose(logits, model(x).numpy(), atol=1e-5)
+        ref = model(x).numpy()
+    assert np.abs(ref).max() > 0.1
+    np.testing.assert_allclose(logits, ref, atol=1e-5)
 
 
 # ----------------------------------------------------------------------------- capture
@@ -308,7 +312,8 @@ def test_deltas_hook_gives_gradients_with_respect_to_the_probabilities():
                 up = wrapped(x)[0][0, target]
                 bumped[layer][0, h, i, j] = -eps
                 down = wrapped(x)[0][0, target]
-                assert grads[layer][0, h, i, j].item() == pytest.approx(((up - down) / (2 * eps)).item(), rel=1e-5, abs=1e-8)
+                numeric = ((up - down) / (2 * eps)).item()
+                assert grads[layer][0, h, i, j].item() == pytest.approx(numeric, rel=1e-5, abs=1e-8)
         wrapped.set_deltas(None)
         with torch.no_grad():
             torch.testing.assert_close(wrapped(x)[0], model(x))
@@ -468,24 +473,7 @@ def test_pretrained_without_hub_fails_fast_with_a_clear_error(tmp_path, monkeypa
     assert os.listdir(tmp_path) == []
 
 
-def test_random_init_is_announced(tmp_path):
-    lines = []
-    torch.manual_seed(0)
-    export_onnx(TINY_VIT["name"], tmp_path / "r.onnx", img_size=32, model_kwargs=TINY_VIT["kwargs"],
-                attentions=False, log=lines.append)
-    assert any("RANDOM weights" in line for line in lines)
-    assert any("parity" in line for line in lines)
-
-
 # ----------------------------------------------------------------------------- parity gate
-def test_parity_failure_leaves_no_file(tmp_path):
-    model = make_model(TINY_VIT["name"], img_size=32, patch_size=8)
-    out = tmp_path / "m.onnx"
-    with pytest.raises(ExportError, match="parity check failed.*no file written"):
-        export_module(model, out, model_name="tiny", atol=-1.0, **QUIET)
-    assert os.listdir(tmp_path) == []
-
-
 def test_perturbed_graph_fails_parity_and_leaves_no_file(tmp_path, monkeypatch):
     import export.to_onnx as to_onnx
 
@@ -496,17 +484,31 @@ def test_perturbed_graph_fails_parity_and_leaves_no_file(tmp_path, monkeypatch):
         model = onnx.load(str(path))
         from onnx import numpy_helper
 
-        for init in model.graph.initializer:
-            arr = numpy_helper.to_array(init)
-            if arr.dtype == np.float32 and arr.ndim == 2 and arr.size >= 100:  # a weight matrix
-                init.CopyFrom(numpy_helper.from_array(arr + 0.05, init.name))
-                break
+        noise = np.random.default_rng(0)
+        heads = [init for init in model.graph.initializer if init.name.endswith("head.weight")]
+        assert len(heads) == 1
+        for init in heads:
+                arr = numpy_helper.to_array(init)
+                init.CopyFrom(numpy_helper.from_array(arr + noise.normal(0, 0.05, arr.shape).astype(np.float32),
+                                                      init.name))
         onnx.save_model(model, str(path))
 
     monkeypatch.setattr(to_onnx, "_save", save_then_perturb)
     out = tmp_path / "m.onnx"
-    with pytest.raises(ExportError, match="parity check failed"):
+    with pytest.raises(ExportError, match=r"parity check failed for tiny: logits max .*no file written"):
         export_module(make_model(TINY_VIT["name"], img_size=32, patch_size=8), out, model_name="tiny", **QUIET)
+    assert os.listdir(tmp_path) == []
+
+
+def test_parity_tolerance_is_enforced(tmp_path, monkeypatch):
+    # The gate compares against the tolerances, not merely computes differences: with a
+    # negative attention tolerance even a perfect export must be refused.
+    import export.to_onnx as to_onnx
+
+    monkeypatch.setattr(to_onnx, "ATTN_ATOL", -1.0)
+    with pytest.raises(ExportError, match="attentions max"):
+        export_module(make_model(TINY_VIT["name"], img_size=32, patch_size=8), tmp_path / "m.onnx",
+                      model_name="tiny", **QUIET)
     assert os.listdir(tmp_path) == []
 
 

@@ -61,9 +61,11 @@ def test_grabber_drops_old_frames_for_a_slow_consumer():
     assert 12 <= len(taken) <= 21
     assert grab.dropped >= 60
     assert grab.captured - grab.dropped - grab.taken in (0, 1)
-    # Every frame taken is the newest: younger than two camera intervals, however long the run.
+    # Every frame taken is the newest: younger than two camera intervals (+ the 50 ms of
+    # "inference" as slack for a busy machine), and no older at the end than at the start.
     ages = [a for _, a in taken]
-    assert max(ages) < 0.02 + 0.015, ages
+    assert max(ages) < 0.02 + 0.05, ages
+    assert np.median(ages) < 0.02 and np.mean(ages[-5:]) < np.mean(ages[:5]) + 0.01, ages
     # Consecutive frames taken are about 5 camera frames apart: the skipped ones were dropped.
     gaps = np.diff(indices)
     assert 3 <= np.median(gaps) <= 7
@@ -135,7 +137,7 @@ def test_live_keeps_every_frame_of_a_camera_it_can_keep_up_with():
     stats = run_with_timeout(lambda: run_live(ex, src, show=False), 10)
     assert stats.ended == "end"
     assert stats.frames_captured == 40
-    assert stats.frames_dropped <= 2  # a scheduling hiccup may cost one, never a backlog
+    assert stats.frames_dropped <= 4  # a scheduling hiccup on a busy machine may cost one or two
     assert stats.frames_processed == 40 - stats.frames_dropped
     assert 30 <= stats.fps <= 55
 
@@ -240,6 +242,20 @@ def test_source_failing_mid_stream_ends_cleanly_with_a_valid_video(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["live.mp4"]  # no temp file left behind
 
 
+def test_ctrl_c_ends_a_headless_recording_cleanly(tmp_path):
+    out = tmp_path / "cam.avi"
+
+    def interrupt_at_10(view: LiveFrame):
+        if view.stats.frames_processed == 10:
+            raise KeyboardInterrupt
+
+    src = PacedSource(fps=100)
+    stats = run_with_timeout(lambda: run_live(FakeExplainer(), src, show=False, out=out, on_frame=interrupt_at_10), 10)
+    assert stats.ended == "interrupted" and stats.frames_processed == 10 and src.closed
+    assert stats.out == str(out) and _frames_in(out)[0] == stats.frames_written >= 10
+    assert attnmap_threads() == []
+
+
 @needs_clip
 def test_headless_recording_of_the_shared_clip_plays_in_real_time(tmp_path):
     out = tmp_path / "rec.mp4"
@@ -306,3 +322,24 @@ def test_real_model_live_view_matches_the_api(tiny_vit_onnx):
         np.testing.assert_allclose(view.grid, want.grid, atol=1e-5)
         assert view.label == want.topk[0].label and view.prob == pytest.approx(want.topk[0].prob, abs=1e-5)
         assert view.image_bgr.shape == (256, 340, 3)
+
+
+@pytest.mark.parametrize("env, problem", [
+    ({"DISPLAY": ":0"}, None),
+    ({}, "no display: neither $DISPLAY nor $WAYLAND_DISPLAY is set"),
+    ({"WAYLAND_DISPLAY": "wayland-0"}, "OpenCV's Qt needs $DISPLAY (XWayland)"),
+    ({"DISPLAY": ":0", "QT_QPA_PLATFORM": "offscreen"}, "only has the platform plugins xcb"),
+])
+def test_display_problem_reads_the_environment(monkeypatch, env, problem):
+    from runtime import display
+
+    if not display.gui_backend().upper().startswith("QT") or sys.platform != "linux":
+        pytest.skip("the cases are those of OpenCV's Qt backend on Linux (the opencv-python wheel)")
+    if display._qt_platform_plugins() != {"xcb"}:
+        pytest.skip("this OpenCV's Qt bundles other platform plugins than xcb")
+    for key in ("DISPLAY", "WAYLAND_DISPLAY", "QT_QPA_PLATFORM"):
+        monkeypatch.delenv(key, raising=False)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    got = display.display_problem()
+    assert got is None if problem is None else problem in got

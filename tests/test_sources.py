@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from runtime.errors import ImageError, SourceError
-from runtime.sources import (CaptureSource, Frame, Source, SourceRef, expand_sources, iter_frames,
+from runtime.sources import (CaptureSource, Frame, Source, SourceRef, expand_sources, iter_frames, open_files,
                              open_source, parse_source)
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -270,3 +270,19 @@ def test_expand_sources_names_the_bad_spec(tmp_path):
     _png(tmp_path / "a.png", 5)
     with pytest.raises(SourceError, match="nope.png"):
         expand_sources([str(tmp_path / "a.png"), str(tmp_path / "nope.png")])
+
+
+def test_open_files_reads_a_list_lazily_and_reports_bad_ones(tmp_path):
+    good = [_png(tmp_path / f"{n}.png", v) for n, v in (("a", 1), ("c", 3))]
+    (tmp_path / "b.png").write_bytes(b"")
+    refs = expand_sources([str(tmp_path / "c.png"), str(tmp_path)])
+    assert [Path(r.target).name for r in refs] == ["c.png", "a.png", "b.png"]
+    errors = []
+    with open_files([r.target for r in refs], on_error=lambda p, e: errors.append(Path(p).name)) as src:
+        assert src.kind == "files" and src.spec == "3 files" and src.frame_count == 3
+        frames = list(src)
+    assert [(Path(f.source).name, f.index) for f in frames] == [("c.png", 0), ("a.png", 1)]
+    np.testing.assert_array_equal(frames[0].image_bgr, good[1])
+    assert errors == ["b.png"]
+    with pytest.raises(SourceError, match="empty list"):
+        open_files([])

@@ -19,6 +19,7 @@ import pytest
 from frames_fakes import FakeExplainer, ListSource, PacedSource, attnmap_threads, quadrant_frame, run_with_timeout
 from runtime.errors import AttnmapError, ModelError, OptionError, SourceError
 from runtime.pipeline import BackgroundWorker, prefetch
+from runtime.stream import explain_stream
 from runtime.video import VideoProgress, explain_video
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -118,6 +119,53 @@ def test_background_worker_keeps_order_and_reraises():
         w.close()
     w.close(raise_errors=False)
     assert out == [0, 1, 2] and attnmap_threads() == []
+
+
+# --------------------------------------------------------------------------- explain_stream
+def test_stream_over_a_folder_batches_mixed_sizes_and_skips_bad_files(tmp_path):
+    sizes = [(64, 48), (40, 40), (90, 30), (64, 48), (33, 57)]
+    for i, size in enumerate(sizes):
+        cv2.imwrite(str(tmp_path / f"img_{i}.png"), quadrant_frame(i, size))
+    (tmp_path / "img_2b.png").write_bytes(b"broken")
+    errors = []
+    ex = FakeExplainer()
+    timings: dict[str, float] = {}
+    got = list(explain_stream(ex, str(tmp_path), batch_size=2, method="attention", topk=2,
+                              on_error=lambda path, exc: errors.append(Path(path).name), timings=timings))
+    assert [Path(f.source).name for f, _ in got] == [f"img_{i}.png" for i in (0, 1, 2)] + ["img_3.png", "img_4.png"]
+    assert errors == ["img_2b.png"]
+    assert ex.infer_calls == 3 and ex.infer_frames == 5  # 2 + 2 + 1
+    for (frame, exp), size in zip(got, sizes):
+        assert exp.image is frame.image_bgr and exp.heatmap.shape == (size[1], size[0])
+        assert len(exp.topk) == 2 and exp.method == "attention"
+        # One image at a time gives the same map: batching mixed sizes changes nothing.
+        x, _ = ex.preprocess([frame.image_bgr])
+        np.testing.assert_allclose(exp.grid, ex.maps(ex.infer(x), "attention")[0], atol=1e-6)
+    assert set(timings) == {"wait", "inference", "explanation"} and timings["inference"] > 0
+    assert attnmap_threads() == []
+
+
+def test_stream_abandoned_early_stops_the_reader_before_closing_the_source():
+    src = ListSource([quadrant_frame(i) for i in range(200)], fps=25.0)
+    closed_while_reading = []
+    original = src.close
+
+    def close():
+        closed_while_reading.append("attnmap-reader" in attnmap_threads())
+        original()
+
+    src.close = close
+    stream = explain_stream(FakeExplainer(), src, batch_size=4)
+    next(stream)
+    stream.close()
+    assert closed_while_reading == [False] and src.closed and attnmap_threads() == []
+
+
+def test_stream_refuses_live_sources():
+    cam = PacedSource(fps=30)
+    with pytest.raises(SourceError, match="is live"):
+        next(explain_stream(FakeExplainer(), cam))
+    assert cam.closed and cam.produced == 0
 
 
 # --------------------------------------------------------------------------- explain_video
@@ -251,3 +299,23 @@ def test_real_model_maps_match_the_api_frame_by_frame(tiny_vit_onnx, tmp_path):
         np.testing.assert_allclose(maps["grids"][i], want.grid, atol=1e-4)
         assert maps["top1"][i] == want.topk[0].index
         assert maps["prob"][i] == pytest.approx(want.topk[0].prob, abs=1e-4)
+
+
+def test_video_sink_writes_through_a_temp_file(tmp_path):
+    from runtime.display import VideoSink
+
+    sink = VideoSink(tmp_path / "a.avi", 10.0, (32, 24))
+    assert sink.fourcc == "MJPG" and list(tmp_path.iterdir()) != [] and not (tmp_path / "a.avi").exists()
+    for i in range(3):
+        sink.write(quadrant_frame(i, (32, 24)))
+    assert sink.close() == tmp_path / "a.avi" and [p.name for p in tmp_path.iterdir()] == ["a.avi"]
+    assert len(_read_all(tmp_path / "a.avi")[0]) == 3
+
+    dropped = VideoSink(tmp_path / "b.mp4", 10.0, (32, 24))
+    assert dropped.fourcc == "mp4v"
+    dropped.write(quadrant_frame(0, (32, 24)))
+    assert dropped.close(commit=False) is None and [p.name for p in tmp_path.iterdir()] == ["a.avi"]
+    with pytest.raises(AttnmapError, match="has no extension"):
+        VideoSink(tmp_path / "noext", 10.0, (32, 24))
+    with pytest.raises(AttnmapError, match="needs fps > 0"):
+        VideoSink(tmp_path / "c.mp4", 0, (32, 24))
