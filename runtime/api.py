@@ -83,9 +83,18 @@ class Explanation:
             label: draw the top-1 label and probability (and the explained class, if any).
 
         Returns:
-            A new (H0, W0, 3) BGR uint8 image.
+            A new (H0, W0, 3) BGR uint8 image. Pixels outside what the model saw (with the
+            ``crop`` fit) are shown dimmed, without colour.
         """
         out = HeatmapOverlay(colormap=colormap, alpha=alpha, blur=blur, mode=mode).annotate(self.image, self.heatmap)
+        # Pixels the model never saw (cut away by a crop) carry no evidence either way: show
+        # them dimmed rather than coloured as "no relevance".
+        y0, y1, x0, x1 = self.geometry.seen_region(self.grid.shape)
+        h, w = out.shape[:2]
+        if (y0, y1, x0, x1) != (0, h, 0, w):
+            seen = out[y0:y1, x0:x1].copy()
+            out = (self.image // 2).astype(np.uint8)
+            out[y0:y1, x0:x1] = seen
         if label:
             out = LabelOverlay().annotate(out, self.caption())
         return out

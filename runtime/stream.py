@@ -1,6 +1,7 @@
 """Explain every frame of a finite source, batched, with decoding overlapped with inference.
 
-This is the engine under ``attnmap explain SOURCE…`` for folders, globs and videos, and under
+This is the engine under ``attnmap explain SOURCE…`` for folders, globs and videos (open the
+expanded image arguments together with :func:`runtime.sources.open_files`), and under
 :func:`runtime.video.explain_video`: a reader thread decodes and preprocesses whole batches
 (see :func:`runtime.pipeline.prefetch`) while the caller's thread runs the model and the
 explanation method on the previous batch.
@@ -10,19 +11,35 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Any, Iterator, Mapping
+from typing import Any, Iterator, Mapping, NamedTuple
 
 from .api import Explanation
 from .errors import OptionError, SourceError
 from .pipeline import prefetch
+from .session import Outputs
 from .sources import ErrorHandler, Frame, Source, SourceRef, open_source
+
+
+class StreamResult(NamedTuple):
+    """One explained frame of :func:`explain_stream` (unpacks as ``frame, explanation, outputs``).
+
+    Attributes:
+        frame: the source frame (its ``source`` names the file for folders and globs).
+        explanation: prediction and map, drawn with ``explanation.overlay()``.
+        outputs: this frame's model outputs with a batch axis of 1 (views into the batch's
+            arrays), for extra views such as per-layer tiles.
+    """
+
+    frame: Frame
+    explanation: Explanation
+    outputs: Outputs
 
 
 def explain_stream(explainer, source: "str | os.PathLike | SourceRef | Source", *, method: str = "rollout",
                    options: Mapping[str, Any] | None = None, batch_size: int = 8, fit: str = "crop",
                    topk: int = 5, on_error: ErrorHandler | None = None, prefetch_depth: int = 2,
-                   timings: dict[str, float] | None = None) -> Iterator[tuple[Frame, Explanation]]:
-    """Yield ``(frame, explanation)`` for every frame of an image, folder, glob, video or sequence.
+                   timings: dict[str, float] | None = None) -> Iterator[StreamResult]:
+    """Yield a :class:`StreamResult` for every frame of an image, folder, glob, video or sequence.
 
     Args:
         explainer: a :class:`runtime.Explainer` (``preprocess``, ``infer``, ``maps``, ``package``).
@@ -40,8 +57,7 @@ def explain_stream(explainer, source: "str | os.PathLike | SourceRef | Source", 
             ``inference`` and ``explanation``, as the iteration goes.
 
     Yields:
-        The source's :class:`~runtime.sources.Frame` and its :class:`~runtime.api.Explanation`,
-        in source order.
+        ``(frame, explanation, outputs)`` as :class:`StreamResult`, in source order.
 
     Raises:
         SourceError: the source cannot be opened, is live (a camera never ends; use
@@ -76,8 +92,8 @@ def explain_stream(explainer, source: "str | os.PathLike | SourceRef | Source", 
                 clock["wait"] += t0 - t
                 clock["inference"] += t1 - t0
                 clock["explanation"] += t2 - t1
-                for frame, result in zip(frames, results):
-                    yield frame, result
+                for i, (frame, result) in enumerate(zip(frames, results)):
+                    yield StreamResult(frame, result, outputs.select(i))
                 t = time.perf_counter()
         finally:
             # Stop and join the reader before the source is closed under it.

@@ -158,7 +158,7 @@ def explain_video(explainer, src: "str | Path | Source", out_path: str | Path, *
         t_start = time.perf_counter()
         reported = 0
         try:
-            for frame, exp in explain_stream(explainer, source, method=method, options=options,
+            for frame, exp, _ in explain_stream(explainer, source, method=method, options=options,
                                              batch_size=batch_size, fit=fit, topk=1,
                                              prefetch_depth=prefetch_depth, timings=stage):
                 t0 = time.perf_counter()

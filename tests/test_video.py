@@ -132,11 +132,12 @@ def test_stream_over_a_folder_batches_mixed_sizes_and_skips_bad_files(tmp_path):
     timings: dict[str, float] = {}
     got = list(explain_stream(ex, str(tmp_path), batch_size=2, method="attention", topk=2,
                               on_error=lambda path, exc: errors.append(Path(path).name), timings=timings))
-    assert [Path(f.source).name for f, _ in got] == [f"img_{i}.png" for i in (0, 1, 2)] + ["img_3.png", "img_4.png"]
+    assert [Path(f.source).name for f, _, _ in got] == [f"img_{i}.png" for i in (0, 1, 2)] + ["img_3.png", "img_4.png"]
     assert errors == ["img_2b.png"]
     assert ex.infer_calls == 3 and ex.infer_frames == 5  # 2 + 2 + 1
-    for (frame, exp), size in zip(got, sizes):
+    for (frame, exp, outputs), size in zip(got, sizes):
         assert exp.image is frame.image_bgr and exp.heatmap.shape == (size[1], size[0])
+        assert outputs.attentions.shape == (1, 2, 2, 5, 5) and outputs.logits.shape == (1, 3)
         assert len(exp.topk) == 2 and exp.method == "attention"
         # One image at a time gives the same map: batching mixed sizes changes nothing.
         x, _ = ex.preprocess([frame.image_bgr])
