@@ -60,6 +60,9 @@ def resolve_model(spec: str | Path | None = None) -> Path:
     if path.is_file():
         return path
     by_name = {e["name"]: e for e in entries}
+    if path.suffix.lower() == ".onnx" or len(path.parts) > 1:
+        raise ModelError(f"model file {str(spec)!r} does not exist; pass an .onnx file written by "
+                         "`attnmap export`, or a shipped model name (see `attnmap models`)")
     if str(spec) in by_name:
         return MODELS_DIR / by_name[str(spec)]["file"]
     hint = suggest(str(spec), by_name) if by_name else ""

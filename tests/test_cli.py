@@ -1,0 +1,148 @@
+"""The click front: every command documented, results on stdout, one-line errors, no half-written output."""
+
+import json
+import re
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+import cli
+from runtime import Explainer
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run(*args, **kw):
+    return CliRunner().invoke(cli.main, [str(a) for a in args], catch_exceptions=False, **kw)
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory):
+    d = tmp_path_factory.mktemp("photos")
+    rng = np.random.default_rng(0)
+    for i, (h, w) in enumerate([(48, 64), (64, 40), (32, 32)]):
+        cv2.imwrite(str(d / f"img{i}.png"), rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
+    return d
+
+
+def test_every_command_has_help_and_is_in_the_readme():
+    readme = (ROOT / "README.md").read_text()
+    for name, command in cli.main.commands.items():
+        result = run(name, "--help")
+        assert result.exit_code == 0, result.output
+        assert command.get_short_help_str() and "Usage:" in result.output
+        assert f"attnmap {name}" in readme, f"`attnmap {name}` is not documented in README.md"
+
+
+def test_method_choices_and_flags_come_from_the_registry():
+    from runtime.explain import EXPLAINERS
+    out = run("explain", "--help").output
+    for name in EXPLAINERS:
+        assert name in out
+    for flag in ("--head-fusion", "--discard-ratio", "--start-layer", "--layer", "--head"):
+        assert flag in out
+
+
+def test_explain_writes_overlays_maps_and_json_lines(tiny_vit_onnx, photos, tmp_path):
+    out = tmp_path / "out"
+    result = run("explain", photos, "--model", tiny_vit_onnx, "--out", out, "--json", "--save-maps",
+                 "--topk", 3, "--method", "attention", "--layer", 0)
+    assert result.exit_code == 0, result.output
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [Path(r["source"]).name for r in lines] == ["img0.png", "img1.png", "img2.png"]
+    ex = Explainer(tiny_vit_onnx, provider="cpu")
+    for rec in lines:
+        img = cv2.imread(rec["source"])
+        ref = ex.explain(img, method="attention", layer=0, topk=3)
+        assert [t["index"] for t in rec["topk"]] == [t.index for t in ref.topk]
+        assert [t["label"] for t in rec["topk"]] == [t.label for t in ref.topk]
+        np.testing.assert_allclose([t["prob"] for t in rec["topk"]], [t.prob for t in ref.topk], atol=1e-5)
+        overlay = cv2.imread(rec["overlay"])
+        assert overlay.shape == img.shape
+        maps = np.load(rec["maps"])
+        np.testing.assert_allclose(maps["grid"], ref.grid, atol=1e-5)
+        assert maps["heatmap"].shape == img.shape[:2]
+    assert not list(out.glob(".*tmp"))  # no temporary files left behind
+
+
+def test_explain_continues_past_a_bad_file_and_fails_at_the_end(tiny_vit_onnx, photos, tmp_path):
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    for p in photos.iterdir():
+        (mixed / p.name).write_bytes(p.read_bytes())
+    (mixed / "broken.jpg").write_bytes(b"this is not a jpeg")
+    out = tmp_path / "out"
+    result = run("explain", mixed, "--model", tiny_vit_onnx, "--out", out)
+    assert result.exit_code == 1
+    assert "broken.jpg" in result.stderr and "1 of 4 inputs failed" in result.stderr
+    assert "Traceback" not in result.output
+    assert sorted(p.name for p in out.glob("*.png")) == ["img0_rollout.png", "img1_rollout.png",
+                                                         "img2_rollout.png"]
+    assert len(result.stdout.splitlines()) == 3
+
+
+def test_explain_layer_and_head_tiles(tiny_vit_onnx, photos, tmp_path):
+    result = run("explain", photos / "img0.png", "--model", tiny_vit_onnx, "--out", tmp_path, "--grid", "heads")
+    assert result.exit_code == 0, result.output
+    tiles = cv2.imread(str(tmp_path / "img0_rollout_heads.png"))
+    assert tiles is not None and tiles.shape[1] > tiles.shape[0]  # two heads side by side
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["explain", "nope.jpg"], "does not exist"),
+    (["explain", "{photos}", "--colormap", "jett"], "Did you mean 'jet'"),
+    (["explain", "{photos}", "--method", "rollout", "--layer", "3"], "layer"),
+    (["explain", "{photos}", "--model", "missing.onnx"], "does not exist"),
+    (["explain", "{photos}", "--provider", "cuda"], "cuda"),
+    (["info", "missing.onnx"], "does not exist"),
+])
+def test_bad_input_is_a_one_line_error(args, needle, tiny_vit_onnx, photos, tmp_path):
+    args = [a.format(photos=photos) for a in args]
+    if "--model" not in args and args[0] == "explain":
+        args += ["--model", str(tiny_vit_onnx)]
+    result = run(*args, "--out", tmp_path / "o") if args[0] == "explain" else run(*args)
+    if "--provider" in args and "cuda" not in __import__("onnxruntime").get_available_providers():
+        assert result.exit_code == 1
+    elif "--provider" in args:
+        pytest.skip("CUDA is available here")
+    assert result.exit_code != 0
+    assert needle in result.output
+    assert "Traceback" not in result.output
+    error_lines = [line for line in result.output.splitlines() if line.startswith("Error")]
+    assert len(error_lines) == 1
+    assert not (tmp_path / "o").exists() or not list((tmp_path / "o").iterdir())
+
+
+def test_info_shows_metadata_io_and_providers(tiny_vit_onnx):
+    result = run("info", tiny_vit_onnx)
+    assert result.exit_code == 0, result.output
+    assert re.search(r"tokens\s+1 prefix \(class\) \+ 4 x 4 patches of 8 x 8 px = 17", result.output)
+    assert "output attentions" in result.output and "CPUExecutionProvider" in result.output
+    data = json.loads(run("info", tiny_vit_onnx, "--json").output)
+    assert data["meta"]["grid_size"] == [4, 4] and data["outputs"][1]["name"] == "attentions"
+    assert data["outputs"][1]["shape"][1:] == [2, 2, 17, 17]
+
+
+@pytest.mark.export
+def test_export_command_writes_a_checked_file_and_refuses_swin(tmp_path):
+    pytest.importorskip("timm")
+    out = tmp_path / "m.onnx"
+    result = run("export", "vit_tiny_patch16_224", "-o", out, "--img-size", 32, "--num-classes", 4,
+                 "--heads", "mean")
+    assert result.exit_code == 0, result.output
+    assert "parity vs torch" in result.stderr and "random" in result.stderr.lower()
+    meta = Explainer(out, provider="cpu").meta
+    assert meta.num_classes == 4 and meta.head_fusion == "mean" and meta.output_heads == 1
+    bad = tmp_path / "swin.onnx"
+    result = run("export", "swin_tiny_patch4_window7_224", "-o", bad)
+    assert result.exit_code == 1 and "swin" in result.output.lower()
+    assert not bad.exists() and list(tmp_path.iterdir()) == [out]
+
+
+def test_export_flags_conflict_up_front(tmp_path):
+    result = run("export", "vit_tiny_patch16_224", "-o", tmp_path / "x.onnx", "--checkpoint", tmp_path / "w.pth",
+                 "--pretrained")
+    assert result.exit_code == 2 and "Use just one of --checkpoint or --pretrained" in result.output
