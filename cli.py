@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 import sys
 from pathlib import Path
 from typing import Any, Callable
@@ -56,16 +57,28 @@ def model_option(fn: Callable) -> Callable:
 
 
 def _method_option_specs() -> dict[str, dict[str, Any]]:
-    """Every option any method takes, with a type and choices, built from EXPLAINERS."""
+    """Every option any method takes, with a type and choices, built from EXPLAINERS.
+
+    The type is the default's, or for a None default the function's annotation
+    (``head: int | None = None`` is an int option).
+    """
+    import inspect
+
     specs: dict[str, dict[str, Any]] = {}
     for method in EXPLAINERS.values():
+        params = inspect.signature(method.fn).parameters
         for name, default in method.options.items():
-            spec = specs.setdefault(name, {"default": default, "choices": None, "methods": []})
+            spec = specs.setdefault(name, {"default": default, "choices": None, "methods": [], "type": None})
             spec["methods"].append(method.name)
             if default is not None and spec["default"] is None:
                 spec["default"] = default
             if name in method.choices:
                 spec["choices"] = tuple(method.choices[name])
+            annotation = str(params[name].annotation) if name in params else ""
+            for kind in (bool, int, float, str):
+                if isinstance(default, kind) or re.search(rf"\b{kind.__name__}\b", annotation):
+                    spec["type"] = spec["type"] or kind
+                    break
     return specs
 
 
@@ -78,22 +91,18 @@ def method_options(fn: Callable) -> Callable:
         flag = "--" + name.replace("_", "-")
         used_by = ", ".join(spec["methods"])
         default = spec["default"]
-        if isinstance(default, bool):
+        if spec["type"] is bool:
             decl = f"{flag}/--no-{name.replace('_', '-')}"
             fn = click.option(decl, name, default=None, help=f"[{used_by}] default: {default}.")(fn)
             continue
         if spec["choices"]:
             ptype: Any = click.Choice([str(c) for c in spec["choices"]])
-        elif isinstance(default, int):
-            ptype = int
-        elif isinstance(default, float):
-            ptype = float
         else:
-            ptype = str
+            ptype = spec["type"] or str
         fn = click.option(flag, name, type=ptype, default=None,
                           help=f"[{used_by}] default: {default}.")(fn)
     fn = click.option("--method", default="rollout", show_default=True, type=click.Choice(list(EXPLAINERS)),
-                      help="Explanation method: " + "; ".join(f"{m.name}: {m.summary}" for m in EXPLAINERS.values()))(fn)
+                      help="Explanation method (`attnmap methods` describes each one).")(fn)
     return fn
 
 
@@ -103,21 +112,8 @@ def pop_method_options(kwargs: dict[str, Any]) -> dict[str, Any]:
     for name in METHOD_OPTIONS:
         value = kwargs.pop(name, None)
         if value is not None:
-            given[name] = _coerce(value, METHOD_OPTIONS[name]["default"])
+            given[name] = value
     return given
-
-
-def _coerce(value: Any, default: Any) -> Any:
-    if not isinstance(value, str) or isinstance(default, str):
-        return value
-    if isinstance(default, bool):
-        return value.lower() in ("1", "true", "yes", "on")
-    for kind in (int, float):
-        try:
-            return kind(value)
-        except ValueError:
-            pass
-    return value
 
 
 def overlay_options(fn: Callable) -> Callable:
@@ -417,7 +413,53 @@ class _Progress:
 
 
 def _explain_video(explainer, ref, writer: _ResultWriter, method, options, fit, batch_size) -> None:
-    raise click.ClickException(f"{ref.spec}: video input is not wired yet")
+    """Explain every frame of a video (or image sequence) into an annotated video beside the overlays."""
+    from runtime.video import explain_video
+
+    stem = writer.stem(ref.target if ref.kind == "video" else ref.spec.replace("%", "_"))
+    out_path = writer.out_dir / f"{stem}.mp4"
+    maps = writer.out_dir / f"{stem}.npz" if writer.save_maps else None
+    show = sys.stderr.isatty()
+
+    def progress(p) -> None:
+        if show:
+            total = f"/{p.total}" if p.total else ""
+            click.echo(f"\r{ref.spec}: {p.done}{total} frames, {p.fps:.1f} frames/s", err=True, nl=False)
+
+    try:
+        report = explain_video(explainer, ref, out_path, method=method, options=options, batch_size=batch_size,
+                               fit=fit, colormap=writer.style["colormap"], alpha=writer.style["alpha"],
+                               blur=writer.style["blur"], mode=writer.style["mode"], label=writer.style["label"],
+                               save_maps=maps, progress=progress)
+    except AttnmapError as exc:
+        if show:
+            click.echo("", err=True)
+        writer.fail(ref.spec, exc)
+        return
+    if show:
+        click.echo("", err=True)
+    writer.done += 1
+    record = {"source": ref.spec, "video": str(report.out), "frames": report.frames, "fps": report.fps,
+              "size": list(report.size), "throughput_fps": round(report.throughput_fps, 2)}
+    if report.maps is not None:
+        record["maps"] = str(report.maps)
+    if writer.as_json:
+        click.echo(json.dumps(record))
+    else:
+        click.echo(f"{ref.spec}: {report.frames} frames explained at {report.throughput_fps:.1f} frames/s "
+                   f"-> {report.out}")
+
+
+# ---------------------------------------------------------------------------- methods
+@main.command()
+def methods() -> None:
+    """List the explanation methods, their options and defaults."""
+    for m in EXPLAINERS.values():
+        kind = "class-specific, needs an export with --gradients" if m.needs_gradients else "class-agnostic"
+        click.echo(f"{m.name} ({kind})\n  {m.summary}")
+        for name, default in m.options.items():
+            choices = f" (one of {', '.join(map(str, m.choices[name]))})" if name in m.choices else ""
+            click.echo(f"  --{name.replace('_', '-')}: default {default}{choices}")
 
 
 # ---------------------------------------------------------------------------- models

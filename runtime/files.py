@@ -13,6 +13,15 @@ import numpy as np
 from .errors import AttnmapError
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_MODE = 0o666 & ~_umask()  # what open() would give a new file; mkstemp's 0600 is too strict
+
+
 def write_bytes(path: str | Path, data: bytes) -> Path:
     """Write ``data`` to ``path`` atomically (a reader never sees a half-written file)."""
     path = Path(path)
@@ -24,6 +33,7 @@ def write_bytes(path: str | Path, data: bytes) -> Path:
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
+        os.chmod(tmp, _MODE)
         os.replace(tmp, path)
     except BaseException:
         try:
