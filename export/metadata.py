@@ -11,6 +11,7 @@ from torch import nn
 from runtime.errors import ExportError
 from runtime.meta import ModelMeta
 
+from .gradients import GRADIENT_INPUTS, GRADIENT_OUTPUTS
 from .labels import resolve_labels
 from .vit_attn import attention_modules, describe_tokens
 
@@ -81,7 +82,7 @@ def resolve_data_config(model: nn.Module, overrides: Mapping[str, Any] | None = 
 
 def build_meta(model: nn.Module, *, model_name: str, heads: str, labels: str | Path | Sequence[str] | None,
                attentions: bool, opset: int, data_config: Mapping[str, Any] | None = None,
-               extra: Mapping[str, Any] | None = None) -> ModelMeta:
+               extra: Mapping[str, Any] | None = None, gradients: bool = False) -> ModelMeta:
     """Describe an export of ``model`` as a :class:`ModelMeta`.
 
     Args:
@@ -94,6 +95,7 @@ def build_meta(model: nn.Module, *, model_name: str, heads: str, labels: str | P
         opset: ONNX opset of the written graph.
         data_config: preprocessing overrides (see :func:`resolve_data_config`).
         extra: free-form notes stored in ``ModelMeta.extra``.
+        gradients: whether the graph also takes ``target`` and emits ``attention_grads``.
 
     Returns:
         The validated metadata.
@@ -128,8 +130,8 @@ def build_meta(model: nn.Module, *, model_name: str, heads: str, labels: str | P
             head_fusion=heads,
             num_classes=num_classes,
             label_names=label_names,
-            outputs=("logits", "attentions") if attentions else ("logits",),
-            inputs=("input",),
+            outputs=GRADIENT_OUTPUTS if gradients else ("logits", "attentions") if attentions else ("logits",),
+            inputs=GRADIENT_INPUTS if gradients else ("input",),
             exporter=exporter_versions(opset),
             extra=dict(extra or {}),
         )

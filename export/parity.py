@@ -4,7 +4,9 @@ The same seeded random batch goes through the torch model (wrapped by
 :class:`export.vit_attn.ViTWithAttention`) and through onnxruntime on the CPU; the largest
 absolute differences of the logits and of the attention probabilities are measured, the dynamic
 batch axis is exercised with a second, single-image run, and the attention rows of the file are
-checked to sum to 1.
+checked to sum to 1. For a file with attention gradients, the gradients torch autograd gives
+(:class:`export.gradients.AttentionGradients` run eagerly) are compared too, with one image's
+target given explicitly and the others left to the predicted class (target -1).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from torch import nn
 from runtime.errors import ExportError
 from runtime.meta import ModelMeta
 
+from .gradients import AttentionGradients
 from .vit_attn import ViTWithAttention
 
 __all__ = ["ROW_SUM_ATOL", "ParityResult", "ort_session", "measure_parity", "check_parity"]
@@ -63,12 +66,16 @@ class ParityResult:
         logits_scale: largest |logit| torch produced (tolerances scale with it).
         row_sum_max_err: largest |row sum - 1| of the file's attentions (0.0 when not
             applicable: no attentions, or max/min head fusion).
+        grads_max_abs: largest |torch - onnx| of the attention gradients (0.0 without them).
+        grads_scale: largest |gradient| torch produced (0.0 without gradients).
     """
 
     logits_max_abs: float
     attentions_max_abs: float
     logits_scale: float
     row_sum_max_err: float
+    grads_max_abs: float = 0.0
+    grads_scale: float = 0.0
 
 
 def _as_wrapper(model: nn.Module, meta: ModelMeta) -> tuple[ViTWithAttention, bool]:
@@ -98,7 +105,11 @@ def measure_parity(model: nn.Module, onnx_path: str | Path, meta: ModelMeta, *, 
         raise ExportError(f"parity batch must be >= 1; got {batch}")
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn((batch, *meta.input_size), generator=gen, dtype=torch.float32)
-    runs = [x] if batch == 1 else [x, x[:1].clone()]
+    # The first image's gradient is of an explicit class (the last one), every other image's
+    # of its predicted class; the single-image run uses the predicted class.
+    targets = torch.full((batch,), -1, dtype=torch.int64)
+    targets[0] = meta.num_classes - 1
+    runs = [(x, targets)] if batch == 1 else [(x, targets), (x[:1].clone(), targets.new_full((1,), -1))]
     session = ort_session(onnx_path)
     in_names = tuple(i.name for i in session.get_inputs())
     out_names = tuple(o.name for o in session.get_outputs())
@@ -108,13 +119,18 @@ def measure_parity(model: nn.Module, onnx_path: str | Path, meta: ModelMeta, *, 
     wrapper, owned = _as_wrapper(model, meta)
     was_training = wrapper.model.training
     wrapper.model.eval()
-    d_logits = d_attn = scale = row_err = 0.0
+    d_logits = d_attn = scale = row_err = d_grads = grads_scale = 0.0
     try:
-        for xb in runs:
-            with torch.no_grad():
-                ref = wrapper(xb)
+        for xb, tb in runs:
+            feed = {"input": xb.numpy()}
+            if meta.has_gradients:
+                ref = AttentionGradients(wrapper)(xb, tb)
+                feed["target"] = tb.numpy()
+            else:
+                with torch.no_grad():
+                    ref = wrapper(xb)
             ref = ref if isinstance(ref, tuple) else (ref,)
-            got = session.run(None, {"input": xb.numpy()})
+            got = session.run(None, feed)
             for name, r, g in zip(meta.outputs, ref, got):
                 r = r.detach().numpy()
                 if g.shape != r.shape or g.dtype != np.float32:
@@ -126,6 +142,9 @@ def measure_parity(model: nn.Module, onnx_path: str | Path, meta: ModelMeta, *, 
                 if name == "logits":
                     d_logits = max(d_logits, diff)
                     scale = max(scale, float(np.abs(r).max()))
+                elif name == "attention_grads":
+                    d_grads = max(d_grads, diff)
+                    grads_scale = max(grads_scale, float(np.abs(r).max()))
                 else:
                     d_attn = max(d_attn, diff)
                     expect = (xb.shape[0], meta.num_layers, meta.output_heads, meta.num_tokens, meta.num_tokens)
@@ -137,7 +156,7 @@ def measure_parity(model: nn.Module, onnx_path: str | Path, meta: ModelMeta, *, 
         wrapper.model.train(was_training)
         if owned:
             wrapper.close()
-    return ParityResult(d_logits, d_attn, scale, row_err)
+    return ParityResult(d_logits, d_attn, scale, row_err, d_grads, grads_scale)
 
 
 def check_parity(model: nn.Module, onnx_path: str | Path, meta: ModelMeta, *, batch: int = 2,

@@ -2,7 +2,10 @@
 
 The graph takes ``input`` float32 ``[B, 3, H, W]`` (only B dynamic) and emits ``logits``
 ``[B, C]`` and ``attentions`` ``[B, L, H, N, N]`` (softmax probabilities of every block), with a
-:class:`runtime.meta.ModelMeta` stored as JSON under the ``"attnmap"`` metadata key.
+:class:`runtime.meta.ModelMeta` stored as JSON under the ``"attnmap"`` metadata key. With
+``gradients=True`` it also takes ``target`` int64 ``[B]`` (negative = the predicted class) and
+emits ``attention_grads`` ``[B, L, H, N, N]``, d logit[target] / d attentions, for the
+class-specific methods (see :mod:`export.gradients` for how the backward gets into the graph).
 
 Exporter route: ``torch.onnx.export(..., dynamo=True)``, the default since torch 2.9. It traces
 with ``torch.export`` (non-strict, so the Python forward hooks that collect the probabilities run
@@ -23,6 +26,7 @@ import logging
 import os
 import tempfile
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -33,6 +37,8 @@ from torch import nn
 from runtime.errors import AttnmapError, ExportError, suggest
 from runtime.meta import HEAD_FUSIONS, ModelMeta
 
+from .gradients import (GRAD_RTOL, GRADIENT_INPUTS, GRADIENT_OUTPUTS, AttentionGradients, check_gradient_options,
+                        trace_gradients)
 from .metadata import build_meta
 from .parity import check_parity, measure_parity
 from .vit_attn import ViTWithAttention, describe_tokens
@@ -57,6 +63,8 @@ class ExportReport:
         attentions_max_abs: same for the attention probabilities (0.0 without attentions).
         size_bytes: size of the file.
         seconds: wall time of the export, parity check included.
+        grads_max_rel: largest |torch - onnxruntime| of the attention gradients, relative to the
+            largest |gradient| torch gave (0.0 without gradients).
     """
 
     path: Path
@@ -65,6 +73,7 @@ class ExportReport:
     attentions_max_abs: float
     size_bytes: int
     seconds: float
+    grads_max_rel: float = 0.0
 
 
 def _check_heads(heads: str) -> None:
@@ -98,9 +107,9 @@ def _unwrap_error(exc: BaseException) -> AttnmapError | None:
     return None
 
 
-def _trace(wrapper: ViTWithAttention, input_size: tuple[int, ...], opset: int | None, model_name: str):
-    """Trace ``wrapper`` into an ``onnx.ModelProto`` with a dynamic batch axis."""
-    outputs = ["logits", "attentions"] if wrapper.attentions else ["logits"]
+def _trace(wrapper: ViTWithAttention, input_size: tuple[int, ...], opset: int | None, model_name: str,
+           gradients: bool = False):
+    """Trace ``wrapper`` (with its attention gradients) into an ``onnx.ModelProto``, dynamic batch."""
     # Batch 2, not 1: torch.export specialises a size-1 dimension to a constant.
     example = torch.zeros((2, *input_size), dtype=torch.float32)
     batch = torch.export.Dim("batch", min=1)
@@ -110,10 +119,22 @@ def _trace(wrapper: ViTWithAttention, input_size: tuple[int, ...], opset: int | 
     level = folding_log.level
     folding_log.setLevel(logging.ERROR)
     try:
-        program = torch.onnx.export(
-            wrapper, (example,), None, input_names=["input"], output_names=outputs,
-            opset_version=opset, dynamo=True, external_data=False, dynamic_shapes={"x": {0: batch}},
-            optimize=True, verbose=False)
+        if gradients:
+            module = trace_gradients(AttentionGradients(wrapper), example)
+            args = (example, torch.full((2,), -1, dtype=torch.int64))
+            inputs, outputs = list(GRADIENT_INPUTS), list(GRADIENT_OUTPUTS)
+            dynamic: Any = ({0: batch}, {0: batch})
+        else:
+            module, args, inputs = wrapper, (example,), ["input"]
+            outputs = ["logits", "attentions"] if wrapper.attentions else ["logits"]
+            dynamic = {"x": {0: batch}}
+        with warnings.catch_warnings():
+            # Both inputs share the batch Dim, which the exporter reports once per export.
+            warnings.filterwarnings("ignore", message=r".*axis name: batch will not be used")
+            program = torch.onnx.export(
+                module, args, None, input_names=inputs, output_names=outputs,
+                opset_version=opset, dynamo=True, external_data=False, dynamic_shapes=dynamic,
+                optimize=True, verbose=False)
     except Exception as exc:  # torch.export and onnxscript raise many types; report the first line
         own = _unwrap_error(exc)
         if own is not None:
@@ -149,7 +170,8 @@ def _save(proto, meta: ModelMeta, path: Path) -> None:
 def export_module(model: nn.Module, out: str | Path, *, model_name: str, heads: str = "none",
                   labels: str | Path | Sequence[str] | None = None, attentions: bool = True,
                   opset: int | None = None, atol: float = 1e-4, extra: dict | None = None,
-                  data_config: dict | None = None, log: Callable[[str], None] = print) -> ExportReport:
+                  data_config: dict | None = None, gradients: bool = False,
+                  log: Callable[[str], None] = print) -> ExportReport:
     """Export an already-built (e.g. freshly trained) timm ViT-family model.
 
     The model is put in eval mode for the export and returned to its previous mode after; its
@@ -168,22 +190,28 @@ def export_module(model: nn.Module, out: str | Path, *, model_name: str, heads: 
         extra: free-form notes stored in ``ModelMeta.extra`` (e.g. training details).
         data_config: preprocessing overrides (``mean``, ``std``, ``interpolation``, ``crop_pct``,
             ``crop_mode``) over what timm resolves for the model.
+        gradients: also take a ``target`` input and emit ``attention_grads`` (d logit[target] /
+            d attentions, per image) for the class-specific methods; needs ``heads="none"``.
+            The parity gate then checks the gradients against torch autograd as well, within
+            :data:`export.gradients.GRAD_RTOL` of the largest gradient.
         log: receives progress lines.
 
     Returns:
         :class:`ExportReport`.
 
     Raises:
-        ExportError: outside the ViT family, bad labels, trace failure, parity failure (then no
-            file is written).
+        ExportError: outside the ViT family, bad labels, head fusion or no attentions with
+            gradients, trace failure, parity failure (then no file is written).
     """
     started = time.perf_counter()
     _check_heads(heads)
+    if gradients:
+        check_gradient_options(heads, attentions)
     out = Path(out)
     describe_tokens(model)
     _check_module(model, model_name)
     meta = build_meta(model, model_name=model_name, heads=heads, labels=labels, attentions=attentions,
-                      opset=opset or 0, data_config=data_config, extra=extra)
+                      opset=opset or 0, data_config=data_config, extra=extra, gradients=gradients)
     out.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
     os.close(fd)
@@ -193,8 +221,8 @@ def export_module(model: nn.Module, out: str | Path, *, model_name: str, heads: 
     try:
         with ViTWithAttention(model, heads=heads, attentions=attentions) as wrapper:
             log(f"exporting {model_name} ({meta.num_layers} blocks, {meta.num_heads} heads, "
-                f"{meta.num_tokens} tokens, heads={heads}, attentions={attentions})")
-            proto = _trace(wrapper, meta.input_size, opset, model_name)
+                f"{meta.num_tokens} tokens, heads={heads}, attentions={attentions}, gradients={gradients})")
+            proto = _trace(wrapper, meta.input_size, opset, model_name, gradients)
             meta = meta.replace(exporter={**meta.exporter, "opset": str(_opset_of(proto))})
             _save(proto, meta, tmp)
             del proto
@@ -207,6 +235,10 @@ def export_module(model: nn.Module, out: str | Path, *, model_name: str, heads: 
             failures.append(f"attentions max |torch - onnx| {result.attentions_max_abs:.2e} > {ATTN_ATOL:.0e}")
         if result.row_sum_max_err > ATTN_ATOL:
             failures.append(f"attention rows sum to 1 +- {result.row_sum_max_err:.2e}")
+        grads_rel = result.grads_max_abs / result.grads_scale if result.grads_scale > 0 else result.grads_max_abs
+        if gradients and not grads_rel <= GRAD_RTOL:
+            failures.append(f"attention_grads max |torch - onnx| {result.grads_max_abs:.2e} is {grads_rel:.2e} "
+                            f"of the largest gradient {result.grads_scale:.2e} (> {GRAD_RTOL:.0e})")
         if failures:
             raise ExportError(f"parity check failed for {model_name}: {'; '.join(failures)}; no file written")
         os.replace(tmp, out)
@@ -215,9 +247,11 @@ def export_module(model: nn.Module, out: str | Path, *, model_name: str, heads: 
         tmp.unlink(missing_ok=True)
     size = out.stat().st_size
     seconds = time.perf_counter() - started
+    grads_note = f", attention_grads max |d| {grads_rel:.2e} of the largest" if gradients else ""
     log(f"wrote {out} ({size / 2**20:.1f} MiB, {seconds:.1f} s); parity: logits max |d| "
-        f"{result.logits_max_abs:.2e}, attentions max |d| {result.attentions_max_abs:.2e}")
-    return ExportReport(out, meta, result.logits_max_abs, result.attentions_max_abs, size, seconds)
+        f"{result.logits_max_abs:.2e}, attentions max |d| {result.attentions_max_abs:.2e}{grads_note}")
+    return ExportReport(out, meta, result.logits_max_abs, result.attentions_max_abs, size, seconds,
+                        grads_rel if gradients else 0.0)
 
 
 def _build(model_name: str, kwargs: dict[str, Any]) -> nn.Module:
@@ -234,7 +268,7 @@ def export_onnx(model_name: str, out: str | Path, *, checkpoint: str | Path | No
                 pretrained: bool = False, img_size: int | None = None, heads: str = "none",
                 labels: str | Path | Sequence[str] | None = None, attentions: bool = True,
                 model_kwargs: dict | None = None, opset: int | None = None, atol: float = 1e-4,
-                log: Callable[[str], None] = print) -> ExportReport:
+                gradients: bool = False, log: Callable[[str], None] = print) -> ExportReport:
     """Build a timm model by name, load its weights and export it (see :func:`export_module`).
 
     Args:
@@ -250,6 +284,7 @@ def export_onnx(model_name: str, out: str | Path, *, checkpoint: str | Path | No
         model_kwargs: extra ``timm.create_model`` arguments (``depth``, ``num_classes`` ...).
         opset: ONNX opset; None uses the exporter's default.
         atol: logits tolerance of the parity gate (scaled by the logit magnitude).
+        gradients: also emit ``attention_grads`` for a ``target`` input (see :func:`export_module`).
         log: receives progress lines (and the warning when weights are random).
 
     Returns:
@@ -263,6 +298,8 @@ def export_onnx(model_name: str, out: str | Path, *, checkpoint: str | Path | No
 
     started = time.perf_counter()
     _check_heads(heads)
+    if gradients:
+        check_gradient_options(heads, attentions)
     if not timm.is_model(model_name):
         raise ExportError(f"timm has no model {model_name!r}.{suggest(model_name, timm.list_models())}")
     if checkpoint is not None and pretrained:
@@ -305,5 +342,6 @@ def export_onnx(model_name: str, out: str | Path, *, checkpoint: str | Path | No
         log(f"warning: no checkpoint and pretrained=False: exporting {model_name} with RANDOM weights "
             "(pass a checkpoint file or pretrained=True for a real model)")
     report = export_module(model, out, model_name=model_name, heads=heads, labels=labels,
-                           attentions=attentions, opset=opset, atol=atol, extra={"weights": source}, log=log)
+                           attentions=attentions, opset=opset, atol=atol, extra={"weights": source},
+                           gradients=gradients, log=log)
     return dataclasses.replace(report, seconds=time.perf_counter() - started)

@@ -46,8 +46,12 @@ class LatestFrameGrabber:
     Example::
 
         with LatestFrameGrabber(open_source("cam:0")) as grab:
-            while (frame := grab.get(timeout=1.0)) is not None or not grab.finished:
-                ...
+            while not grab.finished:
+                frame = grab.get(timeout=1.0)  # None when nothing new arrived in time
+                if frame is not None:
+                    show(explain(frame.image_bgr))
+        if grab.error is not None:
+            raise grab.error
     """
 
     def __init__(self, source: Source, *, pace: bool | None = None, drop: bool | None = None,

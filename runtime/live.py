@@ -83,7 +83,8 @@ def run_live(explainer, source: "str | Source" = "0", *, method: str = "rollout"
             stopped, the source is released and ``out`` holds what was drawn until then).
     """
     try:
-        _check_args(method, fit, smooth, every, colormap, max_frames, duration)
+        _check_args(method, fit, smooth, every, colormap, max_frames, duration, out)
+        HeatmapOverlay(colormap=colormap, alpha=alpha, blur=blur, mode=mode)  # checks the style
         if show:
             check_display()
         methods = [n for n, m in EXPLAINERS.items() if not m.needs_gradients or explainer.meta.has_gradients]
@@ -294,6 +295,8 @@ class _Loop:
     def _handle(self, key: int, frame: Frame | None) -> str | None:
         if key is None or key < 0:
             return None
+        if key == ord(" ") and self.win is None:
+            return None  # without a window nothing could resume a pause
         action, note = apply_key(self.state, key)
         if note:
             self.message, self.message_until = note, time.perf_counter() + 2.0
@@ -306,7 +309,7 @@ class _Loop:
 
 
 # --------------------------------------------------------------------------- helpers
-def _check_args(method, fit, smooth, every, colormap, max_frames, duration) -> None:
+def _check_args(method, fit, smooth, every, colormap, max_frames, duration, out) -> None:
     if fit not in FITS:
         raise OptionError(f"fit must be one of {', '.join(FITS)}; got {fit!r}" + suggest(str(fit), FITS))
     if not 0.0 <= float(smooth) < 1.0:
@@ -322,6 +325,8 @@ def _check_args(method, fit, smooth, every, colormap, max_frames, duration) -> N
         raise OptionError(f"duration must be > 0 seconds; got {duration}")
     if not isinstance(method, str):
         raise OptionError(f"method must be a name such as 'rollout'; got {method!r}")
+    if out is not None and not Path(out).suffix:
+        raise OptionError(f"out must be a video file such as live.mp4 or live.avi; got {str(out)!r} (no extension)")
 
 
 def _check_method_options(meta, method: str, options: dict[str, Any]) -> None:

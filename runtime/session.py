@@ -183,6 +183,10 @@ class OnnxModel:
                 tgt = np.asarray(target, dtype=np.int64).reshape(-1)
                 if tgt.shape[0] != x.shape[0]:
                     raise ModelError(f"target must hold one class per image ({x.shape[0]}); got {tgt.shape[0]}")
+                # The graph would fail deep inside its backward (ScatterElements) instead.
+                if (tgt >= self.meta.num_classes).any():
+                    raise ModelError(f"target classes must be < {self.meta.num_classes} (or -1 for the predicted "
+                                     f"class); got {tgt.tolist()}")
             feed["target"] = tgt
         elif target is not None:
             raise ModelError(f"model {self.path.name!r} was exported without gradients, so it takes no target; "

@@ -22,6 +22,7 @@ import numpy as np
 from .display import VideoSink
 from .errors import OptionError, SourceError
 from .files import write_npz
+from .overlay import HeatmapOverlay
 from .pipeline import BackgroundWorker
 from .sources import Source, open_source
 from .stream import explain_stream
@@ -135,8 +136,14 @@ def explain_video(explainer, src: "str | Path | Source", out_path: str | Path, *
             with ``out``), or fails mid-stream (the frames before are written first).
         AttnmapError: the output cannot be written.
     """
-    if int(batch_size) != batch_size or batch_size < 1:
-        raise OptionError(f"batch_size must be an integer >= 1; got {batch_size}")
+    try:
+        if int(batch_size) != batch_size or batch_size < 1:
+            raise OptionError(f"batch_size must be an integer >= 1; got {batch_size}")
+        HeatmapOverlay(colormap=colormap, alpha=alpha, blur=blur, mode=mode)  # checks the style up front
+    except BaseException:
+        if isinstance(src, Source):
+            src.close()  # handed over by the caller: released on every path
+        raise
     source = src if isinstance(src, Source) else open_source(src)
     with source:
         if source.is_live:

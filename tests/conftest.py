@@ -61,3 +61,15 @@ def deit_tiny_onnx(tmp_path_factory, shared_data) -> Path:
     out = tmp_path_factory.mktemp("deit_tiny") / "deit_tiny_patch16_224.onnx"
     export_onnx("deit_tiny_patch16_224", out, checkpoint=shared_data / DEIT_TINY_CHECKPOINT, log=lambda line: None)
     return out
+
+
+@pytest.fixture(scope="session")
+def deit_tiny_grads_onnx(tmp_path_factory, shared_data) -> Path:
+    """The real DeiT-Tiny ImageNet checkpoint exported once per session with attention gradients."""
+    pytest.importorskip("torch", reason="exporting DeiT-Tiny needs torch")
+    from export import export_onnx
+
+    out = tmp_path_factory.mktemp("deit_tiny_grads") / "deit_tiny_patch16_224_grads.onnx"
+    export_onnx("deit_tiny_patch16_224", out, checkpoint=shared_data / DEIT_TINY_CHECKPOINT, gradients=True,
+                log=lambda line: None)
+    return out

@@ -190,6 +190,13 @@ def test_keys_switch_method_layer_head_fit_snapshot_and_quit(tmp_path):
     np.testing.assert_array_equal(cv2.imread(stats.snapshots[0]), seen[4].image_bgr)
 
 
+def test_pause_is_ignored_without_a_window():
+    # Nothing could resume a headless pause (on_frame is not called while paused): no hang.
+    stats = run_with_timeout(lambda: run_live(FakeExplainer(), PacedSource(fps=100), show=False, max_frames=3,
+                                              on_frame=lambda view: ord(" ")), 10)
+    assert stats.ended == "max_frames" and stats.frames_processed == 3
+
+
 def test_apply_key_cycles_and_ignores_unknown_keys():
     st = LiveState(method="rollout", options={"discard_ratio": 0.5}, fit="crop", colormap="jet",
                    methods=("rollout", "attention"), num_layers=3, num_heads=2)
@@ -225,7 +232,8 @@ def test_bad_options_fail_before_the_source_is_opened():
     with pytest.raises(OptionError, match="cannot run on this model"):
         run_live(ex, "cam:57", show=False, method="chefer")  # no gradients in the fake
     for kwargs, fragment in [({"fit": "zoom"}, "fit must be"), ({"smooth": 1.0}, "smooth"),
-                             ({"every": 0}, "every"), ({"colormap": "jett"}, "Did you mean 'jet'")]:
+                             ({"every": 0}, "every"), ({"colormap": "jett"}, "Did you mean 'jet'"),
+                             ({"alpha": 1.5}, "alpha"), ({"out": "recording"}, "no extension")]:
         with pytest.raises(OptionError, match=fragment):
             run_live(ex, "cam:57", show=False, **kwargs)
 

@@ -266,8 +266,12 @@ def test_live_sources_and_bad_arguments_are_refused(tmp_path):
     with pytest.raises(SourceError, match="is live .*attnmap live SOURCE --no-show --out"):
         explain_video(FakeExplainer(), cam, tmp_path / "o.mp4")
     assert cam.closed and cam.produced == 0
+    one = ListSource([quadrant_frame(0)])
     with pytest.raises(OptionError, match="batch_size"):
-        explain_video(FakeExplainer(), ListSource([quadrant_frame(0)]), tmp_path / "o.mp4", batch_size=0)
+        explain_video(FakeExplainer(), one, tmp_path / "o.mp4", batch_size=0)
+    assert one.closed
+    with pytest.raises(OptionError, match="colormap|colour map|Did you mean"):
+        explain_video(FakeExplainer(), ListSource([quadrant_frame(0)]), tmp_path / "o.mp4", colormap="infernoo")
     with pytest.raises(SourceError, match="does not exist"):
         explain_video(FakeExplainer(), str(tmp_path / "missing.mp4"), tmp_path / "o.mp4")
     assert list(tmp_path.iterdir()) == []

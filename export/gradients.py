@@ -1,0 +1,186 @@
+"""Attention gradients inside the ONNX graph: class-specific explanations with no torch at runtime.
+
+A file exported with ``gradients=True`` takes a second input ``target`` (int64 ``[B]``; a
+negative value means the predicted class, the argmax of the logits the graph itself computes)
+and emits ``attention_grads`` ``[B, L, H, N, N]`` beside ``logits`` and ``attentions``:
+
+    attention_grads[b, l] = d logit[b, t_b] / d A_l[b]
+
+the gradient of image b's own target logit with respect to block l's softmax probabilities,
+which Chefer et al. (2021), Grad-SAM and gradient rollout weight the attention with.
+
+How the graph is built. :class:`AttentionGradients` runs the wrapped model once with a zero
+``delta_l`` added to each block's probabilities (:meth:`ViTWithAttention.set_deltas`), so that
+``d y / d delta_l = d y / d A_l``, and calls ``torch.autograd.grad`` on the selected logits.
+:func:`trace_gradients` records that forward *and* its backward as one aten-level FX graph with
+``make_fx(tracing_mode="symbolic")``, which keeps the batch size a symbol; the exporter then
+turns that graph into ONNX with ``torch.onnx.export(dynamo=True)`` like any other module. The
+backward reads the activations the forward saved, so the forward runs once, and because only
+the deltas are differentiated, no weight gradient is ever computed.
+
+Two routes that look simpler do not work with torch 2.15, which is why this one is used:
+
+* ``torch.onnx.export`` (``torch.export``) of a module whose forward calls
+  ``torch.autograd.grad`` or ``torch.func.vjp`` fails: the exporter meets fake tensors it
+  cannot lift ("fake tensor in the exported program constant's list", "Cannot access data
+  pointer of Tensor that doesn't have storage").
+* ``make_fx`` of ``torch.func.vjp`` traces, but functorch's decomposition of ``linear`` reads
+  concrete sizes and specialises the batch axis to the example's size.
+
+Head fusion is refused with gradients: the class-specific methods weight each head's attention
+by its own gradient before averaging (``mean_h((G ⊙ A)⁺)``), which fused heads cannot give back.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Iterator
+
+import torch
+from torch import nn
+
+from runtime.errors import ExportError
+
+from .vit_attn import ViTWithAttention, describe_tokens
+
+__all__ = ["GRADIENT_INPUTS", "GRADIENT_OUTPUTS", "GRAD_RTOL", "AttentionGradients", "check_gradient_options",
+           "trace_gradients"]
+
+GRADIENT_INPUTS = ("input", "target")
+GRADIENT_OUTPUTS = ("logits", "attentions", "attention_grads")
+# Parity tolerance of the exported gradients: |onnx - torch| <= GRAD_RTOL * max |torch grads|.
+GRAD_RTOL = 1e-4
+
+
+def check_gradient_options(heads: str, attentions: bool) -> None:
+    """Refuse export options that cannot carry attention gradients.
+
+    Args:
+        heads: the requested head fusion; gradients need ``"none"``.
+        attentions: whether attentions are exported; gradients need them.
+
+    Raises:
+        ExportError: ``heads`` is not ``"none"``, or ``attentions`` is False.
+    """
+    if heads != "none":
+        raise ExportError(f"gradients=True needs every head (heads='none'); got heads={heads!r}: class-specific "
+                          "methods weight each head's attention by its own gradient before fusing heads")
+    if not attentions:
+        raise ExportError("gradients=True needs attentions=True: the gradient methods weight the attention "
+                          "probabilities by their gradients")
+
+
+class AttentionGradients(nn.Module):
+    """``(input, target) -> (logits, attentions, attention_grads)`` around a :class:`ViTWithAttention`.
+
+    Every image's gradient is of ITS OWN target logit although one backward pass serves the
+    whole batch: the pass differentiates ``s = Σ_b logit[b, t_b]``, and images never interact
+    in a ViT (LayerNorm, attention and MLP all act within one image; there is no batch norm),
+    so ``d logit[b', t_b'] / d A_l[b] = 0`` for ``b' != b`` and ``d s / d A_l[b]`` is exactly
+    ``d logit[b, t_b] / d A_l[b]``.
+
+    Args:
+        wrapper: the wrapped model, built with ``heads="none"`` and ``attentions=True``.
+
+    Raises:
+        ExportError: the wrapper fuses heads or has no attention outputs.
+    """
+
+    def __init__(self, wrapper: ViTWithAttention) -> None:
+        super().__init__()
+        check_gradient_options(wrapper.heads, wrapper.attentions)
+        prefix, grid, _ = describe_tokens(wrapper.model)
+        self.wrapper = wrapper
+        self.training = wrapper.training
+        self.num_tokens = len(prefix) + grid[0] * grid[1]
+
+    def forward(self, x: torch.Tensor, target: torch.Tensor):
+        """Forward pass and the attention gradients of each image's target logit.
+
+        Args:
+            x: images, float32 ``[B, 3, H, W]``, normalised as the model expects.
+            target: int64 ``[B]`` class per image; a negative value picks the predicted class.
+
+        Returns:
+            ``(logits, attentions, attention_grads)``: float32 ``[B, C]``, ``[B, L, H, N, N]``
+            and ``[B, L, H, N, N]`` (``d logit[b, t_b] / d attentions[b]``), all detached.
+        """
+        shape = (x.shape[0], self.wrapper.num_heads, self.num_tokens, self.num_tokens)
+        with torch.enable_grad():
+            deltas = [x.new_zeros(shape).requires_grad_(True) for _ in range(self.wrapper.num_layers)]
+            self.wrapper.set_deltas(deltas)
+            try:
+                logits, attentions = self.wrapper(x)
+            finally:
+                self.wrapper.set_deltas(None)
+            predicted = logits.detach().argmax(dim=-1)
+            chosen = torch.where(target < 0, predicted, target)
+            # Summing over the batch is exact per image: see the class docstring.
+            selected = logits.gather(1, chosen[:, None]).sum()
+            grads = torch.autograd.grad(selected, deltas)
+        return logits.detach(), attentions.detach(), torch.stack(grads, dim=1)
+
+
+@contextlib.contextmanager
+def _frozen(model: nn.Module) -> Iterator[None]:
+    """Turn ``requires_grad`` off on every parameter for the trace, then restore each flag.
+
+    Only the deltas are differentiated; with frozen weights autograd records no graph for
+    them, so nothing about weight gradients can reach the traced backward.
+    """
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    for p, _ in flags:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
+
+
+def trace_gradients(module: AttentionGradients, example: torch.Tensor) -> torch.fx.GraphModule:
+    """Record the forward and backward of ``module`` as one FX graph with a symbolic batch.
+
+    Args:
+        module: the gradient module (its model in eval mode).
+        example: float32 ``[B, 3, H, W]`` example input with B >= 2 (a size-1 axis would be
+            specialised to a constant); only its shape matters, the trace runs on fake tensors.
+
+    Returns:
+        A ``torch.fx.GraphModule`` in eval mode with ``forward(input, target)`` returning
+        ``(logits, attentions, attention_grads)``; the weights are its constants.
+
+    Raises:
+        ExportError: the example batch is smaller than 2.
+    """
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    if example.ndim != 4 or example.shape[0] < 2:
+        raise ExportError(f"trace_gradients needs an example batch [B>=2, C, H, W]; got shape {tuple(example.shape)}")
+    target = torch.full((example.shape[0],), -1, dtype=torch.int64)
+    with _frozen(module.wrapper.model):
+        # The weights are real tensors among fake inputs; make_fx records them as constants.
+        traced = make_fx(module, tracing_mode="symbolic", _allow_non_fake_inputs=True)(example, target)
+    return _with_model_names(traced, module.wrapper.model)
+
+
+def _with_model_names(traced: torch.fx.GraphModule, model: nn.Module) -> torch.fx.GraphModule:
+    """Give the traced constants the model's own names (``model.blocks.0.attn.qkv.weight``).
+
+    make_fx calls them ``_param_constant<i>``; with the names a file exported with gradients
+    has the same initializer names as one exported without.
+    """
+    names = {id(t): f"model.{n}" for n, t in (*model.named_parameters(), *model.named_buffers())}
+    root = nn.Module()
+    root.model = model
+    for node in traced.graph.nodes:
+        if node.op != "get_attr":
+            continue
+        value = getattr(traced, node.target)
+        if id(value) in names:
+            node.target = names[id(value)]
+        else:  # a constant the trace made itself (e.g. a scalar tensor): keep it under its name
+            root.register_buffer(node.target, value)
+    graph = torch.fx.GraphModule(root, traced.graph)
+    graph.recompile()
+    return graph.eval()
