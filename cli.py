@@ -116,9 +116,12 @@ def pop_method_options(kwargs: dict[str, Any]) -> dict[str, Any]:
     return given
 
 
-def overlay_options(fn: Callable) -> Callable:
-    """How overlays look: colormap, alpha, blur, mode, label."""
-    fn = click.option("--no-label", is_flag=True, help="Do not draw the predicted label on overlays.")(fn)
+def overlay_options(fn: Callable | None = None, *, fit: str = "crop", label: bool = True) -> Callable:
+    """How frames enter the model (--fit) and how overlays look: colormap, alpha, blur, mode, label."""
+    if fn is None:
+        return functools.partial(overlay_options, fit=fit, label=label)
+    if label:
+        fn = click.option("--no-label", is_flag=True, help="Do not draw the predicted label on overlays.")(fn)
     fn = click.option("--mode", type=click.Choice(["blend", "mask"]), default="blend", show_default=True,
                       help="blend: colour map over the image; mask: image multiplied by the map.")(fn)
     fn = click.option("--blur", type=click.FloatRange(0, None), default=0.0, show_default=True,
@@ -127,7 +130,7 @@ def overlay_options(fn: Callable) -> Callable:
                       help="Weight of the colour map in blend mode.")(fn)
     fn = click.option("--colormap", default="jet", show_default=True,
                       help="Any OpenCV colormap by name (jet, inferno, viridis, turbo, ...).")(fn)
-    fn = click.option("--fit", type=click.Choice(FITS), default="crop", show_default=True,
+    fn = click.option("--fit", type=click.Choice(FITS), default=fit, show_default=True,
                       help="crop: the model's eval transform; squash: whole frame resized; "
                            "letterbox: whole frame padded.")(fn)
     return fn
@@ -286,7 +289,7 @@ def explain(sources: tuple[str, ...], model: str | None, provider: str, threads:
                            tiles=tiles, options=options)
     images = [r for r in refs if r.kind == "image"]
     others = [r for r in refs if r.kind != "image"]
-    _explain_images(explainer, images, writer, method, options, fit, batch_size)
+    _explain_images(explainer, images, writer, method, options, fit, batch_size, topk)
     for ref in others:
         _explain_video(explainer, ref, writer, method, options, fit, batch_size)
     if writer.failures:
@@ -370,27 +373,19 @@ def _tile_image(explainer, result, outputs_one, tiles: str, options: dict[str, A
 
 
 def _explain_images(explainer, refs, writer: _ResultWriter, method: str, options: dict[str, Any],
-                    fit: str, batch_size: int) -> None:
-    """Explain still images in batches, reading the next batch while the current one runs."""
-    from runtime.preprocess import read_image
+                    fit: str, batch_size: int, topk: int) -> None:
+    """Explain still images in batches; a reader thread decodes and preprocesses ahead of inference."""
+    from runtime.sources import open_files
+    from runtime.stream import explain_stream
 
+    if not refs:
+        return
     progress = _Progress(len(refs), "images")
-    for start in range(0, len(refs), batch_size):
-        chunk = refs[start:start + batch_size]
-        images, names = [], []
-        for ref in chunk:
-            try:
-                images.append(read_image(ref.target))
-                names.append(ref.spec)
-            except AttnmapError as exc:
-                writer.fail(ref.spec, exc)
-        if images:
-            x, geoms = explainer.preprocess(images, fit=fit)
-            outputs = explainer.infer(x)
-            grids = explainer.maps(outputs, method, **options)
-            for i, result in enumerate(explainer.package(images, outputs, grids, geoms, method)):
-                writer.image(names[i], result, explainer, outputs.select(i))
-        progress.update(len(chunk))
+    source = open_files([r.target for r in refs], on_error=writer.fail)
+    for item in explain_stream(explainer, source, method=method, options=options, batch_size=batch_size,
+                               fit=fit, topk=topk):
+        writer.image(item.frame.source, item.explanation, explainer, item.outputs)
+        progress.update(1)
     progress.close()
 
 
@@ -448,6 +443,151 @@ def _explain_video(explainer, ref, writer: _ResultWriter, method, options, fit, 
     else:
         click.echo(f"{ref.spec}: {report.frames} frames explained at {report.throughput_fps:.1f} frames/s "
                    f"-> {report.out}")
+
+
+# ---------------------------------------------------------------------------- live
+def _live_epilog() -> str:
+    from runtime.livestate import KEY_HELP
+
+    return "\b\nKeys in the window:\n  " + KEY_HELP
+
+
+@main.command(epilog=_live_epilog())
+@click.argument("source", required=False, default="0")
+@model_option
+@method_options
+@overlay_options(fit="squash", label=False)
+@click.option("--show/--no-show", default=True, show_default=True,
+              help="Show a window; --no-show with --out records the annotated stream headless.")
+@click.option("--out", "-o", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also write the annotated stream to this video file (e.g. live.mp4).")
+@click.option("--smooth", type=click.FloatRange(0, 1, max_open=True), default=0.0, show_default=True,
+              help="Temporal smoothing: EMA weight of the previous heatmap (0 = off).")
+@click.option("--every", type=click.IntRange(1, None), default=1, show_default=True,
+              help="Explain every k-th frame and reuse the last heatmap in between.")
+@click.option("--max-frames", type=click.IntRange(1, None), default=None, help="Stop after this many frames.")
+@click.option("--duration", type=click.FloatRange(0, None, min_open=True), default=None,
+              help="Stop after this many seconds.")
+@click.option("--no-pace", is_flag=True, help="Read a video file as fast as possible instead of at its fps.")
+@click.option("--snapshot-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("runs/snapshots"),
+              show_default=True, help="Where the s key saves snapshots.")
+@click.option("--no-hud", is_flag=True, help="Do not draw label, fps and stage timings.")
+@click.option("--json", "as_json", is_flag=True, help="Print the run's statistics as one JSON object.")
+@handle_errors
+def live(source: str, model: str | None, provider: str, threads: int | None, method: str, fit: str, colormap: str,
+         alpha: float, blur: float, mode: str, show: bool, out: Path | None, smooth: float, every: int,
+         max_frames: int | None, duration: float | None, no_pace: bool, snapshot_dir: Path, no_hud: bool,
+         as_json: bool, **kwargs: Any) -> None:
+    """Explain a camera, stream or video live, in a window or recorded headless.
+
+    SOURCE is a camera index (0, cam:1), a stream URL (rtsp://, http://) or a video file played at
+    its own frame rate (default: camera 0). A capture thread keeps only the newest frame, so a slow
+    model drops frames instead of falling behind.
+    """
+    from runtime import Explainer
+    from runtime.live import run_live
+
+    if not show and out is None:
+        raise click.UsageError("--no-show needs --out FILE.mp4 (otherwise nothing would be shown or saved).")
+    options = pop_method_options(kwargs)
+    explainer = Explainer(model, provider=provider, threads=threads)
+    stats = run_live(explainer, source, method=method, options=options, show=show, out=out, fit=fit,
+                     smooth=smooth, every=every, colormap=colormap, alpha=alpha, blur=blur, mode=mode,
+                     hud=not no_hud, max_frames=max_frames, duration=duration, pace=False if no_pace else None,
+                     snapshot_dir=snapshot_dir)
+    summary = stats.to_dict()
+    if as_json:
+        click.echo(json.dumps(summary))
+        return
+    lat = summary["latency_ms"]
+    click.echo(f"{stats.source}: {stats.frames_processed} frames shown at {summary['fps']:.1f} frames/s, "
+               f"{stats.frames_dropped} dropped, capture-to-display latency median {lat.get('median', 0):.1f} ms"
+               + (f"; wrote {stats.out}" if stats.out else ""))
+
+
+# ---------------------------------------------------------------------------- bench
+@main.command()
+@click.argument("source", required=False)
+@model_option
+@method_options
+@click.option("--fit", type=click.Choice(FITS), default="crop", show_default=True, help="Preprocessing fit mode.")
+@click.option("--runs", type=click.IntRange(1, None), default=20, show_default=True, help="Timed runs.")
+@click.option("--warmup", type=click.IntRange(0, None), default=3, show_default=True, help="Untimed runs first.")
+@click.option("--batch-size", type=click.IntRange(1, 256), default=1, show_default=True, help="Frames per run.")
+@click.option("--targets", "targets_video", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              default=None, help="Also measure live fps, offline fps and latency on this video against "
+                                 "the real-time targets.")
+@click.option("--json", "as_json", is_flag=True, help="Print the figures as one JSON object.")
+@handle_errors
+def bench(source: str | None, model: str | None, provider: str, threads: int | None, method: str, fit: str,
+          runs: int, warmup: int, batch_size: int, targets_video: Path | None, as_json: bool, **kwargs: Any) -> None:
+    """Time each stage (decode, preprocess, inference, explanation, overlay, encode).
+
+    Prints median and p90 per stage and the ratio of (inference with attentions + explanation)
+    to plain inference of the same model. SOURCE is any image, folder or video (default: a
+    synthetic 640x480 frame).
+    """
+    from runtime import Explainer
+    from runtime.bench import format_bench, format_targets, measure_targets, run_bench
+
+    options = pop_method_options(kwargs)
+    explainer = Explainer(model, provider=provider, threads=threads)
+    result = run_bench(explainer, source, runs=runs, warmup=warmup, batch_size=batch_size, method=method,
+                       options=options, fit=fit)
+    targets = None
+    if targets_video is not None:
+        targets = measure_targets(explainer, targets_video, batch_size=max(batch_size, 8), method=method)
+    if as_json:
+        click.echo(json.dumps({"stages": result, "targets": targets}))
+        return
+    click.echo(format_bench(result))
+    if targets is not None:
+        click.echo(format_targets(targets))
+
+
+# ---------------------------------------------------------------------------- demo
+@main.command()
+@click.option("--out", "-o", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("runs/demo"),
+              show_default=True, help="Folder for the generated inputs and the overlays.")
+@model_option
+@method_options
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the generated inputs.")
+@handle_errors
+def demo(out_dir: Path, model: str | None, provider: str, threads: int | None, method: str, seed: int,
+         **kwargs: Any) -> None:
+    """Generate a few images and a short video, explain them, and say where the overlays are.
+
+    Uses the shipped default model unless --model is given: no download, no extra files.
+    """
+    import numpy as np
+
+    from runtime import Explainer
+    from runtime.files import write_image
+    from runtime.preprocess import read_image
+    from runtime.sources import expand_sources
+    from runtime.synth import write_demo_inputs
+
+    options = pop_method_options(kwargs)
+    explainer = Explainer(model, provider=provider, threads=threads)
+    images, video = write_demo_inputs(out_dir / "inputs", seed=seed)
+    overlays = out_dir / "overlays"
+    writer = _ResultWriter(overlays, method, as_json=False, save_maps=False, topk=1,
+                           style=dict(colormap="jet", alpha=0.5, blur=0.0, mode="blend", label=True),
+                           tiles="none", options=options)
+    refs = expand_sources([str(p) for p in images] + [str(video)])
+    _explain_images(explainer, [r for r in refs if r.kind == "image"], writer, method, options, "crop", 8, 1)
+    for ref in (r for r in refs if r.kind != "image"):
+        _explain_video(explainer, ref, writer, method, options, "squash", 8)
+    if writer.failures:
+        raise click.ClickException(f"{writer.failures} demo inputs failed (see above)")
+    pngs = sorted(overlays.glob("*.png"))
+    tiles = [read_image(p) for p in pngs]
+    rows = [np.hstack(tiles[i:i + 3] + [np.zeros_like(tiles[0])] * (3 - len(tiles[i:i + 3])))
+            for i in range(0, len(tiles), 3)]
+    sheet = write_image(out_dir / "overview.png", np.vstack(rows))
+    click.echo(f"model: {explainer.path} ({explainer.meta.model_name}, {explainer.meta.num_classes} classes)")
+    click.echo(f"overlays: {overlays}/ ({len(pngs)} images and {video.stem}_{method}.mp4)")
+    click.echo(f"overview: {sheet}")
 
 
 # ---------------------------------------------------------------------------- methods

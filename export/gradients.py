@@ -160,8 +160,20 @@ def trace_gradients(module: AttentionGradients, example: torch.Tensor) -> torch.
     target = torch.full((example.shape[0],), -1, dtype=torch.int64)
     with _frozen(module.wrapper.model):
         # The weights are real tensors among fake inputs; make_fx records them as constants.
-        traced = make_fx(module, tracing_mode="symbolic", _allow_non_fake_inputs=True)(example, target)
+        traced = make_fx(module, decomposition_table=_backward_decompositions(), tracing_mode="symbolic",
+                         _allow_non_fake_inputs=True)(example, target)
     return _with_model_names(traced, module.wrapper.model)
+
+
+def _backward_decompositions() -> dict:
+    """torch's decompositions of the ``*_backward`` aten ops into forward-style ops.
+
+    The ONNX translator lacks several backward ops (``silu_backward`` of EVA's SwiGLU MLP, for
+    one); their decompositions are plain elementwise and reduction ops it does translate.
+    """
+    from torch._decomp import decomposition_table
+
+    return {op: fn for op, fn in decomposition_table.items() if "backward" in op.name()}
 
 
 def _with_model_names(traced: torch.fx.GraphModule, model: nn.Module) -> torch.fx.GraphModule:

@@ -146,3 +146,62 @@ def test_export_flags_conflict_up_front(tmp_path):
     result = run("export", "vit_tiny_patch16_224", "-o", tmp_path / "x.onnx", "--checkpoint", tmp_path / "w.pth",
                  "--pretrained")
     assert result.exit_code == 2 and "Use just one of --checkpoint or --pretrained" in result.output
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory):
+    """A 3-frame synthetic video written with cv2.VideoWriter."""
+    path = tmp_path_factory.mktemp("clip") / "three.mp4"
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 10.0, (48, 40))
+    rng = np.random.default_rng(3)
+    for _ in range(3):
+        writer.write(rng.integers(0, 256, (40, 48, 3), dtype=np.uint8))
+    writer.release()
+    return path
+
+
+def test_explain_video_end_to_end_keeps_frames_size_and_fps(tiny_vit_onnx, clip, tmp_path):
+    result = run("explain", clip, "--model", tiny_vit_onnx, "--out", tmp_path, "--json", "--save-maps")
+    assert result.exit_code == 0, result.output
+    rec = json.loads(result.stdout.strip())
+    assert rec["frames"] == 3 and rec["size"] == [48, 40] and rec["fps"] == pytest.approx(10.0)
+    cap = cv2.VideoCapture(rec["video"])
+    assert int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == 3
+    assert (int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT))) == (48, 40)
+    cap.release()
+    maps = np.load(rec["maps"])
+    assert maps["grids"].shape == (3, 4, 4)
+
+
+def test_live_headless_records_the_stream(tiny_vit_onnx, clip, tmp_path):
+    out = tmp_path / "live.mp4"
+    result = run("live", clip, "--model", tiny_vit_onnx, "--no-show", "--out", out, "--json", "--no-pace")
+    assert result.exit_code == 0, result.output
+    stats = json.loads(result.stdout)
+    assert stats["ended"] == "end" and stats["frames_processed"] >= 1 and stats["out"] == str(out)
+    assert cv2.VideoCapture(str(out)).read()[0]
+
+
+def test_live_without_show_needs_an_output(tiny_vit_onnx, clip):
+    result = run("live", clip, "--model", tiny_vit_onnx, "--no-show")
+    assert result.exit_code == 2 and "--no-show needs --out" in result.output
+
+
+def test_bench_reports_every_stage_and_the_ratio(tiny_vit_onnx, photos):
+    result = run("bench", photos, "--model", tiny_vit_onnx, "--runs", 3, "--warmup", 1, "--json")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)["stages"]
+    text = json.dumps(data)
+    for stage in ("decode", "preprocess", "inference", "explanation", "overlay", "encode"):
+        assert stage in text
+    assert "ratio" in text
+
+
+def test_demo_writes_inputs_overlays_and_an_overview(tiny_vit_onnx, tmp_path):
+    result = run("demo", "--model", tiny_vit_onnx, "--out", tmp_path)
+    assert result.exit_code == 0, result.output
+    assert len(list((tmp_path / "inputs").glob("*.png"))) == 6
+    overlays = sorted(p.name for p in (tmp_path / "overlays").iterdir())
+    assert len([n for n in overlays if n.endswith(".png")]) == 6 and "shapes_demo_rollout.mp4" in overlays
+    assert cv2.imread(str(tmp_path / "overview.png")) is not None
+    assert f"overview: {tmp_path / 'overview.png'}" in result.stdout
