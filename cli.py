@@ -16,7 +16,7 @@ from typing import Any, Callable
 import click
 
 from runtime import __version__
-from runtime.errors import AttnmapError, suggest
+from runtime.errors import AttnmapError
 from runtime.explain import EXPLAINERS
 from runtime.meta import HEAD_FUSIONS
 from runtime.session import PROVIDERS

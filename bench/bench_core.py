@@ -23,7 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import runtime  # noqa: E402  (sets the BLAS thread count before NumPy loads)
+import runtime  # noqa: E402,F401  (sets the BLAS thread count before NumPy loads)
 import numpy as np  # noqa: E402
 
 from runtime.explain import explain  # noqa: E402

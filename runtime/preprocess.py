@@ -24,19 +24,18 @@ from __future__ import annotations
 import functools
 import math
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Sequence
 
 import cv2
 import numpy as np
 
 from .errors import ImageError, MetadataError, OptionError, suggest
+from .images import check_image, read_image  # noqa: F401  (re-exported: preprocess is where users look)
 from .meta import ModelMeta
+from .resample import Axis, plan_axis, resample_cols, resample_rows
 
 FITS = ("crop", "squash", "letterbox")
 MAP_INTERPOLATIONS = {"nearest": cv2.INTER_NEAREST, "linear": cv2.INTER_LINEAR, "cubic": cv2.INTER_CUBIC}
-
-_BLOCK = 16  # outputs per matrix product: small enough that each reads a narrow input band
 
 
 # ----------------------------------------------------------------------------- geometry
@@ -176,97 +175,11 @@ def _points(xy: np.ndarray) -> np.ndarray:
     return xy
 
 
-# ----------------------------------------------------------------------------- Pillow's filters
-def _cubic(x: np.ndarray) -> np.ndarray:
-    # Keys' cubic convolution with a = -0.5, the kernel Pillow's BICUBIC uses
-    a, x = -0.5, np.abs(x)
-    return np.where(x < 1, ((a + 2) * x - (a + 3)) * x * x + 1, np.where(x < 2, (((x - 5) * x + 8) * x - 4) * a, 0.0))
-
-
-def _lanczos(x: np.ndarray) -> np.ndarray:
-    return np.where((x >= -3) & (x < 3), np.sinc(x) * np.sinc(x / 3), 0.0)
-
-
-# name -> (kernel, support in input pixels at scale 1); "area" is Pillow's BOX filter
-_FILTERS = {
-    "bilinear": (lambda x: np.maximum(1 - np.abs(x), 0.0), 1.0),
-    "bicubic": (_cubic, 2.0),
-    "area": (lambda x: ((x > -0.5) & (x <= 0.5)).astype(np.float64), 0.5),
-    "lanczos": (_lanczos, 3.0),
-}
-
-
-def _resize_matrix(n_in: int, n_out: int, interpolation: str) -> np.ndarray:
-    """``(n_out, n_in)`` float64 weights of a 1-D resize, as Pillow computes them.
-
-    Output ``i`` is centred at input coordinate ``c = (i + 0.5) * n_in / n_out`` (input
-    pixel ``j`` spans ``[j, j + 1)`` here). When shrinking, the kernel is stretched by the
-    shrink factor ``f``: weights ``k((j + 0.5 - c) / f)`` over ``j`` within ``c ± support * f``
-    (bounds rounded as Pillow rounds them), normalised to sum to 1. ``nearest`` picks
-    ``floor(c)``, Pillow's nearest-neighbour rule.
-    """
-    scale = n_in / n_out
-    m = np.zeros((n_out, n_in))
-    if interpolation == "nearest":
-        # Pillow steps c by repeated addition (its ImagingScaleAffine); a sequential cumsum
-        # reproduces the same float64 rounding, so ties fall the same way
-        steps = np.full(n_out, scale)
-        steps[0] = 0.5 * scale
-        m[np.arange(n_out), np.minimum(np.cumsum(steps).astype(np.int64), n_in - 1)] = 1.0
-        return m
-    centre = (np.arange(n_out) + 0.5) * scale
-    kernel, support = _FILTERS[interpolation]
-    stretch = max(scale, 1.0)
-    support *= stretch
-    # int() truncates toward zero, as Pillow's C casts do
-    lo = np.maximum((centre - support + 0.5).astype(np.int64), 0)
-    hi = np.minimum((centre + support + 0.5).astype(np.int64), n_in)
-    taps = lo[:, None] + np.arange(int((hi - lo).max()))
-    valid = taps < hi[:, None]
-    w = kernel((taps - centre[:, None] + 0.5) / stretch) * valid
-    total = w.sum(axis=1, keepdims=True)
-    w = np.divide(w, total, out=np.zeros_like(w), where=total != 0)
-    rows = np.broadcast_to(np.arange(n_out)[:, None], taps.shape)
-    m[rows[valid], taps[valid]] = w[valid]
-    return m
-
-
-@dataclass(frozen=True)
-class _Axis:
-    """One axis of a resize-then-crop: which outputs hold image and how to compute them."""
-
-    out0: int  # first model-input index that holds image (earlier ones are padding)
-    out1: int
-    in0: int  # original pixels [in0, in1) are all the outputs read
-    in1: int
-    blocks: tuple | None  # (o0, o1, i0, i1, weights) per block; None when the pass is a copy
-
-
-def _axis(n_in: int, n_resized: int, start: int, n_out: int, interpolation: str, interleave: bool) -> _Axis:
-    out0, out1 = max(0, -start), min(n_out, n_resized - start)
-    m = _resize_matrix(n_in, n_resized, interpolation)[out0 + start:out1 + start]
-    used = np.flatnonzero(m.any(axis=0))
-    in0, in1 = int(used[0]), int(used[-1]) + 1
-    if m.shape[0] == in1 - in0 and np.array_equal(m[:, in0:in1], np.eye(m.shape[0])):
-        return _Axis(out0, out1, in0, in1, None)
-    blocks = []
-    for o0 in range(0, m.shape[0], _BLOCK):
-        blk = m[o0:o0 + _BLOCK]
-        cols = np.flatnonzero(blk.any(axis=0))
-        i0, i1 = int(cols[0]), int(cols[-1]) + 1
-        w = blk[:, i0:i1]
-        if interleave:
-            # acts on B,G,R-interleaved rows: (3 * band, 3 * block), channels kept apart
-            w = np.kron(w, np.eye(3)).T
-        blocks.append((o0, o0 + blk.shape[0], i0, i1, np.ascontiguousarray(w, dtype=np.float32)))
-    return _Axis(out0, out1, in0, in1, tuple(blocks))
-
-
 @dataclass(frozen=True)
 class _Plan:
     geometry: Geometry
-    rows: _Axis
-    cols: _Axis
+    rows: Axis
+    cols: Axis
     gain: np.ndarray  # (3,) float32 per RGB channel: normalised = value * gain + bias
     bias: np.ndarray
     fill: np.ndarray  # (3,) float32 normalised value of padded pixels
@@ -316,30 +229,9 @@ def _plan(h0: int, w0: int, key: tuple) -> _Plan:
     # Pillow 13 runs the vertical pass first when height shrinks by more than twice the
     # pixels width loses; the order decides how the uint8 rounding between passes falls
     vertical_first = hr < h0 and wr != w0 and (h0 - hr) > 2 * (w0 - wr)
-    return _Plan(geometry, _axis(h0, hr, top, h, interpolation, False), _axis(w0, wr, left, w, interpolation, True),
+    return _Plan(geometry, plan_axis(h0, hr, top, h, interpolation, False), plan_axis(w0, wr, left, w, interpolation, True),
                  (1 / (255 * std)).astype(np.float32), (-mean / std).astype(np.float32), fill.astype(np.float32),
                  vertical_first)
-
-
-def _horizontal(cols: _Axis, src: np.ndarray, first: int) -> np.ndarray:
-    """Resample B,G,R-interleaved rows ``src`` (column 0 is original column ``first``)."""
-    if cols.blocks is None:
-        return src[:, 3 * (cols.in0 - first):3 * (cols.in1 - first)].astype(np.float32)
-    out = np.empty((src.shape[0], 3 * (cols.out1 - cols.out0)), np.float32)
-    for o0, o1, i0, i1, w in cols.blocks:
-        np.matmul(src[:, 3 * (i0 - first):3 * (i1 - first)].astype(np.float32), w, out=out[:, 3 * o0:3 * o1])
-    # Pillow stores each pass in uint8: round and clip before the next one
-    return np.clip(np.rint(out, out=out), 0, 255, out=out)
-
-
-def _vertical(rows: _Axis, src: np.ndarray, first: int) -> np.ndarray:
-    """Resample the rows of ``src`` (row 0 is original row ``first``)."""
-    if rows.blocks is None:
-        return src[rows.in0 - first:rows.in1 - first].astype(np.float32)
-    out = np.empty((rows.out1 - rows.out0, src.shape[1]), np.float32)
-    for o0, o1, i0, i1, w in rows.blocks:
-        np.matmul(w, src[i0 - first:i1 - first].astype(np.float32), out=out[o0:o1])
-    return np.clip(np.rint(out, out=out), 0, 255, out=out)
 
 
 def _run(plan: _Plan, img_bgr: np.ndarray, out_chw: np.ndarray) -> None:
@@ -347,9 +239,9 @@ def _run(plan: _Plan, img_bgr: np.ndarray, out_chw: np.ndarray) -> None:
     h0, w0 = img_bgr.shape[:2]
     flat = img_bgr.reshape(h0, w0 * 3)
     if plan.vertical_first:
-        res = _horizontal(cols, _vertical(rows, flat[:, 3 * cols.in0:3 * cols.in1], 0), cols.in0)
+        res = resample_cols(cols, resample_rows(rows, flat[:, 3 * cols.in0:3 * cols.in1], 0), cols.in0)
     else:
-        res = _vertical(rows, _horizontal(cols, flat[rows.in0:rows.in1], 0), rows.in0)
+        res = resample_rows(rows, resample_cols(cols, flat[rows.in0:rows.in1], 0), rows.in0)
     res = res.reshape(res.shape[0], -1, 3)
     if (rows.out0, rows.out1, cols.out0, cols.out1) != (0, out_chw.shape[1], 0, out_chw.shape[2]):
         out_chw[...] = plan.fill[:, None, None]
@@ -434,72 +326,3 @@ def preprocess_one(image_bgr: np.ndarray, meta: ModelMeta, fit: str = "crop") ->
     """
     x, geometries = preprocess([image_bgr], meta, fit=fit)
     return x[0], geometries[0]
-
-
-def check_image(img: np.ndarray, name: str = "image") -> np.ndarray:
-    """Validate a user image array and return it as BGR uint8 ``(H, W, 3)``.
-
-    Accepted: uint8 ``(H, W)`` or ``(H, W, 1)`` gray (made BGR), ``(H, W, 3)`` BGR (returned
-    as is, never modified), ``(H, W, 4)`` BGRA (alpha dropped, as PIL's ``convert("RGB")``
-    does). Floats are refused rather than guessed at: a float image may hold [0, 1] or
-    [0, 255] values, or already be normalised.
-
-    Args:
-        img: the array.
-        name: how error messages call it.
-
-    Returns:
-        ``(H, W, 3)`` uint8 BGR array.
-
-    Raises:
-        ImageError: not a non-empty uint8 array of one of those shapes.
-    """
-    if not isinstance(img, np.ndarray):
-        raise ImageError(f"{name} must be a BGR uint8 numpy array (H, W, 3); got {type(img).__name__}")
-    shape_ok = img.ndim == 2 or (img.ndim == 3 and img.shape[2] in (1, 3, 4))
-    if img.dtype != np.uint8 or not shape_ok:
-        hint = ""
-        if np.issubdtype(img.dtype, np.floating):
-            hint = "; for values in [0, 1] use (img * 255).round().astype(np.uint8)"
-        elif img.dtype == np.uint16:
-            hint = "; for 16-bit images use (img >> 8).astype(np.uint8)"
-        raise ImageError(f"{name} must be a BGR uint8 array (H, W, 3); got {img.dtype} {img.shape}{hint}")
-    if img.shape[0] == 0 or img.shape[1] == 0:
-        raise ImageError(f"{name} is empty; got shape {img.shape}")
-    if img.ndim == 2 or img.shape[2] == 1:
-        return cv2.cvtColor(np.ascontiguousarray(img.reshape(img.shape[:2])), cv2.COLOR_GRAY2BGR)
-    if img.shape[2] == 4:
-        return cv2.cvtColor(np.ascontiguousarray(img), cv2.COLOR_BGRA2BGR)
-    return np.ascontiguousarray(img)
-
-
-def read_image(path: str | Path) -> np.ndarray:
-    """Read an image file as BGR uint8 ``(H, W, 3)``.
-
-    Gray images become 3-channel, alpha is dropped, 16-bit images are scaled to 8 bits, and
-    the EXIF orientation is applied (all by OpenCV's ``IMREAD_COLOR``). The bytes are read
-    with NumPy, so non-ASCII paths work everywhere.
-
-    Args:
-        path: the image file.
-
-    Returns:
-        ``(H, W, 3)`` uint8 BGR array.
-
-    Raises:
-        ImageError: the file is missing, unreadable, or not an image OpenCV decodes.
-    """
-    path = Path(path)
-    if not path.exists():
-        raise ImageError(f"image file {str(path)!r} does not exist")
-    if path.is_dir():
-        raise ImageError(f"image file {str(path)!r} is a directory; expected an image file")
-    try:
-        data = np.fromfile(path, dtype=np.uint8)
-    except OSError as exc:
-        raise ImageError(f"cannot read image file {str(path)!r}: {exc.strerror or exc}") from None
-    img = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
-    if img is None:
-        raise ImageError(f"cannot decode image file {str(path)!r}: not an image format OpenCV reads "
-                         "(PNG, JPEG, BMP, TIFF, WebP ...)")
-    return img

@@ -32,9 +32,9 @@ from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
 import cv2
-import numpy as np
 
 from .errors import ImageError, SourceError
+from .images import read_image
 from .frame import KINDS, LIVE_KINDS, Frame, Source, SourceRef
 
 IMAGE_EXTS = frozenset({".jpg", ".jpeg", ".jpe", ".png", ".bmp", ".dib", ".tif", ".tiff", ".webp",
@@ -215,7 +215,7 @@ class ImageFilesSource(Source):
         self.frame_count = len(self.paths)
         if ref.kind == "image":
             # A lone image is opened eagerly so that a bad file fails at open, like a bad video.
-            self._first = _read_image_file(self.paths[0])
+            self._first = read_image(self.paths[0])
             h, w = self._first.shape[:2]
             self.size = (w, h)
         else:
@@ -229,7 +229,7 @@ class ImageFilesSource(Source):
                 img, self._first = self._first, None
             else:
                 try:
-                    img = _read_image_file(path)
+                    img = read_image(path)
                 except ImageError as exc:
                     if self.on_error is None:
                         raise
@@ -281,19 +281,6 @@ class CaptureSource(Source):
 
 
 # --------------------------------------------------------------------------- helpers
-def _read_image_file(path: str) -> np.ndarray:
-    # imdecode over a byte buffer reads non-ASCII paths, which imread cannot on every platform.
-    try:
-        data = np.fromfile(path, dtype=np.uint8)
-    except OSError as exc:
-        raise ImageError(f"image {path!r} cannot be read: {exc.strerror or exc}") from None
-    img = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
-    if img is None:
-        raise ImageError(f"image {path!r} is not a readable image (expected JPEG, PNG, BMP, TIFF, WebP ...; "
-                         f"got {data.size} bytes OpenCV cannot decode)")
-    return img
-
-
 def _list_images(ref: SourceRef) -> list[str]:
     if ref.kind == "directory":
         entries = sorted(os.listdir(ref.target))

@@ -117,7 +117,7 @@ def test_bad_file_in_a_directory_is_reported_and_skipped(tmp_path):
     assert [(Path(f.source).name, f.index) for f in frames] == [("a.png", 0), ("c.png", 2)]
     assert [name for name, _ in errors] == ["b.png", "d.jpg"]
     assert all(isinstance(e, ImageError) and "\n" not in str(e) for _, e in errors)
-    assert "b.png" in str(errors[0][1]) and "not a readable image" in str(errors[0][1])
+    assert "b.png" in str(errors[0][1]) and "cannot decode image file" in str(errors[0][1])
 
 
 def test_bad_file_without_handler_raises_at_that_file(tmp_path):
