@@ -164,10 +164,14 @@ def main() -> None:
 @click.option("--num-classes", type=click.IntRange(1, None), default=None, help="Override the head's class count.")
 @click.option("--no-attentions", is_flag=True,
               help="Export logits only (a plain-inference baseline for benchmarks).")
+@click.option("--gradients", is_flag=True,
+              help="Also emit attention_grads = d logit[target] / d attentions, with an int64 `target` input, "
+                   "for the class-specific methods (chefer, grad_rollout, gradsam, product).")
 @click.option("--opset", type=click.IntRange(13, 30), default=None, help="ONNX opset (default: the exporter's).")
 @handle_errors
 def export(model_name: str, out: Path, checkpoint: Path | None, pretrained: bool, img_size: int | None,
-           heads: str, labels: Path | None, num_classes: int | None, no_attentions: bool, opset: int | None) -> None:
+           heads: str, labels: Path | None, num_classes: int | None, no_attentions: bool, gradients: bool,
+           opset: int | None) -> None:
     """Export a timm ViT-family model to ONNX with attention outputs and attnmap metadata.
 
     MODEL_NAME is a timm model name, e.g. deit_tiny_patch16_224. The export is checked against
@@ -175,13 +179,15 @@ def export(model_name: str, out: Path, checkpoint: Path | None, pretrained: bool
     """
     if checkpoint is not None and pretrained:
         raise click.UsageError("Use just one of --checkpoint or --pretrained.")
+    if gradients and no_attentions:
+        raise click.UsageError("Use just one of --gradients or --no-attentions.")
     try:
         from export.to_onnx import export_onnx
     except ImportError as exc:
         raise click.ClickException(
             f"`attnmap export` needs the export extra (torch and timm): pip install -e '.[export]' ({exc})") from None
     report = export_onnx(model_name, out, checkpoint=checkpoint, pretrained=pretrained, img_size=img_size,
-                         heads=heads, labels=labels, attentions=not no_attentions, opset=opset,
+                         heads=heads, labels=labels, attentions=not no_attentions, gradients=gradients, opset=opset,
                          model_kwargs={"num_classes": num_classes} if num_classes else None, log=_err)
     meta = report.meta
     _err(f"parity vs torch: logits max abs diff {report.logits_max_abs:.2e}, "
@@ -260,12 +266,16 @@ def _fmt(values) -> str:
               help="Also write a tiled image of raw attention for every layer, or every head of --layer.")
 @click.option("--batch-size", type=click.IntRange(1, 256), default=8, show_default=True,
               help="Images per inference batch.")
+@click.option("--class", "target", default=None, metavar="CLASS",
+              help="For class-specific methods: a class index, a label name, or topk:N for the top N "
+                   "classes' maps side by side (default: the predicted class).")
 @click.option("--json", "as_json", is_flag=True,
               help="Print one JSON object per input: {source, topk: [{index, label, prob}], overlay}.")
 @handle_errors
 def explain(sources: tuple[str, ...], model: str | None, provider: str, threads: int | None, method: str,
             fit: str, colormap: str, alpha: float, blur: float, mode: str, no_label: bool, out_dir: Path,
-            topk: int, save_maps: bool, tiles: str, batch_size: int, as_json: bool, **kwargs: Any) -> None:
+            topk: int, save_maps: bool, tiles: str, batch_size: int, target: str | None, as_json: bool,
+            **kwargs: Any) -> None:
     """Explain images, folders, globs and videos; write overlays to --out.
 
     SOURCE is an image file, a directory, a glob ("photos/*.jpg"), a video file or an image
@@ -275,8 +285,15 @@ def explain(sources: tuple[str, ...], model: str | None, provider: str, threads:
     from runtime.overlay import HeatmapOverlay, colormap_id
     from runtime.sources import expand_sources
 
+    from runtime.api import resolve_class
+
     options = pop_method_options(kwargs)
     colormap_id(colormap)  # fail on a bad colormap before any work
+    top_n = _parse_topk(target)
+    if target is not None and not EXPLAINERS[method].needs_gradients:
+        raise click.BadParameter(
+            f"--class needs a class-specific method ({', '.join(n for n, m in EXPLAINERS.items() if m.needs_gradients)});"
+            f" {method!r} is class-agnostic", param_hint="--class")
     refs = expand_sources(sources)
     live = [r.spec for r in refs if r.is_live]
     if live:
@@ -289,7 +306,17 @@ def explain(sources: tuple[str, ...], model: str | None, provider: str, threads:
                            tiles=tiles, options=options)
     images = [r for r in refs if r.kind == "image"]
     others = [r for r in refs if r.kind != "image"]
-    _explain_images(explainer, images, writer, method, options, fit, batch_size, topk)
+    if target is not None:
+        if others:
+            raise click.BadParameter(f"--class works on images; {others[0].spec!r} is a {others[0].kind}",
+                                     param_hint="--class")
+        if not explainer.meta.has_gradients:
+            raise click.ClickException(f"{explainer.path.name} has no attention gradients; re-export it with "
+                                       "`attnmap export ... --gradients` for --class")
+        fixed = None if top_n else resolve_class(explainer.meta, target)
+        _explain_classes(explainer, images, writer, method, options, fit, fixed, top_n)
+    else:
+        _explain_images(explainer, images, writer, method, options, fit, batch_size, topk)
     for ref in others:
         _explain_video(explainer, ref, writer, method, options, fit, batch_size)
     if writer.failures:
@@ -324,28 +351,35 @@ class _ResultWriter:
         from runtime.files import write_image, write_npz
 
         stem = self.stem(source)
-        overlay_path = self.out_dir / f"{stem}.png"
-        write_image(overlay_path, result.overlay(**self.style))
+        overlay_path = write_image(self.out_dir / f"{stem}.png", result.overlay(**self.style))
+        extra: dict[str, Any] = {}
+        if self.save_maps:
+            extra["maps"] = str(write_npz(self.out_dir / f"{stem}.npz", grid=result.grid, heatmap=result.heatmap))
+        if self.tiles != "none" and outputs_one is not None:
+            tiles = _tile_image(explainer, result, outputs_one, self.tiles, self.options, self.style)
+            extra["tiles"] = str(write_image(self.out_dir / f"{stem}_{self.tiles}.png", tiles))
+        self.record(source, result, overlay=overlay_path, **extra)
+
+    def record(self, source: str, result, *, overlay: Path, **extra: Any) -> None:
+        """Print one result line (or JSON object) for a written overlay."""
         record: dict[str, Any] = {"source": source,
                                   "topk": [{"index": t.index, "label": t.label, "prob": round(t.prob, 6)}
                                            for t in result.topk[: self.topk]],
-                                  "overlay": str(overlay_path)}
-        if result.target is not None:
+                                  "overlay": str(overlay)}
+        if result.target is not None and "classes" not in extra:
             record["target"] = {"index": result.target, "label": result.label_of_target}
-        if self.save_maps:
-            maps_path = self.out_dir / f"{stem}.npz"
-            write_npz(maps_path, grid=result.grid, heatmap=result.heatmap)
-            record["maps"] = str(maps_path)
-        if self.tiles != "none" and outputs_one is not None:
-            tiles_path = self.out_dir / f"{stem}_{self.tiles}.png"
-            write_image(tiles_path, _tile_image(explainer, result, outputs_one, self.tiles, self.options, self.style))
-            record["tiles"] = str(tiles_path)
+        record.update(extra)
         self.done += 1
         if self.as_json:
             click.echo(json.dumps(record))
         else:
             preds = ", ".join(f"{t.label} {t.prob:.3f}" for t in result.topk[: self.topk])
-            click.echo(f"{source}: {preds}")
+            explained = ""
+            if "classes" in extra:
+                explained = "  [maps: " + ", ".join(c["label"] for c in extra["classes"]) + "]"
+            elif result.target is not None:
+                explained = f"  [map: {result.label_of_target}]"
+            click.echo(f"{source}: {preds}{explained}")
 
 
 def _tile_image(explainer, result, outputs_one, tiles: str, options: dict[str, Any], style: dict[str, Any]):
@@ -386,6 +420,47 @@ def _explain_images(explainer, refs, writer: _ResultWriter, method: str, options
                                fit=fit, topk=topk):
         writer.image(item.frame.source, item.explanation, explainer, item.outputs)
         progress.update(1)
+    progress.close()
+
+
+def _parse_topk(target: str | None) -> int | None:
+    """N of ``topk:N``, else None."""
+    if target is None or not target.lower().startswith("topk:"):
+        return None
+    try:
+        n = int(target.split(":", 1)[1])
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise click.BadParameter(f"expected topk:N with N >= 1; got {target!r}", param_hint="--class")
+    return n
+
+
+def _explain_classes(explainer, refs, writer: _ResultWriter, method: str, options: dict[str, Any], fit: str,
+                     fixed: int | None, top_n: int | None) -> None:
+    """Class-specific maps: one given class per image, or the top N classes side by side."""
+    import numpy as np
+
+    from runtime.files import write_image
+    from runtime.sources import open_files
+
+    if not refs:
+        return
+    progress = _Progress(len(refs), "images")
+    with open_files([r.target for r in refs], on_error=writer.fail) as source:
+        for frame in source:
+            if top_n is None:
+                result = explainer.explain(frame.image_bgr, method=method, fit=fit, target=fixed, **options)
+                writer.image(frame.source, result, explainer)
+            else:
+                results = explainer.explain_topk(frame.image_bgr, top_n, method=method, fit=fit, **options)
+                stem = writer.stem(frame.source) + f"_top{top_n}"
+                path = write_image(writer.out_dir / f"{stem}.png",
+                                   np.hstack([r.overlay(**writer.style) for r in results]))
+                writer.record(frame.source, results[0], overlay=path,
+                              classes=[{"index": r.target, "label": r.label_of_target,
+                                        "prob": round(float(r.probs[r.target]), 6)} for r in results])
+            progress.update(1)
     progress.close()
 
 

@@ -192,6 +192,30 @@ class Explainer:
         results = self.package(batch, outputs, grids, geoms, method, topk)
         return results[0] if single else results
 
+    def explain_topk(self, image: ImageLike, k: int, method: str, fit: str = "crop",
+                     **options) -> list[Explanation]:
+        """Class-specific maps of one image for each of its ``k`` most probable classes.
+
+        Args:
+            image: one BGR uint8 image or a path.
+            k: how many of the top classes to explain (best first).
+            method: a class-specific method (``chefer``, ``grad_rollout``, ``gradsam``, ``product``).
+            fit: as in :meth:`explain`.
+            **options: the method's options.
+
+        Returns:
+            ``k`` explanations of the same image, the i-th explaining the i-th top class.
+        """
+        batch, _ = _as_batch(image)
+        if len(batch) != 1:
+            raise ExplainError(f"explain_topk takes one image; got {len(batch)}")
+        if int(k) < 1:
+            raise ExplainError(f"k must be >= 1; got {k}")
+        x, _ = self.preprocess(batch, fit=fit)
+        probs = softmax(self.infer_plain(x))[0]
+        classes = [int(c) for c in np.argsort(-probs)[: min(int(k), probs.shape[0])]]
+        return self.explain(batch * len(classes), method=method, fit=fit, target=classes, **options)
+
     def package(self, images: Sequence[np.ndarray], outputs: Outputs, grids: np.ndarray,
                 geoms: Sequence[Geometry], method: str, topk: int = 5) -> list[Explanation]:
         """Bundle one batch's stage outputs into per-image :class:`Explanation` objects."""
