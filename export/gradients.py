@@ -33,9 +33,6 @@ by its own gradient before averaging (``mean_h((G ⊙ A)⁺)``), which fused hea
 
 from __future__ import annotations
 
-import contextlib
-from typing import Iterator
-
 import torch
 from torch import nn
 
@@ -121,23 +118,6 @@ class AttentionGradients(nn.Module):
         return logits.detach(), attentions.detach(), torch.stack(grads, dim=1)
 
 
-@contextlib.contextmanager
-def _frozen(model: nn.Module) -> Iterator[None]:
-    """Turn ``requires_grad`` off on every parameter for the trace, then restore each flag.
-
-    Only the deltas are differentiated; with frozen weights autograd records no graph for
-    them, so nothing about weight gradients can reach the traced backward.
-    """
-    flags = [(p, p.requires_grad) for p in model.parameters()]
-    for p, _ in flags:
-        p.requires_grad_(False)
-    try:
-        yield
-    finally:
-        for p, flag in flags:
-            p.requires_grad_(flag)
-
-
 def trace_gradients(module: AttentionGradients, example: torch.Tensor) -> torch.fx.GraphModule:
     """Record the forward and backward of ``module`` as one FX graph with a symbolic batch.
 
@@ -158,10 +138,9 @@ def trace_gradients(module: AttentionGradients, example: torch.Tensor) -> torch.
     if example.ndim != 4 or example.shape[0] < 2:
         raise ExportError(f"trace_gradients needs an example batch [B>=2, C, H, W]; got shape {tuple(example.shape)}")
     target = torch.full((example.shape[0],), -1, dtype=torch.int64)
-    with _frozen(module.wrapper.model):
-        # The weights are real tensors among fake inputs; make_fx records them as constants.
-        traced = make_fx(module, decomposition_table=_backward_decompositions(), tracing_mode="symbolic",
-                         _allow_non_fake_inputs=True)(example, target)
+    # The weights are real tensors among fake inputs; make_fx records them as constants.
+    traced = make_fx(module, decomposition_table=_backward_decompositions(), tracing_mode="symbolic",
+                     _allow_non_fake_inputs=True)(example, target)
     return _with_model_names(traced, module.wrapper.model)
 
 
@@ -179,8 +158,9 @@ def _backward_decompositions() -> dict:
 def _with_model_names(traced: torch.fx.GraphModule, model: nn.Module) -> torch.fx.GraphModule:
     """Give the traced constants the model's own names (``model.blocks.0.attn.qkv.weight``).
 
-    make_fx calls them ``_param_constant<i>``; with the names a file exported with gradients
-    has the same initializer names as one exported without.
+    make_fx calls them ``_param_constant<i>``. With the model's names, the weights the ONNX
+    exporter stores as they are (``model.pos_embed``, biases ...) are named as in a file
+    exported without gradients; those it stores pre-transposed get its own names in both.
     """
     names = {id(t): f"model.{n}" for n, t in (*model.named_parameters(), *model.named_buffers())}
     root = nn.Module()

@@ -6,7 +6,7 @@ zero ``delta_l`` (``ViTWithAttention.set_deltas``) and ``torch.autograd.grad`` o
 target logit with respect to the deltas. The export instead traces one batched backward of
 ``Σ_b logit[b, t_b]`` into the graph; agreement per image also shows that images do not leak
 into each other's gradients. Models are tiny random-init configurations (depth 2, width 32,
-2 heads, 10 classes, 32 px), so each export takes a few seconds.
+2 heads, 10 classes, 32 or 42 px), so each export takes a few seconds.
 """
 
 from __future__ import annotations
@@ -39,6 +39,9 @@ FAMILIES = [
     ("deit_distilled", "deit_tiny_distilled_patch16_224", {}, ("class", "distillation"), 18),
     # Four registers and average pooling: no class token, the map reads the mean row.
     ("registers", "vit_base_patch16_reg4_gap_256", {}, ("register",) * 4, 20),
+    # Rotary embeddings and a SwiGLU MLP, whose silu_backward the ONNX translator lacks
+    # (the trace decomposes it).
+    ("eva02_rope_swiglu", "eva02_tiny_patch14_224", dict(img_size=42, patch_size=14), ("class",), 10),
 ]
 
 
@@ -103,8 +106,8 @@ def exported(tmp_path_factory):
     return models
 
 
-def images(batch: int, seed: int) -> np.ndarray:
-    return np.random.default_rng(seed).standard_normal((batch, 3, 32, 32)).astype(np.float32)
+def images(batch: int, seed: int, size: int = 32) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal((batch, 3, size, size)).astype(np.float32)
 
 
 # ----------------------------------------------------------------------------- parity with autograd
@@ -112,8 +115,11 @@ def images(batch: int, seed: int) -> np.ndarray:
 def test_exported_gradients_match_torch_autograd(exported, fid, name, kwargs, prefix, tokens):
     model, path, report = exported[fid]
     assert report.grads_max_rel <= GRAD_RTOL
+    assert report.meta.prefix_tokens == prefix and report.meta.num_tokens == tokens
+    size = kwargs.get("img_size", 32)
     # Batches of 3, 1 and 5 (the trace saw 2): explicit targets, -1 (predicted) and a mix.
-    for x, targets in ((images(3, 1), [7, -1, 2]), (images(1, 2), [-1]), (images(5, 3), [-1, 0, 9, -1, 4])):
+    for x, targets in ((images(3, 1, size), [7, -1, 2]), (images(1, 2, size), [-1]),
+                       (images(5, 3, size), [-1, 0, 9, -1, 4])):
         got = run(path, x, targets)
         ref = autograd_reference(model, x, targets)
         assert got["grads"].shape == (x.shape[0], 2, 2, tokens, tokens) == ref["grads"].shape
