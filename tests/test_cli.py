@@ -133,7 +133,8 @@ def test_export_command_writes_a_checked_file_and_refuses_swin(tmp_path):
     result = run("export", "vit_tiny_patch16_224", "-o", out, "--img-size", 32, "--num-classes", 4,
                  "--heads", "mean")
     assert result.exit_code == 0, result.output
-    assert "parity vs torch" in result.stderr and "random" in result.stderr.lower()
+    assert "parity: logits max |d|" in result.stderr and "random" in result.stderr.lower()
+    assert result.stdout.strip() == str(out)
     meta = Explainer(out, provider="cpu").meta
     assert meta.num_classes == 4 and meta.head_fusion == "mean" and meta.output_heads == 1
     bad = tmp_path / "swin.onnx"
