@@ -21,6 +21,7 @@ ort = pytest.importorskip("onnxruntime")
 import torch.nn.functional as F  # noqa: E402
 
 from conftest import TINY_LABELS, TINY_VIT  # noqa: E402
+from tiny_models import make_model  # noqa: E402
 from export import ViTWithAttention, describe_tokens, export_module, export_onnx  # noqa: E402
 from export.labels import default_labels, read_labels, resolve_labels  # noqa: E402
 from export.weights import load_checkpoint, read_state_dict  # noqa: E402
@@ -29,7 +30,6 @@ from runtime.meta import ModelMeta  # noqa: E402
 
 pytestmark = pytest.mark.export
 
-SMALL = dict(depth=2, embed_dim=32, num_heads=2, num_classes=10)
 QUIET = dict(log=lambda line: None)
 
 # (id, timm name, create_model kwargs, prefix kinds in sequence order, grid (rows, cols), pooling)
@@ -48,23 +48,6 @@ FAMILIES = [
     ("no_class_token", "vit_tiny_patch16_224",
      dict(img_size=(32, 48), patch_size=8, class_token=False, global_pool="avg"), (), (4, 6), "avg"),
 ]
-
-
-def make_model(name: str, seed: int = 0, **kwargs) -> torch.nn.Module:
-    """A seeded random-init timm model whose heads give logits of order 1.
-
-    timm zero-initialises some classifier heads (EVA, BEiT, DINOv2), which would make a logits
-    comparison vacuous, so the heads are redrawn.
-    """
-    torch.manual_seed(seed)
-    model = timm.create_model(name, pretrained=False, **{**SMALL, **kwargs}).eval()
-    with torch.no_grad():
-        for attr in ("head", "head_dist"):
-            head = getattr(model, attr, None)
-            if isinstance(head, torch.nn.Linear):
-                head.weight.normal_(0.0, 0.5)
-                head.bias.normal_(0.0, 0.1)
-    return model
 
 
 def session(path) -> "ort.InferenceSession":

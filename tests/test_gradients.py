@@ -23,6 +23,7 @@ onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
 from conftest import TINY_LABELS  # noqa: E402
+import tiny_models  # noqa: E402
 from export import ViTWithAttention, export_module, export_onnx  # noqa: E402
 from export.gradients import GRAD_RTOL, AttentionGradients, trace_gradients  # noqa: E402
 from runtime.errors import ExplainError, ExportError, ModelError  # noqa: E402
@@ -30,7 +31,12 @@ from runtime.meta import ModelMeta  # noqa: E402
 
 pytestmark = pytest.mark.export
 
-SMALL = dict(depth=2, embed_dim=32, num_heads=2, num_classes=10, img_size=32, patch_size=8)
+
+def make_model(name: str, seed: int = 0, **kwargs) -> torch.nn.Module:
+    """The shared tiny model (tests/tiny_models.py) at 32 px with 8 px patches."""
+    return tiny_models.make_model(name, seed, **{"img_size": 32, "patch_size": 8, **kwargs})
+
+
 QUIET = dict(log=lambda line: None)
 
 # (id, timm name, extra kwargs, prefix kinds, N)
@@ -43,19 +49,6 @@ FAMILIES = [
     # (the trace decomposes it).
     ("eva02_rope_swiglu", "eva02_tiny_patch14_224", dict(img_size=42, patch_size=14), ("class",), 10),
 ]
-
-
-def make_model(name: str, seed: int = 0, **kwargs) -> torch.nn.Module:
-    """A seeded random-init tiny timm model with its classifier heads redrawn to logits of order 1."""
-    torch.manual_seed(seed)
-    model = timm.create_model(name, pretrained=False, **{**SMALL, **kwargs}).eval()
-    with torch.no_grad():
-        for attr in ("head", "head_dist"):
-            head = getattr(model, attr, None)
-            if isinstance(head, torch.nn.Linear):
-                head.weight.normal_(0.0, 0.5)
-                head.bias.normal_(0.0, 0.1)
-    return model
 
 
 def autograd_reference(model: torch.nn.Module, x: np.ndarray, targets) -> dict[str, np.ndarray]:
