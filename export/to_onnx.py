@@ -15,7 +15,7 @@ batch axis dynamic through ``dynamic_shapes`` (``Dim("batch")``) rather than the
 every call, so it is not used.
 
 Files are written to a temporary name in the target folder, checked for parity with torch
-(:mod:`export.parity`), and only then moved into place with ``os.replace``; a failed export
+(:mod:`export.parity`), and only then moved into place (:mod:`runtime.files`); a failed export
 leaves nothing behind.
 """
 
@@ -23,8 +23,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
-import tempfile
 import time
 import warnings
 from dataclasses import dataclass
@@ -35,6 +33,7 @@ import torch
 from torch import nn
 
 from runtime.errors import AttnmapError, ExportError, suggest
+from runtime.files import commit, discard, temp_path
 from runtime.meta import HEAD_FUSIONS, ModelMeta
 
 from .gradients import (GRAD_RTOL, GRADIENT_INPUTS, GRADIENT_OUTPUTS, AttentionGradients, check_gradient_options,
@@ -212,10 +211,7 @@ def export_module(model: nn.Module, out: str | Path, *, model_name: str, heads: 
     _check_module(model, model_name)
     meta = build_meta(model, model_name=model_name, heads=heads, labels=labels, attentions=attentions,
                       opset=opset or 0, data_config=data_config, extra=extra, gradients=gradients)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
+    tmp = temp_path(out)
     was_training = model.training
     model.eval()
     try:
@@ -241,10 +237,10 @@ def export_module(model: nn.Module, out: str | Path, *, model_name: str, heads: 
                             f"of the largest gradient {result.grads_scale:.2e} (> {GRAD_RTOL:.0e})")
         if failures:
             raise ExportError(f"parity check failed for {model_name}: {'; '.join(failures)}; no file written")
-        os.replace(tmp, out)
+        commit(tmp, out)
     finally:
         model.train(was_training)
-        tmp.unlink(missing_ok=True)
+        discard(tmp)
     size = out.stat().st_size
     seconds = time.perf_counter() - started
     grads_note = f", attention_grads max |d| {grads_rel:.2e} of the largest" if gradients else ""

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import sys
-import tempfile
 from functools import lru_cache
 from pathlib import Path
 
@@ -17,6 +16,7 @@ import cv2
 import numpy as np
 
 from .errors import AttnmapError
+from .files import commit as commit_file, discard, temp_path
 
 # Container -> FourCC that the FFmpeg backend of the opencv-python wheels can write (no H.264
 # there: it is not built with an H.264 encoder).
@@ -146,8 +146,8 @@ class VideoSink:
     """A video file written through a temp file, so a reader never sees it half-written.
 
     Frames go to a hidden temp file in the output's folder (same extension, so the same
-    container); :meth:`close` finalises the container and moves it into place with
-    ``os.replace``. Closing with ``commit=False`` deletes it instead.
+    container); :meth:`close` finalises the container and moves it into place
+    (:mod:`runtime.files`). Closing with ``commit=False`` deletes it instead.
 
     Args:
         path: output file; its extension picks the container and, unless ``fourcc`` is
@@ -173,17 +173,11 @@ class VideoSink:
         self.fourcc = fourcc or FOURCC_BY_EXT.get(ext, DEFAULT_FOURCC)
         if len(self.fourcc) != 4:
             raise AttnmapError(f"fourcc must be 4 characters such as 'mp4v'; got {self.fourcc!r}")
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=f".{self.path.stem}.", suffix=f".partial{ext}", dir=self.path.parent)
-            os.close(fd)
-        except OSError as exc:
-            raise AttnmapError(f"cannot write video {str(self.path)!r}: {exc.strerror or exc}") from None
-        self._tmp = Path(tmp)
+        self._tmp = temp_path(self.path, suffix=f".partial{ext}")  # the extension picks the container
         self._writer = cv2.VideoWriter(str(self._tmp), cv2.VideoWriter_fourcc(*self.fourcc), self.fps, self.size)
         if not self._writer.isOpened():
             self._writer.release()
-            self._tmp.unlink(missing_ok=True)
+            discard(self._tmp)
             raise AttnmapError(f"cannot open a {self.fourcc!r} video writer for {str(self.path)!r}; "
                                "try another extension (.mp4, .avi) or --fourcc")
         self.frames = 0
@@ -213,10 +207,10 @@ class VideoSink:
         self.closed = True
         self._writer.release()
         if commit and self.frames > 0:
-            os.replace(self._tmp, self.path)
+            commit_file(self._tmp, self.path)
             self._tmp = None
             return self.path
-        self._tmp.unlink(missing_ok=True)
+        discard(self._tmp)
         return None
 
     def __enter__(self) -> "VideoSink":
