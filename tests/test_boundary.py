@@ -47,3 +47,17 @@ def test_no_runtime_module_mentions_torch_imports():
                     f" {mod}" in stripped.split("#")[0] for mod in ("torch", "timm", "export")):
                 offenders.append(f"{path.relative_to(ROOT)}: {stripped}")
     assert offenders == [], offenders
+
+
+def test_the_shipped_default_model_explains_without_torch():
+    """Runs on a torch-free edge install too: the default model needs no export step."""
+    code = (
+        "import numpy as np, runtime\n"
+        "from runtime.synth import make_sample\n"
+        "ex = runtime.Explainer(provider='cpu')\n"
+        "s = make_sample(np.random.default_rng(7), 96)\n"
+        "r = ex.explain(s.image_bgr, method='rollout')\n"
+        "assert r.heatmap.shape == (96, 96) and r.topk[0].label in ex.meta.label_names\n"
+        + CHECK
+    )
+    assert _run(code) == "[]"
