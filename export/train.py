@@ -101,8 +101,6 @@ class TrainConfig:
     num_heads: int = 3
     mlp_ratio: float = 3.0
     stem: str = "conv"
-    aux_weight: float = 0.0
-    aux_until: float = 0.4
     threads: int = 2
     eval_seed: int = 1000
     eval_n: int = 500
@@ -171,11 +169,6 @@ def _clutter_at(step: int, cfg: TrainConfig) -> float:
     return 1.0 if ramp <= 0 else min(1.0, step / ramp)
 
 
-def _aux_weight_at(step: int, cfg: TrainConfig) -> float:
-    end = cfg.aux_until * cfg.steps
-    return 0.0 if end <= 0 else cfg.aux_weight * max(0.0, 1.0 - step / end)
-
-
 def _lr_at(step: int, cfg: TrainConfig) -> float:
     if step < cfg.warmup:
         return cfg.lr * (step + 1) / cfg.warmup
@@ -223,12 +216,8 @@ def train(cfg: TrainConfig, *, ckpt_dir: Path | None = DEFAULT_CKPT_DIR,
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
     model = build_model(cfg)
-    aux_head = torch.nn.Linear(cfg.embed_dim, len(synth.CLASSES))
-    groups = _param_groups(model, cfg.weight_decay)
-    groups[0]["params"] += [aux_head.weight]
-    groups[1]["params"] += [aux_head.bias]
-    opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.999))
-    n_prefix = int(model.num_prefix_tokens)
+    opt = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr,
+                            betas=(0.9, 0.999))
     result = TrainResult(cfg)
     train_seconds = 0.0
     t0 = time.perf_counter()
@@ -238,17 +227,11 @@ def train(cfg: TrainConfig, *, ckpt_dir: Path | None = DEFAULT_CKPT_DIR,
         model.train()
         for group in opt.param_groups:
             group["lr"] = _lr_at(step, cfg)
-        target = torch.from_numpy(labels)
-        feats = model.forward_features(to_tensor(images))
-        loss = F.cross_entropy(model.forward_head(feats), target,
+        loss = F.cross_entropy(model(to_tensor(images)), torch.from_numpy(labels),
                                label_smoothing=cfg.label_smoothing)
-        aux_w = _aux_weight_at(step, cfg)
-        if aux_w > 0:
-            aux = aux_head(feats[:, n_prefix:].mean(dim=1))
-            loss = loss + aux_w * F.cross_entropy(aux, target, label_smoothing=cfg.label_smoothing)
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(list(model.parameters()) + list(aux_head.parameters()), 1.0)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         result.losses.append(loss.item())
         last = step + 1 == cfg.steps
