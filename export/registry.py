@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 
 from runtime import synth
+from runtime.files import write_bytes
 
 
 
@@ -87,8 +87,5 @@ def update_registry(registry: str | Path, entry: dict) -> None:
         for m in models:
             m["default"] = False
     data["models"] = models + [entry]
-    registry.parent.mkdir(parents=True, exist_ok=True)
-    tmp = registry.with_name(f".{registry.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, registry)
+    write_bytes(registry, (json.dumps(data, indent=2) + "\n").encode())
 

@@ -49,6 +49,7 @@ import torch
 import torch.nn.functional as F
 
 from runtime import synth
+from runtime.files import atomic_path, write_bytes
 
 from .conv_stem import ConvStemEmbed
 from .registry import file_sha256, score_onnx, update_registry
@@ -87,7 +88,7 @@ class TrainConfig:
     """
 
     seed: int = 0
-    steps: int = 1400
+    steps: int = 1500
     batch_size: int = 64
     lr: float = 2e-3
     weight_decay: float = 0.05
@@ -265,13 +266,9 @@ def save_checkpoint(model: torch.nn.Module, cfg: TrainConfig, ckpt_dir: Path) ->
 
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     path = ckpt_dir / f"{cfg.model_name}_seed{cfg.seed}.safetensors"
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp))
-    os.replace(tmp, path)
-    cfg_path = path.with_suffix(".json")
-    tmp = cfg_path.with_name(f".{cfg_path.name}.tmp")
-    tmp.write_text(json.dumps(asdict(cfg), indent=2))
-    os.replace(tmp, cfg_path)
+    with atomic_path(path) as tmp:
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp))
+    write_bytes(path.with_suffix(".json"), json.dumps(asdict(cfg), indent=2).encode())
     return path
 
 

@@ -19,8 +19,6 @@ Boxes are ``(x0, y0, x1, y1)`` in pixels, half-open like slices: the object's pi
 from __future__ import annotations
 
 import functools
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -29,6 +27,7 @@ import cv2
 import numpy as np
 
 from .errors import SourceError
+from .files import atomic_path, write_image
 
 # A heart was tried as an eighth class and dropped: at 20-30 px under noise it reads as a
 # rounded triangle or square, and it cost more accuracy than every other class together.
@@ -321,22 +320,6 @@ def make_batch(seed: int | Sequence[int], n: int, size: int = 96, clutter: float
     return images, labels, masks, boxes
 
 
-def _write_atomic(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
-def _imwrite(path: str, image: np.ndarray) -> None:
-    if not cv2.imwrite(path, image):
-        raise SourceError(f"cannot write image {path}; OpenCV refused it")
-
-
 def write_demo_inputs(out_dir: str | Path, seed: int = 0, n_images: int = 6,
                       video_frames: int = 48, size: int = 192, fps: float = 12.0
                       ) -> tuple[list[Path], Path]:
@@ -373,11 +356,12 @@ def write_demo_inputs(out_dir: str | Path, seed: int = 0, n_images: int = 6,
             if sample.label == i % len(CLASSES):
                 break
         path = out / f"shapes_{i:02d}.png"
-        _write_atomic(path, lambda tmp, im=sample.image_bgr: _imwrite(tmp, im))
+        write_image(path, sample.image_bgr)
         paths.append(path)
 
     video = out / "shapes_demo.mp4"
-    _write_atomic(video, lambda tmp: _write_video(tmp, rng, size, video_frames, fps))
+    with atomic_path(video, suffix=video.suffix) as tmp:  # the extension picks the container
+        _write_video(str(tmp), rng, size, video_frames, fps)
     return paths, video
 
 
