@@ -30,12 +30,12 @@ from runtime.explain import explain  # noqa: E402
 from runtime.session import OnnxModel, physical_cores  # noqa: E402
 
 
-def _export_pair(model_name: str, checkpoint: str | None, folder: Path) -> tuple[Path, Path]:
+def _export_pair(model_name: str, checkpoint: str | None, folder: Path, heads: str) -> tuple[Path, Path]:
     from export.to_onnx import export_onnx
 
     attn, plain = folder / "attn.onnx", folder / "plain.onnx"
     quiet = lambda msg: None  # noqa: E731
-    export_onnx(model_name, attn, checkpoint=checkpoint, log=quiet)
+    export_onnx(model_name, attn, checkpoint=checkpoint, heads=heads, log=quiet)
     export_onnx(model_name, plain, checkpoint=checkpoint, attentions=False, log=quiet)
     return attn, plain
 
@@ -93,6 +93,8 @@ def main() -> None:
     parser.add_argument("--plain", type=Path, help="the same model exported with --no-attentions")
     parser.add_argument("--model-name", default="deit_tiny_patch16_224", help="timm name to export when no files")
     parser.add_argument("--checkpoint", help="weights for the export (default: random init)")
+    parser.add_argument("--heads", default="none", choices=("none", "mean", "max", "min"),
+                        help="head fusion of the exported attention model (default: all heads kept)")
     parser.add_argument("--runs", type=int, default=100)
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--threads", type=int, default=None, help="intra-op threads (default: physical cores)")
@@ -102,7 +104,7 @@ def main() -> None:
         if args.model and args.plain:
             attn_path, plain_path = args.model, args.plain
         else:
-            attn_path, plain_path = _export_pair(args.model_name, args.checkpoint, Path(tmp))
+            attn_path, plain_path = _export_pair(args.model_name, args.checkpoint, Path(tmp), args.heads)
         r = measure(attn_path, plain_path, args.runs, args.warmup, args.threads)
     if args.json:
         print(json.dumps(r))
