@@ -9,7 +9,7 @@ class ConvStemEmbed(torch.nn.Module):
     """Patch embedding by a small convolutional stem instead of one strided projection.
 
     Xiao et al., "Early Convolutions Help Transformers See Better" (NeurIPS 2021): replacing the
-    ViT's single ``patch x patch`` stride-``patch`` convolution with a stack of small
+    ViT's single ``patch x patch`` stride-``patch`` convolution with a stack of stride-2 3x3
     convolutions (BatchNorm + ReLU) and a final 1x1 projection makes optimisation markedly
     faster and steadier. Here that matters: a plain ViT trained from scratch on the shapes data
     sits at chance for hundreds of steps, because no colour or texture statistic predicts the
@@ -18,13 +18,6 @@ class ConvStemEmbed(torch.nn.Module):
     One token per ``patch x patch`` pixel block, row-major, exactly like timm's ``PatchEmbed``
     (same ``img_size``, ``patch_size``, ``grid_size``, ``num_patches`` attributes), so the token
     layout, and the attention maps, mean the same thing.
-
-    Each factor of 2 is a 2x2 stride-2 convolution (non-overlapping, so the blocks tile the
-    image exactly as patches do) followed by a 3x3 stride-1 convolution with padding 1 (context,
-    centred). Token ``(r, c)``'s receptive field is therefore centred on its block's centre
-    ``(patch * r + (patch - 1) / 2, patch * c + (patch - 1) / 2)``, where maps are drawn. (3x3
-    stride-2 convolutions with padding 1 would centre it on the block's top-left pixel, half a
-    patch off.) At patch 8 the receptive field spans 36 px.
 
     Args:
         img_size: input side (int) in pixels.
@@ -53,8 +46,8 @@ class ConvStemEmbed(torch.nn.Module):
         chans = in_chans
         for i in range(n_convs):
             out = min(128, 32 * 2 ** i)
-            for kernel, stride, pad in ((2, 2, 0), (3, 1, 1)):
-                layers += [torch.nn.Conv2d(chans, out, kernel, stride, pad, bias=False),
+            for stride in (2, 1):  # halve the resolution, then one more 3x3 at the new size
+                layers += [torch.nn.Conv2d(chans, out, 3, stride, 1, bias=False),
                            torch.nn.BatchNorm2d(out), torch.nn.ReLU(inplace=True)]
                 chans = out
         layers.append(torch.nn.Conv2d(chans, embed_dim, 1))
