@@ -88,7 +88,7 @@ class TrainConfig:
     """
 
     seed: int = 0
-    steps: int = 1500
+    steps: int = 1400
     batch_size: int = 64
     lr: float = 2e-3
     weight_decay: float = 0.05
