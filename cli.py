@@ -210,7 +210,7 @@ def info(model: str | None, as_json: bool) -> None:
     m = OnnxModel(resolve_model(model), provider="cpu")
     io = {
         "inputs": [{"name": i.name, "shape": i.shape, "type": i.type} for i in m.session.get_inputs()],
-        "outputs": [{"name": o.name, "shape": o.shape, "type": o.type} for o in m.session.get_outputs()],
+        "outputs": m.describe_outputs(),
     }
     meta = m.meta
     if as_json:

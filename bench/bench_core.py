@@ -63,6 +63,10 @@ def measure(attn_path: Path, plain_path: Path, runs: int, warmup: int, threads: 
         t1 = time.perf_counter()
         explain("rollout", out.attentions, layout)
         t2 = time.perf_counter()
+        # Let go of the outputs before the next run, as the runtime's own loops do (Explainer,
+        # live, video): their buffers are then reused rather than a second set being kept
+        # (runtime/buffers.py).
+        del out
         plain.run(x)
         t3 = time.perf_counter()
         t_infer.append(t1 - t0)

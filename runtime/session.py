@@ -14,13 +14,17 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 
+from .buffers import BufferPool
 from .errors import ModelError, ProviderError, suggest
+from .graph import prune_to_outputs, split_stacked_outputs
 from .meta import ModelMeta
 
 PROVIDERS = ("auto", "cpu", "cuda")
 _ORT_NAMES = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
+_DTYPES = {"tensor(float)": np.dtype(np.float32), "tensor(int64)": np.dtype(np.int64)}
 
 
 @dataclass(frozen=True)
@@ -30,7 +34,8 @@ class Outputs:
     Attributes:
         logits: (B, C) float32 class scores.
         attentions: (B, L, H, N, N) float32 attention probabilities (H is 1 when the exporter
-            fused the heads), or None for a logits-only run.
+            fused the heads), or None for a logits-only run. On CPU this is a view of an
+            (L, B, H, N, N) buffer: C-contiguous at batch 1, and every layer ``[:, l]`` is.
         grads: (B, L, H, N, N) float32 d logit[target] / d attentions, or None when the model
             was exported without gradients.
         targets: (B,) int64 classes the gradients were taken for, or None.
@@ -136,26 +141,55 @@ class OnnxModel:
                              "written by `attnmap export`")
         self.providers = resolve_providers(provider)
         self.threads = threads
+        cpu = self.providers[0] == _ORT_NAMES["cpu"]
+        # On CPU the stacked attention outputs are split into per-layer outputs in memory
+        # (runtime/graph.py) and every output is written into reused buffers (runtime/buffers.py).
+        # Other providers run the file as it is, and session.run copies outputs to the host.
+        self._split: dict[str, tuple[str, ...]] = {}
+        source: str | bytes = str(self.path)
+        proto = _read_proto(self.path) if cpu else None
+        if proto is not None:
+            self._split = split_stacked_outputs(proto)
+            if self._split:
+                source = proto.SerializeToString()
+        del proto
         try:
-            self.session = ort.InferenceSession(str(self.path), sess_options=session_options(threads),
+            self.session = ort.InferenceSession(source, sess_options=session_options(threads),
                                                 providers=self.providers)
         except Exception as exc:  # onnxruntime raises its own untyped errors for bad files
             raise ModelError(f"cannot load model {str(self.path)!r} with onnxruntime: "
                              f"{str(exc).splitlines()[0][:300]}") from None
         self.meta = ModelMeta.from_props(self.session.get_modelmeta().custom_metadata_map, str(self.path))
         self.input_names = tuple(i.name for i in self.session.get_inputs())
-        self.output_names = tuple(o.name for o in self.session.get_outputs())
+        part_of = {p: name for name, parts in self._split.items() for p in parts}
+        self.output_names = tuple(dict.fromkeys(part_of.get(o.name, o.name) for o in self.session.get_outputs()))
         missing = [n for n in self.meta.outputs if n not in self.output_names]
         if missing or self.meta.inputs[0] not in self.input_names:
             raise ModelError(f"model {str(self.path)!r} metadata names outputs {list(self.meta.outputs)} and "
                              f"input {self.meta.inputs[0]!r}, but the graph has outputs "
                              f"{list(self.output_names)} and inputs {list(self.input_names)}")
         self._plain: ort.InferenceSession | None = None
+        self._pool = BufferPool() if cpu else None
+        self._out_specs = {o.name: (o.shape, _DTYPES.get(o.type)) for o in self.session.get_outputs()}
 
     @property
     def provider(self) -> str:
         """The execution provider the session actually runs on."""
         return self.session.get_providers()[0]
+
+    def describe_outputs(self) -> list[dict]:
+        """The file's graph outputs as ``{"name", "shape", "type"}``: stacked outputs as written
+        (``[batch, L, H, N, N]``), not the per-layer outputs the CPU session is split into."""
+        described, seen = [], set()
+        part_of = {p: name for name, parts in self._split.items() for p in parts}
+        for o in self.session.get_outputs():
+            name = part_of.get(o.name, o.name)
+            if name in seen:
+                continue
+            seen.add(name)
+            shape = list(o.shape) if name == o.name else [o.shape[0], len(self._split[name]), *o.shape[1:]]
+            described.append({"name": name, "shape": shape, "type": o.type})
+        return described
 
     def run(self, x_nchw: np.ndarray, target: np.ndarray | Sequence[int] | None = None,
             outputs: Sequence[str] | None = None) -> Outputs:
@@ -192,8 +226,13 @@ class OnnxModel:
             raise ModelError(f"model {self.path.name!r} was exported without gradients, so it takes no target; "
                              "re-export it with --gradients for class-specific methods")
         names = list(outputs) if outputs is not None else list(self.meta.outputs)
+        unknown = [n for n in names if n not in self.output_names]
+        if unknown:
+            raise ModelError(f"model {self.path.name!r} has no output {unknown[0]!r}; it has {list(self.output_names)}")
         try:
-            values = dict(zip(names, self.session.run(names, feed)))
+            values = self._run_bound(names, feed, x.shape[0])
+            if values is None:
+                values = self._run_unbound(names, feed)
         except Exception as exc:
             raise ModelError(f"onnxruntime failed on {self.path.name!r}: {str(exc).splitlines()[0][:300]}") from None
         logits = values["logits"]
@@ -203,6 +242,49 @@ class OnnxModel:
             unset = targets < 0
             targets[unset] = logits[unset].argmax(-1)
         return Outputs(logits, values.get("attentions"), values.get("attention_grads"), targets)
+
+    def _run_unbound(self, names: list[str], feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """``session.run``, with split outputs stacked back to ``[B, L, ...]``."""
+        fetch = [p for n in names for p in self._split.get(n, (n,))]
+        got = dict(zip(fetch, self.session.run(fetch, feed)))
+        return {n: np.stack([got[p] for p in self._split[n]], axis=1) if n in self._split else got[n]
+                for n in names}
+
+    def _run_bound(self, names: list[str], feed: dict[str, np.ndarray], batch: int) -> dict[str, np.ndarray] | None:
+        """Run with the outputs bound to pooled buffers; None where that cannot be done.
+
+        It cannot where the provider is not the CPU, or an output's shape is not known up
+        to the batch axis (its first), or its dtype is not float32/int64. A split output's
+        layers are bound to the slices ``buf[l]`` of one ``[L, B, ...]`` buffer, returned as
+        its ``[B, L, ...]`` view (C-contiguous at batch 1; each layer ``[:, l]`` always is).
+        """
+        if self._pool is None:
+            return None
+        specs = []
+        for name in names:
+            parts = self._split.get(name, ())
+            shape, dtype = self._out_specs.get(parts[0] if parts else name, (None, None))
+            if dtype is None or not shape or not all(isinstance(d, int) and d > 0 for d in shape[1:]):
+                return None
+            if isinstance(shape[0], int) and shape[0] != batch:
+                return None
+            specs.append((((len(parts),) if parts else ()) + (batch, *shape[1:]), dtype))
+        arrays = self._pool.acquire((tuple(names), batch), specs)
+        binding = self.session.io_binding()
+        for name, value in feed.items():
+            binding.bind_cpu_input(name, value)
+        values = {}
+        for name, arr in zip(names, arrays):
+            parts = self._split.get(name)
+            if parts is None:
+                binding.bind_output(name, "cpu", 0, arr.dtype, arr.shape, arr.ctypes.data)
+                values[name] = arr
+                continue
+            for part, layer in zip(parts, arr):
+                binding.bind_output(part, "cpu", 0, layer.dtype, layer.shape, layer.ctypes.data)
+            values[name] = np.moveaxis(arr, 0, 1)
+        self.session.run_with_iobinding(binding)
+        return values
 
     def run_plain(self, x_nchw: np.ndarray) -> np.ndarray:
         """Logits from a logits-only copy of the graph: the plain-inference baseline.
@@ -216,32 +298,18 @@ class OnnxModel:
         return self._plain.run(["logits"], {self.meta.inputs[0]: x})[0]
 
     def _build_plain_session(self) -> ort.InferenceSession:
-        import onnx  # only the benchmark baseline needs it
-
         model = onnx.load(str(self.path))
         keep = [o for o in model.graph.output if o.name == "logits"]
         del model.graph.output[:]
         model.graph.output.extend(keep)
-        model = _prune_to_outputs(model)
+        model = prune_to_outputs(model)
         return ort.InferenceSession(model.SerializeToString(), sess_options=session_options(self.threads),
                                     providers=self.providers)
 
 
-def _prune_to_outputs(model):
-    """Remove the nodes that no graph output needs, and inputs (``target``) left unused."""
-    import onnx
-
-    needed = {o.name for o in model.graph.output}
-    keep = []
-    for node in reversed(model.graph.node):
-        if any(out in needed for out in node.output):
-            keep.append(node)
-            needed.update(i for i in node.input if i)
-    keep.reverse()
-    del model.graph.node[:]
-    model.graph.node.extend(keep)
-    inputs = [i for i in model.graph.input if i.name in needed]
-    del model.graph.input[:]
-    model.graph.input.extend(inputs)
-    onnx.checker.check_model(model)
-    return model
+def _read_proto(path: Path) -> "onnx.ModelProto | None":
+    """The file as an ONNX proto, or None when onnx cannot parse it (onnxruntime then says why)."""
+    try:
+        return onnx.load(str(path))
+    except Exception:  # noqa: BLE001 - any parse failure is reported by onnxruntime just after
+        return None

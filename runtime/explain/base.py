@@ -98,7 +98,10 @@ def check_attentions(attentions: np.ndarray, layout: TokenLayout) -> np.ndarray:
         layout: token layout; N must equal ``layout.num_tokens``.
 
     Returns:
-        The same values as float32 (no copy when they already are float32 and contiguous).
+        The same values as float32 (no copy when they already are float32). The strides are
+        kept: the runtime hands over a ``[B, L, ...]`` view of a ``[L, B, ...]`` buffer, whose
+        layers ``a[:, l]`` are contiguous, and a contiguous copy of it would cost what the
+        split outputs saved (see runtime/graph.py).
     """
     check_layout(layout)
     a = np.asarray(attentions)
@@ -115,7 +118,7 @@ def check_attentions(attentions: np.ndarray, layout: TokenLayout) -> np.ndarray:
             f"({layout.num_prefix} prefix + {layout.grid[0]}x{layout.grid[1]} patches); got shape {a.shape}")
     if not (np.issubdtype(a.dtype, np.floating) or np.issubdtype(a.dtype, np.integer)):
         raise ExplainError(f"attentions must be real numbers; got dtype {a.dtype}")
-    return np.ascontiguousarray(a, dtype=np.float32)
+    return np.asarray(a, dtype=np.float32)
 
 
 def check_grads(grads: np.ndarray | None, attentions: np.ndarray, method: str) -> np.ndarray:
@@ -127,7 +130,7 @@ def check_grads(grads: np.ndarray | None, attentions: np.ndarray, method: str) -
         method: method name, for the messages.
 
     Returns:
-        ``grads`` as contiguous float32.
+        ``grads`` as float32 (strides kept, as for the attentions).
     """
     if grads is None:
         raise ExplainError(f"method {method!r} needs attention gradients; export the model with --gradients")
@@ -136,7 +139,7 @@ def check_grads(grads: np.ndarray | None, attentions: np.ndarray, method: str) -
         raise ExplainError(f"grads must have the shape of attentions {attentions.shape}; got shape {g.shape}")
     if not (np.issubdtype(g.dtype, np.floating) or np.issubdtype(g.dtype, np.integer)):
         raise ExplainError(f"grads must be real numbers; got dtype {g.dtype}")
-    return np.ascontiguousarray(g, dtype=np.float32)
+    return np.asarray(g, dtype=np.float32)
 
 
 def check_choice(name: str, value: Any, choices: tuple) -> None:
