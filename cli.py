@@ -282,6 +282,7 @@ def explain(sources: tuple[str, ...], model: str | None, provider: str, threads:
     from runtime.sources import expand_sources
 
     from runtime.api import resolve_class
+    from runtime.results import explain_classes, explain_images
 
     options = pop_method_options(kwargs)
     colormap_id(colormap)  # fail on a bad colormap before any work
@@ -297,9 +298,9 @@ def explain(sources: tuple[str, ...], model: str | None, provider: str, threads:
                                  param_hint="SOURCE")
     explainer = Explainer(model, provider=provider, threads=threads)
     HeatmapOverlay(colormap=colormap, alpha=alpha, blur=blur, mode=mode)  # validate style up front
-    writer = _ResultWriter(out_dir, method, as_json=as_json, save_maps=save_maps, topk=topk,
-                           style=dict(colormap=colormap, alpha=alpha, blur=blur, mode=mode, label=not no_label),
-                           tiles=tiles, options=options)
+    writer = _writer(out_dir, method, as_json=as_json, save_maps=save_maps, topk=topk,
+                     style=dict(colormap=colormap, alpha=alpha, blur=blur, mode=mode, label=not no_label),
+                     tiles=tiles, options=options)
     images = [r for r in refs if r.kind == "image"]
     others = [r for r in refs if r.kind != "image"]
     if target is not None:
@@ -310,113 +311,16 @@ def explain(sources: tuple[str, ...], model: str | None, provider: str, threads:
             raise click.ClickException(f"{explainer.path.name} has no attention gradients; re-export it with "
                                        "`attnmap export ... --gradients` for --class")
         fixed = None if top_n else resolve_class(explainer.meta, target)
-        _explain_classes(explainer, images, writer, method, options, fit, fixed, top_n)
+        with _Progress(len(images), "images") as bar:
+            explain_classes(explainer, images, writer, method, options, fit, fixed, top_n, bar.update)
     else:
-        _explain_images(explainer, images, writer, method, options, fit, batch_size, topk)
+        with _Progress(len(images), "images") as bar:
+            explain_images(explainer, images, writer, method, options, fit, batch_size, topk, bar.update)
     for ref in others:
         _explain_video(explainer, ref, writer, method, options, fit, batch_size)
     if writer.failures:
         raise click.ClickException(f"{writer.failures} of {writer.failures + writer.done} inputs failed (see above)")
     _err(f"{writer.done} overlay{'s' if writer.done != 1 else ''} written to {out_dir}")
-
-
-class _ResultWriter:
-    """Writes overlays, maps and result lines for `explain`, never half-written files."""
-
-    def __init__(self, out_dir: Path, method: str, *, as_json: bool, save_maps: bool, topk: int,
-                 style: dict[str, Any], tiles: str, options: dict[str, Any]):
-        self.out_dir, self.method, self.as_json, self.save_maps = out_dir, method, as_json, save_maps
-        self.topk, self.style, self.tiles, self.options = topk, style, tiles, options
-        self.done = self.failures = 0
-        self._names: set[str] = set()
-
-    def fail(self, source: str, exc: Exception) -> None:
-        self.failures += 1
-        _err(f"error: {source}: {exc}" if source not in str(exc) else f"error: {exc}")
-
-    def stem(self, source: str) -> str:
-        base = Path(source).stem or "input"
-        name, n = f"{base}_{self.method}", 1
-        while name in self._names:
-            n += 1
-            name = f"{base}_{self.method}_{n}"
-        self._names.add(name)
-        return name
-
-    def image(self, source: str, result, explainer, outputs_one=None) -> None:
-        from runtime.files import write_image, write_npz
-
-        stem = self.stem(source)
-        overlay_path = write_image(self.out_dir / f"{stem}.png", result.overlay(**self.style))
-        extra: dict[str, Any] = {}
-        if self.save_maps:
-            extra["maps"] = str(write_npz(self.out_dir / f"{stem}.npz", grid=result.grid, heatmap=result.heatmap))
-        if self.tiles != "none" and outputs_one is not None:
-            tiles = _tile_image(explainer, result, outputs_one, self.tiles, self.options, self.style)
-            extra["tiles"] = str(write_image(self.out_dir / f"{stem}_{self.tiles}.png", tiles))
-        self.record(source, result, overlay=overlay_path, **extra)
-
-    def record(self, source: str, result, *, overlay: Path, **extra: Any) -> None:
-        """Print one result line (or JSON object) for a written overlay."""
-        record: dict[str, Any] = {"source": source,
-                                  "topk": [{"index": t.index, "label": t.label, "prob": round(t.prob, 6)}
-                                           for t in result.topk[: self.topk]],
-                                  "overlay": str(overlay)}
-        if result.target is not None and "classes" not in extra:
-            record["target"] = {"index": result.target, "label": result.label_of_target}
-        record.update(extra)
-        self.done += 1
-        if self.as_json:
-            click.echo(json.dumps(record))
-        else:
-            preds = ", ".join(f"{t.label} {t.prob:.3f}" for t in result.topk[: self.topk])
-            explained = ""
-            if "classes" in extra:
-                explained = "  [maps: " + ", ".join(c["label"] for c in extra["classes"]) + "]"
-            elif result.target is not None:
-                explained = f"  [map: {result.label_of_target}]"
-            click.echo(f"{source}: {preds}{explained}")
-
-
-def _tile_image(explainer, result, outputs_one, tiles: str, options: dict[str, Any], style: dict[str, Any]):
-    """Raw attention of every layer (or every head of one layer) tiled over the image."""
-    import numpy as np
-
-    from runtime.explain import explain as run_method
-    from runtime.overlay import HeatmapOverlay, layer_head_grid
-
-    meta = explainer.meta
-    attn = outputs_one.attentions
-    if tiles == "layers":
-        picks = [dict(layer=l) for l in range(meta.num_layers)]
-        titles = [f"layer {l}" for l in range(meta.num_layers)]
-    else:
-        layer = int(options.get("layer", -1))
-        layer = layer % meta.num_layers
-        heads = attn.shape[2]
-        picks = [dict(layer=layer, head=h) for h in range(heads)]
-        titles = [f"layer {layer} head {h}" for h in range(heads)]
-    grids = np.concatenate([run_method("attention", attn, meta.layout, **p) for p in picks])
-    heatmaps = np.stack([result.geometry.to_image(g) for g in grids])
-    overlay = HeatmapOverlay(colormap=style["colormap"], alpha=style["alpha"], blur=style["blur"], mode=style["mode"])
-    return layer_head_grid(result.image, heatmaps, titles=titles, overlay=overlay)
-
-
-def _explain_images(explainer, refs, writer: _ResultWriter, method: str, options: dict[str, Any],
-                    fit: str, batch_size: int, topk: int) -> None:
-    """Explain still images in batches; a reader thread decodes and preprocesses ahead of inference."""
-    from runtime.sources import open_files
-    from runtime.stream import explain_stream
-
-    if not refs:
-        return
-    progress = _Progress(len(refs), "images")
-    source = open_files([r.target for r in refs], on_error=writer.fail)
-    for item in explain_stream(explainer, source, method=method, options=options, batch_size=batch_size,
-                               fit=fit, topk=topk):
-        writer.image(item.frame.source, item.explanation, explainer, item.outputs)
-        progress.update(1)
-    progress.close()
 
 
 def _parse_topk(target: str | None) -> int | None:
@@ -430,34 +334,6 @@ def _parse_topk(target: str | None) -> int | None:
     if n < 1:
         raise click.BadParameter(f"expected topk:N with N >= 1; got {target!r}", param_hint="--class")
     return n
-
-
-def _explain_classes(explainer, refs, writer: _ResultWriter, method: str, options: dict[str, Any], fit: str,
-                     fixed: int | None, top_n: int | None) -> None:
-    """Class-specific maps: one given class per image, or the top N classes side by side."""
-    import numpy as np
-
-    from runtime.files import write_image
-    from runtime.sources import open_files
-
-    if not refs:
-        return
-    progress = _Progress(len(refs), "images")
-    with open_files([r.target for r in refs], on_error=writer.fail) as source:
-        for frame in source:
-            if top_n is None:
-                result = explainer.explain(frame.image_bgr, method=method, fit=fit, target=fixed, **options)
-                writer.image(frame.source, result, explainer)
-            else:
-                results = explainer.explain_topk(frame.image_bgr, top_n, method=method, fit=fit, **options)
-                stem = writer.stem(frame.source) + f"_top{top_n}"
-                path = write_image(writer.out_dir / f"{stem}.png",
-                                   np.hstack([r.overlay(**writer.style) for r in results]))
-                writer.record(frame.source, results[0], overlay=path,
-                              classes=[{"index": r.target, "label": r.label_of_target,
-                                        "prob": round(float(r.probs[r.target]), 6)} for r in results])
-            progress.update(1)
-    progress.close()
 
 
 class _Progress:
@@ -477,43 +353,53 @@ class _Progress:
         if self.bar is not None:
             self.bar.__exit__(None, None, None)
 
+    def __enter__(self) -> "_Progress":
+        return self
 
-def _explain_video(explainer, ref, writer: _ResultWriter, method, options, fit, batch_size) -> None:
-    """Explain every frame of a video (or image sequence) into an annotated video beside the overlays."""
-    from runtime.video import explain_video
+    def __exit__(self, *exc) -> None:
+        self.close()
 
-    stem = writer.stem(ref.target if ref.kind == "video" else ref.spec.replace("%", "_"))
-    out_path = writer.out_dir / f"{stem}.mp4"
-    maps = writer.out_dir / f"{stem}.npz" if writer.save_maps else None
+
+def _writer(out_dir: Path, method: str, *, as_json: bool, **kwargs: Any):
+    """A ResultWriter that prints each record to stdout (a line, or JSON) and failures to stderr."""
+    from runtime.results import ResultWriter
+
+    def emit(record: dict[str, Any], line: str) -> None:
+        click.echo(json.dumps(record) if as_json else line)
+
+    return ResultWriter(out_dir, method, emit=emit, on_fail=_err, **kwargs)
+
+
+def _explain_video(explainer, ref, writer, method: str, options: dict[str, Any], fit: str, batch_size: int) -> None:
+    """``explain_video_into`` with a frames/s line on stderr where it is a terminal."""
+    from runtime.results import explain_video_into
+
     show = sys.stderr.isatty()
+    line_open = False  # a frames/s line is on stderr without its newline yet
+
+    def end_line() -> None:
+        nonlocal line_open
+        if line_open:
+            click.echo("", err=True)
+            line_open = False
 
     def progress(p) -> None:
+        nonlocal line_open
         if show:
             total = f"/{p.total}" if p.total else ""
             click.echo(f"\r{ref.spec}: {p.done}{total} frames, {p.fps:.1f} frames/s", err=True, nl=False)
+            line_open = True
 
+    def fail(message: str) -> None:
+        end_line()
+        _err(message)
+
+    on_fail, writer.on_fail = writer.on_fail, fail
     try:
-        report = explain_video(explainer, ref, out_path, method=method, options=options, batch_size=batch_size,
-                               fit=fit, colormap=writer.style["colormap"], alpha=writer.style["alpha"],
-                               blur=writer.style["blur"], mode=writer.style["mode"], label=writer.style["label"],
-                               save_maps=maps, progress=progress)
-    except AttnmapError as exc:
-        if show:
-            click.echo("", err=True)
-        writer.fail(ref.spec, exc)
-        return
-    if show:
-        click.echo("", err=True)
-    writer.done += 1
-    record = {"source": ref.spec, "video": str(report.out), "frames": report.frames, "fps": report.fps,
-              "size": list(report.size), "throughput_fps": round(report.throughput_fps, 2)}
-    if report.maps is not None:
-        record["maps"] = str(report.maps)
-    if writer.as_json:
-        click.echo(json.dumps(record))
-    else:
-        click.echo(f"{ref.spec}: {report.frames} frames explained at {report.throughput_fps:.1f} frames/s "
-                   f"-> {report.out}")
+        explain_video_into(explainer, ref, writer, method, options, fit, batch_size, progress)
+    finally:
+        writer.on_fail = on_fail
+        end_line()
 
 
 # ---------------------------------------------------------------------------- live
@@ -636,17 +522,18 @@ def demo(out_dir: Path, model: str | None, provider: str, threads: int | None, m
     from runtime.files import write_image
     from runtime.preprocess import read_image
     from runtime.sources import expand_sources
+    from runtime.results import explain_images
     from runtime.synth import write_demo_inputs
 
     options = pop_method_options(kwargs)
     explainer = Explainer(model, provider=provider, threads=threads)
     images, video = write_demo_inputs(out_dir / "inputs", seed=seed)
     overlays = out_dir / "overlays"
-    writer = _ResultWriter(overlays, method, as_json=False, save_maps=False, topk=1,
-                           style=dict(colormap="jet", alpha=0.5, blur=0.0, mode="blend", label=True),
-                           tiles="none", options=options)
+    writer = _writer(overlays, method, as_json=False, save_maps=False, topk=1,
+                     style=dict(colormap="jet", alpha=0.5, blur=0.0, mode="blend", label=True),
+                     tiles="none", options=options)
     refs = expand_sources([str(p) for p in images] + [str(video)])
-    _explain_images(explainer, [r for r in refs if r.kind == "image"], writer, method, options, "crop", 8, 1)
+    explain_images(explainer, [r for r in refs if r.kind == "image"], writer, method, options, "crop", 8, 1)
     for ref in (r for r in refs if r.kind != "image"):
         _explain_video(explainer, ref, writer, method, options, "squash", 8)
     if writer.failures:
