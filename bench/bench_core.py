@@ -31,12 +31,21 @@ from runtime.session import OnnxModel, physical_cores  # noqa: E402
 
 
 def _export_pair(model_name: str, checkpoint: str | None, folder: Path, heads: str) -> tuple[Path, Path]:
-    from export.to_onnx import export_onnx
+    """Export the attention model and the logits-only model in a child process.
+
+    The measuring process must look like a deployment: the runtime never imports torch, and a
+    process that has (its thread pools, its allocations) times onnxruntime several percent
+    slower here.
+    """
+    import subprocess
 
     attn, plain = folder / "attn.onnx", folder / "plain.onnx"
-    quiet = lambda msg: None  # noqa: E731
-    export_onnx(model_name, attn, checkpoint=checkpoint, heads=heads, log=quiet)
-    export_onnx(model_name, plain, checkpoint=checkpoint, attentions=False, log=quiet)
+    code = ("import sys; from export.to_onnx import export_onnx; q = lambda m: None; "
+            "name, ckpt, heads, attn, plain = sys.argv[1:6]; ckpt = ckpt or None; "
+            "export_onnx(name, attn, checkpoint=ckpt, heads=heads, log=q); "
+            "export_onnx(name, plain, checkpoint=ckpt, attentions=False, log=q)")
+    subprocess.run([sys.executable, "-c", code, model_name, checkpoint or "", heads, str(attn), str(plain)],
+                   check=True, cwd=Path(__file__).resolve().parents[1])
     return attn, plain
 
 
