@@ -214,7 +214,7 @@ class OnnxModel:
             if target is None:
                 tgt = np.full((x.shape[0],), -1, dtype=np.int64)
             else:
-                tgt = np.asarray(target, dtype=np.int64).reshape(-1)
+                tgt = np.ascontiguousarray(np.asarray(target, dtype=np.int64).reshape(-1))
                 if tgt.shape[0] != x.shape[0]:
                     raise ModelError(f"target must hold one class per image ({x.shape[0]}); got {tgt.shape[0]}")
                 # The graph would fail deep inside its backward (ScatterElements) instead.
@@ -272,7 +272,7 @@ class OnnxModel:
         arrays = self._pool.acquire((tuple(names), batch), specs)
         binding = self.session.io_binding()
         for name, value in feed.items():
-            binding.bind_cpu_input(name, value)
+            binding.bind_cpu_input(name, value)  # contiguous, and alive in `feed` until the run ends
         values = {}
         for name, arr in zip(names, arrays):
             parts = self._split.get(name)
