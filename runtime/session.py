@@ -161,8 +161,9 @@ class OnnxModel:
                              f"{str(exc).splitlines()[0][:300]}") from None
         self.meta = ModelMeta.from_props(self.session.get_modelmeta().custom_metadata_map, str(self.path))
         self.input_names = tuple(i.name for i in self.session.get_inputs())
-        part_of = {p: name for name, parts in self._split.items() for p in parts}
-        self.output_names = tuple(dict.fromkeys(part_of.get(o.name, o.name) for o in self.session.get_outputs()))
+        # per-layer output -> the stacked output it is part of
+        self._part_of = {p: name for name, parts in self._split.items() for p in parts}
+        self.output_names = tuple(dict.fromkeys(self._part_of.get(o.name, o.name) for o in self.session.get_outputs()))
         missing = [n for n in self.meta.outputs if n not in self.output_names]
         if missing or self.meta.inputs[0] not in self.input_names:
             raise ModelError(f"model {str(self.path)!r} metadata names outputs {list(self.meta.outputs)} and "
@@ -181,9 +182,8 @@ class OnnxModel:
         """The file's graph outputs as ``{"name", "shape", "type"}``: stacked outputs as written
         (``[batch, L, H, N, N]``), not the per-layer outputs the CPU session is split into."""
         described, seen = [], set()
-        part_of = {p: name for name, parts in self._split.items() for p in parts}
         for o in self.session.get_outputs():
-            name = part_of.get(o.name, o.name)
+            name = self._part_of.get(o.name, o.name)
             if name in seen:
                 continue
             seen.add(name)
