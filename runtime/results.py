@@ -78,7 +78,7 @@ class ResultWriter:
         self.record(source, result, overlay=overlay_path, **extra)
 
     def record(self, source: str, result, *, overlay: Path, **extra: Any) -> None:
-        """Print one result line (or JSON object) for a written overlay."""
+        """Build the record of a written overlay and hand it, with its text line, to ``emit``."""
         record: dict[str, Any] = {"source": source,
                                   "topk": [{"index": t.index, "label": t.label, "prob": round(t.prob, 6)}
                                            for t in result.topk[: self.topk]],
