@@ -35,7 +35,7 @@ from .meta import ModelMeta
 from .resample import Axis, plan_axis, resample_cols, resample_rows
 
 FITS = ("crop", "squash", "letterbox")
-MAP_INTERPOLATIONS = {"nearest": cv2.INTER_NEAREST, "linear": cv2.INTER_LINEAR, "cubic": cv2.INTER_CUBIC}
+MAP_INTERPOLATIONS = ("nearest", "linear", "cubic")
 
 
 # ----------------------------------------------------------------------------- geometry
@@ -114,14 +114,15 @@ class Geometry:
 
         Grid cell ``(r, c)`` covers model-input pixels ``[r*ph, (r+1)*ph) x [c*pw, (c+1)*pw)``
         and is centred at input coordinate ``((c + 0.5) * pw - 0.5, (r + 0.5) * ph - 0.5)``.
-        One ``cv2.warpAffine`` (inverse map, original pixel -> grid coordinate) samples the
-        grid at every original pixel, replicating the edge cells; original pixels the model
-        never saw (see :meth:`seen_region`) are set to 0.
+        Every original pixel is mapped to its grid coordinate ``g = orig * s / p + (o + 0.5) / p
+        - 0.5`` per axis and the grid is sampled there, separably, beyond the edge cells as if
+        they repeated: ``heatmap = Wy @ grid @ Wxᵀ`` with per-axis weight matrices cached per
+        geometry. Original pixels the model never saw (see :meth:`seen_region`) are set to 0.
 
         Args:
             grid_map: ``(gh, gw)`` float map over the patch grid.
-            interpolation: ``"linear"``, ``"nearest"`` or ``"cubic"`` (cubic is clipped to the
-                grid's value range so it cannot overshoot).
+            interpolation: ``"linear"``, ``"nearest"`` or ``"cubic"`` (Keys' cubic with
+                a = -0.75 as OpenCV's, clipped to the grid's value range so it cannot overshoot).
 
         Returns:
             ``(H0, W0)`` float32 heatmap on the original pixels.
@@ -132,26 +133,30 @@ class Geometry:
         """
         if interpolation not in MAP_INTERPOLATIONS:
             raise OptionError(f"unknown interpolation {interpolation!r}; expected one of "
-                              f"{tuple(MAP_INTERPOLATIONS)}.{suggest(interpolation, MAP_INTERPOLATIONS)}")
+                              f"{MAP_INTERPOLATIONS}.{suggest(interpolation, MAP_INTERPOLATIONS)}")
         grid = np.asarray(grid_map)
         if grid.ndim != 2 or grid.size == 0 or not np.issubdtype(grid.dtype, np.number):
             raise ImageError(f"grid_map must be a 2-D numeric array (gh, gw); got {grid.dtype} {grid.shape}")
         grid = np.ascontiguousarray(grid, dtype=np.float32)
         if not np.isfinite(grid).all():
             raise ImageError("grid_map must be finite; it holds NaN or inf")
-        (ph, pw), (gh, gw) = self._patch(grid.shape), grid.shape
-        (sy, sx), (oy, ox) = self.scale, self.offset
-        # grid coordinate g of input coordinate u: u = (g + 0.5) * p - 0.5
-        m = np.array([[sx / pw, 0.0, (ox + 0.5) / pw - 0.5],
-                      [0.0, sy / ph, (oy + 0.5) / ph - 0.5]])
-        h0, w0 = self.image_size
-        out = cv2.warpAffine(grid, m, (w0, h0), flags=MAP_INTERPOLATIONS[interpolation] | cv2.WARP_INVERSE_MAP,
-                             borderMode=cv2.BORDER_REPLICATE)
+        wy, wx_t = self._map_weights(grid.shape, interpolation)
+        out = wy @ (grid @ wx_t)
         if interpolation == "cubic":
             np.clip(out, grid.min(), grid.max(), out=out)
-        y0, y1, x0, x1 = self.seen_region((gh, gw))
+        y0, y1, x0, x1 = self.seen_region(grid.shape)
         out[:y0], out[y1:], out[:, :x0], out[:, x1:] = 0, 0, 0, 0
         return out
+
+    @functools.lru_cache(maxsize=16)
+    def _map_weights(self, grid_shape: tuple[int, int], interpolation: str) -> tuple[np.ndarray, np.ndarray]:
+        """``(H0, gh)`` and ``(gw, W0)`` float32 weights of :meth:`to_image`."""
+        (ph, pw), (gh, gw) = self._patch(grid_shape), grid_shape
+        (sy, sx), (oy, ox) = self.scale, self.offset
+        h0, w0 = self.image_size
+        wy = _sample_weights(np.arange(h0) * (sy / ph) + ((oy + 0.5) / ph - 0.5), gh, interpolation)
+        wx = _sample_weights(np.arange(w0) * (sx / pw) + ((ox + 0.5) / pw - 0.5), gw, interpolation)
+        return wy, np.ascontiguousarray(wx.T)
 
     def _patch(self, grid_shape: tuple[int, int]) -> tuple[int, int]:
         h, w = self.input_size
@@ -166,6 +171,29 @@ class Geometry:
             raise ImageError(f"grid_map shape {(gh, gw)} does not divide the {h}x{w} input; "
                              "set Geometry.patch_size")
         return h // gh, w // gw
+
+
+def _sample_weights(g: np.ndarray, n: int, interpolation: str) -> np.ndarray:
+    """``(len(g), n)`` float32 weights that sample n cells at coordinates ``g`` (cell j centred
+    at j), the edge cells repeated beyond the ends."""
+    w = np.zeros((g.size, n))
+    rows = np.arange(g.size)
+    if interpolation == "nearest":
+        w[rows, np.clip(np.floor(g + 0.5), 0, n - 1).astype(np.int64)] = 1.0
+        return w.astype(np.float32)
+    j0 = np.floor(g)
+    t = g - j0
+    if interpolation == "linear":
+        taps, kernel = (0, 1), np.stack([1.0 - t, t])
+    else:  # cubic: Keys' kernel with a = -0.75, as OpenCV's INTER_CUBIC
+        a = -0.75
+        d = np.stack([1 + t, t, 1 - t, 2 - t])  # distances to taps j0-1 .. j0+2
+        near = ((a + 2) * d - (a + 3)) * d * d + 1
+        far = ((a * d - 5 * a) * d + 8 * a) * d - 4 * a
+        taps, kernel = (-1, 0, 1, 2), np.where(d <= 1, near, far)
+    for k, weight in zip(taps, kernel):
+        np.add.at(w, (rows, np.clip(j0 + k, 0, n - 1).astype(np.int64)), weight)
+    return w.astype(np.float32)
 
 
 def _points(xy: np.ndarray) -> np.ndarray:
@@ -229,25 +257,28 @@ def _plan(h0: int, w0: int, key: tuple) -> _Plan:
     # Pillow 13 runs the vertical pass first when height shrinks by more than twice the
     # pixels width loses; the order decides how the uint8 rounding between passes falls
     vertical_first = hr < h0 and wr != w0 and (h0 - hr) > 2 * (w0 - wr)
-    return _Plan(geometry, plan_axis(h0, hr, top, h, interpolation, False), plan_axis(w0, wr, left, w, interpolation, True),
+    return _Plan(geometry, plan_axis(h0, hr, top, h, interpolation, False),
+                 plan_axis(w0, wr, left, w, interpolation, True),
                  (1 / (255 * std)).astype(np.float32), (-mean / std).astype(np.float32), fill.astype(np.float32),
                  vertical_first)
 
 
 def _run(plan: _Plan, img_bgr: np.ndarray, out_chw: np.ndarray) -> None:
     rows, cols = plan.rows, plan.cols
-    h0, w0 = img_bgr.shape[:2]
-    flat = img_bgr.reshape(h0, w0 * 3)
+    # The pixels read, as B, G, R rows per image row (resample.py). cv2.split is fast on whole
+    # rows (contiguous) and several times slower on a column window, so columns are cut after.
+    planes = np.empty((rows.in1 - rows.in0, 3, cols.in1 - cols.in0), np.float32)
+    for c, plane in enumerate(cv2.split(img_bgr[rows.in0:rows.in1])):
+        planes[:, c] = plane[:, cols.in0:cols.in1]
     if plan.vertical_first:
-        res = resample_cols(cols, resample_rows(rows, flat[:, 3 * cols.in0:3 * cols.in1], 0), cols.in0)
+        res = resample_cols(cols, resample_rows(rows, planes, rows.in0), cols.in0)
     else:
-        res = resample_rows(rows, resample_cols(cols, flat[rows.in0:rows.in1], 0), rows.in0)
-    res = res.reshape(res.shape[0], -1, 3)
+        res = resample_rows(rows, resample_cols(cols, planes, cols.in0), rows.in0)
     if (rows.out0, rows.out1, cols.out0, cols.out1) != (0, out_chw.shape[1], 0, out_chw.shape[2]):
         out_chw[...] = plan.fill[:, None, None]
     for c in range(3):  # BGR -> RGB while normalising
         dst = out_chw[c, rows.out0:rows.out1, cols.out0:cols.out1]
-        np.multiply(res[:, :, 2 - c], plan.gain[c], out=dst)
+        np.multiply(res[:, 2 - c], plan.gain[c], out=dst)
         dst += plan.bias[c]
 
 

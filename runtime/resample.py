@@ -5,7 +5,9 @@ antialiased (the support widens by the shrink factor), each pass rounded and cli
 OpenCV's ``INTER_CUBIC`` neither antialiases nor uses Pillow's cubic (a = -0.75 against -0.5),
 and ``INTER_AREA`` is a box filter, so the filters are rebuilt here from their definitions:
 one ``(n_out, n_in)`` weight matrix per axis and size, applied as matrix products over the band
-of rows or columns that each block of 16 outputs reads.
+of rows or columns that each block of 16 outputs reads. Images are resampled as row planes
+``(H, C, W)`` (each image row split into its B, G and R rows): a block of either pass is then
+one plain matrix product over all channels at once, with no weights spent on mixing channels.
 """
 
 from __future__ import annotations
@@ -79,10 +81,13 @@ class Axis:
     out1: int
     in0: int  # original pixels [in0, in1) are all the outputs read
     in1: int
-    blocks: tuple | None  # (o0, o1, i0, i1, weights) per block; None when the pass is a copy
+    # (o0, o1, i0, i1, weights) per block, weights (o1 - o0, i1 - i0) for rows and transposed
+    # for columns (the operand order of their matrix products); None when the pass is a copy
+    blocks: tuple | None
 
 
-def plan_axis(n_in: int, n_resized: int, start: int, n_out: int, interpolation: str, interleave: bool) -> Axis:
+def plan_axis(n_in: int, n_resized: int, start: int, n_out: int, interpolation: str, columns: bool) -> Axis:
+    """Plan one axis: resize ``n_in`` pixels to ``n_resized``, then keep ``n_out`` from ``start``."""
     out0, out1 = max(0, -start), min(n_out, n_resized - start)
     m = resize_matrix(n_in, n_resized, interpolation)[out0 + start:out1 + start]
     used = np.flatnonzero(m.any(axis=0))
@@ -94,30 +99,40 @@ def plan_axis(n_in: int, n_resized: int, start: int, n_out: int, interpolation: 
         blk = m[o0:o0 + _BLOCK]
         cols = np.flatnonzero(blk.any(axis=0))
         i0, i1 = int(cols[0]), int(cols[-1]) + 1
-        w = blk[:, i0:i1]
-        if interleave:
-            # acts on B,G,R-interleaved rows: (3 * band, 3 * block), channels kept apart
-            w = np.kron(w, np.eye(3)).T
+        w = blk[:, i0:i1].T if columns else blk[:, i0:i1]
         blocks.append((o0, o0 + blk.shape[0], i0, i1, np.ascontiguousarray(w, dtype=np.float32)))
     return Axis(out0, out1, in0, in1, tuple(blocks))
 
 
-def resample_cols(cols: Axis, src: np.ndarray, first: int) -> np.ndarray:
-    """Resample B,G,R-interleaved rows ``src`` (column 0 is original column ``first``)."""
+def resample_cols(cols: Axis, planes: np.ndarray, first: int) -> np.ndarray:
+    """Resample the columns of float32 row planes ``(R, C, W)`` (column 0 is original column ``first``).
+
+    Returns ``(R, C, out1 - out0)`` float32, rounded and clipped to [0, 255] as Pillow stores
+    each pass in uint8 (or a view of ``planes`` when the axis is a copy).
+    """
     if cols.blocks is None:
-        return src[:, 3 * (cols.in0 - first):3 * (cols.in1 - first)].astype(np.float32)
-    out = np.empty((src.shape[0], 3 * (cols.out1 - cols.out0)), np.float32)
-    for o0, o1, i0, i1, w in cols.blocks:
-        np.matmul(src[:, 3 * (i0 - first):3 * (i1 - first)].astype(np.float32), w, out=out[:, 3 * o0:3 * o1])
-    # Pillow stores each pass in uint8: round and clip before the next one
-    return np.clip(np.rint(out, out=out), 0, 255, out=out)
+        return planes[:, :, cols.in0 - first:cols.in1 - first]
+    r, c, w = planes.shape
+    rows = planes.reshape(r * c, w)
+    out = np.empty((r * c, cols.out1 - cols.out0), np.float32)
+    for o0, o1, i0, i1, weights in cols.blocks:
+        np.matmul(rows[:, i0 - first:i1 - first], weights, out=out[:, o0:o1])
+    return _round(out).reshape(r, c, -1)
 
 
-def resample_rows(rows: Axis, src: np.ndarray, first: int) -> np.ndarray:
-    """Resample the rows of ``src`` (row 0 is original row ``first``)."""
+def resample_rows(rows: Axis, planes: np.ndarray, first: int) -> np.ndarray:
+    """Resample the rows of float32 row planes ``(R, C, W)`` (row 0 is original row ``first``);
+    see :func:`resample_cols`."""
     if rows.blocks is None:
-        return src[rows.in0 - first:rows.in1 - first].astype(np.float32)
-    out = np.empty((rows.out1 - rows.out0, src.shape[1]), np.float32)
-    for o0, o1, i0, i1, w in rows.blocks:
-        np.matmul(w, src[i0 - first:i1 - first].astype(np.float32), out=out[o0:o1])
-    return np.clip(np.rint(out, out=out), 0, 255, out=out)
+        return planes[rows.in0 - first:rows.in1 - first]
+    r, c, w = planes.shape
+    out = np.empty((rows.out1 - rows.out0, c, w), np.float32)
+    for o0, o1, i0, i1, weights in rows.blocks:
+        band = planes[i0 - first:i1 - first].reshape(i1 - i0, c * w)
+        np.matmul(weights, band, out=out[o0:o1].reshape(o1 - o0, c * w))
+    return _round(out)
+
+
+def _round(values: np.ndarray) -> np.ndarray:
+    # Pillow stores each pass in uint8: round and clip before the next one
+    return np.clip(np.rint(values, out=values), 0, 255, out=values)

@@ -256,6 +256,41 @@ def test_whole_frame_fits_see_every_pixel(fit):
     assert np.allclose(heat, 0.7, atol=1e-6)
 
 
+@pytest.mark.parametrize("fit", FITS)
+def test_to_image_samples_the_grid_where_each_pixel_maps(fit):
+    """Reference built from the Geometry's own point map and np.interp (float64, edge cells
+    repeated): each original pixel's input coordinate u gives grid coordinate (u + 0.5) / p - 0.5."""
+    meta = make_meta()
+    _, (geom,) = preprocess(noise(130, 333), meta, fit=fit)
+    grid = np.random.default_rng(2).random(meta.grid_size)
+    (h0, w0), (gh, gw) = geom.image_size, meta.grid_size
+    xs = geom.image_to_input_points(np.stack([np.arange(w0), np.zeros(w0)], -1))[:, 0]
+    ys = geom.image_to_input_points(np.stack([np.zeros(h0), np.arange(h0)], -1))[:, 1]
+    gx, gy = (xs + 0.5) / 16 - 0.5, (ys + 0.5) / 16 - 0.5
+    along_x = np.stack([np.interp(gx, np.arange(gw), row) for row in grid])  # (gh, w0)
+    ref = np.stack([np.interp(gy, np.arange(gh), col) for col in along_x.T], axis=1)  # (h0, w0)
+    iy, ix = np.clip(np.floor(gy + 0.5), 0, gh - 1).astype(int), np.clip(np.floor(gx + 0.5), 0, gw - 1).astype(int)
+    near = grid[iy][:, ix]
+    y0, y1, x0, x1 = geom.seen_region(meta.grid_size)
+    unseen = np.ones((h0, w0), bool)
+    unseen[y0:y1, x0:x1] = False
+    ref[unseen] = near[unseen] = 0
+    lin = geom.to_image(grid.astype(np.float32))
+    assert lin.dtype == np.float32 and lin.shape == (h0, w0)
+    assert np.abs(lin - ref).max() < 1e-5
+    assert np.array_equal(geom.to_image(grid, interpolation="nearest"), near.astype(np.float32))
+    # cubic against OpenCV's INTER_CUBIC (same kernel, a = -0.75), which samples at positions
+    # rounded to 1/32 of a cell
+    (sy, sx), (oy, ox) = geom.scale, geom.offset
+    m = np.array([[sx / 16, 0.0, (ox + 0.5) / 16 - 0.5], [0.0, sy / 16, (oy + 0.5) / 16 - 0.5]])
+    cv = cv2.warpAffine(grid.astype(np.float32), m, (w0, h0), flags=cv2.INTER_CUBIC | cv2.WARP_INVERSE_MAP,
+                        borderMode=cv2.BORDER_REPLICATE)
+    cv = np.clip(cv, grid.min(), grid.max())
+    cv[unseen] = 0
+    cub = geom.to_image(grid, interpolation="cubic")
+    assert np.abs(cub - cv).max() < 0.03 and np.abs(cub - cv).mean() < 3e-3
+
+
 def test_to_image_interpolation_modes_and_errors():
     meta = make_meta()
     _, (geom,) = preprocess(noise(120, 160), meta)
