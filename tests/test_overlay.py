@@ -28,6 +28,14 @@ def test_colormaps_cover_every_opencv_colormap():
     assert COLORMAPS["jet"] == cv2.COLORMAP_JET
 
 
+def test_colorize_gives_opencv_colours_for_every_map_and_level():
+    """colorize looks colours up in a cached table; they must be applyColorMap's, bit for bit."""
+    levels = np.arange(256, dtype=np.float32).reshape(16, 16) / 255
+    for name, cmap in COLORMAPS.items():
+        ref = cv2.applyColorMap(np.arange(256, dtype=np.uint8).reshape(16, 16), cmap)
+        assert np.array_equal(colorize(levels, name), ref), name
+
+
 def test_colormap_id_resolves_names_and_ids():
     assert colormap_id("jet") == cv2.COLORMAP_JET
     assert colormap_id("Inferno") == cv2.COLORMAP_INFERNO
