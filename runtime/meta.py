@@ -40,11 +40,16 @@ class TokenLayout:
         grid: ``(rows, cols)`` of the patch grid; patches are row-major after the prefix.
         target_row: row read as "the model's view" (0 for a class token), or None for the
             mean of all token rows (class-token-free models).
+        stochastic: every row of every attention matrix is a probability distribution (a
+            softmax's output: it sums to 1), as an exported model's attentions are unless
+            its heads were fused by max or min. Rollout then mixes in the residual as
+            Abnar & Zuidema write it, 0.5·A + 0.5·I, without summing rows to renormalise.
     """
 
     num_prefix: int
     grid: tuple[int, int]
     target_row: int | None = 0
+    stochastic: bool = False
 
     @property
     def num_tokens(self) -> int:
@@ -146,7 +151,7 @@ class ModelMeta:
     def layout(self) -> TokenLayout:
         """The token layout explanation methods need."""
         return TokenLayout(self.num_prefix_tokens, (int(self.grid_size[0]), int(self.grid_size[1])),
-                           self.target_row)
+                           self.target_row, stochastic=self.head_fusion in ("none", "mean"))
 
     @property
     def output_heads(self) -> int:

@@ -6,6 +6,8 @@ and one image at a time, so they share neither the vector-from-the-left trick, n
 batching, nor the float32 arithmetic of runtime/explain.
 """
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -177,6 +179,40 @@ def test_rollout_matches_matrix_product_reference(layout_name, batch, head_fusio
 
 @layout_params
 @batch_params
+@pytest.mark.parametrize("residual", [True, False])
+@pytest.mark.parametrize("start_layer", [0, 1])
+def test_rollout_with_softmax_rows_declared_matches_the_renormalising_reference(layout_name, batch, residual,
+                                                                                start_layer):
+    """A layout that declares stochastic rows (an export's softmax attentions) skips the row
+    sums; on softmax attentions that must be the reference with its explicit row sums."""
+    layout, a, _ = _inputs(layout_name, batch, seed=11)
+    declared = dataclasses.replace(layout, stochastic=True)
+    opts = dict(residual=residual, start_layer=start_layer)
+    _check(explain("rollout", a, declared, **opts), ref_attention_rollout(a, layout, **opts), layout, batch)
+
+
+def test_declared_stochastic_rows_use_the_papers_half_and_half_mix():
+    """On rows that do not sum to 1 the declaration shows: each step is 0.5 F + 0.5 I with F
+    taken as given (Abnar & Zuidema's form), not renormalised. The first step reads only the
+    class token's row, so it renormalises that row exactly either way."""
+    layout = TokenLayout(1, (3, 4), 0, stochastic=True)
+    n = layout.num_tokens
+    rows = np.random.default_rng(13).uniform(0.3, 3.0, (n, 1)).astype(np.float32)
+    a = random_attentions(1, 3, 2, n, seed=12) * rows  # row i sums to rows[i]
+    ours = explain("rollout", a, layout)
+    f = a[0].astype(np.float64).mean(1)  # (L, N, N) fused
+    eye = np.eye(layout.num_tokens)
+    top = f[-1] + eye
+    v = top[0] / top[0].sum()
+    for l in (1, 0):
+        v = v @ (0.5 * f[l] + 0.5 * eye)
+    _check(ours, ref_normalize(v[1:].reshape(layout.grid))[None], layout, 1)
+    # and it is not what renormalising every step would give
+    assert np.abs(ours - explain("rollout", a, dataclasses.replace(layout, stochastic=False))).max() > 1e-3
+
+
+@layout_params
+@batch_params
 @pytest.mark.parametrize("layer, head, head_fusion", [
     (-1, None, "mean"), (-1, None, "max"), (-1, None, "min"), (0, None, "mean"), (1, None, "max"),
     (-1, 0, "mean"), (0, -1, "mean"), (-3, 2, "min"),
@@ -253,3 +289,5 @@ def test_deit_tiny_shape_rollout_matches_reference():
     a = random_attentions(1, 12, 3, 197, seed=80, sharpness=3.0)
     for opts in ({}, {"discard_ratio": 0.9}, {"head_fusion": "max", "discard_ratio": 0.5}):
         _check(explain("rollout", a, layout, **opts), ref_attention_rollout(a, layout, **opts), layout, 1)
+    declared = TokenLayout(1, (14, 14), 0, stochastic=True)
+    _check(explain("rollout", a, declared), ref_attention_rollout(a, layout), layout, 1)

@@ -31,10 +31,13 @@ def test_derived_layout_uses_every_prefix_token_and_the_real_grid():
     meta = make_meta()
     assert meta.num_prefix_tokens == 3
     assert meta.num_patches == 24 and meta.num_tokens == 27
-    assert meta.layout == TokenLayout(3, (4, 6), 0)
+    assert meta.layout == TokenLayout(3, (4, 6), 0, stochastic=True)
     assert meta.layout.num_tokens == 27
     assert meta.image_size == (32, 48)
     assert meta.output_heads == 2 and make_meta(head_fusion="max").output_heads == 1
+    # softmax rows sum to 1, and so do their mean's; a max or min over heads does not
+    assert make_meta(head_fusion="mean").layout.stochastic
+    assert not make_meta(head_fusion="max").layout.stochastic and not make_meta(head_fusion="min").layout.stochastic
 
 
 def test_class_token_free_model_reads_the_mean_row():

@@ -11,7 +11,10 @@ N x N matrix chain. Â is never built either: with d = rowsum(F) + 1,
     v Â = (v ⊘ d) F + (v ⊘ d)
 
 so one layer costs a row-sum and a vector-matrix product of the fused matrix F. For the mean
-fusion both are taken head by head (mean_h(u A_h) = u mean_h(A_h)), which skips building F.
+fusion both are taken head by head (mean_h(u A_h) = u mean_h(A_h)), which skips building F;
+when the attention rows are probabilities (``layout.stochastic``) rowsum(F) is 1, d is 2, and
+the step is the paper's own v (0.5 F + 0.5 I), one pass over the layer's memory instead of
+two. The first step starts from the one-hot e_t, so it only reads row t of Â_L.
 """
 
 from __future__ import annotations
@@ -53,9 +56,13 @@ def attention_rollout(attentions: np.ndarray, layout: TokenLayout, *, grads: np.
 
     if head_fusion == "mean" and ratio == 0.0:
         # Fast path: nothing needs the fused matrix itself, so take the mean head by head.
-        v = start_vector(layout, a.shape[0])
-        for l in range(a.shape[1] - 1, start - 1, -1):
-            v = _mean_heads_step(v, a[:, l], residual)
+        last = a.shape[1] - 1
+        if layout.target_row is None:
+            v = _mean_heads_step(start_vector(layout, a.shape[0]), a[:, last], residual, layout.stochastic)
+        else:
+            v = _target_row_step(a[:, last, :, layout.target_row].mean(axis=1), layout.target_row, residual)
+        for l in range(last - 1, start - 1, -1):
+            v = _mean_heads_step(v, a[:, l], residual, layout.stochastic)
     else:
         v = _rollout_row(lambda l: fuse_heads(a[:, l], head_fusion), a.shape[1], start, layout,
                          a.shape[0], ratio, residual)
@@ -148,12 +155,28 @@ def _rollout_row(fused: Callable[[int], np.ndarray], num_layers: int, start: int
     return v
 
 
-def _mean_heads_step(v: np.ndarray, a_l: np.ndarray, residual: bool) -> np.ndarray:
-    """One rollout step with F = mean over heads of ``a_l`` (B, H, N, N), F never built."""
-    ones = np.ones(a_l.shape[-1], dtype=np.float32)
-    row_sums = np.matmul(a_l, ones).mean(axis=1)
+def _mean_heads_step(v: np.ndarray, a_l: np.ndarray, residual: bool, stochastic: bool) -> np.ndarray:
+    """One rollout step with F = mean over heads of ``a_l`` (B, H, N, N), F never built.
+
+    With ``stochastic`` rows rowsum(F) is 1 and is not computed: v Â = 0.5 v F + 0.5 v
+    (v F without the residual).
+    """
+    if stochastic:
+        row_sums = np.ones(a_l.shape[-1], dtype=np.float32)
+    else:
+        row_sums = np.matmul(a_l, np.ones(a_l.shape[-1], dtype=np.float32)).mean(axis=1)
     return _step(v, row_sums, lambda u: np.matmul(u[:, None, None, :], a_l)[:, :, 0].mean(axis=1),
                  residual)
+
+
+def _target_row_step(f_t: np.ndarray, t: int, residual: bool) -> np.ndarray:
+    """e_tᵀ Â from row t of F alone, ``f_t`` (B, N): that row of Â, (F[t] + e_t) / d_t."""
+    sums = f_t.sum(axis=-1, keepdims=True)
+    if not residual:
+        return f_t / np.where(sums > 0.0, sums, 1.0)
+    v = f_t / (sums + 1.0)
+    v[:, t] += 1.0 / (sums[:, 0] + 1.0)
+    return v
 
 
 def _step(v: np.ndarray, row_sums: np.ndarray, vecmat: Callable[[np.ndarray], np.ndarray],
