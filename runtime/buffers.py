@@ -33,12 +33,13 @@ class BufferPool:
     """Sets of output arrays, keyed by what they are for, reused when no caller holds them.
 
     Args:
-        per_key: sets kept per key (2 lets a caller hold one batch's results while the
-            next batch runs, as the video pipeline does).
+        per_key: sets kept per key. 3 covers the stream pipeline (runtime/stream.py): the
+            caller holds one batch's results while the next one waits for it and the model
+            runs on a third.
         keys: distinct keys kept (e.g. batch sizes); the least recently used goes first.
     """
 
-    def __init__(self, per_key: int = 2, keys: int = 2):
+    def __init__(self, per_key: int = 3, keys: int = 2):
         self.per_key, self.keys = int(per_key), int(keys)
         self._sets: OrderedDict[tuple, list[tuple[np.ndarray, ...]]] = OrderedDict()
         self._lock = threading.Lock()

@@ -1,4 +1,4 @@
-"""Overlap the stages of offline processing: decode ∥ inference ∥ overlay-and-encode.
+"""Overlap the stages of offline processing: decode ∥ inference ∥ explanation ∥ overlay-and-encode.
 
 Offline work (a folder of images, a video file) must keep every frame, so unlike the live
 path it queues instead of dropping, but through *bounded* queues: a fast decoder can run at
@@ -8,6 +8,8 @@ really run side by side.
 
 * :func:`prefetch` runs a reader thread that decodes frames and prepares whole batches
   (preprocessing) ahead of the consumer.
+* :func:`run_ahead` applies a function to each item one item ahead of the consumer, in its
+  own thread: the model runs on the next batch while the caller explains the last one.
 * :class:`BackgroundWorker` runs a consumer thread that takes finished items (overlay,
   encode, write) in order, so inference never waits for the video encoder.
 
@@ -114,6 +116,22 @@ def prefetch(items: Iterable[T], batch_size: int, prepare: Callable[[list[T]], P
                 q.get(timeout=_POLL_S)
             except queue.Empty:
                 pass
+
+
+def run_ahead(items: Iterable[T], fn: Callable[[T], P], *, depth: int = 1,
+              name: str = "attnmap-ahead") -> Iterator[tuple[T, P]]:
+    """Yield ``(item, fn(item))`` in order, with ``fn`` applied in a background thread up to
+    ``depth`` items ahead of the consumer (plus the one it is working on).
+
+    Like :func:`prefetch` (batches of one): errors reach the caller after the items before
+    them, and closing the iterator stops the thread and closes ``items``.
+    """
+    batches = prefetch(items, 1, lambda one: fn(one[0]), depth=depth, name=name)
+    try:
+        for (item,), result in batches:
+            yield item, result
+    finally:
+        batches.close()
 
 
 class BackgroundWorker(Generic[T]):

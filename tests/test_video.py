@@ -18,7 +18,7 @@ import pytest
 
 from frames_fakes import FakeExplainer, ListSource, PacedSource, attnmap_threads, quadrant_frame, run_with_timeout
 from runtime.errors import AttnmapError, ModelError, OptionError, SourceError
-from runtime.pipeline import BackgroundWorker, prefetch
+from runtime.pipeline import BackgroundWorker, prefetch, run_ahead
 from runtime.stream import explain_stream
 from runtime.video import VideoProgress, explain_video
 
@@ -94,6 +94,41 @@ def test_prefetch_abandoned_early_closes_the_reader():
             closed.set()
 
     for batch, _ in prefetch(items(), 4, lambda b: None):
+        break
+    assert closed.wait(2.0) and attnmap_threads() == []
+
+
+def test_run_ahead_keeps_order_stays_one_item_ahead_and_reraises():
+    done = []
+    gen = run_ahead(range(50), lambda v: done.append(v) or v * v)
+    assert next(gen) == (0, 0)
+    time.sleep(0.2)  # give the worker every chance to run away
+    # one yielded + one queued + at most one computed and waiting to be queued
+    assert len(done) <= 3
+    assert list(gen) == [(v, v * v) for v in range(1, 50)]
+    assert attnmap_threads() == []
+
+    def items():
+        yield from range(4)
+        raise SourceError("decoder broke at item 4")
+
+    got = []
+    with pytest.raises(SourceError, match="item 4"):
+        for item, result in run_ahead(items(), lambda v: -v):
+            got.append((item, result))
+    assert got == [(v, -v) for v in range(4)] and attnmap_threads() == []
+
+
+def test_run_ahead_abandoned_early_stops_and_closes_its_input():
+    closed = threading.Event()
+
+    def items():
+        try:
+            yield from range(1000)
+        finally:
+            closed.set()
+
+    for _ in run_ahead(items(), lambda v: v):
         break
     assert closed.wait(2.0) and attnmap_threads() == []
 
