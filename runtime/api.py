@@ -221,7 +221,7 @@ class Explainer:
         """Bundle one batch's stage outputs into per-image :class:`Explanation` objects."""
         probs = softmax(outputs.logits)
         k = max(1, min(int(topk), probs.shape[1]))
-        order = np.argsort(-probs, axis=1)[:, :k]
+        order = top_indices(probs, k)
         results = []
         for i, image in enumerate(images):
             tk = [TopK(int(c), self.meta.label(int(c)), float(probs[i, c])) for c in order[i]]
@@ -229,6 +229,17 @@ class Explainer:
             results.append(Explanation(image, probs[i], tk, grids[i], geoms[i], method, tgt,
                                        None if tgt is None else self.meta.label(tgt)))
         return results
+
+
+def top_indices(scores: np.ndarray, k: int) -> np.ndarray:
+    """(B, k) column indices of each row's k largest scores, largest first, equal scores by
+    index. Partitions before sorting, so a top-1 or top-5 of 1000 classes sorts only k values
+    (which of several scores tied at the k-th place gets in is not specified)."""
+    if k >= scores.shape[1]:
+        return np.argsort(-scores, axis=1, kind="stable")
+    part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+    order = np.lexsort((part, -np.take_along_axis(scores, part, axis=1)), axis=1)
+    return np.take_along_axis(part, order, axis=1)
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:

@@ -5,7 +5,7 @@ import onnxruntime as ort
 import pytest
 
 from runtime import Explainer, ExplainError, ImageError, ModelError, ProviderError
-from runtime.api import resolve_class, softmax
+from runtime.api import resolve_class, softmax, top_indices
 from runtime.explain import explain as run_method
 from runtime.preprocess import preprocess
 
@@ -158,3 +158,20 @@ def test_cuda_where_unavailable_is_an_error_not_a_fallback(tiny_vit_onnx):
 def test_softmax_is_stable_for_large_logits():
     p = softmax(np.array([[1000.0, 1000.0, -1000.0]], np.float32))
     np.testing.assert_allclose(p, [[0.5, 0.5, 0.0]], atol=1e-7)
+
+
+def test_top_indices_is_a_stable_descending_sort_cut_at_k():
+    rng = np.random.default_rng(5)
+    scores = softmax(rng.standard_normal((6, 1000)).astype(np.float32))
+    tied = np.round(scores * 200) / 200  # many equal scores, ties inside the top k
+    for s in (scores, tied):
+        ref = np.argsort(-s, axis=1, kind="stable")
+        for k in (1, 2, 5, 999, 1000):
+            got = top_indices(s, k)
+            assert got.shape == (6, k)
+            if s is scores or k == 1000:
+                assert np.array_equal(got, ref[:, :k])
+            else:  # equal scores at the k-th place may swap which index gets in, never the scores
+                assert np.array_equal(np.take_along_axis(s, got, 1), np.take_along_axis(s, ref[:, :k], 1))
+                inside = np.take_along_axis(s, got, 1)
+                assert all((np.diff(row) <= 0).all() for row in inside)
