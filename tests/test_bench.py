@@ -87,7 +87,7 @@ def test_measure_targets_on_a_paced_clip(tmp_path):
     live, off = r["live"], r["offline"]
     assert live["frames_processed"] + live["frames_dropped"] == live["frames_captured"] == 20
     assert off["frames"] == 20 and r["source_fps"] == 50.0
-    assert 3.5 <= r["plain_ms"] <= 15.0
+    assert 3.5 <= r["plain_ms"] <= 15.0 and 3.5 <= r["plain_paced_ms"] <= 15.0
     t = r["targets"]
     # Live: min(50 fps, 1 / ~4 ms) = 50 fps; threshold 0.9 of that.
     assert t["live_fps"]["threshold"] == pytest.approx(45.0, rel=1e-6)
@@ -100,6 +100,7 @@ def test_measure_targets_on_a_paced_clip(tmp_path):
     assert json.loads(json.dumps(r)) == r
     text = format_targets(r)
     assert "live_fps" in text and "offline_fps" in text and "latency" in text
+    assert f"{r['plain_paced_ms']:.2f} ms at batch 1 paced at 50 fps" in text
     assert list(tmp_path.iterdir()) == [path]
 
 
