@@ -324,8 +324,8 @@ def _open_capture(ref: SourceRef) -> cv2.VideoCapture:
         raise SourceError(f"image sequence {ref.spec!r} cannot be opened (expected files such as "
                           f"{_PRINTF.sub(lambda m: '0' * max(1, int(m.group()[1:-1] or 1)), ref.target, count=1)!r})")
     # One decoder thread: the model already runs on every core, and FFmpeg's default (a
-    # thread per core) only adds contention. On the 2-core box it cost 20-50% more CPU per
-    # 340x256 H.264 frame (0.67-0.86 ms against 0.57) for the same decoding speed.
+    # thread per core) only adds contention. On the 2-core box it cost 15-65% more CPU per
+    # 340x256 H.264 frame (0.65-0.95 ms against 0.57) for the same decoding speed.
     cap = cv2.VideoCapture(ref.target, cv2.CAP_FFMPEG, [cv2.CAP_PROP_N_THREADS, 1])
     if cap.isOpened():
         return cap

@@ -1,9 +1,9 @@
 """Offline video explanation: every frame in, an annotated video of the same length out.
 
-Three threads overlap the work: a reader decodes frames and preprocesses whole batches, the
-caller's thread runs the model and the explanation method on each batch (both in
-:func:`runtime.stream.explain_stream`), and a writer draws the heatmaps and encodes them. Queues between them are bounded,
-so a long video never piles up in memory.
+Four threads overlap the work: a reader decodes frames and preprocesses whole batches, an
+inference thread runs the model one batch ahead, the caller's thread runs the explanation
+method (those three in :func:`runtime.stream.explain_stream`), and a writer draws the heatmaps
+and encodes them. Queues between them are bounded, so a long video never piles up in memory.
 
 The output keeps the input's frame count, frame size and frame rate. If the input fails
 mid-stream, the frames before the failure are still written (a valid, shorter video) and
@@ -69,9 +69,9 @@ class VideoReport:
         size: ``(width, height)`` of the output (the input's).
         elapsed_s: wall time from the first read to the closed output.
         maps: the ``.npz`` of per-frame maps, if requested.
-        stage_s: seconds spent per stage in the caller's thread (``wait`` is time spent
-            waiting for the reader, ``inference``, ``explanation``, ``submit`` waiting for
-            the writer).
+        stage_s: seconds spent per stage: ``inference`` in the inference thread; in the
+            caller's thread ``wait`` (for the inference thread), ``explanation`` and
+            ``submit`` (waiting for the writer).
     """
 
     source: str
