@@ -94,7 +94,7 @@ def explain_stream(explainer, source: "str | os.PathLike | SourceRef | Source", 
         inferred = run_ahead(batches, infer, name="attnmap-inference")
         try:
             t = time.perf_counter()
-            for (frames, (x, geoms)), outputs in inferred:
+            for (frames, (_, geoms)), outputs in inferred:
                 t0 = time.perf_counter()
                 maps = explainer.maps(outputs, method, **opts)
                 results = explainer.package([f.image_bgr for f in frames], outputs, maps, geoms, method, topk)

@@ -161,10 +161,7 @@ def _mean_heads_step(v: np.ndarray, a_l: np.ndarray, residual: bool, stochastic:
     With ``stochastic`` rows rowsum(F) is 1 and is not computed: v Â = 0.5 v F + 0.5 v
     (v F without the residual).
     """
-    if stochastic:
-        row_sums = np.ones(a_l.shape[-1], dtype=np.float32)
-    else:
-        row_sums = np.matmul(a_l, np.ones(a_l.shape[-1], dtype=np.float32)).mean(axis=1)
+    row_sums = np.float32(1.0) if stochastic else np.matmul(a_l, np.ones(a_l.shape[-1], dtype=np.float32)).mean(axis=1)
     return _step(v, row_sums, lambda u: np.matmul(u[:, None, None, :], a_l)[:, :, 0].mean(axis=1),
                  residual)
 
@@ -179,7 +176,7 @@ def _target_row_step(f_t: np.ndarray, t: int, residual: bool) -> np.ndarray:
     return v
 
 
-def _step(v: np.ndarray, row_sums: np.ndarray, vecmat: Callable[[np.ndarray], np.ndarray],
+def _step(v: np.ndarray, row_sums: np.ndarray | np.float32, vecmat: Callable[[np.ndarray], np.ndarray],
           residual: bool) -> np.ndarray:
     """v Â for Â = (F + I) or F with rows renormalised, given rowsum(F) and u -> u F.
 
