@@ -19,7 +19,7 @@ from runtime import __version__
 from runtime.errors import AttnmapError
 from runtime.explain import EXPLAINERS
 from runtime.meta import HEAD_FUSIONS
-from runtime.session import PROVIDERS
+from runtime.session import PROVIDERS, throughput_plan
 
 FITS = ("crop", "squash", "letterbox")
 
@@ -262,6 +262,9 @@ def _fmt(values) -> str:
               help="Also write a tiled image of raw attention for every layer, or every head of --layer.")
 @click.option("--batch-size", type=click.IntRange(1, 256), default=8, show_default=True,
               help="Images per inference batch.")
+@click.option("--workers", type=click.IntRange(1, 16), default=None,
+              help="Model runs at once, each on its own batch (default: 2 on a CPU with 2+ cores, each "
+                   "on half of them, where there is more than one batch; else 1).")
 @click.option("--class", "target", default=None, metavar="CLASS",
               help="For class-specific methods: a class index, a label name, or topk:N for the top N "
                    "classes' maps side by side (default: the predicted class).")
@@ -270,8 +273,8 @@ def _fmt(values) -> str:
 @handle_errors
 def explain(sources: tuple[str, ...], model: str | None, provider: str, threads: int | None, method: str,
             fit: str, colormap: str, alpha: float, blur: float, mode: str, no_label: bool, out_dir: Path,
-            topk: int, save_maps: bool, tiles: str, batch_size: int, target: str | None, as_json: bool,
-            **kwargs: Any) -> None:
+            topk: int, save_maps: bool, tiles: str, batch_size: int, workers: int | None, target: str | None,
+            as_json: bool, **kwargs: Any) -> None:
     """Explain images, folders, globs and videos; write overlays to --out.
 
     SOURCE is an image file, a directory, a glob ("photos/*.jpg"), a video file or an image
@@ -296,13 +299,16 @@ def explain(sources: tuple[str, ...], model: str | None, provider: str, threads:
     if live:
         raise click.BadParameter(f"{live[0]!r} is a camera or stream; use `attnmap live {live[0]}`",
                                  param_hint="SOURCE")
+    images = [r for r in refs if r.kind == "image"]
+    others = [r for r in refs if r.kind != "image"]
+    if target is None and (others or len(images) > batch_size):
+        threads, workers = throughput_plan(provider, threads, workers)
+    workers = workers or 1
     explainer = Explainer(model, provider=provider, threads=threads)
     HeatmapOverlay(colormap=colormap, alpha=alpha, blur=blur, mode=mode)  # validate style up front
     writer = _writer(out_dir, method, as_json=as_json, save_maps=save_maps, topk=topk,
                      style=dict(colormap=colormap, alpha=alpha, blur=blur, mode=mode, label=not no_label),
                      tiles=tiles, options=options)
-    images = [r for r in refs if r.kind == "image"]
-    others = [r for r in refs if r.kind != "image"]
     if target is not None:
         if others:
             raise click.BadParameter(f"--class works on images; {others[0].spec!r} is a {others[0].kind}",
@@ -315,9 +321,10 @@ def explain(sources: tuple[str, ...], model: str | None, provider: str, threads:
             explain_classes(explainer, images, writer, method, options, fit, fixed, top_n, bar.update)
     else:
         with _Progress(len(images), "images") as bar:
-            explain_images(explainer, images, writer, method, options, fit, batch_size, topk, bar.update)
+            explain_images(explainer, images, writer, method, options, fit, batch_size, topk, bar.update,
+                           workers=workers)
     for ref in others:
-        _explain_video(explainer, ref, writer, method, options, fit, batch_size)
+        _explain_video(explainer, ref, writer, method, options, fit, batch_size, workers)
     if writer.failures:
         raise click.ClickException(f"{writer.failures} of {writer.failures + writer.done} inputs failed (see above)")
     _err(f"{writer.done} overlay{'s' if writer.done != 1 else ''} written to {out_dir}")
@@ -370,7 +377,8 @@ def _writer(out_dir: Path, method: str, *, as_json: bool, **kwargs: Any):
     return ResultWriter(out_dir, method, emit=emit, on_fail=_err, **kwargs)
 
 
-def _explain_video(explainer, ref, writer, method: str, options: dict[str, Any], fit: str, batch_size: int) -> None:
+def _explain_video(explainer, ref, writer, method: str, options: dict[str, Any], fit: str, batch_size: int,
+                   workers: int = 1) -> None:
     """``explain_video_into`` with a frames/s line on stderr where it is a terminal."""
     from runtime.results import explain_video_into
 
@@ -396,7 +404,7 @@ def _explain_video(explainer, ref, writer, method: str, options: dict[str, Any],
 
     on_fail, writer.on_fail = writer.on_fail, fail
     try:
-        explain_video_into(explainer, ref, writer, method, options, fit, batch_size, progress)
+        explain_video_into(explainer, ref, writer, method, options, fit, batch_size, progress, workers=workers)
     finally:
         writer.on_fail = on_fail
         end_line()
@@ -485,7 +493,7 @@ def bench(source: str | None, model: str | None, provider: str, threads: int | N
     synthetic 640x480 frame).
     """
     from runtime import Explainer
-    from runtime.bench import format_bench, format_targets, measure_targets, run_bench
+    from runtime.bench import format_bench, format_targets, measure_targets, run_bench, throughput_explainer
 
     options = pop_method_options(kwargs)
     explainer = Explainer(model, provider=provider, threads=threads)
@@ -493,7 +501,9 @@ def bench(source: str | None, model: str | None, provider: str, threads: int | N
                        options=options, fit=fit)
     targets = None
     if targets_video is not None:
-        targets = measure_targets(explainer, targets_video, batch_size=max(batch_size, 8), method=method)
+        offline, workers = throughput_explainer(explainer)
+        targets = measure_targets(explainer, targets_video, batch_size=max(batch_size, 8), method=method,
+                                  offline_explainer=offline, workers=workers)
     if as_json:
         click.echo(json.dumps({"stages": result, "targets": targets}))
         return

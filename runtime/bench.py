@@ -23,6 +23,7 @@ run to run, so a machine getting busier or quieter biases neither.
 from __future__ import annotations
 
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any, Iterator, Mapping
@@ -259,7 +260,7 @@ TARGETS = {
 
 def measure_targets(explainer, video: str | Path, *, batch_size: int = 8, plain_runs: int = 30,
                     live_frames: int | None = None, method: str = "rollout",
-                    fit: str = "squash") -> dict[str, Any]:
+                    fit: str = "squash", offline_explainer=None, workers: int = 1) -> dict[str, Any]:
     """Measure the three real-time targets of attnmap on one video (see :data:`TARGETS`).
 
     Plain inference is timed before and after the live and offline runs, and the median of
@@ -270,6 +271,13 @@ def measure_targets(explainer, video: str | Path, *, batch_size: int = 8, plain_
     an idle gap is slower than one of a back-to-back series, and that part of the latency
     is not explanation overhead.
 
+    The offline run can go as ``attnmap explain VIDEO`` runs it (:func:`throughput_explainer`:
+    on a CPU, two model runs at once on sessions of half the cores). Its target compares with
+    plain inference as usually run, one batch at a time on ``explainer``. Plain inference run
+    the offline way (``workers`` batches at once on ``offline_explainer``) is timed too and
+    reported beside it as ``plain_concurrent_ms_per_frame``: against that, the ratio shows the
+    overhead of the explanation alone.
+
     Args:
         explainer: a :class:`runtime.Explainer`.
         video: a video file with a known fps (it is played paced, like a camera, for the
@@ -279,10 +287,14 @@ def measure_targets(explainer, video: str | Path, *, batch_size: int = 8, plain_
         live_frames: stop the live run after this many frames (default: the whole video).
         method: explanation method.
         fit: fit mode of the live and offline runs.
+        offline_explainer: the explainer of the offline run (default: ``explainer``).
+        workers: model runs at once in the offline run.
 
     Returns:
         JSON-able dict: ``plain_ms`` (batch 1), ``plain_batch_ms`` (per frame at
-        ``batch_size``), ``plain_paced_ms`` (batch 1, one run per frame interval), ``live``
+        ``batch_size``), ``plain_paced_ms`` (batch 1, one run per frame interval),
+        ``offline_workers``, ``plain_concurrent_ms_per_frame`` (per frame, ``workers`` batches
+        at once on ``offline_explainer``), ``live``
         (:meth:`LiveStats.to_dict`), ``offline``
         (:meth:`VideoReport.to_dict`), and ``targets``: per target its measured value, the
         threshold, the ratio to the threshold and whether it was met.
@@ -291,24 +303,29 @@ def measure_targets(explainer, video: str | Path, *, batch_size: int = 8, plain_
     from .live import run_live
     from .video import explain_video
 
+
     with open_source(video) as src:
         if src.fps is None or src.is_live:
             raise SourceError(f"video {src.spec!r} needs a known fps (a video file) to measure real-time targets")
         src_fps = src.fps
         frames = [f.image_bgr for _, f in zip(range(batch_size), src)]
+    offline_ex = offline_explainer or explainer
     x1, _ = explainer.preprocess(frames[:1], fit=fit)
     xb, _ = explainer.preprocess((frames * batch_size)[:batch_size], fit=fit)
     plain1, plainb = _plain_times(explainer, x1, plain_runs), _plain_times(explainer, xb, plain_runs)
+    concurrent = [_concurrent_plain_time(offline_ex, xb, plain_runs, workers)]
 
     live = run_live(explainer, str(video), method=method, show=False, fit=fit, max_frames=live_frames)
     with tempfile.TemporaryDirectory(prefix="attnmap-targets-") as tmp:
-        offline = explain_video(explainer, str(video), Path(tmp) / "out.mp4", method=method, fit=fit,
-                                batch_size=batch_size)
+        offline = explain_video(offline_ex, str(video), Path(tmp) / "out.mp4", method=method, fit=fit,
+                                batch_size=batch_size, workers=workers)
     plain1 += _plain_times(explainer, x1, plain_runs)
     plainb += _plain_times(explainer, xb, plain_runs)
+    concurrent.append(_concurrent_plain_time(offline_ex, xb, plain_runs, workers))
     paced = float(np.median(_plain_times(explainer, x1, plain_runs, interval=1.0 / src_fps)))
     t1 = float(np.median(plain1))
     tb = float(np.median(plainb)) / batch_size
+    tc = float(np.mean(concurrent)) / batch_size
     live_d, off_d = live.to_dict(), offline.to_dict()
     latency = live_d["latency_ms"]["median"] / 1e3
     checks = {
@@ -324,7 +341,8 @@ def measure_targets(explainer, video: str | Path, *, batch_size: int = 8, plain_
     return {"model": explainer.meta.model_name, "provider": _provider(explainer), "video": str(video),
             "source_fps": src_fps, "batch_size": batch_size, "method": method, "fit": fit,
             "plain_ms": round(t1 * 1e3, 3), "plain_batch_ms_per_frame": round(tb * 1e3, 3),
-            "plain_paced_ms": round(paced * 1e3, 3),
+            "plain_paced_ms": round(paced * 1e3, 3), "offline_workers": workers,
+            "plain_concurrent_ms_per_frame": round(tc * 1e3, 3),
             "live": live_d, "offline": off_d, "targets": targets}
 
 
@@ -339,13 +357,55 @@ def format_targets(result: Mapping[str, Any]) -> str:
              f"latency is {result['live']['latency_ms']['median'] / result['plain_paced_ms']:.2f} x that)",
              f"live: {live['frames_processed']} frames in {live['duration_s']:.2f} s, {live['frames_dropped']} dropped, "
              f"latency median {live['latency_ms']['median']:.1f} ms (p90 {live['latency_ms']['p90']:.1f})",
-             f"offline: {result['offline']['frames']} frames in {result['offline']['elapsed_s']:.2f} s",
+             f"offline: {result['offline']['frames']} frames in {result['offline']['elapsed_s']:.2f} s, "
+             f"{result['offline_workers']} model run(s) at once; "
+             f"plain inference run that way: {result['plain_concurrent_ms_per_frame']:.2f} ms/frame (not a target: "
+             f"offline frames/s is {result['targets']['offline_fps']['value'] * result['plain_concurrent_ms_per_frame'] / 1e3:.3f}"
+             f" x its frames/s)",
              f"{'target':<13}{'measured':>10}{'threshold':>11}{'ratio':>8}  met"]
     units = {"live_fps": "fps", "offline_fps": "fps", "latency": "ms"}
     for name, t in result["targets"].items():
         lines.append(f"{name:<13}{t['value']:>10.2f}{t['threshold']:>11.2f}{t['ratio']:>8.3f}  "
                      f"{'yes' if t['met'] else 'NO'}   ({units[name]}; {t['rule']})")
     return "\n".join(lines)
+
+
+def throughput_explainer(explainer) -> tuple[Any, int]:
+    """The explainer and model runs at once for ``explainer``'s model as ``attnmap explain``
+    runs videos and folders (:func:`runtime.session.throughput_plan`): ``(explainer, 1)``
+    itself where that plan keeps its threads and one run."""
+    from .api import Explainer
+    from .session import throughput_plan
+
+    model = explainer.model
+    provider = "cpu" if model.provider == "CPUExecutionProvider" else "cuda"
+    threads, workers = throughput_plan(provider, model.threads)
+    if workers == 1 and threads == model.threads:
+        return explainer, 1
+    return Explainer(explainer.path, provider=provider, threads=threads), workers
+
+
+def _concurrent_plain_time(explainer, x: np.ndarray, runs: int, workers: int) -> float:
+    """Seconds per batch of plain inference with ``workers`` threads each running ``runs``
+    batches back to back, all at once (after one untimed run each)."""
+    if workers == 1:
+        return float(np.median(_plain_times(explainer, x, runs)))
+    barrier = threading.Barrier(workers + 1)
+
+    def work() -> None:
+        explainer.infer_plain(x)
+        barrier.wait()
+        for _ in range(runs):
+            explainer.infer_plain(x)
+
+    threads = [threading.Thread(target=work, name=f"attnmap-plain-{k}", daemon=True) for k in range(workers)]
+    for thread in threads:
+        thread.start()
+    barrier.wait()
+    t0 = time.perf_counter()
+    for thread in threads:
+        thread.join()
+    return (time.perf_counter() - t0) / (runs * workers)
 
 
 def _plain_times(explainer, x: np.ndarray, runs: int, interval: float | None = None) -> list[float]:

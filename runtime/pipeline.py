@@ -8,8 +8,9 @@ really run side by side.
 
 * :func:`prefetch` runs a reader thread that decodes frames and prepares whole batches
   (preprocessing) ahead of the consumer.
-* :func:`run_ahead` applies a function to each item one item ahead of the consumer, in its
-  own thread: the model runs on the next batch while the caller explains the last one.
+* :func:`run_ahead` applies a function to each item ahead of the consumer, in one or more
+  threads of its own: the model runs on the next batch (or the next two) while the caller
+  explains the last one.
 * :class:`BackgroundWorker` runs a consumer thread that takes finished items (overlay,
   encode, write) in order, so inference never waits for the video encoder.
 
@@ -118,20 +119,92 @@ def prefetch(items: Iterable[T], batch_size: int, prepare: Callable[[list[T]], P
                 pass
 
 
-def run_ahead(items: Iterable[T], fn: Callable[[T], P], *, depth: int = 1,
+def run_ahead(items: Iterable[T], fn: Callable[[T], P], *, depth: int = 1, workers: int = 1,
               name: str = "attnmap-ahead") -> Iterator[tuple[T, P]]:
-    """Yield ``(item, fn(item))`` in order, with ``fn`` applied in a background thread up to
-    ``depth`` items ahead of the consumer (plus the one it is working on).
+    """Yield ``(item, fn(item))`` in order, with ``fn`` applied in background threads up to
+    ``depth`` items ahead of the consumer (plus the ones being worked on).
 
-    Like :func:`prefetch` (batches of one): errors reach the caller after the items before
-    them, and closing the iterator stops the thread and closes ``items``.
+    Args:
+        items: any iterable; it is advanced by the worker threads, one at a time.
+        fn: called once per item, in a worker thread.
+        depth: finished results allowed to wait for the consumer.
+        workers: threads applying ``fn`` side by side, each to its own item (two model runs
+            at once, say); results still come out in input order.
+        name: the threads' name (numbered when there are several).
+
+    Like :func:`prefetch`: errors (reading ``items`` or in ``fn``) reach the caller after the
+    items before them, and closing the iterator stops the threads and closes ``items``.
     """
-    batches = prefetch(items, 1, lambda one: fn(one[0]), depth=depth, name=name)
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1; got {workers}")
+    iterator = iter(items)
+    read_lock = threading.Lock()  # one worker at a time advances `iterator`
+    # A worker takes a permit per item it reads and the consumer hands it back once done with
+    # that item (when it asks for the next one), so at most `workers + depth` items are read
+    # beyond the one the consumer holds: pooled output buffers are not outrun.
+    permits = threading.Semaphore(workers + max(1, int(depth)) + 1)
+    stop = threading.Event()
+    ready = threading.Condition()
+    results: dict[int, object] = {}  # item index -> (item, result), _Failure or _END
+    state = {"read": 0, "ended": False}
+
+    def publish(index: int, value: object) -> None:
+        with ready:
+            results[index] = value
+            ready.notify_all()
+
+    def work() -> None:
+        while not stop.is_set():
+            if not permits.acquire(timeout=_POLL_S):
+                continue
+            with read_lock:
+                if stop.is_set() or state["ended"]:
+                    return
+                index = state["read"]
+                state["read"] += 1
+                try:
+                    item = next(iterator)
+                except StopIteration:
+                    state["ended"] = True
+                    publish(index, _END)
+                    return
+                except BaseException as exc:  # noqa: BLE001 - re-raised in the consumer's thread
+                    state["ended"] = True
+                    publish(index, _Failure(exc))
+                    return
+            try:
+                value: object = (item, fn(item))
+            except BaseException as exc:  # noqa: BLE001
+                state["ended"] = True  # nothing after a failed item is read
+                value = _Failure(exc)
+            publish(index, value)
+
+    threads = [threading.Thread(target=work, name=name if workers == 1 else f"{name}-{k}", daemon=True)
+               for k in range(workers)]
+    for thread in threads:
+        thread.start()
     try:
-        for (item,), result in batches:
-            yield item, result
+        index = 0
+        while True:
+            with ready:
+                while index not in results:
+                    ready.wait(_POLL_S)
+                value = results.pop(index)
+            if value is _END:
+                return
+            if isinstance(value, _Failure):
+                raise value.exc
+            index += 1
+            yield value  # type: ignore[misc]
+            value = None
+            permits.release()
     finally:
-        batches.close()
+        stop.set()
+        for thread in threads:
+            thread.join()
+        close = getattr(iterator, "close", None)
+        if close is not None:
+            close()
 
 
 class BackgroundWorker(Generic[T]):

@@ -116,16 +116,17 @@ def tile_image(explainer, result, outputs_one, tiles: str, options: dict[str, An
 
 
 def explain_images(explainer, refs, writer: ResultWriter, method: str, options: dict[str, Any],
-                   fit: str, batch_size: int, topk: int, advance: Callable[[int], None] = _nothing) -> None:
+                   fit: str, batch_size: int, topk: int, advance: Callable[[int], None] = _nothing,
+                   workers: int = 1) -> None:
     """Explain still images in batches; a reader thread decodes and preprocesses ahead of inference.
 
-    ``advance(1)`` is called per image done (for a progress bar).
+    ``advance(1)`` is called per image done (for a progress bar); ``workers`` model runs go at once.
     """
     if not refs:
         return
     source = open_files([r.target for r in refs], on_error=writer.fail)
     for item in explain_stream(explainer, source, method=method, options=options, batch_size=batch_size,
-                               fit=fit, topk=topk):
+                               fit=fit, topk=topk, workers=workers):
         writer.image(item.frame.source, item.explanation, explainer, item.outputs)
         advance(1)
 
@@ -152,7 +153,7 @@ def explain_classes(explainer, refs, writer: ResultWriter, method: str, options:
 
 
 def explain_video_into(explainer, ref, writer: ResultWriter, method, options, fit, batch_size,
-                       progress: Callable[[VideoProgress], None] | None = None) -> None:
+                       progress: Callable[[VideoProgress], None] | None = None, workers: int = 1) -> None:
     """Explain every frame of a video (or image sequence) into an annotated video beside the overlays."""
     stem = writer.stem(ref.target if ref.kind == "video" else ref.spec.replace("%", "_"))
     out_path = writer.out_dir / f"{stem}.mp4"
@@ -161,7 +162,7 @@ def explain_video_into(explainer, ref, writer: ResultWriter, method, options, fi
         report = explain_video(explainer, ref, out_path, method=method, options=options, batch_size=batch_size,
                                fit=fit, colormap=writer.style["colormap"], alpha=writer.style["alpha"],
                                blur=writer.style["blur"], mode=writer.style["mode"], label=writer.style["label"],
-                               save_maps=maps, progress=progress)
+                               save_maps=maps, progress=progress, workers=workers)
     except AttnmapError as exc:
         writer.fail(ref.spec, exc)
         return

@@ -3,8 +3,9 @@
 This is the engine under ``attnmap explain SOURCE…`` for folders, globs and videos (open the
 expanded image arguments together with :func:`runtime.sources.open_files`), and under
 :func:`runtime.video.explain_video`. Three stages overlap: a reader thread decodes and
-preprocesses whole batches (:func:`runtime.pipeline.prefetch`), an inference thread runs the
-model on the next batch (:func:`runtime.pipeline.run_ahead`), and the caller's thread runs the
+preprocesses whole batches (:func:`runtime.pipeline.prefetch`), an inference thread (or
+``workers`` of them, each on its own batch) runs the model on the next batch
+(:func:`runtime.pipeline.run_ahead`), and the caller's thread runs the
 explanation method on the last one, so the explanation runs while onnxruntime works on the
 next batch rather than between batches (a few percent more frames/s on the 2-core box, where
 onnxruntime leaves part of the cores idle at its synchronisation points).
@@ -13,6 +14,7 @@ onnxruntime leaves part of the cores idle at its synchronisation points).
 from __future__ import annotations
 
 import os
+import threading
 import time
 from typing import Any, Iterator, Mapping, NamedTuple
 
@@ -41,7 +43,7 @@ class StreamResult(NamedTuple):
 def explain_stream(explainer, source: "str | os.PathLike | SourceRef | Source", *, method: str = "rollout",
                    options: Mapping[str, Any] | None = None, batch_size: int = 8, fit: str = "crop",
                    topk: int = 5, on_error: ErrorHandler | None = None, prefetch_depth: int = 2,
-                   timings: dict[str, float] | None = None) -> Iterator[StreamResult]:
+                   workers: int = 1, timings: dict[str, float] | None = None) -> Iterator[StreamResult]:
     """Yield a :class:`StreamResult` for every frame of an image, folder, glob, video or sequence.
 
     Args:
@@ -56,9 +58,14 @@ def explain_stream(explainer, source: "str | os.PathLike | SourceRef | Source", 
         on_error: for folders and globs, called as ``on_error(path, error)`` for each
             unreadable file, which is skipped. It runs on the reader thread.
         prefetch_depth: batches the reader may prepare ahead.
+        workers: model runs at once, each on its own batch in its own thread. On a CPU, two
+            runs of an explainer made with ``threads=1`` keep the cores busier than one run on
+            all of them (onnxruntime's threads wait at every synchronisation point): on the
+            2-core box, DeiT-Tiny video explain at batch 8 went from 69.4 to 75.2 frames/s
+            (8 interleaved pairs of runs). Results stay in source order.
         timings: if given, seconds are added to its keys ``wait`` (the caller waiting for
-            the inference thread, which waits for the reader), ``inference`` (in the inference
-            thread) and ``explanation``, as the iteration goes.
+            the inference threads, which wait for the reader), ``inference`` (summed over the
+            inference threads) and ``explanation``, as the iteration goes.
 
     Yields:
         ``(frame, explanation, outputs)`` as :class:`StreamResult`, in source order.
@@ -66,10 +73,12 @@ def explain_stream(explainer, source: "str | os.PathLike | SourceRef | Source", 
     Raises:
         SourceError: the source cannot be opened, is live (a camera never ends; use
             ``run_live``), or fails while read (after the frames before it were yielded).
-        OptionError: ``batch_size`` < 1.
+        OptionError: ``batch_size`` or ``workers`` < 1.
     """
     if int(batch_size) != batch_size or batch_size < 1:
         raise OptionError(f"batch_size must be an integer >= 1; got {batch_size}")
+    if int(workers) != workers or workers < 1:
+        raise OptionError(f"workers must be an integer >= 1; got {workers}")
     opts = dict(options or {})
     src = source if isinstance(source, Source) else open_source(source, on_error=on_error)
     with src:
@@ -85,13 +94,16 @@ def explain_stream(explainer, source: "str | os.PathLike | SourceRef | Source", 
         for key in ("wait", "inference", "explanation"):
             clock.setdefault(key, 0.0)
 
+        clock_lock = threading.Lock()  # the inference threads all add to clock["inference"]
+
         def infer(batch) -> Outputs:
             t0 = time.perf_counter()
             outputs = explainer.infer(batch[1][0])
-            clock["inference"] += time.perf_counter() - t0  # only this thread writes this key
+            with clock_lock:
+                clock["inference"] += time.perf_counter() - t0
             return outputs
 
-        inferred = run_ahead(batches, infer, name="attnmap-inference")
+        inferred = run_ahead(batches, infer, workers=int(workers), name="attnmap-inference")
         try:
             t = time.perf_counter()
             for (frames, (_, geoms)), outputs in inferred:

@@ -1,7 +1,7 @@
 """Offline video explanation: every frame in, an annotated video of the same length out.
 
 Four threads overlap the work: a reader decodes frames and preprocesses whole batches, an
-inference thread runs the model one batch ahead, the caller's thread runs the explanation
+inference thread (or ``workers`` of them) runs the model ahead, the caller's thread runs the explanation
 method (those three in :func:`runtime.stream.explain_stream`), and a writer draws the heatmaps
 and encodes them. Queues between them are bounded, so a long video never piles up in memory.
 
@@ -102,7 +102,7 @@ def explain_video(explainer, src: "str | Path | Source", out_path: str | Path, *
                   colormap: str = "jet", alpha: float = 0.5, blur: float = 0.0, mode: str = "blend",
                   label: bool = True, save_maps: str | Path | None = None,
                   progress: Callable[[VideoProgress], None] | None = None, fps: float | None = None,
-                  fourcc: str | None = None, prefetch_depth: int = 2) -> VideoReport:
+                  fourcc: str | None = None, prefetch_depth: int = 2, workers: int = 1) -> VideoReport:
     """Explain every frame of a video and write the annotated video.
 
     Args:
@@ -127,6 +127,8 @@ def explain_video(explainer, src: "str | Path | Source", out_path: str | Path, *
         fps: output frame rate override (default: the input's, else 25).
         fourcc: codec override (default by extension: mp4v, MJPG for .avi).
         prefetch_depth: batches the reader may prepare ahead.
+        workers: model runs at once (see :func:`runtime.stream.explain_stream`); on a CPU,
+            give 2 with an explainer made with ``threads=1``.
 
     Returns:
         :class:`VideoReport`.
@@ -167,7 +169,7 @@ def explain_video(explainer, src: "str | Path | Source", out_path: str | Path, *
         try:
             for frame, exp, _ in explain_stream(explainer, source, method=method, options=options,
                                              batch_size=batch_size, fit=fit, topk=1,
-                                             prefetch_depth=prefetch_depth, timings=stage):
+                                             prefetch_depth=prefetch_depth, workers=workers, timings=stage):
                 t0 = time.perf_counter()
                 writer.submit(exp)
                 stage["submit"] += time.perf_counter() - t0

@@ -104,6 +104,18 @@ def test_measure_targets_on_a_paced_clip(tmp_path):
     assert list(tmp_path.iterdir()) == [path]
 
 
+def test_measure_targets_with_two_runs_at_once_times_plain_inference_the_same_way(tmp_path):
+    path = _video(tmp_path / "clip.avi", 20, fps=50.0)
+    ex = FakeExplainer(delay=0.004, plain_delay=0.004)
+    offline = FakeExplainer(delay=0.004, plain_delay=0.004)
+    r = measure_targets(ex, str(path), batch_size=4, plain_runs=5, offline_explainer=offline, workers=2)
+    assert r["offline"]["frames"] == 20 and r["offline_workers"] == 2
+    assert offline.infer_frames == 20  # the offline run used its own explainer
+    # 4 ms a batch of 4, two batches at once: about 0.5 ms a frame, against 1 ms one at a time.
+    assert 0.4 <= r["plain_concurrent_ms_per_frame"] <= 0.75 < r["plain_batch_ms_per_frame"]
+    assert "2 model run(s) at once" in format_targets(r)
+
+
 def test_measure_targets_needs_a_clip_with_fps(tmp_path):
     for i in range(3):
         cv2.imwrite(str(tmp_path / f"f{i}.png"), quadrant_frame(i))

@@ -174,6 +174,22 @@ def test_explain_video_end_to_end_keeps_frames_size_and_fps(tiny_vit_onnx, clip,
     assert maps["grids"].shape == (3, 4, 4)
 
 
+def test_explain_video_with_two_model_runs_at_once_gives_the_same_maps(tiny_vit_onnx, clip, tmp_path):
+    maps = {}
+    for workers in ("1", "2"):
+        out = tmp_path / workers
+        result = run("explain", clip, "--model", tiny_vit_onnx, "--out", out, "--json", "--save-maps",
+                     "--batch-size", 1, "--workers", workers)
+        assert result.exit_code == 0, result.output
+        rec = json.loads(result.stdout.strip())
+        assert rec["frames"] == 3
+        maps[workers] = np.load(rec["maps"])
+    np.testing.assert_allclose(maps["2"]["grids"], maps["1"]["grids"], atol=1e-5)
+    np.testing.assert_array_equal(maps["2"]["top1"], maps["1"]["top1"])
+    result = run("explain", clip, "--model", tiny_vit_onnx, "--out", tmp_path, "--workers", 0)
+    assert result.exit_code == 2 and "--workers" in result.output
+
+
 def test_live_headless_records_the_stream(tiny_vit_onnx, clip, tmp_path):
     out = tmp_path / "live.mp4"
     result = run("live", clip, "--model", tiny_vit_onnx, "--no-show", "--out", out, "--json", "--no-pace")

@@ -18,7 +18,9 @@ from onnx import TensorProto, helper
 
 from runtime.buffers import BufferPool
 from runtime.graph import split_stacked_outputs
-from runtime.session import OnnxModel
+from runtime import session
+from runtime.errors import ProviderError
+from runtime.session import OnnxModel, throughput_plan
 
 SHIPPED = Path(__file__).resolve().parents[1] / "models" / "shapes_vit.onnx"
 
@@ -172,3 +174,22 @@ def test_split_leaves_other_patterns_alone(graph):
     before = model.SerializeToString()
     assert split_stacked_outputs(model) == {}
     assert model.SerializeToString() == before
+
+
+@pytest.mark.parametrize("cores, threads, workers, want", [
+    (2, None, None, (1, 2)),  # the 2-core box: two single-threaded runs
+    (8, None, None, (4, 2)),
+    (1, None, None, (None, 1)),  # one core: nothing to share
+    (8, 3, None, (3, 1)),  # threads asked for: one run on them
+    (8, None, 4, (2, 4)),
+    (8, 2, 3, (2, 3)),
+])
+def test_throughput_plan_splits_the_cores_between_runs(monkeypatch, cores, threads, workers, want):
+    monkeypatch.setattr(session, "physical_cores", lambda: cores)
+    assert throughput_plan("cpu", threads, workers) == want
+    assert throughput_plan("auto", threads, workers) == want or "CUDAExecutionProvider" in ort.get_available_providers()
+
+
+def test_throughput_plan_refuses_an_unknown_provider():
+    with pytest.raises(ProviderError, match="provider must be one of"):
+        throughput_plan("tpu")

@@ -119,7 +119,8 @@ def test_run_ahead_keeps_order_stays_one_item_ahead_and_reraises():
     assert got == [(v, -v) for v in range(4)] and attnmap_threads() == []
 
 
-def test_run_ahead_abandoned_early_stops_and_closes_its_input():
+@pytest.mark.parametrize("workers", [1, 2])
+def test_run_ahead_abandoned_early_stops_and_closes_its_input(workers):
     closed = threading.Event()
 
     def items():
@@ -128,8 +129,61 @@ def test_run_ahead_abandoned_early_stops_and_closes_its_input():
         finally:
             closed.set()
 
-    for _ in run_ahead(items(), lambda v: v):
+    for _ in run_ahead(items(), lambda v: time.sleep(0.01 * (workers - 1)) or v, workers=workers):
         break
+    assert closed.wait(2.0) and attnmap_threads() == []
+
+
+def test_run_ahead_with_several_workers_runs_them_at_once_in_order_and_bounded():
+    barrier = threading.Barrier(3, timeout=5.0)
+    read = []
+
+    def items():
+        for v in range(60):
+            read.append(v)
+            yield v
+
+    def fn(v):
+        if v < 3:
+            barrier.wait()  # only returns once three calls are running at the same time
+        time.sleep(0.001 * (v % 4))  # later items often finish before earlier ones
+        return v * 10
+
+    gen = run_ahead(items(), fn, workers=3)
+    assert next(gen) == (0, 0)
+    time.sleep(0.2)
+    # held by the consumer + 3 being worked on or finished + depth 1, at most
+    assert len(read) <= 5
+    assert list(gen) == [(v, v * 10) for v in range(1, 60)]
+    assert attnmap_threads() == []
+    with pytest.raises(ValueError, match="workers must be >= 1"):
+        next(run_ahead(range(3), fn, workers=0))
+
+
+@pytest.mark.parametrize("where", ["fn", "read"])
+def test_run_ahead_with_several_workers_reraises_after_the_items_before(where):
+    closed = threading.Event()
+
+    def items():
+        try:
+            for v in range(100):
+                if where == "read" and v == 7:
+                    raise SourceError("decoder broke at item 7")
+                yield v
+        finally:
+            closed.set()
+
+    def fn(v):
+        if where == "fn" and v == 7:
+            raise ModelError("model broke at item 7")
+        time.sleep(0.002)
+        return -v
+
+    got = []
+    with pytest.raises((SourceError, ModelError), match="broke at item 7"):
+        for item, result in run_ahead(items(), fn, workers=2):
+            got.append((item, result))
+    assert got == [(v, -v) for v in range(7)]
     assert closed.wait(2.0) and attnmap_threads() == []
 
 
@@ -275,7 +329,8 @@ def test_input_failing_mid_stream_keeps_a_valid_partial_video(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.npz", "partial.mp4"]
 
 
-def test_model_failure_leaves_no_output_and_no_temp_file(tmp_path):
+@pytest.mark.parametrize("workers", [1, 2])
+def test_model_failure_leaves_no_output_and_no_temp_file(tmp_path, workers):
     class Broken(FakeExplainer):
         def infer(self, x, target=None):
             if self.infer_calls >= 2:
@@ -284,7 +339,7 @@ def test_model_failure_leaves_no_output_and_no_temp_file(tmp_path):
 
     src = ListSource([quadrant_frame(i) for i in range(30)], fps=10.0)
     with pytest.raises(ModelError, match="out of memory"):
-        run_with_timeout(lambda: explain_video(Broken(), src, tmp_path / "o.mp4", batch_size=4), 30)
+        run_with_timeout(lambda: explain_video(Broken(), src, tmp_path / "o.mp4", batch_size=4, workers=workers), 30)
     assert list(tmp_path.iterdir()) == [] and src.closed and attnmap_threads() == []
 
 
@@ -320,14 +375,16 @@ def test_image_sequence_without_fps_gets_the_default_rate(tmp_path):
     assert report.frames == len(written) == 5 and fps == 25.0
 
 
-def test_real_model_maps_match_the_api_frame_by_frame(tiny_vit_onnx, tmp_path):
+@pytest.mark.parametrize("workers", [1, 2])
+def test_real_model_maps_match_the_api_frame_by_frame(tiny_vit_onnx, tmp_path, workers):
     from runtime import Explainer
 
-    ex = Explainer(tiny_vit_onnx)
+    # Two model runs at once, as `attnmap explain` runs videos on a CPU: same maps, same order.
+    ex = Explainer(tiny_vit_onnx, threads=1 if workers > 1 else None)
     src = tmp_path / "in.avi"
     _write_video(src, 10, fps=8.0)
-    report = explain_video(ex, str(src), tmp_path / "out.mp4", batch_size=4, method="rollout",
-                           options={"discard_ratio": 0.5}, save_maps=tmp_path / "m.npz")
+    report = explain_video(ex, str(src), tmp_path / "out.mp4", batch_size=2, method="rollout",
+                           options={"discard_ratio": 0.5}, save_maps=tmp_path / "m.npz", workers=workers)
     assert report.frames == 10 and report.fps == 8.0
     maps = np.load(tmp_path / "m.npz")
     decoded, _ = _read_all(src)
