@@ -360,7 +360,7 @@ def format_targets(result: Mapping[str, Any]) -> str:
              f"offline: {result['offline']['frames']} frames in {result['offline']['elapsed_s']:.2f} s, "
              f"{result['offline_workers']} model run(s) at once; "
              f"plain inference run that way: {result['plain_concurrent_ms_per_frame']:.2f} ms/frame (not a target: "
-             f"offline frames/s is {result['targets']['offline_fps']['value'] * result['plain_concurrent_ms_per_frame'] / 1e3:.3f}"
+             f"offline is {result['targets']['offline_fps']['value'] * result['plain_concurrent_ms_per_frame'] / 1e3:.3f}"
              f" x its frames/s)",
              f"{'target':<13}{'measured':>10}{'threshold':>11}{'ratio':>8}  met"]
     units = {"live_fps": "fps", "offline_fps": "fps", "latency": "ms"}
@@ -391,20 +391,30 @@ def _concurrent_plain_time(explainer, x: np.ndarray, runs: int, workers: int) ->
     if workers == 1:
         return float(np.median(_plain_times(explainer, x, runs)))
     barrier = threading.Barrier(workers + 1)
+    errors: list[BaseException] = []
 
     def work() -> None:
-        explainer.infer_plain(x)
-        barrier.wait()
-        for _ in range(runs):
+        try:
             explainer.infer_plain(x)
+            barrier.wait()
+            for _ in range(runs):
+                explainer.infer_plain(x)
+        except BaseException as exc:  # noqa: BLE001 - re-raised below, in the caller's thread
+            errors.append(exc)
+            barrier.abort()
 
     threads = [threading.Thread(target=work, name=f"attnmap-plain-{k}", daemon=True) for k in range(workers)]
     for thread in threads:
         thread.start()
-    barrier.wait()
+    try:
+        barrier.wait()
+    except threading.BrokenBarrierError:
+        pass  # a run failed: its error is raised once every thread has ended
     t0 = time.perf_counter()
     for thread in threads:
         thread.join()
+    if errors:
+        raise errors[0]
     return (time.perf_counter() - t0) / (runs * workers)
 
 

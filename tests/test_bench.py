@@ -13,9 +13,9 @@ from pathlib import Path
 import cv2
 import pytest
 
-from frames_fakes import FakeExplainer, ListSource, quadrant_frame
+from frames_fakes import FakeExplainer, ListSource, attnmap_threads, quadrant_frame, run_with_timeout
 from runtime.bench import STAGES, format_bench, format_targets, measure_targets, run_bench
-from runtime.errors import OptionError, SourceError
+from runtime.errors import ModelError, OptionError, SourceError
 
 BENCH_SCRIPT = Path(__file__).resolve().parents[1] / "bench" / "bench_frames.py"
 
@@ -114,6 +114,15 @@ def test_measure_targets_with_two_runs_at_once_times_plain_inference_the_same_wa
     # 4 ms a batch of 4, two batches at once: about 0.5 ms a frame, against 1 ms one at a time.
     assert 0.4 <= r["plain_concurrent_ms_per_frame"] <= 0.75 < r["plain_batch_ms_per_frame"]
     assert "2 model run(s) at once" in format_targets(r)
+
+    class Failing(FakeExplainer):
+        def infer_plain(self, x_nchw):
+            raise ModelError("plain run broke")
+
+    with pytest.raises(ModelError, match="plain run broke"):
+        run_with_timeout(lambda: measure_targets(ex, str(path), batch_size=4, plain_runs=2,
+                                                 offline_explainer=Failing(), workers=2), 30)
+    assert attnmap_threads() == []
 
 
 def test_measure_targets_needs_a_clip_with_fps(tmp_path):
