@@ -59,7 +59,8 @@ def explain_stream(explainer, source: "str | os.PathLike | SourceRef | Source", 
             unreadable file, which is skipped. It runs on the reader thread.
         prefetch_depth: batches the reader may prepare ahead.
         workers: model runs at once, each on its own batch in its own thread. On a CPU, two
-            runs of an explainer made with ``threads=1`` keep the cores busier than one run on
+            runs on half the cores each (an explainer made with the threads that
+            :func:`runtime.session.throughput_plan` gives) keep the cores busier than one run on
             all of them (onnxruntime's threads wait at every synchronisation point): on the
             2-core box, DeiT-Tiny video explain at batch 8 went from 69.4 to 75.2 frames/s
             (8 interleaved pairs of runs). Results stay in source order.

@@ -128,7 +128,7 @@ def explain_video(explainer, src: "str | Path | Source", out_path: str | Path, *
         fourcc: codec override (default by extension: mp4v, MJPG for .avi).
         prefetch_depth: batches the reader may prepare ahead.
         workers: model runs at once (see :func:`runtime.stream.explain_stream`); on a CPU,
-            give 2 with an explainer made with ``threads=1``.
+            :func:`runtime.session.throughput_plan` gives the threads and workers to use.
 
     Returns:
         :class:`VideoReport`.
@@ -141,6 +141,8 @@ def explain_video(explainer, src: "str | Path | Source", out_path: str | Path, *
     try:
         if int(batch_size) != batch_size or batch_size < 1:
             raise OptionError(f"batch_size must be an integer >= 1; got {batch_size}")
+        if int(workers) != workers or workers < 1:
+            raise OptionError(f"workers must be an integer >= 1; got {workers}")
         HeatmapOverlay(colormap=colormap, alpha=alpha, blur=blur, mode=mode)  # checks the style up front
     except BaseException:
         if isinstance(src, Source):

@@ -360,6 +360,8 @@ def test_live_sources_and_bad_arguments_are_refused(tmp_path):
     with pytest.raises(OptionError, match="batch_size"):
         explain_video(FakeExplainer(), one, tmp_path / "o.mp4", batch_size=0)
     assert one.closed
+    with pytest.raises(OptionError, match="workers must be an integer >= 1; got 0"):
+        explain_video(FakeExplainer(), ListSource([quadrant_frame(0)]), tmp_path / "o.mp4", workers=0)
     with pytest.raises(OptionError, match="colormap|colour map|Did you mean"):
         explain_video(FakeExplainer(), ListSource([quadrant_frame(0)]), tmp_path / "o.mp4", colormap="infernoo")
     with pytest.raises(SourceError, match="does not exist"):
