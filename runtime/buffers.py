@@ -33,13 +33,15 @@ class BufferPool:
     """Sets of output arrays, keyed by what they are for, reused when no caller holds them.
 
     Args:
-        per_key: sets kept per key. 3 covers the stream pipeline (runtime/stream.py): the
-            caller holds one batch's results while the next one waits for it and the model
-            runs on a third.
+        per_key: sets kept per key. 5 covers the stream pipeline (runtime/stream.py) with
+            two model runs at once (measured; with one run at a time it uses 3: the caller
+            holds one batch's results while the next one waits for it and the model runs on a
+            third). A set is only allocated when every kept one is in use, so this bounds
+            what is kept, not what is used.
         keys: distinct keys kept (e.g. batch sizes); the least recently used goes first.
     """
 
-    def __init__(self, per_key: int = 3, keys: int = 2):
+    def __init__(self, per_key: int = 5, keys: int = 2):
         self.per_key, self.keys = int(per_key), int(keys)
         self._sets: OrderedDict[tuple, list[tuple[np.ndarray, ...]]] = OrderedDict()
         self._lock = threading.Lock()

@@ -199,9 +199,7 @@ class OnnxModel:
                              f"input {self.meta.inputs[0]!r}, but the graph has outputs "
                              f"{list(self.output_names)} and inputs {list(self.input_names)}")
         self._plain: ort.InferenceSession | None = None
-        # 5 sets per batch size: what the stream (runtime/stream.py) uses with two model runs
-        # at once (measured; one run at a time uses 3).
-        self._pool = BufferPool(per_key=5) if cpu else None
+        self._pool = BufferPool() if cpu else None
         self._out_specs = {o.name: (o.shape, _DTYPES.get(o.type)) for o in self.session.get_outputs()}
 
     @property

@@ -40,6 +40,13 @@ class StreamResult(NamedTuple):
     outputs: Outputs
 
 
+def check_batching(batch_size: int, workers: int) -> None:
+    """Raise OptionError unless ``batch_size`` and ``workers`` are integers >= 1."""
+    for name, value in (("batch_size", batch_size), ("workers", workers)):
+        if int(value) != value or value < 1:
+            raise OptionError(f"{name} must be an integer >= 1; got {value}")
+
+
 def explain_stream(explainer, source: "str | os.PathLike | SourceRef | Source", *, method: str = "rollout",
                    options: Mapping[str, Any] | None = None, batch_size: int = 8, fit: str = "crop",
                    topk: int = 5, on_error: ErrorHandler | None = None, prefetch_depth: int = 2,
@@ -76,10 +83,7 @@ def explain_stream(explainer, source: "str | os.PathLike | SourceRef | Source", 
             ``run_live``), or fails while read (after the frames before it were yielded).
         OptionError: ``batch_size`` or ``workers`` < 1.
     """
-    if int(batch_size) != batch_size or batch_size < 1:
-        raise OptionError(f"batch_size must be an integer >= 1; got {batch_size}")
-    if int(workers) != workers or workers < 1:
-        raise OptionError(f"workers must be an integer >= 1; got {workers}")
+    check_batching(batch_size, workers)
     opts = dict(options or {})
     src = source if isinstance(source, Source) else open_source(source, on_error=on_error)
     with src:

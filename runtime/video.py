@@ -20,12 +20,12 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from .display import VideoSink
-from .errors import OptionError, SourceError
+from .errors import SourceError
 from .files import write_npz
 from .overlay import HeatmapOverlay
 from .pipeline import BackgroundWorker
 from .sources import Source, open_source
-from .stream import explain_stream
+from .stream import check_batching, explain_stream
 
 DEFAULT_FPS = 25.0  # for inputs that do not say (image sequences)
 
@@ -139,10 +139,7 @@ def explain_video(explainer, src: "str | Path | Source", out_path: str | Path, *
         AttnmapError: the output cannot be written.
     """
     try:
-        if int(batch_size) != batch_size or batch_size < 1:
-            raise OptionError(f"batch_size must be an integer >= 1; got {batch_size}")
-        if int(workers) != workers or workers < 1:
-            raise OptionError(f"workers must be an integer >= 1; got {workers}")
+        check_batching(batch_size, workers)
         HeatmapOverlay(colormap=colormap, alpha=alpha, blur=blur, mode=mode)  # checks the style up front
     except BaseException:
         if isinstance(src, Source):
