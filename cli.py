@@ -260,8 +260,8 @@ def _fmt(values) -> str:
 @click.option("--save-maps", is_flag=True, help="Also write an .npz per image with `grid` and `heatmap`.")
 @click.option("--grid", "tiles", type=click.Choice(["none", "layers", "heads"]), default="none", show_default=True,
               help="Also write a tiled image of raw attention for every layer, or every head of --layer.")
-@click.option("--batch-size", type=click.IntRange(1, 256), default=8, show_default=True,
-              help="Images per inference batch.")
+@click.option("--batch-size", type=click.IntRange(1, 256), default=None,
+              help="Images per inference batch (default: 4 on a CPU, 8 on CUDA).")
 @click.option("--workers", type=click.IntRange(1, 16), default=None,
               help="Model runs at once, each on its own batch (default: 2 on a CPU with 2+ cores, each "
                    "on half of them, where there is more than one batch; else 1).")
@@ -273,7 +273,7 @@ def _fmt(values) -> str:
 @handle_errors
 def explain(sources: tuple[str, ...], model: str | None, provider: str, threads: int | None, method: str,
             fit: str, colormap: str, alpha: float, blur: float, mode: str, no_label: bool, out_dir: Path,
-            topk: int, save_maps: bool, tiles: str, batch_size: int, workers: int | None, target: str | None,
+            topk: int, save_maps: bool, tiles: str, batch_size: int | None, workers: int | None, target: str | None,
             as_json: bool, **kwargs: Any) -> None:
     """Explain images, folders, globs and videos; write overlays to --out.
 
@@ -301,8 +301,10 @@ def explain(sources: tuple[str, ...], model: str | None, provider: str, threads:
                                  param_hint="SOURCE")
     images = [r for r in refs if r.kind == "image"]
     others = [r for r in refs if r.kind != "image"]
+    plan = throughput_plan(provider, threads, workers, batch_size)
+    batch_size = plan.batch_size
     if target is None and (others or len(images) > batch_size):
-        threads, workers = throughput_plan(provider, threads, workers)
+        threads, workers = plan.threads, plan.workers
     workers = workers or 1
     explainer = Explainer(model, provider=provider, threads=threads)
     HeatmapOverlay(colormap=colormap, alpha=alpha, blur=blur, mode=mode)  # validate style up front
@@ -343,12 +345,17 @@ def _parse_topk(target: str | None) -> int | None:
     return n
 
 
+def _stderr_is_terminal() -> bool:
+    """Progress goes to stderr only where a person watches it, never into a log file."""
+    return sys.stderr.isatty()
+
+
 class _Progress:
     """A progress line on stderr for long runs (only where stderr is a terminal)."""
 
     def __init__(self, total: int, unit: str, min_total: int = 10):
         self.bar = None
-        if total >= min_total and sys.stderr.isatty():
+        if total >= min_total and _stderr_is_terminal():
             self.bar = click.progressbar(length=total, label=f"explaining {total} {unit}", file=sys.stderr)
             self.bar.__enter__()
 
@@ -379,10 +386,10 @@ def _writer(out_dir: Path, method: str, *, as_json: bool, **kwargs: Any):
 
 def _explain_video(explainer, ref, writer, method: str, options: dict[str, Any], fit: str, batch_size: int,
                    workers: int = 1) -> None:
-    """``explain_video_into`` with a frames/s line on stderr where it is a terminal."""
+    """``explain_video_into`` with a progress bar and frames/s on stderr where it is a terminal."""
     from runtime.results import explain_video_into
 
-    show = sys.stderr.isatty()
+    show = _stderr_is_terminal()
     line_open = False  # a frames/s line is on stderr without its newline yet
 
     def end_line() -> None:
@@ -394,19 +401,24 @@ def _explain_video(explainer, ref, writer, method: str, options: dict[str, Any],
     def progress(p) -> None:
         nonlocal line_open
         if show:
-            total = f"/{p.total}" if p.total else ""
-            click.echo(f"\r{ref.spec}: {p.done}{total} frames, {p.fps:.1f} frames/s", err=True, nl=False)
+            # \x1b[K clears what a longer previous line left on the right (stderr is a terminal here)
+            click.echo(f"\r{ref.spec}: {p.bar()}\x1b[K", err=True, nl=False)
             line_open = True
 
     def fail(message: str) -> None:
         end_line()
         _err(message)
 
+    def emit(record: dict[str, Any], line: str) -> None:
+        end_line()  # the result goes on a line of its own, not after the bar
+        emit_line(record, line)
+
     on_fail, writer.on_fail = writer.on_fail, fail
+    emit_line, writer.emit = writer.emit, emit
     try:
         explain_video_into(explainer, ref, writer, method, options, fit, batch_size, progress, workers=workers)
     finally:
-        writer.on_fail = on_fail
+        writer.on_fail, writer.emit = on_fail, emit_line
         end_line()
 
 
@@ -473,6 +485,8 @@ def live(source: str, model: str | None, provider: str, threads: int | None, met
 # ---------------------------------------------------------------------------- bench
 @main.command()
 @click.argument("source", required=False)
+@click.option("--source", "-s", "source_opt", default=None, metavar="SOURCE",
+              help="The frames to time, as the SOURCE argument (give one or the other).")
 @model_option
 @method_options
 @click.option("--fit", type=click.Choice(FITS), default="crop", show_default=True, help="Preprocessing fit mode.")
@@ -484,14 +498,17 @@ def live(source: str, model: str | None, provider: str, threads: int | None, met
                                  "the real-time targets.")
 @click.option("--json", "as_json", is_flag=True, help="Print the figures as one JSON object.")
 @handle_errors
-def bench(source: str | None, model: str | None, provider: str, threads: int | None, method: str, fit: str,
+def bench(source: str | None, source_opt: str | None, model: str | None, provider: str, threads: int | None, method: str, fit: str,
           runs: int, warmup: int, batch_size: int, targets_video: Path | None, as_json: bool, **kwargs: Any) -> None:
     """Time each stage (decode, preprocess, inference, explanation, overlay, encode).
 
     Prints median and p90 per stage and the ratio of (inference with attentions + explanation)
-    to plain inference of the same model. SOURCE is any image, folder or video (default: a
-    synthetic 640x480 frame).
+    to plain inference of the same model. SOURCE (or --source) is any source: image, folder,
+    glob, video, camera, stream or image sequence (default: a synthetic 640x480 frame).
     """
+    if source is not None and source_opt is not None and source != source_opt:
+        raise click.UsageError(f"two sources given: {source!r} and --source {source_opt!r}; give one")
+    source = source if source is not None else source_opt
     from runtime import Explainer
     from runtime.bench import format_bench, format_targets, measure_targets, run_bench, throughput_explainer
 
@@ -501,9 +518,10 @@ def bench(source: str | None, model: str | None, provider: str, threads: int | N
                        options=options, fit=fit)
     targets = None
     if targets_video is not None:
-        offline, workers = throughput_explainer(explainer)
-        targets = measure_targets(explainer, targets_video, batch_size=max(batch_size, 8), method=method,
-                                  offline_explainer=offline, workers=workers)
+        # At --batch-size when one was given, else at the batch `attnmap explain` would use.
+        offline, plan = throughput_explainer(explainer, batch_size if batch_size > 1 else None)
+        targets = measure_targets(explainer, targets_video, batch_size=plan.batch_size, method=method,
+                                  offline_explainer=offline, workers=plan.workers)
     if as_json:
         click.echo(json.dumps({"stages": result, "targets": targets}))
         return

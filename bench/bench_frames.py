@@ -45,7 +45,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", required=True, help="attnmap .onnx file (e.g. DeiT-Tiny)")
     p.add_argument("--video", action="append", help="video file(s); default: the shared 340x256 clips")
-    p.add_argument("--batch-size", type=int, default=8, help="offline batch size (default 8)")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="offline batch size (default: the one `attnmap explain` uses, 4 on a CPU)")
     p.add_argument("--runs", type=int, default=30, help="timed runs per stage table (default 30)")
     p.add_argument("--method", default="rollout", help="explanation method (default rollout)")
     p.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads (default: physical cores)")
@@ -72,20 +73,20 @@ def main(argv: list[str] | None = None) -> int:
         p.error("no --video given and no shared clips found in ../shared/data/video")
     ex = Explainer(args.model, provider="cpu", threads=args.threads)
     # The offline target runs as `attnmap explain VIDEO` does (two runs at once on a CPU).
-    offline_ex, workers = throughput_explainer(ex)
+    offline_ex, plan = throughput_explainer(ex, args.batch_size)
     results = {"model": str(args.model), "blas_threads": os.environ.get("OPENBLAS_NUM_THREADS"), "videos": {}}
     for video in videos:
         print(f"== {video.name}")
         entry = {"stages": {}}
-        for bs in sorted({1, args.batch_size}):
+        for bs in sorted({1, plan.batch_size}):
             r = run_bench(ex, str(video), runs=args.runs, warmup=3, batch_size=bs, method=args.method)
             entry["stages"][bs] = r
             print(format_bench(r))
             print()
         entry["targets"] = []
         for _ in range(max(1, args.repeats)):
-            t = measure_targets(ex, video, batch_size=args.batch_size, plain_runs=args.runs, method=args.method,
-                                live_frames=args.live_frames, offline_explainer=offline_ex, workers=workers)
+            t = measure_targets(ex, video, batch_size=plan.batch_size, plain_runs=args.runs, method=args.method,
+                                live_frames=args.live_frames, offline_explainer=offline_ex, workers=plan.workers)
             entry["targets"].append(t)
             print(format_targets(t))
             print()

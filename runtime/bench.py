@@ -374,19 +374,26 @@ def format_targets(result: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def throughput_explainer(explainer) -> tuple[Any, int]:
-    """The explainer and model runs at once for ``explainer``'s model as ``attnmap explain``
-    runs videos and folders (:func:`runtime.session.throughput_plan`): ``(explainer, 1)``
-    itself where that plan keeps its threads and one run."""
+def throughput_explainer(explainer, batch_size: int | None = None) -> tuple[Any, Any]:
+    """The explainer and :class:`~runtime.session.ThroughputPlan` (threads, model runs at
+    once, batch size) with which ``attnmap explain`` runs videos and folders of
+    ``explainer``'s model (:func:`runtime.session.throughput_plan`). The explainer is
+    ``explainer`` itself where the plan keeps its threads and one run, else a second one on
+    the plan's threads.
+
+    Args:
+        explainer: a :class:`runtime.Explainer`.
+        batch_size: the batch size asked for (None: the plan's default).
+    """
     from .api import Explainer
     from .session import throughput_plan
 
     model = explainer.model
     provider = "cpu" if model.provider == "CPUExecutionProvider" else "cuda"
-    threads, workers = throughput_plan(provider, model.threads)
-    if workers == 1 and threads == model.threads:
-        return explainer, 1
-    return Explainer(explainer.path, provider=provider, threads=threads), workers
+    plan = throughput_plan(provider, model.threads, batch_size=batch_size)
+    if plan.workers == 1 and plan.threads == model.threads:
+        return explainer, plan
+    return Explainer(explainer.path, provider=provider, threads=plan.threads), plan
 
 
 def _concurrent_plain_time(explainer, x: np.ndarray, runs: int, workers: int) -> float:

@@ -11,7 +11,7 @@ import os
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 import numpy as np
 import onnx
@@ -107,33 +107,50 @@ def resolve_providers(provider: str) -> list[str]:
     return [_ORT_NAMES[name]] + (["CPUExecutionProvider"] if name != "cpu" else [])
 
 
-def throughput_plan(provider: str, threads: int | None = None, workers: int | None = None) -> tuple[int | None, int]:
-    """``(intra-op threads, model runs at once)`` for throughput work: videos and folders.
+class ThroughputPlan(NamedTuple):
+    """How to run throughput work (videos, folders): see :func:`throughput_plan`."""
+
+    threads: int | None  # intra-op threads per run (None: onnxruntime's session default here)
+    workers: int  # model runs at once, each on its own batch
+    batch_size: int  # frames per model run
+
+
+def throughput_plan(provider: str, threads: int | None = None, workers: int | None = None,
+                    batch_size: int | None = None) -> ThroughputPlan:
+    """Threads, model runs at once and batch size for throughput work: videos and folders.
 
     One onnxruntime run leaves the cores idle at each of its synchronisation points, and
     without spinning its threads sleep there. Two runs at once, each on its own batch and half
-    the cores, fill those gaps: on the 2-core box DeiT-Tiny video explain at batch 8 went
-    from 69.4 to 75.2 frames/s (8 interleaved pairs of runs); larger machines were not measured.
+    the cores, fill those gaps. Each single-threaded run then works best on small batches
+    (likely because their activations fit in the core's own L2 cache): on the 2-core box, DeiT-Tiny video explain
+    with two runs gave 74, 78, 76, 76, 71.5 and 70 frames/s at batch 1, 2, 3, 4, 6 and 8 (2-5
+    interleaved runs over both shared clips), and with one run on both cores 69 at both batch
+    4 and 8 (62 at batch 2). Batch 4 is close to the best either way. Larger machines and
+    GPUs were not measured; CUDA keeps batch 8.
 
     Args:
         provider: ``"auto"``, ``"cpu"`` or ``"cuda"``.
         threads: intra-op threads asked for (None: decided here).
         workers: runs at once asked for (None: decided here).
+        batch_size: frames per run asked for (None: decided here).
 
     Returns:
-        On a CPU with 2 or more physical cores and neither value given: ``(cores // 2, 2)``.
-        With ``workers`` given on a CPU: ``(threads or cores // workers (at least 1), workers)``.
-        Otherwise (CUDA, one core, or only ``threads`` given): ``(threads, workers or 1)``.
+        On a CPU with 2 or more physical cores and neither threads nor workers given:
+        ``(cores // 2, 2)``. With ``workers`` given on a CPU: ``(threads or cores // workers
+        (at least 1), workers)``. Otherwise (CUDA, one core, or only ``threads`` given):
+        ``(threads, workers or 1)``. The batch size is ``batch_size`` if given, else 4 on a
+        CPU and 8 on CUDA.
     """
     cpu = resolve_providers(provider)[0] == _ORT_NAMES["cpu"]
-    cores = physical_cores()
+    batch = batch_size or (4 if cpu else 8)
     if not cpu:
-        return threads, workers or 1
+        return ThroughputPlan(threads, workers or 1, batch)
+    cores = physical_cores()
     if workers is None:
         if threads is not None or cores < 2:
-            return threads, 1
+            return ThroughputPlan(threads, 1, batch)
         workers = 2
-    return threads or max(1, cores // workers), workers
+    return ThroughputPlan(threads or max(1, cores // workers), workers, batch)
 
 
 def session_options(threads: int | None = None) -> ort.SessionOptions:

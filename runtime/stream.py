@@ -70,7 +70,8 @@ def explain_stream(explainer, source: "str | os.PathLike | SourceRef | Source", 
             :func:`runtime.session.throughput_plan` gives) keep the cores busier than one run on
             all of them (onnxruntime's threads wait at every synchronisation point): on the
             2-core box, DeiT-Tiny video explain at batch 8 went from 69.4 to 75.2 frames/s
-            (8 interleaved pairs of runs). Results stay in source order.
+            (8 interleaved pairs of runs), and such runs do best on small batches (see
+            ``throughput_plan``). Results stay in source order.
         timings: if given, seconds are added to its keys ``wait`` (the caller waiting for
             the inference threads, which wait for the reader), ``inference`` (summed over the
             inference threads) and ``explanation``, as the iteration goes.

@@ -56,6 +56,22 @@ class VideoProgress:
             return None
         return max(0.0, (self.total - self.done) / max(self.fps, 1e-9))
 
+    def bar(self, width: int = 24) -> str:
+        """One progress line: ``[#####.......]  42%  126/300 frames  65.3 frames/s  2 s left``,
+        or ``126 frames  65.3 frames/s`` when the total is unknown.
+
+        Args:
+            width: characters inside the brackets (>= 1).
+        """
+        if self.total is None or self.total <= 0:
+            return f"{self.done} frames  {self.fps:.1f} frames/s"
+        frac = min(1.0, self.done / self.total)
+        filled = int(frac * width)
+        eta = self.eta_s
+        left = f"  {eta:.0f} s left" if eta is not None else ""
+        return (f"[{'#' * filled}{'.' * (width - filled)}] {100 * frac:3.0f}%  {self.done}/{self.total} frames  "
+                f"{self.fps:.1f} frames/s{left}")
+
 
 @dataclass
 class VideoReport:
@@ -128,7 +144,8 @@ def explain_video(explainer, src: "str | Path | Source", out_path: str | Path, *
         fourcc: codec override (default by extension: mp4v, MJPG for .avi).
         prefetch_depth: batches the reader may prepare ahead.
         workers: model runs at once (see :func:`runtime.stream.explain_stream`); on a CPU,
-            :func:`runtime.session.throughput_plan` gives the threads and workers to use.
+            :func:`runtime.session.throughput_plan` gives the threads, workers and batch size
+            that ``attnmap explain`` uses.
 
     Returns:
         :class:`VideoReport`.

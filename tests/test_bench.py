@@ -140,3 +140,36 @@ def test_real_tiny_model(tiny_vit_onnx):
     assert r["model"] == ex.meta.model_name and r["provider"] == "CPUExecutionProvider"
     assert r["stages"]["plain_inference"]["median_ms"] > 0 and r["ratio"] > 0
     assert r["file"] == str(tiny_vit_onnx)
+
+
+def test_throughput_explainer_follows_the_plan_of_attnmap_explain(tiny_vit_onnx, monkeypatch):
+    from runtime import Explainer, session
+    from runtime.bench import throughput_explainer
+
+    monkeypatch.setattr(session, "physical_cores", lambda: 2)
+    ex = Explainer(tiny_vit_onnx, provider="cpu")
+    offline, plan = throughput_explainer(ex)
+    assert plan == (1, 2, 4)  # two single-threaded runs on batches of 4
+    assert offline is not ex and offline.model.threads == 1 and offline.path == ex.path
+    assert throughput_explainer(ex, 6)[1] == (1, 2, 6)
+    # Threads asked for: one run on them, so the explainer itself serves.
+    pinned = Explainer(tiny_vit_onnx, provider="cpu", threads=2)
+    assert throughput_explainer(pinned) == (pinned, (2, 1, 4))
+
+
+def test_cli_bench_measures_the_targets_at_the_batch_explain_uses(tiny_vit_onnx, tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    import cli
+    from runtime import session
+
+    monkeypatch.setattr(session, "physical_cores", lambda: 2)
+    path = _video(tmp_path / "clip.avi", 10, fps=50.0)
+    for extra, batch in (([], 4), (["--batch-size", "3"], 3)):
+        result = CliRunner().invoke(cli.main, ["bench", "--model", str(tiny_vit_onnx), "--provider", "cpu",
+                                               "--runs", "1", "--warmup", "0", "--targets", str(path), "--json",
+                                               *extra], catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+        targets = json.loads(result.stdout)["targets"]
+        assert (targets["batch_size"], targets["offline_workers"], targets["offline"]["frames"]) == (batch, 2, 10)
+        assert set(targets["targets"]) == {"live_fps", "offline_fps", "latency"}

@@ -190,6 +190,38 @@ def test_explain_video_with_two_model_runs_at_once_gives_the_same_maps(tiny_vit_
     assert result.exit_code == 2 and "--workers" in result.output
 
 
+def test_explain_video_runs_at_the_plans_batch_size_unless_one_is_given(tiny_vit_onnx, clip, tmp_path, monkeypatch):
+    import runtime.results
+    from runtime.session import throughput_plan
+
+    real, calls = runtime.results.explain_video_into, []
+
+    def spy(explainer, ref, writer, method, options, fit, batch_size, progress, workers=1):
+        calls.append((batch_size, workers, explainer.model.threads))
+        return real(explainer, ref, writer, method, options, fit, batch_size, progress, workers=workers)
+
+    monkeypatch.setattr(runtime.results, "explain_video_into", spy)
+    assert run("explain", clip, "--model", tiny_vit_onnx, "--out", tmp_path).exit_code == 0
+    assert run("explain", clip, "--model", tiny_vit_onnx, "--out", tmp_path, "--batch-size", 3).exit_code == 0
+    plan = throughput_plan("auto")
+    assert calls == [(plan.batch_size, plan.workers, plan.threads), (3, plan.workers, plan.threads)]
+    assert plan.batch_size == (8 if "CUDA" in Explainer(tiny_vit_onnx).model.provider else 4)
+
+
+def test_explain_video_on_a_terminal_draws_a_bar_then_the_result_on_its_own_line(tiny_vit_onnx, clip, tmp_path,
+                                                                                    monkeypatch):
+    monkeypatch.setattr(cli, "_stderr_is_terminal", lambda: True)
+    result = run("explain", clip, "--model", tiny_vit_onnx, "--out", tmp_path, "--batch-size", 2, color=True)
+    assert result.exit_code == 0, result.output
+    bars = re.findall(r"\r(\S+): (\[[#.]+\]) +(\d+)%  (\d+)/3 frames  [\d.]+ frames/s", result.stderr)
+    assert [(b[0], b[2], b[3]) for b in bars] == [(str(clip), "67", "2"), (str(clip), "100", "3")]
+    assert bars[-1][1] == "[" + "#" * 24 + "]"
+    # The bar's line is ended before anything else is printed.
+    assert result.stderr.endswith(f"\x1b[K\n{len(list(tmp_path.glob('*.mp4')))} overlay written to {tmp_path}\n")
+    assert re.fullmatch(rf"{re.escape(str(clip))}: 3 frames explained at [\d.]+ frames/s -> \S+\n", result.stdout)
+    assert "\x1b[K\n" + result.stdout in result.output  # stdout and stderr as they interleave on the terminal
+
+
 def test_live_headless_records_the_stream(tiny_vit_onnx, clip, tmp_path):
     out = tmp_path / "live.mp4"
     result = run("live", clip, "--model", tiny_vit_onnx, "--no-show", "--out", out, "--json", "--no-pace")
@@ -208,10 +240,21 @@ def test_bench_reports_every_stage_and_the_ratio(tiny_vit_onnx, photos):
     result = run("bench", photos, "--model", tiny_vit_onnx, "--runs", 3, "--warmup", 1, "--json")
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)["stages"]
-    text = json.dumps(data)
-    for stage in ("decode", "preprocess", "inference", "explanation", "overlay", "encode"):
-        assert stage in text
-    assert "ratio" in text
+    assert data["source"] == str(photos) and data["runs"] == 3
+    assert set(data["stages"]) == {"decode", "preprocess", "inference", "explanation", "overlay", "encode",
+                                   "plain_inference"}
+    for stage in data["stages"].values():
+        assert 0 < stage["median_ms"] <= stage["p90_ms"]
+    assert data["ratio"] > 0
+
+
+def test_bench_takes_the_source_as_an_option_too(tiny_vit_onnx, clip):
+    result = run("bench", "--source", clip, "--model", tiny_vit_onnx, "--runs", 2, "--warmup", 0, "--json")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)["stages"]
+    assert data["source"] == str(clip) and data["frame_size"] == [48, 40]
+    both = run("bench", clip, "--source", "0", "--model", tiny_vit_onnx)
+    assert both.exit_code == 2 and "two sources given" in both.output
 
 
 def test_demo_writes_inputs_overlays_and_an_overview(tiny_vit_onnx, tmp_path):

@@ -186,8 +186,17 @@ def test_split_leaves_other_patterns_alone(graph):
 ])
 def test_throughput_plan_splits_the_cores_between_runs(monkeypatch, cores, threads, workers, want):
     monkeypatch.setattr(session, "physical_cores", lambda: cores)
-    assert throughput_plan("cpu", threads, workers) == want
-    assert throughput_plan("auto", threads, workers) == want or "CUDAExecutionProvider" in ort.get_available_providers()
+    plan = throughput_plan("cpu", threads, workers)
+    assert (plan.threads, plan.workers) == want and plan.batch_size == 4
+    assert throughput_plan("cpu", threads, workers, 16) == (*want, 16)
+    assert throughput_plan("auto", threads, workers) == plan or "CUDAExecutionProvider" in ort.get_available_providers()
+
+
+def test_throughput_plan_on_cuda_keeps_one_run_and_batch_8(monkeypatch):
+    monkeypatch.setattr(session, "resolve_providers", lambda provider: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    monkeypatch.setattr(session, "physical_cores", lambda: 8)
+    assert throughput_plan("cuda") == (None, 1, 8)
+    assert throughput_plan("cuda", 2, 3, 32) == (2, 3, 32)
 
 
 def test_throughput_plan_refuses_an_unknown_provider():

@@ -259,6 +259,15 @@ def test_stream_refuses_live_sources():
 
 
 # --------------------------------------------------------------------------- explain_video
+def test_progress_bar_fills_with_the_frames_done_and_gives_rate_and_time_left():
+    p = VideoProgress(done=30, total=120, elapsed_s=2.0)  # 15 frames/s, 90 frames to go
+    assert p.bar(width=8) == "[##......]  25%  30/120 frames  15.0 frames/s  6 s left"
+    assert VideoProgress(0, 50, 0.0).bar(width=4) == "[....]   0%  0/50 frames  0.0 frames/s"
+    # a container that undercounts its frames does not overfill the bar
+    assert VideoProgress(55, 50, 5.0).bar(width=4) == "[####] 100%  55/50 frames  11.0 frames/s  0 s left"
+    assert VideoProgress(7, None, 0.5).bar() == "7 frames  14.0 frames/s"
+
+
 def test_video_keeps_count_size_fps_and_draws_each_frames_own_map(tmp_path):
     src = tmp_path / "in.avi"
     _write_video(src, 23, fps=12.0)
