@@ -498,8 +498,9 @@ def live(source: str, model: str | None, provider: str, threads: int | None, met
                                  "the real-time targets.")
 @click.option("--json", "as_json", is_flag=True, help="Print the figures as one JSON object.")
 @handle_errors
-def bench(source: str | None, source_opt: str | None, model: str | None, provider: str, threads: int | None, method: str, fit: str,
-          runs: int, warmup: int, batch_size: int, targets_video: Path | None, as_json: bool, **kwargs: Any) -> None:
+def bench(source: str | None, source_opt: str | None, model: str | None, provider: str, threads: int | None,
+          method: str, fit: str, runs: int, warmup: int, batch_size: int, targets_video: Path | None, as_json: bool,
+          **kwargs: Any) -> None:
     """Time each stage (decode, preprocess, inference, explanation, overlay, encode).
 
     Prints median and p90 per stage and the ratio of (inference with attentions + explanation)

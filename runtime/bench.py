@@ -26,7 +26,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, Iterator, Mapping
 
 import cv2
 import numpy as np
@@ -35,6 +35,9 @@ from .display import VideoSink
 from .errors import OptionError, SourceError
 from .overlay import HeatmapOverlay, LabelOverlay
 from .sources import Source, open_source
+
+if TYPE_CHECKING:
+    from .session import ThroughputPlan
 
 STAGES = ("decode", "preprocess", "inference", "explanation", "overlay", "encode")
 SYNTHETIC_SIZE = (640, 480)  # (width, height) of the frame used when no source is given
@@ -374,7 +377,7 @@ def format_targets(result: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def throughput_explainer(explainer, batch_size: int | None = None) -> tuple[Any, Any]:
+def throughput_explainer(explainer, batch_size: int | None = None) -> tuple[Any, ThroughputPlan]:
     """The explainer and :class:`~runtime.session.ThroughputPlan` (threads, model runs at
     once, batch size) with which ``attnmap explain`` runs videos and folders of
     ``explainer``'s model (:func:`runtime.session.throughput_plan`). The explainer is

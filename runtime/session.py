@@ -110,7 +110,7 @@ def resolve_providers(provider: str) -> list[str]:
 class ThroughputPlan(NamedTuple):
     """How to run throughput work (videos, folders): see :func:`throughput_plan`."""
 
-    threads: int | None  # intra-op threads per run (None: onnxruntime's session default here)
+    threads: int | None  # intra-op threads per run (None: one per physical core)
     workers: int  # model runs at once, each on its own batch
     batch_size: int  # frames per model run
 
@@ -122,11 +122,11 @@ def throughput_plan(provider: str, threads: int | None = None, workers: int | No
     One onnxruntime run leaves the cores idle at each of its synchronisation points, and
     without spinning its threads sleep there. Two runs at once, each on its own batch and half
     the cores, fill those gaps. Each single-threaded run then works best on small batches
-    (likely because their activations fit in the core's own L2 cache): on the 2-core box, DeiT-Tiny video explain
-    with two runs gave 74, 78, 76, 76, 71.5 and 70 frames/s at batch 1, 2, 3, 4, 6 and 8 (2-5
-    interleaved runs over both shared clips), and with one run on both cores 69 at both batch
-    4 and 8 (62 at batch 2). Batch 4 is close to the best either way. Larger machines and
-    GPUs were not measured; CUDA keeps batch 8.
+    (likely because their activations fit in the core's own L2 cache): on the 2-core box,
+    DeiT-Tiny video explain with two runs gave 74, 78, 76, 76, 71.5 and 70 frames/s at batch
+    1, 2, 3, 4, 6 and 8 (2-5 interleaved runs over both shared clips), and with one run on both
+    cores 69 at both batch 4 and 8 (62 at batch 2). Batch 4 is close to the best either way.
+    Larger machines and GPUs were not measured; CUDA keeps batch 8.
 
     Args:
         provider: ``"auto"``, ``"cpu"`` or ``"cuda"``.

@@ -193,7 +193,8 @@ def test_throughput_plan_splits_the_cores_between_runs(monkeypatch, cores, threa
 
 
 def test_throughput_plan_on_cuda_keeps_one_run_and_batch_8(monkeypatch):
-    monkeypatch.setattr(session, "resolve_providers", lambda provider: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    monkeypatch.setattr(session, "resolve_providers",
+                        lambda provider: ["CUDAExecutionProvider", "CPUExecutionProvider"])
     monkeypatch.setattr(session, "physical_cores", lambda: 8)
     assert throughput_plan("cuda") == (None, 1, 8)
     assert throughput_plan("cuda", 2, 3, 32) == (2, 3, 32)
