@@ -24,7 +24,33 @@ from runtime.session import PROVIDERS, throughput_plan
 FITS = ("crop", "squash", "letterbox")
 
 
+class _StatusLine:
+    """One line on stderr that rewrites itself (a progress bar); other output ends it first."""
+
+    def __init__(self) -> None:
+        self.open = False  # the line is on stderr without its newline yet
+
+    def show(self, text: str) -> None:
+        # \x1b[K clears what a longer previous line left on the right (stderr is a terminal here)
+        click.echo(f"\r{text}\x1b[K", err=True, nl=False)
+        self.open = True
+
+    def end(self) -> None:
+        if self.open:
+            click.echo("", err=True)
+            self.open = False
+
+
+_status = _StatusLine()
+
+
+def _out(msg: str) -> None:
+    _status.end()
+    click.echo(msg)
+
+
 def _err(msg: str) -> None:
+    _status.end()
     click.echo(msg, err=True)
 
 
@@ -379,7 +405,7 @@ def _writer(out_dir: Path, method: str, *, as_json: bool, **kwargs: Any):
     from runtime.results import ResultWriter
 
     def emit(record: dict[str, Any], line: str) -> None:
-        click.echo(json.dumps(record) if as_json else line)
+        _out(json.dumps(record) if as_json else line)
 
     return ResultWriter(out_dir, method, emit=emit, on_fail=_err, **kwargs)
 
@@ -390,36 +416,15 @@ def _explain_video(explainer, ref, writer, method: str, options: dict[str, Any],
     from runtime.results import explain_video_into
 
     show = _stderr_is_terminal()
-    line_open = False  # a frames/s line is on stderr without its newline yet
-
-    def end_line() -> None:
-        nonlocal line_open
-        if line_open:
-            click.echo("", err=True)
-            line_open = False
 
     def progress(p) -> None:
-        nonlocal line_open
         if show:
-            # \x1b[K clears what a longer previous line left on the right (stderr is a terminal here)
-            click.echo(f"\r{ref.spec}: {p.bar()}\x1b[K", err=True, nl=False)
-            line_open = True
+            _status.show(f"{ref.spec}: {p.bar()}")
 
-    def fail(message: str) -> None:
-        end_line()
-        _err(message)
-
-    def emit(record: dict[str, Any], line: str) -> None:
-        end_line()  # the result goes on a line of its own, not after the bar
-        emit_line(record, line)
-
-    on_fail, writer.on_fail = writer.on_fail, fail
-    emit_line, writer.emit = writer.emit, emit
     try:
         explain_video_into(explainer, ref, writer, method, options, fit, batch_size, progress, workers=workers)
     finally:
-        writer.on_fail, writer.emit = on_fail, emit_line
-        end_line()
+        _status.end()
 
 
 # ---------------------------------------------------------------------------- live

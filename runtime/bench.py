@@ -306,7 +306,6 @@ def measure_targets(explainer, video: str | Path, *, batch_size: int = 8, plain_
     from .live import run_live
     from .video import explain_video
 
-
     with open_source(video) as src:
         if src.fps is None or src.is_live:
             raise SourceError(f"video {src.spec!r} needs a known fps (a video file) to measure real-time targets")

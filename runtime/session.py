@@ -209,7 +209,7 @@ class OnnxModel:
         self.input_names = tuple(i.name for i in self.session.get_inputs())
         # per-layer output -> the stacked output it is part of
         self._part_of = {p: name for name, parts in self._split.items() for p in parts}
-        self.output_names = tuple(dict.fromkeys(self._part_of.get(o.name, o.name) for o in self.session.get_outputs()))
+        self.output_names = tuple(o["name"] for o in self.describe_outputs())
         missing = [n for n in self.meta.outputs if n not in self.output_names]
         if missing or self.meta.inputs[0] not in self.input_names:
             raise ModelError(f"model {str(self.path)!r} metadata names outputs {list(self.meta.outputs)} and "
