@@ -1,6 +1,6 @@
 """attnmap command line: a thin click front over ``runtime`` (and, lazily, ``export``).
 
-Library errors are typed (``runtime.errors``); every command turns them into a one-line
+Library errors are typed (``runtime.core.errors``); every command turns them into a one-line
 click error. Results go to stdout, progress and messages to stderr.
 """
 
@@ -15,11 +15,11 @@ from typing import Any, Callable
 
 import click
 
-from runtime import __version__
-from runtime.errors import AttnmapError
-from runtime.explain import EXPLAINERS
-from runtime.meta import HEAD_FUSIONS
-from runtime.session import PROVIDERS, throughput_plan
+from attnmap.runtime import __version__
+from attnmap.runtime.core.errors import AttnmapError
+from attnmap.runtime.methods import EXPLAINERS
+from attnmap.runtime.core.meta import HEAD_FUSIONS
+from attnmap.runtime.model.session import PROVIDERS, throughput_plan
 
 FITS = ("crop", "squash", "letterbox")
 
@@ -208,7 +208,7 @@ def export(model_name: str, out: Path, checkpoint: Path | None, pretrained: bool
     if gradients and no_attentions:
         raise click.UsageError("Use just one of --gradients or --no-attentions.")
     try:
-        from export.to_onnx import export_onnx
+        from attnmap.export.to_onnx import export_onnx
     except ImportError as exc:
         raise click.ClickException(
             f"`attnmap export` needs the export extra (torch and timm): pip install -e '.[export]' ({exc})") from None
@@ -230,8 +230,8 @@ def info(model: str | None, as_json: bool) -> None:
     """
     import onnxruntime as ort
 
-    from runtime.models import resolve_model
-    from runtime.session import OnnxModel
+    from attnmap.runtime.model.registry import resolve_model
+    from attnmap.runtime.model.session import OnnxModel
 
     m = OnnxModel(resolve_model(model), provider="cpu")
     io = {
@@ -306,12 +306,12 @@ def explain(sources: tuple[str, ...], model: str | None, provider: str, threads:
     SOURCE is an image file, a directory, a glob ("photos/*.jpg"), a video file or an image
     sequence (img_%04d.png). Bad files are reported and skipped; the exit code is then 1.
     """
-    from runtime import Explainer
-    from runtime.overlay import HeatmapOverlay, colormap_id
-    from runtime.sources import expand_sources
+    from attnmap.runtime import Explainer
+    from attnmap.runtime.draw.overlay import HeatmapOverlay, colormap_id
+    from attnmap.runtime.frames.sources import expand_sources
 
-    from runtime.api import resolve_class
-    from runtime.results import explain_classes, explain_images
+    from attnmap.runtime.engine.explainer import resolve_class
+    from attnmap.runtime.fronts.offline import explain_classes, explain_images
 
     options = pop_method_options(kwargs)
     colormap_id(colormap)  # fail on a bad colormap before any work
@@ -402,7 +402,7 @@ class _Progress:
 
 def _writer(out_dir: Path, method: str, *, as_json: bool, **kwargs: Any):
     """A ResultWriter that prints each record to stdout (a line, or JSON) and failures to stderr."""
-    from runtime.results import ResultWriter
+    from attnmap.runtime.fronts.offline import ResultWriter
 
     def emit(record: dict[str, Any], line: str) -> None:
         _out(json.dumps(record) if as_json else line)
@@ -413,7 +413,7 @@ def _writer(out_dir: Path, method: str, *, as_json: bool, **kwargs: Any):
 def _explain_video(explainer, ref, writer, method: str, options: dict[str, Any], fit: str, batch_size: int,
                    workers: int = 1) -> None:
     """``explain_video_into`` with a progress bar and frames/s on stderr where it is a terminal."""
-    from runtime.results import explain_video_into
+    from attnmap.runtime.fronts.offline import explain_video_into
 
     show = _stderr_is_terminal()
 
@@ -429,7 +429,7 @@ def _explain_video(explainer, ref, writer, method: str, options: dict[str, Any],
 
 # ---------------------------------------------------------------------------- live
 def _live_epilog() -> str:
-    from runtime.livestate import KEY_HELP
+    from attnmap.runtime.fronts.live.state import KEY_HELP
 
     return "\b\nKeys in the window:\n  " + KEY_HELP
 
@@ -466,8 +466,8 @@ def live(source: str, model: str | None, provider: str, threads: int | None, met
     its own frame rate (default: camera 0). A capture thread keeps only the newest frame, so a slow
     model drops frames instead of falling behind.
     """
-    from runtime import Explainer
-    from runtime.live import run_live
+    from attnmap.runtime import Explainer
+    from attnmap.runtime.fronts.live.loop import run_live
 
     if not show and out is None:
         raise click.UsageError("--no-show needs --out FILE.mp4 (otherwise nothing would be shown or saved).")
@@ -515,8 +515,8 @@ def bench(source: str | None, source_opt: str | None, model: str | None, provide
     if source is not None and source_opt is not None and source != source_opt:
         raise click.UsageError(f"two sources given: {source!r} and --source {source_opt!r}; give one")
     source = source if source is not None else source_opt
-    from runtime import Explainer
-    from runtime.bench import format_bench, format_targets, measure_targets, run_bench, throughput_explainer
+    from attnmap.runtime import Explainer
+    from attnmap.runtime.fronts.bench import format_bench, format_targets, measure_targets, run_bench, throughput_explainer
 
     options = pop_method_options(kwargs)
     explainer = Explainer(model, provider=provider, threads=threads)
@@ -552,12 +552,12 @@ def demo(out_dir: Path, model: str | None, provider: str, threads: int | None, m
     """
     import numpy as np
 
-    from runtime import Explainer
-    from runtime.files import write_image
-    from runtime.preprocess import read_image
-    from runtime.sources import expand_sources
-    from runtime.results import explain_images
-    from runtime.synth import write_demo_inputs
+    from attnmap.runtime import Explainer
+    from attnmap.runtime.core.files import write_image
+    from attnmap.runtime.image.preprocess import read_image
+    from attnmap.runtime.frames.sources import expand_sources
+    from attnmap.runtime.fronts.offline import explain_images
+    from attnmap.runtime.frames.synth import write_demo_inputs
 
     options = pop_method_options(kwargs)
     explainer = Explainer(model, provider=provider, threads=threads)
@@ -600,7 +600,7 @@ def methods() -> None:
 @handle_errors
 def models(as_json: bool) -> None:
     """List the models shipped in models/ (the default is marked with *)."""
-    from runtime.models import MODELS_DIR, shipped_models
+    from attnmap.runtime.model.registry import MODELS_DIR, shipped_models
 
     entries = shipped_models()
     if as_json:

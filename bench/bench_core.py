@@ -26,8 +26,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import runtime  # noqa: E402,F401  (sets the BLAS thread count before NumPy loads)
 import numpy as np  # noqa: E402
 
-from runtime.explain import explain  # noqa: E402
-from runtime.session import OnnxModel, physical_cores  # noqa: E402
+from attnmap.runtime.methods import explain  # noqa: E402
+from attnmap.runtime.model.session import OnnxModel, physical_cores  # noqa: E402
 
 
 def _export_pair(model_name: str, checkpoint: str | None, folder: Path, heads: str) -> tuple[Path, Path]:
@@ -40,7 +40,7 @@ def _export_pair(model_name: str, checkpoint: str | None, folder: Path, heads: s
     import subprocess
 
     attn, plain = folder / "attn.onnx", folder / "plain.onnx"
-    code = ("import sys; from export.to_onnx import export_onnx; q = lambda m: None; "
+    code = ("import sys; from attnmap.export.to_onnx import export_onnx; q = lambda m: None; "
             "name, ckpt, heads, attn, plain = sys.argv[1:6]; ckpt = ckpt or None; "
             "export_onnx(name, attn, checkpoint=ckpt, heads=heads, log=q); "
             "export_onnx(name, plain, checkpoint=ckpt, attentions=False, log=q)")

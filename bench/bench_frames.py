@@ -8,7 +8,7 @@ Usage (from the project root)::
 
 Export DeiT-Tiny first (needs torch)::
 
-    .venv/bin/python -c "from export import export_onnx; export_onnx('deit_tiny_patch16_224', 'deit.onnx', \\
+    .venv/bin/python -c "from attnmap.export import export_onnx; export_onnx('deit_tiny_patch16_224', 'deit.onnx', \\
         checkpoint='../shared/data/weights/deit_tiny_patch16_224_in1k.safetensors')"
 
 For each video it prints the per-stage table (batch 1 and ``--batch-size``) and the targets:
@@ -64,9 +64,9 @@ def main(argv: list[str] | None = None) -> int:
         os.environ["OPENBLAS_NUM_THREADS"] = str(args.blas_threads)
     # Imported only now, so that the thread setting above is in place when NumPy loads.
     sys.path.insert(0, str(ROOT))
-    from runtime import Explainer
-    from runtime.bench import format_bench, format_targets, measure_targets, run_bench, throughput_explainer
-    from runtime.files import write_bytes
+    from attnmap.runtime import Explainer
+    from attnmap.runtime.fronts.bench import format_bench, format_targets, measure_targets, run_bench, throughput_explainer
+    from attnmap.runtime.core.files import write_bytes
 
     videos = [Path(v) for v in args.video] if args.video else VIDEOS
     if not videos:

@@ -45,7 +45,7 @@ TARGET_RATIO = 3.5
 
 def _export_pair(folder: Path) -> tuple[Path, Path]:
     """DeiT-Tiny with gradients and without attentions, from the shared checkpoint."""
-    from export import export_onnx
+    from attnmap.export import export_onnx
 
     if not CHECKPOINT.is_file():
         raise SystemExit(f"no --model given and the checkpoint {CHECKPOINT} is missing; pass --model and --plain")
@@ -81,9 +81,9 @@ def measure(grads_path: Path, plain_path: Path, image: Path, *, runs: int, warmu
     import numpy as np
     import onnxruntime as ort
 
-    from runtime import Explainer
-    from runtime.preprocess import read_image
-    from runtime.session import session_options
+    from attnmap.runtime import Explainer
+    from attnmap.runtime.image.preprocess import read_image
+    from attnmap.runtime.model.session import session_options
 
     ex = Explainer(grads_path, provider="cpu", threads=threads)
     plain = ort.InferenceSession(str(plain_path), sess_options=session_options(threads),
@@ -170,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {name:9s} graph: {g['nodes']} nodes, {g['softmax']} Softmax, {g['matmul_gemm']} MatMul/Gemm, "
               f"weights {g['weight_bytes'] / 2**20:.2f} MiB, file {g['file_bytes'] / 2**20:.2f} MiB")
     if args.json is not None:
-        from runtime.files import write_bytes
+        from attnmap.runtime.core.files import write_bytes
 
         write_bytes(args.json, json.dumps(result, indent=1).encode())
         print(f"wrote {args.json}")

@@ -36,7 +36,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from runtime.errors import ExportError
+from attnmap.runtime.core.errors import ExportError
 
 from .vit_attn import ViTWithAttention, describe_tokens
 

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Sequence
 
-from runtime.errors import ExportError
+from attnmap.runtime.core.errors import ExportError
 
 __all__ = ["read_labels", "default_labels", "resolve_labels"]
 

@@ -1,4 +1,4 @@
-"""Build the :class:`runtime.meta.ModelMeta` an export embeds, from the timm model itself."""
+"""Build the :class:`runtime.core.meta.ModelMeta` an export embeds, from the timm model itself."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from typing import Any, Mapping, Sequence
 
 from torch import nn
 
-from runtime.errors import ExportError
-from runtime.meta import ModelMeta
+from attnmap.runtime.core.errors import ExportError
+from attnmap.runtime.core.meta import ModelMeta
 
 from .gradients import GRADIENT_INPUTS, GRADIENT_OUTPUTS
 from .labels import resolve_labels

@@ -19,8 +19,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from runtime.errors import ExportError
-from runtime.meta import ModelMeta
+from attnmap.runtime.core.errors import ExportError
+from attnmap.runtime.core.meta import ModelMeta
 
 from .gradients import AttentionGradients
 from .vit_attn import ViTWithAttention

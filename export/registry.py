@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from runtime import synth
-from runtime.files import write_bytes
+from attnmap.runtime.frames import synth
+from attnmap.runtime.core.files import write_bytes
 
 
 
@@ -35,9 +35,9 @@ def score_onnx(path: str | Path, seed: int, n: int, *, size: int | None = None,
     """
     import onnxruntime as ort
 
-    from runtime.evaluate import box_mass_ratio, pointing_game, resize_maps
-    from runtime.explain import explain
-    from runtime.meta import ModelMeta
+    from attnmap.runtime.methods.metrics import box_mass_ratio, pointing_game, resize_maps
+    from attnmap.runtime.methods import explain
+    from attnmap.runtime.core.meta import ModelMeta
 
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     meta = ModelMeta.from_props(sess.get_modelmeta().custom_metadata_map, str(path))

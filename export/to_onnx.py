@@ -2,10 +2,10 @@
 
 The graph takes ``input`` float32 ``[B, 3, H, W]`` (only B dynamic) and emits ``logits``
 ``[B, C]`` and ``attentions`` ``[B, L, H, N, N]`` (softmax probabilities of every block), with a
-:class:`runtime.meta.ModelMeta` stored as JSON under the ``"attnmap"`` metadata key. With
+:class:`runtime.core.meta.ModelMeta` stored as JSON under the ``"attnmap"`` metadata key. With
 ``gradients=True`` it also takes ``target`` int64 ``[B]`` (negative = the predicted class) and
 emits ``attention_grads`` ``[B, L, H, N, N]``, d logit[target] / d attentions, for the
-class-specific methods (see :mod:`export.gradients` for how the backward gets into the graph).
+class-specific methods (see :mod:`attnmap.export.gradients` for how the backward gets into the graph).
 
 Exporter route: ``torch.onnx.export(..., dynamo=True)``, the default since torch 2.9. It traces
 with ``torch.export`` (non-strict, so the Python forward hooks that collect the probabilities run
@@ -15,7 +15,7 @@ batch axis dynamic through ``dynamic_shapes`` (``Dim("batch")``) rather than the
 every call, so it is not used.
 
 Files are written to a temporary name in the target folder, checked for parity with torch
-(:mod:`export.parity`), and only then moved into place (:mod:`runtime.files`); a failed export
+(:mod:`attnmap.export.parity`), and only then moved into place (:mod:`runtime.core.files`); a failed export
 leaves nothing behind.
 """
 
@@ -32,9 +32,9 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import nn
 
-from runtime.errors import AttnmapError, ExportError, suggest
-from runtime.files import commit, discard, temp_path
-from runtime.meta import HEAD_FUSIONS, ModelMeta
+from attnmap.runtime.core.errors import AttnmapError, ExportError, suggest
+from attnmap.runtime.core.files import commit, discard, temp_path
+from attnmap.runtime.core.meta import HEAD_FUSIONS, ModelMeta
 
 from .gradients import (GRAD_RTOL, GRADIENT_INPUTS, GRADIENT_OUTPUTS, AttentionGradients, check_gradient_options,
                         trace_gradients)

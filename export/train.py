@@ -3,7 +3,7 @@
 Run ``python -m export.train --help``. The recipe that made ``models/shapes_vit.onnx`` is
 recorded in ``models/registry.json`` (``command``) and ``models/README.md``.
 
-Data is generated on the fly by :mod:`runtime.synth` (the generator *is* the augmentation),
+Data is generated on the fly by :mod:`runtime.frames.synth` (the generator *is* the augmentation),
 one fresh batch per step, in the training process: on a 2-core machine a DataLoader with
 workers only steals the cores the matmuls need. Training batch ``step`` of run seed ``s`` is
 ``make_batch((s, step, _TRAIN_TAG), ...)``; a held-out set is ``make_batch(int_seed, ...)``.
@@ -48,8 +48,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from runtime import synth
-from runtime.files import atomic_path, write_bytes
+from attnmap.runtime.frames import synth
+from attnmap.runtime.core.files import atomic_path, write_bytes
 
 from .conv_stem import ConvStemEmbed
 from .registry import file_sha256, score_onnx, update_registry

@@ -27,8 +27,8 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from runtime.errors import ExportError
-from runtime.meta import HEAD_FUSIONS, POOLINGS
+from attnmap.runtime.core.errors import ExportError
+from attnmap.runtime.core.meta import HEAD_FUSIONS, POOLINGS
 
 __all__ = ["ViTWithAttention", "describe_tokens", "attention_modules", "supported_attention_types"]
 

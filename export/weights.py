@@ -22,7 +22,7 @@ from urllib.parse import urlparse
 import torch
 from torch import nn
 
-from runtime.errors import ExportError
+from attnmap.runtime.core.errors import ExportError
 
 __all__ = ["CHECKPOINT_SUFFIXES", "read_state_dict", "checkpoint_num_classes", "load_checkpoint",
            "load_state_dict_strict", "create_pretrained", "hub_endpoint", "head_classes"]

@@ -1,26 +1,18 @@
-"""attnmap runtime: explain exported ViTs with onnxruntime, NumPy and OpenCV only.
+"""attnmap's runtime: explain exported ViTs with onnxruntime, NumPy and OpenCV only.
 
-This package never imports torch or timm, so it runs on edge devices with neither.
+Never imports torch or timm (a test checks it), so it runs on edge boxes with neither. The
+folders follow a frame's way through it:
+
+* ``frames/``  where frames come from (files, folders, videos, cameras, streams) and go to
+  (video files, windows); atomic files.
+* ``image/``   decoding and preprocessing into the model input, and the geometry back.
+* ``model/``   the ONNX session, its graph rewrites and output buffers, the shipped models.
+* ``methods/`` explanation methods: attention tensors in, maps over the patch grid out.
+* ``draw/``    heatmaps and captions over frames, styled by one :class:`OverlayStyle`.
+* ``engine/``  the stages composed (:class:`Explainer`) and the one frame engine that drives
+  them over any stream of frames (:class:`FrameEngine`).
+* ``fronts/``  the applications on the engine: offline explain, live, bench.
+* ``core/``    what all of them share: errors, the metadata schema, option specs, files.
+
+Import the public API from :mod:`attnmap`.
 """
-
-import os as _os
-
-# onnxruntime owns the cores; NumPy's work here (resampling matrices, rollout's vector-matrix
-# products) is small and, on a busy 2-core box, OpenBLAS's worker threads fighting ORT's turned
-# a 0.6 ms resize into 80-180 ms. One BLAS thread, unless the user chose otherwise. This only
-# takes effect when runtime is imported before NumPy (the CLI always is).
-_os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
-
-from .api import Explainer, Explanation, TopK
-from .errors import (AttnmapError, ExplainError, ExportError, ImageError, MetadataError, ModelError,
-                     OptionError, ProviderError, SourceError)
-from .meta import ModelMeta, TokenLayout
-from .session import OnnxModel, Outputs
-
-__version__ = "0.1.0"
-
-__all__ = [
-    "AttnmapError", "ExplainError", "ExportError", "Explainer", "Explanation", "ImageError", "MetadataError",
-    "ModelError", "ModelMeta", "OnnxModel", "OptionError", "Outputs", "ProviderError", "SourceError",
-    "TokenLayout", "TopK", "__version__",
-]

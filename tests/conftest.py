@@ -39,7 +39,7 @@ def tiny_vit_onnx(tmp_path_factory) -> Path:
     pytest.importorskip("torch", reason="exporting the tiny ViT needs torch")
     import torch
 
-    from export import export_onnx
+    from attnmap.export import export_onnx
 
     out = tmp_path_factory.mktemp("tiny_vit") / "tiny_vit.onnx"
     state = torch.random.get_rng_state()
@@ -56,7 +56,7 @@ def tiny_vit_onnx(tmp_path_factory) -> Path:
 def deit_tiny_onnx(tmp_path_factory, shared_data) -> Path:
     """The real DeiT-Tiny ImageNet checkpoint exported once per session with attentions."""
     pytest.importorskip("torch", reason="exporting DeiT-Tiny needs torch")
-    from export import export_onnx
+    from attnmap.export import export_onnx
 
     out = tmp_path_factory.mktemp("deit_tiny") / "deit_tiny_patch16_224.onnx"
     export_onnx("deit_tiny_patch16_224", out, checkpoint=shared_data / DEIT_TINY_CHECKPOINT, log=lambda line: None)
@@ -67,7 +67,7 @@ def deit_tiny_onnx(tmp_path_factory, shared_data) -> Path:
 def deit_tiny_grads_onnx(tmp_path_factory, shared_data) -> Path:
     """The real DeiT-Tiny ImageNet checkpoint exported once per session with attention gradients."""
     pytest.importorskip("torch", reason="exporting DeiT-Tiny needs torch")
-    from export import export_onnx
+    from attnmap.export import export_onnx
 
     out = tmp_path_factory.mktemp("deit_tiny_grads") / "deit_tiny_patch16_224_grads.onnx"
     export_onnx("deit_tiny_patch16_224", out, checkpoint=shared_data / DEIT_TINY_CHECKPOINT, gradients=True,

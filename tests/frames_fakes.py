@@ -17,13 +17,13 @@ from typing import Iterator
 
 import numpy as np
 
-from runtime.api import Explainer
-from runtime.errors import SourceError
-from runtime.explain import explain as run_method
-from runtime.meta import ModelMeta
-from runtime.preprocess import preprocess
-from runtime.session import Outputs
-from runtime.sources import Frame, Source, SourceRef
+from attnmap.runtime.engine.explainer import Explainer
+from attnmap.runtime.core.errors import SourceError
+from attnmap.runtime.methods import explain as run_method
+from attnmap.runtime.core.meta import ModelMeta
+from attnmap.runtime.image.preprocess import preprocess
+from attnmap.runtime.model.session import Outputs
+from attnmap.runtime.frames.sources import Frame, Source, SourceRef
 
 FAKE_META = ModelMeta(
     model_name="fake_vit", input_size=(3, 32, 32), mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5),

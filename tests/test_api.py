@@ -4,10 +4,10 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from runtime import Explainer, ExplainError, ImageError, ModelError, ProviderError
-from runtime.api import resolve_class, softmax, top_indices
-from runtime.explain import explain as run_method
-from runtime.preprocess import preprocess
+from attnmap.runtime import Explainer, ExplainError, ImageError, ModelError, ProviderError
+from attnmap.runtime.engine.explainer import resolve_class, softmax, top_indices
+from attnmap.runtime.methods import explain as run_method
+from attnmap.runtime.image.preprocess import preprocess
 
 
 def _image(h=40, w=56, seed=0):

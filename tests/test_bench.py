@@ -14,8 +14,8 @@ import cv2
 import pytest
 
 from frames_fakes import FakeExplainer, ListSource, attnmap_threads, quadrant_frame, run_with_timeout
-from runtime.bench import STAGES, format_bench, format_targets, measure_targets, run_bench
-from runtime.errors import ModelError, OptionError, SourceError
+from attnmap.runtime.fronts.bench import STAGES, format_bench, format_targets, measure_targets, run_bench
+from attnmap.runtime.core.errors import ModelError, OptionError, SourceError
 
 BENCH_SCRIPT = Path(__file__).resolve().parents[1] / "bench" / "bench_frames.py"
 
@@ -133,7 +133,7 @@ def test_measure_targets_needs_a_clip_with_fps(tmp_path):
 
 
 def test_real_tiny_model(tiny_vit_onnx):
-    from runtime import Explainer
+    from attnmap import Explainer
 
     ex = Explainer(tiny_vit_onnx)
     r = run_bench(ex, runs=5, warmup=1, batch_size=2, method="attention")
@@ -143,8 +143,9 @@ def test_real_tiny_model(tiny_vit_onnx):
 
 
 def test_throughput_explainer_follows_the_plan_of_attnmap_explain(tiny_vit_onnx, monkeypatch):
-    from runtime import Explainer, session
-    from runtime.bench import throughput_explainer
+    from attnmap import Explainer
+    from attnmap.runtime.model import session
+    from attnmap.runtime.fronts.bench import throughput_explainer
 
     monkeypatch.setattr(session, "physical_cores", lambda: 2)
     ex = Explainer(tiny_vit_onnx, provider="cpu")
@@ -161,7 +162,7 @@ def test_cli_bench_measures_the_targets_at_the_batch_explain_uses(tiny_vit_onnx,
     from click.testing import CliRunner
 
     import cli
-    from runtime import session
+    from attnmap.runtime.model import session
 
     monkeypatch.setattr(session, "physical_cores", lambda: 2)
     path = _video(tmp_path / "clip.avi", 10, fps=50.0)

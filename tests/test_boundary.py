@@ -21,7 +21,7 @@ CHECK = "import sys; print(sorted(m for m in ('torch', 'timm', 'torchvision', 'e
 
 
 def test_importing_runtime_and_cli_imports_no_torch():
-    assert _run("import runtime, cli, runtime.explain, runtime.overlay, runtime.preprocess, runtime.sources; "
+    assert _run("import runtime, cli, runtime.methods, runtime.draw.overlay, runtime.image.preprocess, runtime.frames.sources; "
                 + CHECK) == "[]"
 
 
@@ -53,7 +53,7 @@ def test_the_shipped_default_model_explains_without_torch():
     """Runs on a torch-free edge install too: the default model needs no export step."""
     code = (
         "import numpy as np, runtime\n"
-        "from runtime.synth import make_sample\n"
+        "from attnmap.runtime.frames.synth import make_sample\n"
         "ex = runtime.Explainer(provider='cpu')\n"
         "s = make_sample(np.random.default_rng(7), 96)\n"
         "r = ex.explain(s.image_bgr, method='rollout')\n"

@@ -40,9 +40,9 @@ timm = pytest.importorskip("timm")
 onnx = pytest.importorskip("onnx")
 
 from conftest import DEIT_TINY_CHECKPOINT  # noqa: E402
-from export import ViTWithAttention  # noqa: E402
-from runtime import Explainer  # noqa: E402
-from runtime.errors import ExplainError  # noqa: E402
+from attnmap.export import ViTWithAttention  # noqa: E402
+from attnmap.runtime import Explainer  # noqa: E402
+from attnmap.runtime.core.errors import ExplainError  # noqa: E402
 
 pytestmark = [pytest.mark.export, pytest.mark.slow]
 
@@ -61,7 +61,7 @@ def explainer(deit_tiny_grads_onnx) -> Explainer:
 
 @pytest.fixture(scope="module")
 def photo(shared_data) -> np.ndarray:
-    from runtime.preprocess import read_image
+    from attnmap.runtime.image.preprocess import read_image
 
     img = read_image(shared_data / "images" / "vitexplain_both.png")
     assert img.shape == (224, 224, 3)

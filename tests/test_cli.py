@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 import cli
-from runtime import Explainer
+from attnmap import Explainer
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -38,7 +38,7 @@ def test_every_command_has_help_and_is_in_the_readme():
 
 
 def test_method_choices_and_flags_come_from_the_registry():
-    from runtime.explain import EXPLAINERS
+    from attnmap.runtime.methods import EXPLAINERS
     out = run("explain", "--help").output
     for name in EXPLAINERS:
         assert name in out
@@ -191,16 +191,16 @@ def test_explain_video_with_two_model_runs_at_once_gives_the_same_maps(tiny_vit_
 
 
 def test_explain_video_runs_at_the_plans_batch_size_unless_one_is_given(tiny_vit_onnx, clip, tmp_path, monkeypatch):
-    import runtime.results
-    from runtime.session import throughput_plan
+    import attnmap.runtime.fronts.offline as offline
+    from attnmap.runtime.model.session import throughput_plan
 
-    real, calls = runtime.results.explain_video_into, []
+    real, calls = offline.explain_video_into, []
 
     def spy(explainer, ref, writer, method, options, fit, batch_size, progress, workers=1):
         calls.append((batch_size, workers, explainer.model.threads))
         return real(explainer, ref, writer, method, options, fit, batch_size, progress, workers=workers)
 
-    monkeypatch.setattr(runtime.results, "explain_video_into", spy)
+    monkeypatch.setattr(offline, "explain_video_into", spy)
     assert run("explain", clip, "--model", tiny_vit_onnx, "--out", tmp_path).exit_code == 0
     assert run("explain", clip, "--model", tiny_vit_onnx, "--out", tmp_path, "--batch-size", 3).exit_code == 0
     plan = throughput_plan("auto")

@@ -17,10 +17,10 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from runtime import synth
-from runtime.evaluate import box_mass_ratio, pointing_game, resize_maps
-from runtime.explain import explain
-from runtime.meta import ModelMeta
+from attnmap.runtime.frames import synth
+from attnmap.runtime.methods.metrics import box_mass_ratio, pointing_game, resize_maps
+from attnmap.runtime.methods import explain
+from attnmap.runtime.core.meta import ModelMeta
 
 MODELS = Path(__file__).resolve().parents[1] / "models"
 REGISTRY = MODELS / "registry.json"

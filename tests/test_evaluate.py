@@ -6,8 +6,8 @@ import cv2
 import numpy as np
 import pytest
 
-from runtime.errors import ExplainError
-from runtime.evaluate import box_mass_ratio, box_masks, pointing_game, resize_maps
+from attnmap.runtime.core.errors import ExplainError
+from attnmap.runtime.methods.metrics import box_mass_ratio, box_masks, pointing_game, resize_maps
 
 
 def _peak_map(h: int, w: int, y: int, x: int) -> np.ndarray:

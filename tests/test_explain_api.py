@@ -6,9 +6,9 @@ from contextlib import nullcontext as does_not_raise
 import numpy as np
 import pytest
 
-from runtime.errors import AttnmapError, ExplainError
-from runtime.explain import EXPLAINERS, Method, explain, normalize_maps
-from runtime.meta import TokenLayout
+from attnmap.runtime.core.errors import AttnmapError, ExplainError
+from attnmap.runtime.methods import EXPLAINERS, Method, explain, normalize_maps
+from attnmap.runtime.core.meta import TokenLayout
 
 LAYOUT = TokenLayout(2, (3, 5), 0)
 GRADIENT_METHODS = ["chefer", "grad_rollout", "gradsam", "product"]
@@ -148,7 +148,7 @@ def test_grads_of_the_wrong_shape_are_rejected():
 @pytest.mark.parametrize("layout, pattern", [
     (TokenLayout(2, (3, 5), 17), r"target_row must be None or in \[0, 17\); got 17"),
     (TokenLayout(-1, (3, 6), 0), "num_prefix >= 0 and a positive grid"),
-    ((2, (3, 5), 0), "layout must be a runtime.meta.TokenLayout; got tuple"),
+    ((2, (3, 5), 0), "layout must be a runtime.core.meta.TokenLayout; got tuple"),
 ])
 def test_bad_layouts_are_rejected(layout, pattern):
     with pytest.raises(ExplainError, match=pattern):

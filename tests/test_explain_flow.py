@@ -3,10 +3,10 @@
 import numpy as np
 import pytest
 
-from runtime.errors import ExplainError
-from runtime.explain import MAX_FLOW_TOKENS, explain
-from runtime.explain.flow import max_flow
-from runtime.meta import TokenLayout
+from attnmap.runtime.core.errors import ExplainError
+from attnmap.runtime.methods import MAX_FLOW_TOKENS, explain
+from attnmap.runtime.methods.flow import max_flow
+from attnmap.runtime.core.meta import TokenLayout
 
 
 def softmax_attentions(batch, layers, heads, n, seed):

@@ -11,8 +11,8 @@ import dataclasses
 import numpy as np
 import pytest
 
-from runtime.explain import explain
-from runtime.meta import TokenLayout
+from attnmap.runtime.methods import explain
+from attnmap.runtime.core.meta import TokenLayout
 
 LAYOUTS = {
     "cls_4x4": TokenLayout(1, (4, 4), 0),

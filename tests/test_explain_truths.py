@@ -8,8 +8,8 @@ rule's sign and zero-block guards.
 import numpy as np
 import pytest
 
-from runtime.explain import EXPLAINERS, explain
-from runtime.meta import TokenLayout
+from attnmap.runtime.methods import EXPLAINERS, explain
+from attnmap.runtime.core.meta import TokenLayout
 
 CLS_LAYOUTS = [TokenLayout(1, (4, 4), 0), TokenLayout(2, (3, 5), 0), TokenLayout(5, (4, 4), 0)]
 ALL_LAYOUTS = CLS_LAYOUTS + [TokenLayout(0, (4, 4), None), TokenLayout(4, (2, 3), None)]

@@ -22,11 +22,11 @@ import torch.nn.functional as F  # noqa: E402
 
 from conftest import TINY_LABELS, TINY_VIT  # noqa: E402
 from tiny_models import make_model  # noqa: E402
-from export import ViTWithAttention, describe_tokens, export_module, export_onnx  # noqa: E402
-from export.labels import default_labels, read_labels, resolve_labels  # noqa: E402
-from export.weights import load_checkpoint, read_state_dict  # noqa: E402
-from runtime.errors import ExportError  # noqa: E402
-from runtime.meta import ModelMeta  # noqa: E402
+from attnmap.export import ViTWithAttention, describe_tokens, export_module, export_onnx  # noqa: E402
+from attnmap.export.labels import default_labels, read_labels, resolve_labels  # noqa: E402
+from attnmap.export.weights import load_checkpoint, read_state_dict  # noqa: E402
+from attnmap.runtime.core.errors import ExportError  # noqa: E402
+from attnmap.runtime.core.meta import ModelMeta  # noqa: E402
 
 pytestmark = pytest.mark.export
 
@@ -496,7 +496,7 @@ def test_parity_tolerance_is_enforced(tmp_path, monkeypatch):
 
 
 def test_check_parity_on_a_finished_file(tiny_vit_onnx):
-    from export import check_parity
+    from attnmap.export import check_parity
 
     torch.manual_seed(0)
     model = timm.create_model(TINY_VIT["name"], img_size=32, **TINY_VIT["kwargs"])

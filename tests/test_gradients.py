@@ -24,10 +24,10 @@ ort = pytest.importorskip("onnxruntime")
 
 from conftest import TINY_LABELS  # noqa: E402
 import tiny_models  # noqa: E402
-from export import ViTWithAttention, export_module, export_onnx  # noqa: E402
-from export.gradients import GRAD_RTOL, AttentionGradients, trace_gradients  # noqa: E402
-from runtime.errors import ExplainError, ExportError, ModelError  # noqa: E402
-from runtime.meta import ModelMeta  # noqa: E402
+from attnmap.export import ViTWithAttention, export_module, export_onnx  # noqa: E402
+from attnmap.export.gradients import GRAD_RTOL, AttentionGradients, trace_gradients  # noqa: E402
+from attnmap.runtime.core.errors import ExplainError, ExportError, ModelError  # noqa: E402
+from attnmap.runtime.core.meta import ModelMeta  # noqa: E402
 
 pytestmark = pytest.mark.export
 
@@ -238,8 +238,8 @@ def test_parity_gate_catches_wrong_gradients_and_leaves_no_file(tmp_path, monkey
 
 # ----------------------------------------------------------------------------- through the runtime
 def test_runtime_feeds_targets_and_explains_a_chosen_class(exported):
-    from runtime import Explainer
-    from runtime.session import OnnxModel
+    from attnmap.runtime import Explainer
+    from attnmap.runtime.model.session import OnnxModel
 
     model, path, _ = exported["vit"]
     onnx_model = OnnxModel(path, provider="cpu")

@@ -18,13 +18,13 @@ import pytest
 
 from frames_fakes import (FakeExplainer, ListSource, PacedSource, attnmap_threads, quadrant_frame,
                           run_with_timeout)
-from runtime.capture import LatestFrameGrabber
-from runtime.errors import ExplainError, OptionError, SourceError
-from runtime.explain import explain as run_method
-from runtime.live import LiveFrame, run_live
-from runtime.livestate import CYCLE_COLORMAPS, LiveState, apply_key, method_options
-from runtime.overlay import COLORMAPS
-from runtime.sources import open_source
+from attnmap.runtime.frames.capture import LatestFrameGrabber
+from attnmap.runtime.core.errors import ExplainError, OptionError, SourceError
+from attnmap.runtime.methods import explain as run_method
+from attnmap.runtime.fronts.live.loop import LiveFrame, run_live
+from attnmap.runtime.fronts.live.state import CYCLE_COLORMAPS, LiveState, apply_key, method_options
+from attnmap.runtime.draw.overlay import COLORMAPS
+from attnmap.runtime.frames.sources import open_source
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
@@ -297,8 +297,8 @@ def test_show_without_a_display_is_a_clear_error_not_a_qt_abort():
     code = (
         "import sys; sys.path.insert(0, 'tests')\n"
         "from frames_fakes import FakeExplainer, PacedSource\n"
-        "from runtime.live import run_live\n"
-        "from runtime.errors import AttnmapError\n"
+        "from attnmap.runtime.fronts.live.loop import run_live\n"
+        "from attnmap.runtime.core.errors import AttnmapError\n"
         "src = PacedSource(fps=10)\n"
         "try:\n"
         "    run_live(FakeExplainer(), src, show=True)\n"
@@ -318,7 +318,7 @@ def test_show_without_a_display_is_a_clear_error_not_a_qt_abort():
 
 @needs_clip
 def test_real_model_live_view_matches_the_api(tiny_vit_onnx):
-    from runtime import Explainer
+    from attnmap.runtime import Explainer
 
     ex = Explainer(tiny_vit_onnx)
     seen: list[LiveFrame] = []
@@ -339,7 +339,7 @@ def test_real_model_live_view_matches_the_api(tiny_vit_onnx):
     ({"DISPLAY": ":0", "QT_QPA_PLATFORM": "offscreen"}, "only has the platform plugins xcb"),
 ])
 def test_display_problem_reads_the_environment(monkeypatch, env, problem):
-    from runtime import display
+    from attnmap.runtime.frames import sinks as display
 
     if not display.gui_backend().upper().startswith("QT") or sys.platform != "linux":
         pytest.skip("the cases are those of OpenCV's Qt backend on Linux (the opencv-python wheel)")

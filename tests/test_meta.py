@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from runtime.errors import MetadataError
-from runtime.meta import PROPS_KEY, SCHEMA_VERSION, ModelMeta, TokenLayout
+from attnmap.runtime.core.errors import MetadataError
+from attnmap.runtime.core.meta import PROPS_KEY, SCHEMA_VERSION, ModelMeta, TokenLayout
 
 
 def make_meta(**changes):

@@ -9,8 +9,8 @@ import cv2
 import numpy as np
 import pytest
 
-from runtime.errors import ImageError, OptionError
-from runtime.overlay import (COLORMAPS, HeatmapOverlay, LabelOverlay, colorize, colormap_id,
+from attnmap.runtime.core.errors import ImageError, OptionError
+from attnmap.runtime.draw.overlay import (COLORMAPS, HeatmapOverlay, LabelOverlay, colorize, colormap_id,
                              layer_head_grid)
 
 GOLDEN = Path(__file__).resolve().parent / "golden"

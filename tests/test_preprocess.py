@@ -13,9 +13,9 @@ import cv2
 import numpy as np
 import pytest
 
-from runtime.errors import ImageError, MetadataError, OptionError
-from runtime.meta import ModelMeta
-from runtime.preprocess import FITS, Geometry, check_image, preprocess, preprocess_one, read_image
+from attnmap.runtime.core.errors import ImageError, MetadataError, OptionError
+from attnmap.runtime.core.meta import ModelMeta
+from attnmap.runtime.image.preprocess import FITS, Geometry, check_image, preprocess, preprocess_one, read_image
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 IMAGES = sorted((DATA / "images").glob("*")) if (DATA / "images").is_dir() else []

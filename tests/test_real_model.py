@@ -14,7 +14,7 @@ ort = pytest.importorskip("onnxruntime")
 Image = pytest.importorskip("PIL.Image")
 
 from conftest import DEIT_TINY_CHECKPOINT  # noqa: E402
-from runtime.meta import ModelMeta  # noqa: E402
+from attnmap.runtime.core.meta import ModelMeta  # noqa: E402
 
 pytestmark = [pytest.mark.export, pytest.mark.slow]
 
@@ -138,7 +138,7 @@ def test_rollout_from_onnx_attentions_matches_timm_reference(deit_session, photo
 
     # The runtime's rollout (vector-matrix, normalised to [0, 1]) on the ONNX attentions
     # must equal the min-max normalised reference.
-    from runtime.explain import attention_rollout
+    from attnmap.runtime.methods import attention_rollout
 
     meta = ModelMeta.from_props(deit_session.get_modelmeta().custom_metadata_map)
     lo = ref.min(axis=(1, 2), keepdims=True)
@@ -149,7 +149,7 @@ def test_rollout_from_onnx_attentions_matches_timm_reference(deit_session, photo
 def test_checkpoint_loads_into_an_img_size_override(shared_data, timm_deit, photos):
     # The 224 px checkpoint into a 160 px model: strict loading fails on pos_embed, timm's
     # checkpoint_filter_fn resamples it, and the result still recognises the Samoyed.
-    from export.weights import load_checkpoint
+    from attnmap.export.weights import load_checkpoint
 
     model = timm.create_model("deit_tiny_patch16_224", pretrained=False, img_size=160).eval()
     lines = []

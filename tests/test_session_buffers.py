@@ -16,11 +16,11 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper
 
-from runtime.buffers import BufferPool
-from runtime.graph import split_stacked_outputs
-from runtime import session
-from runtime.errors import ProviderError
-from runtime.session import OnnxModel, throughput_plan
+from attnmap.runtime.model.buffers import BufferPool
+from attnmap.runtime.model.graph import split_stacked_outputs
+from attnmap.runtime.model import session
+from attnmap.runtime.core.errors import ProviderError
+from attnmap.runtime.model.session import OnnxModel, throughput_plan
 
 SHIPPED = Path(__file__).resolve().parents[1] / "models" / "shapes_vit.onnx"
 

@@ -9,8 +9,8 @@ import cv2
 import numpy as np
 import pytest
 
-from runtime.errors import ImageError, SourceError
-from runtime.sources import (CaptureSource, Frame, Source, SourceRef, expand_sources, iter_frames, open_files,
+from attnmap.runtime.core.errors import ImageError, SourceError
+from attnmap.runtime.frames.sources import (CaptureSource, Frame, Source, SourceRef, expand_sources, iter_frames, open_files,
                              open_source, parse_source)
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"

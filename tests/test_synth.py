@@ -6,8 +6,8 @@ import cv2
 import numpy as np
 import pytest
 
-from runtime import synth
-from runtime.synth import CLASSES, DATASET_VERSION, Sample, make_batch, make_sample, write_demo_inputs
+from attnmap.runtime.frames import synth
+from attnmap.runtime.frames.synth import CLASSES, DATASET_VERSION, Sample, make_batch, make_sample, write_demo_inputs
 
 
 @pytest.fixture(scope="module")

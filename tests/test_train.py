@@ -14,11 +14,11 @@ pytest.importorskip("timm")
 import onnx  # noqa: E402
 import onnxruntime as ort  # noqa: E402
 
-from export import train as T  # noqa: E402
-from export.conv_stem import ConvStemEmbed  # noqa: E402
-from export.registry import update_registry  # noqa: E402
-from runtime import synth  # noqa: E402
-from runtime.meta import ModelMeta  # noqa: E402
+from attnmap.export import train as T  # noqa: E402
+from attnmap.export.conv_stem import ConvStemEmbed  # noqa: E402
+from attnmap.export.registry import update_registry  # noqa: E402
+from attnmap.runtime.frames import synth  # noqa: E402
+from attnmap.runtime.core.meta import ModelMeta  # noqa: E402
 
 pytestmark = pytest.mark.export
 

@@ -17,10 +17,10 @@ import numpy as np
 import pytest
 
 from frames_fakes import FakeExplainer, ListSource, PacedSource, attnmap_threads, quadrant_frame, run_with_timeout
-from runtime.errors import AttnmapError, ModelError, OptionError, SourceError
-from runtime.pipeline import BackgroundWorker, prefetch, run_ahead
-from runtime.stream import explain_stream
-from runtime.video import VideoProgress, explain_video
+from attnmap.runtime.core.errors import AttnmapError, ModelError, OptionError, SourceError
+from attnmap.runtime.engine.threads import BackgroundWorker, prefetch, run_ahead
+from attnmap.runtime.engine.engine import explain_stream
+from attnmap.runtime.fronts.video import VideoProgress, explain_video
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 CLIP = DATA / "video" / "mmaction2_test.mp4"
@@ -388,7 +388,7 @@ def test_image_sequence_without_fps_gets_the_default_rate(tmp_path):
 
 @pytest.mark.parametrize("workers", [1, 2])
 def test_real_model_maps_match_the_api_frame_by_frame(tiny_vit_onnx, tmp_path, workers):
-    from runtime import Explainer
+    from attnmap.runtime import Explainer
 
     # Two model runs at once, as `attnmap explain` runs videos on a CPU: same maps, same order.
     ex = Explainer(tiny_vit_onnx, threads=1 if workers > 1 else None)
@@ -410,7 +410,7 @@ def test_real_model_maps_match_the_api_frame_by_frame(tiny_vit_onnx, tmp_path, w
 
 
 def test_video_sink_writes_through_a_temp_file(tmp_path):
-    from runtime.display import VideoSink
+    from attnmap.runtime.frames.sinks import VideoSink
 
     sink = VideoSink(tmp_path / "a.avi", 10.0, (32, 24))
     assert sink.fourcc == "MJPG" and list(tmp_path.iterdir()) != [] and not (tmp_path / "a.avi").exists()

@@ -29,7 +29,7 @@ def overlay_case() -> tuple[np.ndarray, np.ndarray, dict]:
 
 
 def render_overlay() -> np.ndarray:
-    from runtime.overlay import HeatmapOverlay
+    from attnmap.runtime.draw.overlay import HeatmapOverlay
     image, heat, style = overlay_case()
     return HeatmapOverlay(**style).annotate(image, heat)
 

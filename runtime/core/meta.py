@@ -1,0 +1,260 @@
+"""ModelMeta: the one metadata schema attnmap embeds in, and reads from, an ONNX file.
+
+The exporter writes a single JSON document under the ``"attnmap"`` key of the ONNX
+``metadata_props``; the runtime reads it back with :meth:`ModelMeta.from_props`. Field names
+follow timm's ``pretrained_cfg`` (``input_size``, ``mean``, ``std``, ``interpolation``,
+``crop_pct``, ``crop_mode``, ``label_names``) so that a timm user recognises them.
+
+Token layout. A sequence holds ``num_prefix_tokens`` prefix tokens first, in the order the
+model concatenates them (``prefix_tokens`` names each one's kind: ``"class"``,
+``"distillation"`` or ``"register"``), then ``grid_size[0] * grid_size[1]`` patch tokens in
+row-major order. Explanations read the class token's row (index 0) when the model has a
+class token, else the mean of all token rows (see :attr:`ModelMeta.target_row`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from attnmap.runtime.core.errors import MetadataError
+
+SCHEMA_VERSION = 1
+PROPS_KEY = "attnmap"
+
+PREFIX_KINDS = ("class", "distillation", "register")
+POOLINGS = ("token", "avg")
+HEAD_FUSIONS = ("none", "mean", "max", "min")
+CROP_MODES = ("center", "squash", "border")
+INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "area", "lanczos")
+
+
+@dataclass(frozen=True)
+class TokenLayout:
+    """Where the patch tokens sit in the sequence, and which row explanations read.
+
+    Attributes:
+        num_prefix: tokens before the patches (class, distillation, register tokens).
+        grid: ``(rows, cols)`` of the patch grid; patches are row-major after the prefix.
+        target_row: row read as "the model's view" (0 for a class token), or None for the
+            mean of all token rows (class-token-free models).
+        stochastic: every row of every attention matrix is a probability distribution (a
+            softmax's output: it sums to 1), as an exported model's attentions are unless
+            its heads were fused by max or min. Rollout then mixes in the residual as
+            Abnar & Zuidema write it, 0.5·A + 0.5·I, without summing rows to renormalise.
+    """
+
+    num_prefix: int
+    grid: tuple[int, int]
+    target_row: int | None = 0
+    stochastic: bool = False
+
+    @property
+    def num_tokens(self) -> int:
+        """Sequence length N."""
+        return self.num_prefix + self.grid[0] * self.grid[1]
+
+
+@dataclass(frozen=True)
+class ModelMeta:
+    """Everything the runtime needs to preprocess, run and explain one exported model.
+
+    Attributes:
+        model_name: timm model name, e.g. ``"deit_tiny_patch16_224"``.
+        input_size: ``(C, H, W)`` of the graph input, as in timm's ``pretrained_cfg``.
+        mean: per-channel RGB mean, in [0, 1] pixel units.
+        std: per-channel RGB std, in [0, 1] pixel units.
+        interpolation: resize interpolation of the eval transform (``"bicubic"`` ...).
+        crop_pct: eval transform's crop fraction: resize to ``size / crop_pct``, then crop.
+        crop_mode: timm's crop mode: ``"center"``, ``"squash"`` or ``"border"``.
+        patch_size: ``(ph, pw)`` in input pixels.
+        grid_size: ``(rows, cols)`` of the patch-token grid.
+        prefix_tokens: kinds of the prefix tokens, in sequence order.
+        pooling: ``"token"`` (class token feeds the head) or ``"avg"`` (mean of patch tokens).
+        num_layers: number of attention blocks L in the ``attentions`` output.
+        num_heads: the model's attention heads per block.
+        head_fusion: ``"none"`` (output keeps all heads) or how heads were fused in the graph
+            (``"mean"``, ``"max"``, ``"min"``; the output's H axis is then 1).
+        num_classes: size of the logits.
+        label_names: one name per class (may be empty, then labels read ``"class_<i>"``).
+        outputs: graph output names, e.g. ``("logits", "attentions")``.
+        inputs: graph input names, e.g. ``("input",)`` or ``("input", "target")``.
+        exporter: versions of the tools that wrote the file (attnmap, torch, timm, onnx, opset).
+        extra: free-form notes (e.g. how a shipped model was trained); never needed to run.
+        schema_version: version of this schema.
+    """
+
+    model_name: str
+    input_size: tuple[int, int, int]
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    interpolation: str
+    crop_pct: float
+    crop_mode: str
+    patch_size: tuple[int, int]
+    grid_size: tuple[int, int]
+    prefix_tokens: tuple[str, ...]
+    pooling: str
+    num_layers: int
+    num_heads: int
+    head_fusion: str
+    num_classes: int
+    label_names: tuple[str, ...] = ()
+    outputs: tuple[str, ...] = ("logits", "attentions")
+    inputs: tuple[str, ...] = ("input",)
+    exporter: Mapping[str, str] = field(default_factory=dict)
+    extra: Mapping[str, Any] = field(default_factory=dict)
+    schema_version: int = SCHEMA_VERSION
+
+    def __post_init__(self) -> None:
+        # Coerce JSON lists back to tuples so that equality and hashing behave.
+        for name in ("input_size", "mean", "std", "patch_size", "grid_size", "prefix_tokens",
+                     "label_names", "outputs", "inputs"):
+            object.__setattr__(self, name, tuple(getattr(self, name)))
+        object.__setattr__(self, "exporter", dict(self.exporter))
+        object.__setattr__(self, "extra", dict(self.extra))
+        self._validate()
+
+    # ----------------------------------------------------------------- derived values
+    @property
+    def num_prefix_tokens(self) -> int:
+        """Number of tokens before the patch tokens."""
+        return len(self.prefix_tokens)
+
+    @property
+    def num_patches(self) -> int:
+        """Number of patch tokens, ``rows * cols``."""
+        return self.grid_size[0] * self.grid_size[1]
+
+    @property
+    def num_tokens(self) -> int:
+        """Sequence length N = prefix tokens + patch tokens."""
+        return self.num_prefix_tokens + self.num_patches
+
+    @property
+    def has_class_token(self) -> bool:
+        """True when the first prefix token is a class token."""
+        return bool(self.prefix_tokens) and self.prefix_tokens[0] == "class"
+
+    @property
+    def target_row(self) -> int | None:
+        """Row of the attention matrices that explanations read: 0 for a class token, else None.
+
+        None means "the mean of all token rows", which is what a class-token-free model
+        (average pooling) is explained with.
+        """
+        return 0 if self.has_class_token else None
+
+    @property
+    def layout(self) -> TokenLayout:
+        """The token layout explanation methods need."""
+        return TokenLayout(self.num_prefix_tokens, (int(self.grid_size[0]), int(self.grid_size[1])),
+                           self.target_row, stochastic=self.head_fusion in ("none", "mean"))
+
+    @property
+    def output_heads(self) -> int:
+        """Size of the H axis of the ``attentions`` output (1 when heads were fused)."""
+        return 1 if self.head_fusion != "none" else self.num_heads
+
+    @property
+    def has_gradients(self) -> bool:
+        """True when the graph emits ``attention_grads`` (class-specific methods)."""
+        return "attention_grads" in self.outputs
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        """``(H, W)`` of the graph input."""
+        return int(self.input_size[1]), int(self.input_size[2])
+
+    def label(self, index: int) -> str:
+        """Human-readable name of class ``index``."""
+        if 0 <= index < len(self.label_names):
+            return self.label_names[index]
+        return f"class_{index}"
+
+    # ----------------------------------------------------------------- (de)serialisation
+    def to_json(self) -> str:
+        """Serialise to the JSON document stored in the ONNX metadata."""
+        return json.dumps(dataclasses.asdict(self), separators=(",", ":"))
+
+    def to_props(self) -> dict[str, str]:
+        """Return ``{"attnmap": json}``, ready for ONNX ``metadata_props``."""
+        return {PROPS_KEY: self.to_json()}
+
+    @classmethod
+    def from_json(cls, text: str, source: str = "<metadata>") -> "ModelMeta":
+        """Parse the JSON document; ``source`` names the file in error messages."""
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise MetadataError(f"{source}: attnmap metadata is not valid JSON ({exc})") from None
+        if not isinstance(data, dict):
+            raise MetadataError(f"{source}: attnmap metadata must be a JSON object; got {type(data).__name__}")
+        version = data.get("schema_version")
+        if version != SCHEMA_VERSION:
+            raise MetadataError(
+                f"{source}: attnmap metadata schema_version {version!r} is not supported "
+                f"(this attnmap reads version {SCHEMA_VERSION}); re-export the model with this attnmap")
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise MetadataError(f"{source}: unknown attnmap metadata fields {unknown}")
+        missing = sorted(f.name for f in dataclasses.fields(cls)
+                         if f.name not in data and f.default is dataclasses.MISSING
+                         and f.default_factory is dataclasses.MISSING)
+        if missing:
+            raise MetadataError(f"{source}: attnmap metadata lacks required fields {missing}")
+        try:
+            return cls(**data)
+        except (TypeError, ValueError) as exc:
+            raise MetadataError(f"{source}: invalid attnmap metadata: {exc}") from None
+
+    @classmethod
+    def from_props(cls, props: Mapping[str, str], source: str = "<model>") -> "ModelMeta":
+        """Read the schema from ONNX ``metadata_props`` (a mapping of key to string)."""
+        if PROPS_KEY not in props:
+            raise MetadataError(
+                f"{source}: no attnmap metadata (key {PROPS_KEY!r}) in the ONNX file; "
+                "export the model with `attnmap export`")
+        return cls.from_json(props[PROPS_KEY], source)
+
+    def replace(self, **changes: Any) -> "ModelMeta":
+        """Return a copy with ``changes`` applied (validated again)."""
+        return dataclasses.replace(self, **changes)
+
+    # ----------------------------------------------------------------- validation
+    def _validate(self) -> None:
+        def fail(msg: str) -> None:
+            raise ValueError(msg)
+
+        if len(self.input_size) != 3 or any(int(v) <= 0 for v in self.input_size):
+            fail(f"input_size must be 3 positive ints (C, H, W); got {self.input_size}")
+        if len(self.mean) != self.input_size[0] or len(self.std) != self.input_size[0]:
+            fail(f"mean and std need {self.input_size[0]} values; got {self.mean} and {self.std}")
+        if any(s <= 0 for s in self.std):
+            fail(f"std must be positive; got {self.std}")
+        if self.interpolation not in INTERPOLATIONS:
+            fail(f"interpolation must be one of {INTERPOLATIONS}; got {self.interpolation!r}")
+        if not 0.0 < self.crop_pct <= 1.0:
+            fail(f"crop_pct must be in (0, 1]; got {self.crop_pct}")
+        if self.crop_mode not in CROP_MODES:
+            fail(f"crop_mode must be one of {CROP_MODES}; got {self.crop_mode!r}")
+        if len(self.patch_size) != 2 or len(self.grid_size) != 2 or min(self.grid_size) <= 0:
+            fail(f"patch_size and grid_size must be (rows, cols); got {self.patch_size}, {self.grid_size}")
+        bad = [k for k in self.prefix_tokens if k not in PREFIX_KINDS]
+        if bad:
+            fail(f"prefix_tokens kinds must be in {PREFIX_KINDS}; got {bad}")
+        if self.pooling not in POOLINGS:
+            fail(f"pooling must be one of {POOLINGS}; got {self.pooling!r}")
+        if self.pooling == "token" and not self.has_class_token:
+            fail("pooling 'token' needs a class token first in prefix_tokens")
+        if self.head_fusion not in HEAD_FUSIONS:
+            fail(f"head_fusion must be one of {HEAD_FUSIONS}; got {self.head_fusion!r}")
+        if self.num_layers <= 0 or self.num_heads <= 0 or self.num_classes <= 0:
+            fail("num_layers, num_heads and num_classes must be positive")
+        if self.label_names and len(self.label_names) != self.num_classes:
+            fail(f"label_names has {len(self.label_names)} names for {self.num_classes} classes")
+        if "logits" not in self.outputs:
+            fail(f"outputs must include 'logits'; got {self.outputs}")

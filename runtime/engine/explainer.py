@@ -1,0 +1,286 @@
+"""The Python API: ``Explainer(model).explain(images)`` -> per-image :class:`Explanation`.
+
+Example::
+
+    import cv2
+    from attnmap.runtime import Explainer
+
+    ex = Explainer("deit_tiny.onnx")               # or Explainer() for the shipped default
+    r = ex.explain(cv2.imread("dog.jpg"), method="rollout")
+    print(r.topk[0].label, r.topk[0].prob)
+    cv2.imwrite("dog_rollout.png", r.overlay(colormap="inferno"))
+
+The stages are public too (``preprocess`` -> ``infer`` -> ``maps``), so that video and live
+pipelines can overlap decoding with inference and batch frames.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import NamedTuple, Sequence, Union
+
+import numpy as np
+
+from attnmap.runtime.core.errors import ExplainError, suggest
+from attnmap.runtime.methods import EXPLAINERS, explain as run_method
+from attnmap.runtime.core.meta import ModelMeta
+from attnmap.runtime.model.registry import resolve_model
+from attnmap.runtime.draw.overlay import HeatmapOverlay, LabelOverlay
+from attnmap.runtime.image.preprocess import Geometry, check_image, preprocess, read_image
+from attnmap.runtime.model.session import OnnxModel, Outputs
+
+ImageLike = Union[np.ndarray, str, Path]
+
+
+class TopK(NamedTuple):
+    """One of the top-k predictions."""
+
+    index: int
+    label: str
+    prob: float
+
+
+@dataclass(eq=False)
+class Explanation:
+    """The prediction and explanation map of one image.
+
+    Attributes:
+        image: the original BGR uint8 image (H0, W0, 3), not copied.
+        probs: (C,) float32 class probabilities.
+        topk: the k most probable classes, best first.
+        grid: (gh, gw) float32 map over the patch grid, min-max normalised to [0, 1].
+        geometry: how the image was mapped into the model input.
+        method: the explanation method's name.
+        target: the class the map explains (class-specific methods), else None.
+    """
+
+    image: np.ndarray
+    probs: np.ndarray
+    topk: list[TopK]
+    grid: np.ndarray
+    geometry: Geometry
+    method: str
+    target: int | None = None
+    label_of_target: str | None = field(default=None, repr=False)
+
+    @cached_property
+    def heatmap(self) -> np.ndarray:
+        """(H0, W0) float32 map in [0, 1] on the original image's pixels (0 where unseen)."""
+        return self.geometry.to_image(self.grid)
+
+    def overlay(self, colormap: str | int = "jet", alpha: float = 0.5, blur: float = 0.0,
+                mode: str = "blend", label: bool = True) -> np.ndarray:
+        """Render the heatmap over the image.
+
+        Args:
+            colormap: an OpenCV colormap name (``"jet"``, ``"inferno"`` ...) or id.
+            alpha: weight of the colour map in ``blend`` mode.
+            blur: Gaussian smoothing of the heatmap (see :class:`runtime.draw.overlay.HeatmapOverlay`).
+            mode: ``"blend"`` (colour map over the image) or ``"mask"`` (image times the map).
+            label: draw the top-1 label and probability (and the explained class, if any).
+
+        Returns:
+            A new (H0, W0, 3) BGR uint8 image. Pixels outside what the model saw (with the
+            ``crop`` fit) are shown dimmed, without colour.
+        """
+        out = HeatmapOverlay(colormap=colormap, alpha=alpha, blur=blur, mode=mode).annotate(self.image, self.heatmap)
+        # Pixels the model never saw (cut away by a crop) carry no evidence either way: show
+        # them dimmed rather than coloured as "no relevance".
+        y0, y1, x0, x1 = self.geometry.seen_region(self.grid.shape)
+        h, w = out.shape[:2]
+        if (y0, y1, x0, x1) != (0, h, 0, w):
+            seen = out[y0:y1, x0:x1].copy()
+            out = (self.image // 2).astype(np.uint8)
+            out[y0:y1, x0:x1] = seen
+        if label:
+            out = LabelOverlay().annotate(out, self.caption())
+        return out
+
+    def caption(self) -> list[str]:
+        """Text lines describing the prediction (and the explained class)."""
+        top = self.topk[0]
+        lines = [f"{top.label} {top.prob:.2f}"]
+        if self.target is not None:
+            lines.append(f"{self.method}: {self.label_of_target} {float(self.probs[self.target]):.2f}")
+        else:
+            lines.append(self.method)
+        return lines
+
+
+class Explainer:
+    """An exported model, ready to predict and explain BGR images.
+
+    Args:
+        model: path to an attnmap ``.onnx`` file, a shipped model's name, or None for the
+            shipped default (``$ATTNMAP_MODEL`` overrides it).
+        provider: ``"auto"`` (CUDA when onnxruntime offers it, else CPU), ``"cpu"`` or ``"cuda"``.
+        threads: intra-op threads on CPU (default: physical cores).
+    """
+
+    def __init__(self, model: str | Path | None = None, *, provider: str = "auto", threads: int | None = None):
+        self.model = OnnxModel(resolve_model(model), provider=provider, threads=threads)
+        self.meta: ModelMeta = self.model.meta
+
+    @property
+    def path(self) -> Path:
+        """The ONNX file in use."""
+        return self.model.path
+
+    # ------------------------------------------------------------------ stages
+    def preprocess(self, images_bgr: Sequence[np.ndarray], fit: str = "crop",
+                   out: np.ndarray | None = None) -> tuple[np.ndarray, list[Geometry]]:
+        """BGR uint8 images -> ((B, 3, H, W) float32 input, one Geometry per image)."""
+        return preprocess(images_bgr, self.meta, fit=fit, out=out)
+
+    def infer(self, x_nchw: np.ndarray, target: np.ndarray | Sequence[int] | None = None) -> Outputs:
+        """Run the model with its attention outputs (and gradients, where exported)."""
+        return self.model.run(x_nchw, target=target)
+
+    def infer_plain(self, x_nchw: np.ndarray) -> np.ndarray:
+        """(B, C) logits from the same model without attention outputs (benchmark baseline)."""
+        return self.model.run_plain(x_nchw)
+
+    def maps(self, outputs: Outputs, method: str = "rollout", **options) -> np.ndarray:
+        """(B, gh, gw) float32 maps in [0, 1] from one forward pass's outputs."""
+        if outputs.attentions is None:
+            raise ExplainError("these outputs carry no attentions; run infer(), not infer_plain()")
+        return run_method(method, outputs.attentions, self.meta.layout, grads=outputs.grads, **options)
+
+    # ------------------------------------------------------------------ all at once
+    def explain(self, images: ImageLike | Sequence[ImageLike], method: str = "rollout", fit: str = "crop",
+                topk: int = 5, target: int | str | Sequence[int | str] | None = None,
+                **options) -> Explanation | list[Explanation]:
+        """Predict and explain one image or a batch.
+
+        Args:
+            images: one BGR uint8 image (H, W, 3) as OpenCV reads it, a path, a list of those,
+                or a (B, H, W, 3) array. Grey images are accepted and turned into BGR.
+            method: a name from ``runtime.methods.EXPLAINERS`` (``"rollout"``, ``"attention"`` ...).
+            fit: ``"crop"`` (the model's eval transform), ``"squash"`` or ``"letterbox"``.
+            topk: how many predictions to keep per image.
+            target: the class to explain for class-specific methods: an index, a label name,
+                or one per image; None explains the predicted class.
+            **options: the method's options (see ``EXPLAINERS[method].options``).
+
+        Returns:
+            One :class:`Explanation` for a single image, else a list in input order.
+        """
+        batch, single = _as_batch(images)
+        if method not in EXPLAINERS:
+            raise ExplainError(f"unknown method {method!r}; choose from {', '.join(EXPLAINERS)}."
+                               + suggest(method, EXPLAINERS))
+        spec = EXPLAINERS[method]
+        targets = None
+        if target is not None:
+            if not spec.needs_gradients:
+                raise ExplainError(f"method {method!r} is class-agnostic, so a target class does not apply; "
+                                   "use a class-specific method ("
+                                   + ", ".join(n for n, m in EXPLAINERS.items() if m.needs_gradients) + ")")
+            items = list(target) if isinstance(target, (list, tuple, np.ndarray)) else [target] * len(batch)
+            if len(items) != len(batch):
+                raise ExplainError(f"target must give one class per image ({len(batch)}); got {len(items)}")
+            targets = np.array([resolve_class(self.meta, t) for t in items], dtype=np.int64)
+        if spec.needs_gradients and not self.meta.has_gradients:
+            raise ExplainError(f"method {method!r} needs attention gradients, and {self.path.name!r} has none; "
+                               "re-export the model with `attnmap export --gradients`")
+        x, geoms = self.preprocess(batch, fit=fit)
+        outputs = self.infer(x, target=targets)
+        grids = self.maps(outputs, method, **options)
+        results = self.package(batch, outputs, grids, geoms, method, topk)
+        return results[0] if single else results
+
+    def explain_topk(self, image: ImageLike, k: int, method: str, fit: str = "crop",
+                     **options) -> list[Explanation]:
+        """Class-specific maps of one image for each of its ``k`` most probable classes.
+
+        Args:
+            image: one BGR uint8 image or a path.
+            k: how many of the top classes to explain (best first).
+            method: a class-specific method (``chefer``, ``grad_rollout``, ``gradsam``, ``product``).
+            fit: as in :meth:`explain`.
+            **options: the method's options.
+
+        Returns:
+            ``k`` explanations of the same image, the i-th explaining the i-th top class.
+        """
+        batch, _ = _as_batch(image)
+        if len(batch) != 1:
+            raise ExplainError(f"explain_topk takes one image; got {len(batch)}")
+        if int(k) < 1:
+            raise ExplainError(f"k must be >= 1; got {k}")
+        x, _ = self.preprocess(batch, fit=fit)
+        probs = softmax(self.infer_plain(x))[0]
+        classes = [int(c) for c in np.argsort(-probs)[: min(int(k), probs.shape[0])]]
+        return self.explain(batch * len(classes), method=method, fit=fit, target=classes, **options)
+
+    def package(self, images: Sequence[np.ndarray], outputs: Outputs, grids: np.ndarray,
+                geoms: Sequence[Geometry], method: str, topk: int = 5) -> list[Explanation]:
+        """Bundle one batch's stage outputs into per-image :class:`Explanation` objects."""
+        probs = softmax(outputs.logits)
+        k = max(1, min(int(topk), probs.shape[1]))
+        order = top_indices(probs, k)
+        results = []
+        for i, image in enumerate(images):
+            tk = [TopK(int(c), self.meta.label(int(c)), float(probs[i, c])) for c in order[i]]
+            tgt = None if outputs.targets is None or not EXPLAINERS[method].needs_gradients else int(outputs.targets[i])
+            results.append(Explanation(image, probs[i], tk, grids[i], geoms[i], method, tgt,
+                                       None if tgt is None else self.meta.label(tgt)))
+        return results
+
+
+def top_indices(scores: np.ndarray, k: int) -> np.ndarray:
+    """(B, k) column indices of each row's k largest scores, largest first, equal scores by
+    index. Partitions before sorting, so a top-1 or top-5 of 1000 classes sorts only k values
+    (which of several scores tied at the k-th place gets in is not specified)."""
+    if k >= scores.shape[1]:
+        return np.argsort(-scores, axis=1, kind="stable")
+    part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+    order = np.lexsort((part, -np.take_along_axis(scores, part, axis=1)), axis=1)
+    return np.take_along_axis(part, order, axis=1)
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise softmax of (B, C) logits, float32."""
+    z = logits.astype(np.float64)
+    z -= z.max(axis=1, keepdims=True)
+    np.exp(z, out=z)
+    z /= z.sum(axis=1, keepdims=True)
+    return z.astype(np.float32)
+
+
+def resolve_class(meta: ModelMeta, spec: int | str) -> int:
+    """A class index from an index (``3``, ``"3"``) or a label name (case-insensitive).
+
+    Raises:
+        ExplainError: out of range, or an unknown name (with close matches suggested).
+    """
+    if isinstance(spec, (int, np.integer)) or (isinstance(spec, str) and re.fullmatch(r"-?\d+", spec.strip())):
+        idx = int(spec)
+        if not 0 <= idx < meta.num_classes:
+            raise ExplainError(f"class index {idx} is out of range; the model has {meta.num_classes} classes (0..{meta.num_classes - 1})")
+        return idx
+    name = str(spec).strip().lower()
+    labels = [meta.label(i) for i in range(meta.num_classes)]
+    lowered = [s.lower() for s in labels]
+    if name in lowered:
+        return lowered.index(name)
+    raise ExplainError(f"unknown class {spec!r}; give a class index or one of the model's label names."
+                       + suggest(name, lowered))
+
+
+def _as_batch(images: ImageLike | Sequence[ImageLike]) -> tuple[list[np.ndarray], bool]:
+    if isinstance(images, (str, Path)):
+        return [read_image(images)], True
+    if isinstance(images, np.ndarray):
+        if images.ndim == 4:
+            return [check_image(img, f"images[{i}]") for i, img in enumerate(images)], False
+        return [check_image(images)], True
+    batch = []
+    for i, img in enumerate(images):
+        batch.append(read_image(img) if isinstance(img, (str, Path)) else check_image(img, f"images[{i}]"))
+    if not batch:
+        raise ExplainError("no images to explain: got an empty sequence")
+    return batch, False

@@ -1,0 +1,309 @@
+"""Shared pieces of the explanation methods: the Method record, input checks, normalisation.
+
+Every method reads attention probabilities ``attentions`` of shape (B, L, H, N, N) and
+returns saliency maps (B, gh, gw) float32 in [0, 1]. The helpers here hold what they all
+share: checking shapes against a :class:`~runtime.core.meta.TokenLayout`, fusing heads, building
+the start vector of the target row, cutting the patch columns out and min-max normalising.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
+
+import numpy as np
+
+from attnmap.runtime.core.errors import ExplainError
+from attnmap.runtime.core.meta import TokenLayout
+
+HEAD_FUSIONS = ("mean", "max", "min")
+
+# A map whose spread is below this fraction of its magnitude is float32 rounding noise, not
+# signal: uniform attention pushed through 12 layers comes out uniform only to a few ulps,
+# and stretching those ulps to [0, 1] would draw a random checkerboard.
+CONSTANT_RTOL = 1e-5
+
+
+@dataclass(frozen=True)
+class Method:
+    """One registered explanation method.
+
+    Attributes:
+        name: registry key and CLI ``--method`` choice.
+        fn: ``fn(attentions, layout, *, grads=None, **options) -> (B, gh, gw) float32``.
+        needs_gradients: True when ``fn`` needs ``grads`` (d y_c / d A, same shape as
+            ``attentions``).
+        options: option name -> default value; the type of the default is the option's
+            type (None means "not set").
+        choices: option name -> allowed values, for the options restricted to a set.
+        summary: one line for ``--help``.
+    """
+
+    name: str
+    fn: Callable[..., np.ndarray]
+    needs_gradients: bool
+    options: Mapping[str, Any]
+    choices: Mapping[str, tuple] = field(default_factory=dict)
+    summary: str = ""
+
+
+def make_method(name: str, fn: Callable[..., np.ndarray], summary: str, *,
+                needs_gradients: bool = False,
+                choices: Mapping[str, tuple] | None = None) -> Method:
+    """Build a :class:`Method` whose option defaults are read from ``fn``'s signature.
+
+    Reading them from the signature keeps one source of truth: a default changed in the
+    function is the default the CLI shows.
+
+    Args:
+        name: registry key.
+        fn: the method; its keyword-only parameters other than ``grads`` are its options.
+        summary: one line for ``--help``.
+        needs_gradients: whether ``fn`` needs ``grads``.
+        choices: allowed values of the restricted options.
+
+    Returns:
+        The frozen :class:`Method`.
+    """
+    options = {p.name: p.default for p in inspect.signature(fn).parameters.values()
+               if p.kind is inspect.Parameter.KEYWORD_ONLY and p.name != "grads"}
+    return Method(name=name, fn=fn, needs_gradients=needs_gradients, options=options,
+                  choices=dict(choices or {}), summary=summary)
+
+
+# --------------------------------------------------------------------------- input checks
+def check_layout(layout: TokenLayout) -> None:
+    """Raise ExplainError unless ``layout`` describes a usable token sequence.
+
+    Args:
+        layout: prefix count, patch grid and target row.
+    """
+    if not isinstance(layout, TokenLayout):
+        raise ExplainError(f"layout must be a runtime.core.meta.TokenLayout; got {type(layout).__name__}")
+    rows, cols = layout.grid
+    if layout.num_prefix < 0 or rows <= 0 or cols <= 0:
+        raise ExplainError(f"layout needs num_prefix >= 0 and a positive grid; got "
+                           f"num_prefix={layout.num_prefix}, grid={layout.grid}")
+    t = layout.target_row
+    if t is not None and not 0 <= t < layout.num_tokens:
+        raise ExplainError(f"layout.target_row must be None or in [0, {layout.num_tokens}); got {t}")
+
+
+def check_attentions(attentions: np.ndarray, layout: TokenLayout) -> np.ndarray:
+    """Check the attention tensor against ``layout`` and return it as float32.
+
+    Args:
+        attentions: (B, L, H, N, N) attention probabilities (rows sum to 1), any real dtype.
+        layout: token layout; N must equal ``layout.num_tokens``.
+
+    Returns:
+        The same values as float32 (no copy when they already are float32). The strides are
+        kept: the runtime hands over a ``[B, L, ...]`` view of a ``[L, B, ...]`` buffer, whose
+        layers ``a[:, l]`` are contiguous, and a contiguous copy of it would cost what the
+        split outputs saved (see runtime/graph.py).
+    """
+    check_layout(layout)
+    a = np.asarray(attentions)
+    if a.ndim != 5:
+        raise ExplainError(f"attentions must be 5-D (B,L,H,N,N); got shape {a.shape}")
+    if a.shape[3] != a.shape[4]:
+        raise ExplainError(f"attentions must be square in the last two axes (B,L,H,N,N); got shape {a.shape}")
+    if min(a.shape) == 0:
+        raise ExplainError(f"attentions has an empty axis; got shape {a.shape}")
+    n = layout.num_tokens
+    if a.shape[3] != n:
+        raise ExplainError(
+            f"attentions have N={a.shape[3]} tokens but the layout expects {n} "
+            f"({layout.num_prefix} prefix + {layout.grid[0]}x{layout.grid[1]} patches); got shape {a.shape}")
+    if not (np.issubdtype(a.dtype, np.floating) or np.issubdtype(a.dtype, np.integer)):
+        raise ExplainError(f"attentions must be real numbers; got dtype {a.dtype}")
+    return np.asarray(a, dtype=np.float32)
+
+
+def check_grads(grads: np.ndarray | None, attentions: np.ndarray, method: str) -> np.ndarray:
+    """Check the attention gradients of a gradient method and return them as float32.
+
+    Args:
+        grads: (B, L, H, N, N) d y_c / d A, or None.
+        attentions: the already-checked (B, L, H, N, N) attentions.
+        method: method name, for the messages.
+
+    Returns:
+        ``grads`` as float32 (strides kept, as for the attentions).
+    """
+    if grads is None:
+        raise ExplainError(f"method {method!r} needs attention gradients; export the model with --gradients")
+    g = np.asarray(grads)
+    if g.shape != attentions.shape:
+        raise ExplainError(f"grads must have the shape of attentions {attentions.shape}; got shape {g.shape}")
+    if not (np.issubdtype(g.dtype, np.floating) or np.issubdtype(g.dtype, np.integer)):
+        raise ExplainError(f"grads must be real numbers; got dtype {g.dtype}")
+    return np.asarray(g, dtype=np.float32)
+
+
+def check_choice(name: str, value: Any, choices: tuple) -> None:
+    """Raise ExplainError unless ``value`` is one of ``choices``."""
+    if value not in choices:
+        raise ExplainError(f"{name} must be one of {choices}; got {value!r}")
+
+
+def check_int(name: str, value: Any) -> int:
+    """Return ``value`` as int, or raise ExplainError if it is not an integer (bools refused)."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise ExplainError(f"{name} must be an integer; got {value!r}")
+    return int(value)
+
+
+def check_bool(name: str, value: Any) -> bool:
+    """Return ``value`` as bool, or raise ExplainError if it is not a bool."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise ExplainError(f"{name} must be True or False; got {value!r}")
+    return bool(value)
+
+
+def resolve_index(name: str, value: Any, size: int, what: str) -> int:
+    """Turn a possibly negative index into one in [0, size), Python style.
+
+    Args:
+        name: option name for the message.
+        value: the index; -1 is the last.
+        size: length of the indexed axis.
+        what: what the axis holds ("layers", "heads"), for the message.
+
+    Returns:
+        The index in [0, size).
+    """
+    i = check_int(name, value)
+    if not -size <= i < size:
+        raise ExplainError(f"{name} must be in [{-size}, {size}) for {size} {what}; got {i}")
+    return i % size
+
+
+def check_discard_ratio(value: Any) -> float:
+    """Return ``value`` as float, or raise ExplainError unless it lies in [0, 1)."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise ExplainError(f"discard_ratio must be a number in [0, 1); got {value!r}")
+    r = float(value)
+    if not 0.0 <= r < 1.0:
+        raise ExplainError(f"discard_ratio must be in [0, 1); got {r}")
+    return r
+
+
+# --------------------------------------------------------------------------- shared maths
+def fuse_heads(a: np.ndarray, how: str, axis: int = 1) -> np.ndarray:
+    """Fuse the head axis of attention (or relevance) tensors.
+
+    Args:
+        a: float32 array with a head axis, e.g. (B, H, N, N).
+        how: ``"mean"``, ``"max"`` or ``"min"``.
+        axis: the head axis.
+
+    Returns:
+        A new float32 array without the head axis.
+    """
+    check_choice("head_fusion", how, HEAD_FUSIONS)
+    if how == "mean":
+        # sum-then-scale: NumPy's mean(dtype=float32) takes a path several times slower.
+        fused = a.sum(axis=axis)
+        fused *= np.float32(1.0 / a.shape[axis])
+        return fused
+    if how == "max":
+        return a.max(axis=axis)
+    return a.min(axis=axis)
+
+
+def start_vector(layout: TokenLayout, batch: int) -> np.ndarray:
+    """Row vector that selects the target row: e_t, or the mean row (1/N)·1 when target is None.
+
+    Args:
+        layout: token layout.
+        batch: B.
+
+    Returns:
+        (B, N) float32.
+    """
+    n = layout.num_tokens
+    if layout.target_row is None:
+        return np.full((batch, n), 1.0 / n, dtype=np.float32)
+    v = np.zeros((batch, n), dtype=np.float32)
+    v[:, layout.target_row] = 1.0
+    return v
+
+
+def target_rows(m: np.ndarray, layout: TokenLayout) -> np.ndarray:
+    """Target row of each matrix in ``m``: row ``target_row``, or the mean of all rows if None.
+
+    Args:
+        m: (..., N, N) array.
+        layout: token layout.
+
+    Returns:
+        (..., N) array.
+    """
+    if layout.target_row is None:
+        return m.mean(axis=-2, dtype=np.float32)
+    return m[..., layout.target_row, :]
+
+
+def patch_maps(rows: np.ndarray, layout: TokenLayout, method: str) -> np.ndarray:
+    """Cut the patch columns out of target rows, reshape them to the grid and normalise.
+
+    Args:
+        rows: (B, N) relevance of every token for the target.
+        layout: token layout; patches are columns ``num_prefix:`` in row-major grid order.
+        method: method name, for the message when the values are not finite.
+
+    Returns:
+        (B, gh, gw) float32 in [0, 1].
+    """
+    return grid_maps(rows[:, layout.num_prefix:], layout, method)
+
+
+def grid_maps(patches: np.ndarray, layout: TokenLayout, method: str) -> np.ndarray:
+    """Reshape per-patch relevance (B, gh * gw), row-major, to (B, gh, gw) and normalise.
+
+    Args:
+        patches: (B, gh * gw) relevance of the patch tokens.
+        layout: token layout (its grid).
+        method: method name, for the message when the values are not finite.
+
+    Returns:
+        (B, gh, gw) float32 in [0, 1].
+    """
+    gh, gw = layout.grid
+    maps = patches.reshape(patches.shape[0], gh, gw)
+    if not np.isfinite(maps).all():
+        raise ExplainError(f"method {method!r} produced NaN or inf; the attentions or grads "
+                           "contain non-finite values")
+    return normalize_maps(maps)
+
+
+def normalize_maps(maps: np.ndarray) -> np.ndarray:
+    """Min-max normalise each map to [0, 1].
+
+    A constant map (spread below ``CONSTANT_RTOL`` of its magnitude, i.e. float32 rounding
+    noise) carries no ranking: it becomes all ones when its value is > 0 and all zeros
+    otherwise, so uniform attention reads "everything equally" and an all-zero relevance reads
+    "nothing"; there is no division by zero and no NaN. Non-finite input raises ExplainError.
+
+    Args:
+        maps: (B, ...) real array, one map per leading index (usually (B, gh, gw)).
+
+    Returns:
+        float32 array of the same shape with values in [0, 1].
+    """
+    m = np.asarray(maps)
+    if m.ndim < 2:
+        raise ExplainError(f"maps must be (B, ...) with at least 2 axes; got shape {m.shape}")
+    x = m.astype(np.float64)
+    if not np.isfinite(x).all():
+        raise ExplainError(f"maps must be finite; got NaN or inf in an array of shape {m.shape}")
+    axes = tuple(range(1, x.ndim))
+    lo = x.min(axis=axes, keepdims=True)
+    hi = x.max(axis=axes, keepdims=True)
+    spread = hi - lo
+    constant = spread <= CONSTANT_RTOL * np.maximum(np.abs(hi), np.abs(lo))
+    out = (x - lo) / np.where(constant, 1.0, spread)
+    out = np.where(constant, (hi > 0).astype(np.float64), out)
+    return np.clip(out, 0.0, 1.0).astype(np.float32)
