@@ -6,22 +6,34 @@ click error. Results go to stdout, progress and messages to stderr.
 
 from __future__ import annotations
 
-import functools
-import json
-import re
-import sys
-from pathlib import Path
-from typing import Any, Callable
+import os
 
-import click
+# onnxruntime owns the cores; NumPy's work here (resampling matrices, rollout's vector-matrix
+# products) is small, and on a busy 2-core box OpenBLAS's worker threads fighting onnxruntime's
+# turned a 0.6 ms resize into 80-180 ms. So the CLI, the entry point, asks for one BLAS thread
+# (unless the user chose otherwise) before anything imports NumPy. The library itself changes
+# no process-wide state.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
-from attnmap.runtime import __version__
-from attnmap.runtime.core.errors import AttnmapError
-from attnmap.runtime.methods import EXPLAINERS
-from attnmap.runtime.core.meta import HEAD_FUSIONS
-from attnmap.runtime.model.session import PROVIDERS, throughput_plan
+import functools  # noqa: E402
+import json  # noqa: E402
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any, Callable  # noqa: E402
+
+import click  # noqa: E402
+
+from attnmap import __version__  # noqa: E402
+from attnmap.runtime.core.errors import AttnmapError  # noqa: E402
+from attnmap.runtime.core.meta import HEAD_FUSIONS  # noqa: E402
+from attnmap.runtime.core.options import OptionSpec  # noqa: E402
+
+# Light on purpose: `attnmap --help` and `attnmap export` must not load onnxruntime or OpenCV,
+# so the method registry (pure NumPy) is the only runtime part imported here.
+from attnmap.runtime.methods import METHODS  # noqa: E402
 
 FITS = ("crop", "squash", "letterbox")
+PROVIDERS = ("auto", "cpu", "cuda")
 
 
 class _StatusLine:
@@ -55,7 +67,11 @@ def _err(msg: str) -> None:
 
 
 def handle_errors(fn: Callable) -> Callable:
-    """Turn attnmap's typed errors into one-line click errors (exit code 1), never a traceback."""
+    """Turn attnmap's typed errors into one-line click errors (exit code 1), never a traceback.
+
+    An unexpected exception (a bug) is one line too, saying how to see its traceback
+    (``attnmap --debug ...``), which re-raises it.
+    """
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -65,13 +81,26 @@ def handle_errors(fn: Callable) -> Callable:
             raise click.ClickException(str(exc)) from None
         except KeyboardInterrupt:
             raise click.Abort() from None
+        except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+            raise
+        except Exception as exc:  # noqa: BLE001 - a bug: one line unless --debug
+            if _debug():
+                raise
+            raise click.ClickException(f"unexpected {type(exc).__name__}: {exc} (this is a bug in attnmap; "
+                                       "run with `attnmap --debug ...` for the traceback)") from None
 
     return wrapper
 
 
+def _debug() -> bool:
+    ctx = click.get_current_context(silent=True)
+    root = ctx.find_root() if ctx is not None else None
+    return bool(root is not None and (root.obj or {}).get("debug"))
+
+
 # ---------------------------------------------------------------------------- shared options
 def model_option(fn: Callable) -> Callable:
-    """``--model`` and ``--provider``."""
+    """``--model``, ``--provider`` and ``--threads``."""
     fn = click.option("--provider", type=click.Choice(PROVIDERS), default="auto", show_default=True,
                       help="onnxruntime execution provider; 'cuda' fails clearly where it is unavailable.")(fn)
     fn = click.option("--model", "-m", "model", default=None, metavar="MODEL",
@@ -82,95 +111,109 @@ def model_option(fn: Callable) -> Callable:
     return fn
 
 
-def _method_option_specs() -> dict[str, dict[str, Any]]:
-    """Every option any method takes, with a type and choices, built from EXPLAINERS.
-
-    The type is the default's, or for a None default the function's annotation
-    (``head: int | None = None`` is an int option).
-    """
-    import inspect
-
-    specs: dict[str, dict[str, Any]] = {}
-    for method in EXPLAINERS.values():
-        params = inspect.signature(method.fn).parameters
-        for name, default in method.options.items():
-            spec = specs.setdefault(name, {"default": default, "choices": None, "methods": [], "type": None})
-            spec["methods"].append(method.name)
-            if default is not None and spec["default"] is None:
-                spec["default"] = default
-            if name in method.choices:
-                spec["choices"] = tuple(method.choices[name])
-            annotation = str(params[name].annotation) if name in params else ""
-            for kind in (bool, int, float, str):
-                if isinstance(default, kind) or re.search(rf"\b{kind.__name__}\b", annotation):
-                    spec["type"] = spec["type"] or kind
-                    break
-    return specs
+def _method_flags() -> dict[str, tuple[OptionSpec, list[str]]]:
+    """Every option of any method: its spec (shared by the methods that take it) and users."""
+    flags: dict[str, tuple[OptionSpec, list[str]]] = {}
+    for m in METHODS.values():
+        for name, spec in m.options.items():
+            flags.setdefault(name, (spec, []))[1].append(m.name)
+    return flags
 
 
-METHOD_OPTIONS = _method_option_specs()
+METHOD_FLAGS = _method_flags()
+
+
+def _click_type(spec: OptionSpec) -> Any:
+    if spec.choices:
+        return click.Choice([str(c) for c in spec.choices])
+    if spec.kind is float and (spec.low is not None or spec.high is not None):
+        return click.FloatRange(spec.low, spec.high, min_open=spec.low_open, max_open=spec.high_open)
+    return spec.kind
 
 
 def method_options(fn: Callable) -> Callable:
-    """``--method`` plus one flag per method option (derived from EXPLAINERS, never listed twice)."""
-    for name, spec in sorted(METHOD_OPTIONS.items(), reverse=True):
+    """``--method`` plus one flag per method option, all derived from the methods' option specs."""
+    for name, (spec, users) in sorted(METHOD_FLAGS.items(), reverse=True):
         flag = "--" + name.replace("_", "-")
-        used_by = ", ".join(spec["methods"])
-        default = spec["default"]
-        if spec["type"] is bool:
-            decl = f"{flag}/--no-{name.replace('_', '-')}"
-            fn = click.option(decl, name, default=None, help=f"[{used_by}] default: {default}.")(fn)
-            continue
-        if spec["choices"]:
-            ptype: Any = click.Choice([str(c) for c in spec["choices"]])
+        defaults = sorted({str(METHODS[u].options[name].default) for u in users})
+        text = f"{spec.help} [{', '.join(users)}; default {' / '.join(defaults)}]"
+        if spec.kind is bool:
+            fn = click.option(f"{flag}/--no-{name.replace('_', '-')}", name, default=None, help=text)(fn)
         else:
-            ptype = spec["type"] or str
-        fn = click.option(flag, name, type=ptype, default=None,
-                          help=f"[{used_by}] default: {default}.")(fn)
-    fn = click.option("--method", default="rollout", show_default=True, type=click.Choice(list(EXPLAINERS)),
+            fn = click.option(flag, name, type=_click_type(spec), default=None, help=text)(fn)
+    fn = click.option("--method", default="rollout", show_default=True, type=click.Choice(list(METHODS)),
                       help="Explanation method (`attnmap methods` describes each one).")(fn)
     return fn
 
 
-def pop_method_options(kwargs: dict[str, Any]) -> dict[str, Any]:
-    """Remove the method flags from a command's kwargs; return those the user set."""
-    given = {}
-    for name in METHOD_OPTIONS:
-        value = kwargs.pop(name, None)
-        if value is not None:
-            given[name] = value
+def pop_method_options(kwargs: dict[str, Any], method: str) -> dict[str, Any]:
+    """Remove the method flags from a command's kwargs; return those the user set.
+
+    Raises:
+        click.BadParameter: a flag the chosen method does not take.
+    """
+    given = {name: kwargs.pop(name) for name in list(METHOD_FLAGS) if kwargs.get(name) is not None}
+    for name in METHOD_FLAGS:
+        kwargs.pop(name, None)
+    for name in given:
+        if name not in METHODS[method].options:
+            takes = ", ".join("--" + o.replace("_", "-") for o in METHODS[method].options) or "no options"
+            raise click.BadParameter(f"--method {method} does not take it; it takes {takes}",
+                                     param_hint="--" + name.replace("_", "-"))
+    if "head_fusion" in given:
+        given["head_fusion"] = str(given["head_fusion"])
     return given
 
 
-def overlay_options(fn: Callable | None = None, *, fit: str = "crop", label: bool = True) -> Callable:
+def overlay_options(fn: Callable | None = None, *, label: bool = True) -> Callable:
     """How frames enter the model (--fit) and how overlays look: colormap, alpha, blur, mode, label."""
     if fn is None:
-        return functools.partial(overlay_options, fit=fit, label=label)
+        return functools.partial(overlay_options, label=label)
     if label:
-        fn = click.option("--no-label", is_flag=True, help="Do not draw the predicted label on overlays.")(fn)
+        fn = click.option("--no-label", is_flag=True, help="Do not draw the caption (label, method) on overlays.")(fn)
     fn = click.option("--mode", type=click.Choice(["blend", "mask"]), default="blend", show_default=True,
                       help="blend: colour map over the image; mask: image multiplied by the map.")(fn)
-    fn = click.option("--blur", type=click.FloatRange(0, None), default=0.0, show_default=True,
+    fn = click.option("--blur", type=click.FloatRange(0, 1), default=0.0, show_default=True,
                       help="Gaussian smoothing of the heatmap (sigma as a fraction of the shorter side).")(fn)
     fn = click.option("--alpha", type=click.FloatRange(0, 1), default=0.5, show_default=True,
                       help="Weight of the colour map in blend mode.")(fn)
     fn = click.option("--colormap", default="jet", show_default=True,
-                      help="Any OpenCV colormap by name (jet, inferno, viridis, turbo, ...).")(fn)
-    fn = click.option("--fit", type=click.Choice(FITS), default=fit, show_default=True,
-                      help="crop: the model's eval transform; squash: whole frame resized; "
-                           "letterbox: whole frame padded.")(fn)
+                      help="Any OpenCV colormap by name, any case (jet, inferno, viridis, turbo, ...).")(fn)
+    fn = click.option("--fit", type=click.Choice(FITS), default="crop", show_default=True,
+                      help="crop: the model's eval transform (the same in every command); squash: whole "
+                           "frame resized; letterbox: whole frame padded.")(fn)
     return fn
+
+
+def _style(colormap: str, alpha: float, blur: float, mode: str, label: bool):
+    """The one OverlayStyle object every front takes (checked here, once)."""
+    from attnmap.runtime.draw.style import OverlayStyle
+
+    return OverlayStyle(colormap=colormap, alpha=alpha, blur=blur, mode=mode, label=label)
+
+
+def _explainer(model: str | None, provider: str, threads: int | None):
+    from attnmap import Explainer
+
+    return Explainer(model, provider=provider, threads=threads)
 
 
 # ---------------------------------------------------------------------------- group
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="attnmap")
-def main() -> None:
+@click.option("--debug", is_flag=True, help="Show tracebacks of unexpected errors and OpenCV's own warnings.")
+@click.pass_context
+def main(ctx: click.Context, debug: bool) -> None:
     """attnmap: see what a Vision Transformer looks at.
 
     Export a timm ViT to a self-describing ONNX file with attention outputs, then explain images,
     videos and camera frames with onnxruntime alone.
     """
+    ctx.obj = {"debug": debug}
+    if ctx.invoked_subcommand not in (None, "export", "methods"):
+        from attnmap.runtime.core.logs import quiet_opencv
+
+        quiet_opencv(debug=debug)
 
 
 # ---------------------------------------------------------------------------- export
@@ -214,7 +257,8 @@ def export(model_name: str, out: Path, checkpoint: Path | None, pretrained: bool
             f"`attnmap export` needs the export extra (torch and timm): pip install -e '.[export]' ({exc})") from None
     report = export_onnx(model_name, out, checkpoint=checkpoint, pretrained=pretrained, img_size=img_size,
                          heads=heads, labels=labels, attentions=not no_attentions, gradients=gradients, opset=opset,
-                         model_kwargs={"num_classes": num_classes} if num_classes else None, log=_err)
+                         model_kwargs={"num_classes": num_classes} if num_classes else None, log=_err,
+                         random_weights_hint="pass --checkpoint FILE or --pretrained")
     click.echo(str(report.path))  # the export's own log (stderr) has the parity figures and size
 
 
@@ -228,50 +272,12 @@ def info(model: str | None, as_json: bool) -> None:
 
     MODEL is an .onnx file or a shipped model name (default: the shipped default).
     """
-    import onnxruntime as ort
-
+    from attnmap.runtime.model.info import describe_model, format_rows, info_rows
     from attnmap.runtime.model.registry import resolve_model
     from attnmap.runtime.model.session import OnnxModel
 
     m = OnnxModel(resolve_model(model), provider="cpu")
-    io = {
-        "inputs": [{"name": i.name, "shape": i.shape, "type": i.type} for i in m.session.get_inputs()],
-        "outputs": m.describe_outputs(),
-    }
-    meta = m.meta
-    if as_json:
-        click.echo(json.dumps({"path": str(m.path), "size_bytes": m.path.stat().st_size,
-                               "meta": json.loads(meta.to_json()), **io,
-                               "available_providers": ort.get_available_providers()}))
-        return
-    labels = ", ".join(meta.label_names[:5]) + (", ..." if len(meta.label_names) > 5 else "")
-    rows = [
-        ("file", f"{m.path} ({m.path.stat().st_size / 1e6:.1f} MB)"),
-        ("model", meta.model_name),
-        ("input", f"{meta.input_size[0]} x {meta.input_size[1]} x {meta.input_size[2]}, mean {_fmt(meta.mean)}, "
-                  f"std {_fmt(meta.std)}"),
-        ("transform", f"{meta.interpolation} resize, crop_pct {meta.crop_pct:g}, crop_mode {meta.crop_mode}"),
-        ("tokens", f"{meta.num_prefix_tokens} prefix ({', '.join(meta.prefix_tokens) or 'none'}) + "
-                   f"{meta.grid_size[0]} x {meta.grid_size[1]} patches of {meta.patch_size[0]} x "
-                   f"{meta.patch_size[1]} px = {meta.num_tokens}"),
-        ("pooling", "class token" if meta.pooling == "token" else "average of patch tokens"),
-        ("attention", f"{meta.num_layers} layers x {meta.num_heads} heads"
-                      + (f", heads fused in graph ({meta.head_fusion})" if meta.head_fusion != "none" else "")),
-        ("gradients", "yes (class-specific methods available)" if meta.has_gradients
-         else "no (export with --gradients for class-specific methods)"),
-        ("classes", f"{meta.num_classes}" + (f": {labels}" if labels else "")),
-    ]
-    rows += [(f"input {i['name']}", f"{i['type']} {i['shape']}") for i in io["inputs"]]
-    rows += [(f"output {o['name']}", f"{o['type']} {o['shape']}") for o in io["outputs"]]
-    rows.append(("exporter", ", ".join(f"{k} {v}" for k, v in meta.exporter.items()) or "unknown"))
-    rows.append(("providers", ", ".join(ort.get_available_providers())))
-    width = max(len(k) for k, _ in rows)
-    for key, value in rows:
-        click.echo(f"{key:<{width}}  {value}")
-
-
-def _fmt(values) -> str:
-    return "(" + ", ".join(f"{v:.3g}" for v in values) + ")"
+    click.echo(json.dumps(describe_model(m)) if as_json else format_rows(info_rows(m)))
 
 
 # ---------------------------------------------------------------------------- explain
@@ -291,84 +297,63 @@ def _fmt(values) -> str:
 @click.option("--workers", type=click.IntRange(1, 16), default=None,
               help="Model runs at once, each on its own batch (default: 2 on a CPU with 2+ cores, each "
                    "on half of them, where there is more than one batch; else 1).")
-@click.option("--class", "target", default=None, metavar="CLASS",
+@click.option("--class", "target", default=None, metavar="CLASS", multiple=True,
               help="For class-specific methods: a class index, a label name, or topk:N for the top N "
-                   "classes' maps side by side (default: the predicted class).")
+                   "classes' maps side by side (default: the predicted class). Give it once.")
 @click.option("--json", "as_json", is_flag=True,
               help="Print one JSON object per input: {source, topk: [{index, label, prob}], overlay}.")
 @handle_errors
 def explain(sources: tuple[str, ...], model: str | None, provider: str, threads: int | None, method: str,
             fit: str, colormap: str, alpha: float, blur: float, mode: str, no_label: bool, out_dir: Path,
-            topk: int, save_maps: bool, tiles: str, batch_size: int | None, workers: int | None, target: str | None,
-            as_json: bool, **kwargs: Any) -> None:
+            topk: int, save_maps: bool, tiles: str, batch_size: int | None, workers: int | None,
+            target: tuple[str, ...], as_json: bool, **kwargs: Any) -> None:
     """Explain images, folders, globs and videos; write overlays to --out.
 
     SOURCE is an image file, a directory, a glob ("photos/*.jpg"), a video file or an image
-    sequence (img_%04d.png). Bad files are reported and skipped; the exit code is then 1.
+    sequence (img_%04d.png). A bad or missing input is reported on its own line and skipped; the
+    exit code is then 1.
     """
-    from attnmap.runtime import Explainer
-    from attnmap.runtime.draw.overlay import HeatmapOverlay, colormap_id
-    from attnmap.runtime.frames.sources import expand_sources
+    from attnmap.runtime.engine.engine import FrameEngine, Job
+    from attnmap.runtime.engine.explainer import parse_class_spec
+    from attnmap.runtime.frames.sources import VIDEO_EXTS
+    from attnmap.runtime.fronts.offline import FolderOutput, explain_inputs
+    from attnmap.runtime.model.plan import plan_for_inputs
 
-    from attnmap.runtime.engine.explainer import resolve_class
-    from attnmap.runtime.fronts.offline import explain_classes, explain_images
-
-    options = pop_method_options(kwargs)
-    colormap_id(colormap)  # fail on a bad colormap before any work
-    top_n = _parse_topk(target)
-    if target is not None and not EXPLAINERS[method].needs_gradients:
+    options = pop_method_options(kwargs, method)
+    if len(target) > 1:
+        raise click.BadParameter(f"given {len(target)} times ({', '.join(map(repr, target))}); give one class, "
+                                 "or topk:N for several side by side", param_hint="--class")
+    if target and not METHODS[method].needs_gradients:
         raise click.BadParameter(
-            f"--class needs a class-specific method ({', '.join(n for n, m in EXPLAINERS.items() if m.needs_gradients)});"
+            f"--class needs a class-specific method ({', '.join(n for n, m in METHODS.items() if m.needs_gradients)});"
             f" {method!r} is class-agnostic", param_hint="--class")
-    refs = expand_sources(sources)
-    live = [r.spec for r in refs if r.is_live]
-    if live:
-        raise click.BadParameter(f"{live[0]!r} is a camera or stream; use `attnmap live {live[0]}`",
-                                 param_hint="SOURCE")
-    images = [r for r in refs if r.kind == "image"]
-    others = [r for r in refs if r.kind != "image"]
-    plan = throughput_plan(provider, threads, workers, batch_size)
-    batch_size = plan.batch_size
-    if target is None and (others or len(images) > batch_size):
-        threads, workers = plan.threads, plan.workers
-    workers = workers or 1
-    explainer = Explainer(model, provider=provider, threads=threads)
-    HeatmapOverlay(colormap=colormap, alpha=alpha, blur=blur, mode=mode)  # validate style up front
-    writer = _writer(out_dir, method, as_json=as_json, save_maps=save_maps, topk=topk,
-                     style=dict(colormap=colormap, alpha=alpha, blur=blur, mode=mode, label=not no_label),
-                     tiles=tiles, options=options)
-    if target is not None:
-        if others:
-            raise click.BadParameter(f"--class works on images; {others[0].spec!r} is a {others[0].kind}",
-                                     param_hint="--class")
-        if not explainer.meta.has_gradients:
-            raise click.ClickException(f"{explainer.path.name} has no attention gradients; re-export it with "
-                                       "`attnmap export ... --gradients` for --class")
-        fixed = None if top_n else resolve_class(explainer.meta, target)
-        with _Progress(len(images), "images") as bar:
-            explain_classes(explainer, images, writer, method, options, fit, fixed, top_n, bar.update)
-    else:
-        with _Progress(len(images), "images") as bar:
-            explain_images(explainer, images, writer, method, options, fit, batch_size, topk, bar.update,
-                           workers=workers)
-    for ref in others:
-        _explain_video(explainer, ref, writer, method, options, fit, batch_size, workers)
-    if writer.failures:
-        raise click.ClickException(f"{writer.failures} of {writer.failures + writer.done} inputs failed (see above)")
-    _err(f"{writer.done} overlay{'s' if writer.done != 1 else ''} written to {out_dir}")
+    style = _style(colormap, alpha, blur, mode, not no_label)
+    videos = sum(1 for s in sources if Path(s).suffix.lower() in VIDEO_EXTS or "%" in s)
+    plan = plan_for_inputs(provider, images=len(sources) - videos if len(sources) > 1 else 1, videos=videos,
+                           threads=threads, workers=workers, batch_size=batch_size)
+    explainer = _explainer(model, provider, plan.threads)
+    fixed, top_n = parse_class_spec(explainer.meta, target[0]) if target else (None, None)
+    job = Job(method=method, options=options, fit=fit, topk=topk, target=fixed, top_classes=top_n, style=style)
+    engine = FrameEngine(explainer, job, batch_size=plan.batch_size, workers=plan.workers)
+    show = _stderr_is_terminal()
 
+    def on_record(record: dict[str, Any], line: str) -> None:
+        _out(json.dumps(record) if as_json else line)
 
-def _parse_topk(target: str | None) -> int | None:
-    """N of ``topk:N``, else None."""
-    if target is None or not target.lower().startswith("topk:"):
-        return None
-    try:
-        n = int(target.split(":", 1)[1])
-    except ValueError:
-        n = 0
-    if n < 1:
-        raise click.BadParameter(f"expected topk:N with N >= 1; got {target!r}", param_hint="--class")
-    return n
+    def on_fail(source: str, reason: str) -> None:
+        _err(f"error: {source}: {reason}" if source not in reason else f"error: {reason}")
+
+    def on_video(spec: str, p) -> None:
+        if show:
+            _status.show(f"{spec}: {p.bar()}")
+
+    report = explain_inputs(engine, sources, FolderOutput(out_dir, save_maps=save_maps, tiles=tiles),
+                            on_record=on_record, on_fail=on_fail, on_video=on_video)
+    _status.end()
+    if report.failed:
+        raise click.ClickException(f"{len(report.failed)} of {len(report.failed) + report.done} inputs failed "
+                                   f"(see above); {report.done} written to {out_dir}")
+    _err(f"{report.done} input{'s' if report.done != 1 else ''} explained into {out_dir}")
 
 
 def _stderr_is_terminal() -> bool:
@@ -376,69 +361,17 @@ def _stderr_is_terminal() -> bool:
     return sys.stderr.isatty()
 
 
-class _Progress:
-    """A progress line on stderr for long runs (only where stderr is a terminal)."""
-
-    def __init__(self, total: int, unit: str, min_total: int = 10):
-        self.bar = None
-        if total >= min_total and _stderr_is_terminal():
-            self.bar = click.progressbar(length=total, label=f"explaining {total} {unit}", file=sys.stderr)
-            self.bar.__enter__()
-
-    def update(self, n: int) -> None:
-        if self.bar is not None:
-            self.bar.update(n)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.__exit__(None, None, None)
-
-    def __enter__(self) -> "_Progress":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-
-def _writer(out_dir: Path, method: str, *, as_json: bool, **kwargs: Any):
-    """A ResultWriter that prints each record to stdout (a line, or JSON) and failures to stderr."""
-    from attnmap.runtime.fronts.offline import ResultWriter
-
-    def emit(record: dict[str, Any], line: str) -> None:
-        _out(json.dumps(record) if as_json else line)
-
-    return ResultWriter(out_dir, method, emit=emit, on_fail=_err, **kwargs)
-
-
-def _explain_video(explainer, ref, writer, method: str, options: dict[str, Any], fit: str, batch_size: int,
-                   workers: int = 1) -> None:
-    """``explain_video_into`` with a progress bar and frames/s on stderr where it is a terminal."""
-    from attnmap.runtime.fronts.offline import explain_video_into
-
-    show = _stderr_is_terminal()
-
-    def progress(p) -> None:
-        if show:
-            _status.show(f"{ref.spec}: {p.bar()}")
-
-    try:
-        explain_video_into(explainer, ref, writer, method, options, fit, batch_size, progress, workers=workers)
-    finally:
-        _status.end()
-
-
 # ---------------------------------------------------------------------------- live
 def _live_epilog() -> str:
-    from attnmap.runtime.fronts.live.state import KEY_HELP
-
-    return "\b\nKeys in the window:\n  " + KEY_HELP
+    return ("\b\nKeys in the window:\n  m method   [ ] layer   h head   c colours   f fit   space pause   "
+            "s snapshot   q quit")
 
 
 @main.command(epilog=_live_epilog())
 @click.argument("source", required=False, default="0")
 @model_option
 @method_options
-@overlay_options(fit="squash", label=False)
+@overlay_options(label=False)
 @click.option("--show/--no-show", default=True, show_default=True,
               help="Show a window; --no-show with --out records the annotated stream headless.")
 @click.option("--out", "-o", type=click.Path(dir_okay=False, path_type=Path), default=None,
@@ -466,17 +399,17 @@ def live(source: str, model: str | None, provider: str, threads: int | None, met
     its own frame rate (default: camera 0). A capture thread keeps only the newest frame, so a slow
     model drops frames instead of falling behind.
     """
-    from attnmap.runtime import Explainer
-    from attnmap.runtime.fronts.live.loop import run_live
+    from attnmap.runtime.engine.engine import Job
+    from attnmap.runtime.fronts.live.loop import LiveConfig, run_live
 
     if not show and out is None:
         raise click.UsageError("--no-show needs --out FILE.mp4 (otherwise nothing would be shown or saved).")
-    options = pop_method_options(kwargs)
-    explainer = Explainer(model, provider=provider, threads=threads)
-    stats = run_live(explainer, source, method=method, options=options, show=show, out=out, fit=fit,
-                     smooth=smooth, every=every, colormap=colormap, alpha=alpha, blur=blur, mode=mode,
-                     hud=not no_hud, max_frames=max_frames, duration=duration, pace=False if no_pace else None,
-                     snapshot_dir=snapshot_dir)
+    options = pop_method_options(kwargs, method)
+    style = _style(colormap, alpha, blur, mode, True)
+    config = LiveConfig(show=show, out=out, smooth=smooth, every=every, hud=not no_hud, max_frames=max_frames,
+                        duration=duration, pace=False if no_pace else None, snapshot_dir=snapshot_dir)
+    explainer = _explainer(model, provider, threads)
+    stats = run_live(explainer, source, Job(method=method, options=options, fit=fit, style=style), config)
     summary = stats.to_dict()
     if as_json:
         click.echo(json.dumps(summary))
@@ -506,7 +439,7 @@ def live(source: str, model: str | None, provider: str, threads: int | None, met
 def bench(source: str | None, source_opt: str | None, model: str | None, provider: str, threads: int | None,
           method: str, fit: str, runs: int, warmup: int, batch_size: int, targets_video: Path | None, as_json: bool,
           **kwargs: Any) -> None:
-    """Time each stage (decode, preprocess, inference, explanation, overlay, encode).
+    """Time each stage (decode, preprocess, inference, explanation, overlay, output).
 
     Prints median and p90 per stage and the ratio of (inference with attentions + explanation)
     to plain inference of the same model. SOURCE (or --source) is any source: image, folder,
@@ -515,11 +448,11 @@ def bench(source: str | None, source_opt: str | None, model: str | None, provide
     if source is not None and source_opt is not None and source != source_opt:
         raise click.UsageError(f"two sources given: {source!r} and --source {source_opt!r}; give one")
     source = source if source is not None else source_opt
-    from attnmap.runtime import Explainer
-    from attnmap.runtime.fronts.bench import format_bench, format_targets, measure_targets, run_bench, throughput_explainer
+    from attnmap.runtime.fronts.bench import format_bench, run_bench
+    from attnmap.runtime.fronts.targets import format_targets, measure_targets, throughput_explainer
 
-    options = pop_method_options(kwargs)
-    explainer = Explainer(model, provider=provider, threads=threads)
+    options = pop_method_options(kwargs, method)
+    explainer = _explainer(model, provider, threads)
     result = run_bench(explainer, source, runs=runs, warmup=warmup, batch_size=batch_size, method=method,
                        options=options, fit=fit)
     targets = None
@@ -550,48 +483,28 @@ def demo(out_dir: Path, model: str | None, provider: str, threads: int | None, m
 
     Uses the shipped default model unless --model is given: no download, no extra files.
     """
-    import numpy as np
+    from attnmap.runtime.draw.style import OverlayStyle
+    from attnmap.runtime.engine.engine import FrameEngine, Job
+    from attnmap.runtime.fronts.demo import run_demo
 
-    from attnmap.runtime import Explainer
-    from attnmap.runtime.core.files import write_image
-    from attnmap.runtime.image.preprocess import read_image
-    from attnmap.runtime.frames.sources import expand_sources
-    from attnmap.runtime.fronts.offline import explain_images
-    from attnmap.runtime.frames.synth import write_demo_inputs
-
-    options = pop_method_options(kwargs)
-    explainer = Explainer(model, provider=provider, threads=threads)
-    images, video = write_demo_inputs(out_dir / "inputs", seed=seed)
-    overlays = out_dir / "overlays"
-    writer = _writer(overlays, method, as_json=False, save_maps=False, topk=1,
-                     style=dict(colormap="jet", alpha=0.5, blur=0.0, mode="blend", label=True),
-                     tiles="none", options=options)
-    refs = expand_sources([str(p) for p in images] + [str(video)])
-    explain_images(explainer, [r for r in refs if r.kind == "image"], writer, method, options, "crop", 8, 1)
-    for ref in (r for r in refs if r.kind != "image"):
-        _explain_video(explainer, ref, writer, method, options, "squash", 8)
-    if writer.failures:
-        raise click.ClickException(f"{writer.failures} demo inputs failed (see above)")
-    pngs = sorted(overlays.glob("*.png"))
-    tiles = [read_image(p) for p in pngs]
-    rows = [np.hstack(tiles[i:i + 3] + [np.zeros_like(tiles[0])] * (3 - len(tiles[i:i + 3])))
-            for i in range(0, len(tiles), 3)]
-    sheet = write_image(out_dir / "overview.png", np.vstack(rows))
+    options = pop_method_options(kwargs, method)
+    explainer = _explainer(model, provider, threads)
+    engine = FrameEngine(explainer, Job(method=method, options=options, topk=1, style=OverlayStyle()), batch_size=8)
+    r = run_demo(engine, out_dir, seed=seed, on_record=lambda record, line: _out(line))
     click.echo(f"model: {explainer.path} ({explainer.meta.model_name}, {explainer.meta.num_classes} classes)")
-    click.echo(f"overlays: {overlays}/ ({len(pngs)} images and {video.stem}_{method}.mp4)")
-    click.echo(f"overview: {sheet}")
+    click.echo(f"overlays: {r.overlays}/ ({len(r.images)} images and {r.video.name})")
+    click.echo(f"overview: {r.sheet}")
 
 
 # ---------------------------------------------------------------------------- methods
 @main.command()
 def methods() -> None:
-    """List the explanation methods, their options and defaults."""
-    for m in EXPLAINERS.values():
+    """List the explanation methods, their options, allowed values and defaults."""
+    for m in METHODS.values():
         kind = "class-specific, needs an export with --gradients" if m.needs_gradients else "class-agnostic"
         click.echo(f"{m.name} ({kind})\n  {m.summary}")
-        for name, default in m.options.items():
-            choices = f" (one of {', '.join(map(str, m.choices[name]))})" if name in m.choices else ""
-            click.echo(f"  --{name.replace('_', '-')}: default {default}{choices}")
+        for name, spec in m.options.items():
+            click.echo(f"  --{name.replace('_', '-')}: {spec.help} {spec.describe()}; default {spec.default}")
 
 
 # ---------------------------------------------------------------------------- models

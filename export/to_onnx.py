@@ -264,7 +264,8 @@ def export_onnx(model_name: str, out: str | Path, *, checkpoint: str | Path | No
                 pretrained: bool = False, img_size: int | None = None, heads: str = "none",
                 labels: str | Path | Sequence[str] | None = None, attentions: bool = True,
                 model_kwargs: dict | None = None, opset: int | None = None, atol: float = 1e-4,
-                gradients: bool = False, log: Callable[[str], None] = print) -> ExportReport:
+                gradients: bool = False, log: Callable[[str], None] = print,
+                random_weights_hint: str = "pass checkpoint=PATH or pretrained=True") -> ExportReport:
     """Build a timm model by name, load its weights and export it (see :func:`export_module`).
 
     Args:
@@ -282,6 +283,8 @@ def export_onnx(model_name: str, out: str | Path, *, checkpoint: str | Path | No
         atol: logits tolerance of the parity gate (scaled by the logit magnitude).
         gradients: also emit ``attention_grads`` for a ``target`` input (see :func:`export_module`).
         log: receives progress lines (and the warning when weights are random).
+        random_weights_hint: how the warning about random weights tells the caller to pass
+            real ones (the CLI says ``--checkpoint FILE or --pretrained``).
 
     Returns:
         :class:`ExportReport`; ``meta.extra["weights"]`` records where the weights came from.
@@ -335,8 +338,8 @@ def export_onnx(model_name: str, out: str | Path, *, checkpoint: str | Path | No
     elif checkpoint is not None:
         load_checkpoint(model, checkpoint, log)
     elif not pretrained:
-        log(f"warning: no checkpoint and pretrained=False: exporting {model_name} with RANDOM weights "
-            "(pass a checkpoint file or pretrained=True for a real model)")
+        log(f"warning: no checkpoint and no pretrained weights: exporting {model_name} with RANDOM weights "
+            f"({random_weights_hint} for a real model)")
     report = export_module(model, out, model_name=model_name, heads=heads, labels=labels,
                            attentions=attentions, opset=opset, atol=atol, extra={"weights": source},
                            gradients=gradients, log=log)

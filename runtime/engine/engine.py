@@ -1,129 +1,429 @@
-"""Explain every frame of a finite source, batched, with decoding overlapped with inference.
+"""The one frame engine: frames in -> preprocess -> inference -> maps -> predictions -> draw -> sink.
 
-This is the engine under ``attnmap explain SOURCE…`` for folders, globs and videos (open the
-expanded image arguments together with :func:`runtime.frames.sources.open_files`), and under
-:func:`runtime.fronts.video.explain_video`. Three stages overlap: a reader thread decodes and
-preprocesses whole batches (:func:`runtime.engine.threads.prefetch`), an inference thread (or
-``workers`` of them, each on its own batch) runs the model on the next batch
-(:func:`runtime.engine.threads.run_ahead`), and the caller's thread runs the
-explanation method on the last one, so the explanation runs while onnxruntime works on the
-next batch rather than between batches (a few percent more frames/s on the 2-core box, where
-onnxruntime leaves part of the cores idle at its synchronisation points).
+Every front drives this engine: offline explain of images, folders and videos
+(:meth:`FrameEngine.run`: batched, threaded, every frame kept), the live view
+(:meth:`FrameEngine.step`: one frame now, on the caller's thread), and the benchmark (the
+stages one by one: :meth:`prepare`, :meth:`infer`, :meth:`explain`, :meth:`draw`). What to
+compute is one checked :class:`Job`; every stage is timed on one
+:class:`~attnmap.runtime.engine.clock.StageClock`; every frame comes out as an
+:class:`ItemResult` holding its explanation or its error.
+
+A batch never dies of one item: a file that cannot be decoded, an image the preprocessing
+refuses, a failure while explaining or drawing one frame becomes that item's ``error``, and
+the run goes on. Only failures of the whole source (a video that breaks mid-stream) or of the
+sink (the output video cannot be written) end a run, after the items before them.
+
+Threads in :meth:`run`: a reader decodes and preprocesses whole batches ahead
+(:func:`~attnmap.runtime.engine.threads.prefetch`), ``workers`` inference threads run the model
+ahead (:func:`~attnmap.runtime.engine.threads.run_ahead`), the caller's thread computes the maps
+and predictions, and, when there is drawing or a sink, a finisher thread draws and writes. On a
+CPU, two single-threaded model runs at once keep the cores busier than one run on both
+(onnxruntime's threads idle at each synchronisation point); see
+:func:`~attnmap.runtime.model.plan.throughput_plan` and the README's performance section.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
-import threading
-import time
-from typing import Any, Iterator, Mapping, NamedTuple
+import queue
+from dataclasses import dataclass, field
+from typing import Any, Iterator, Mapping, Protocol, Sequence
 
+import numpy as np
+
+from attnmap.runtime.core.errors import AttnmapError, ExplainError, OptionError, SourceError
+from attnmap.runtime.draw.style import OverlayStyle
+from attnmap.runtime.engine.clock import StageClock
 from attnmap.runtime.engine.explainer import Explanation
-from attnmap.runtime.core.errors import OptionError, SourceError
-from attnmap.runtime.engine.threads import prefetch, run_ahead
+from attnmap.runtime.engine.threads import BackgroundWorker, prefetch, run_ahead
+from attnmap.runtime.frames.frame import Frame, Source, SourceRef
+from attnmap.runtime.frames.sources import open_source
+from attnmap.runtime.image.preprocess import FITS
+from attnmap.runtime.methods import METHODS, check_options, get_method
 from attnmap.runtime.model.session import Outputs
-from attnmap.runtime.frames.sources import ErrorHandler, Frame, Source, SourceRef, open_source
 
 
-class StreamResult(NamedTuple):
-    """One explained frame of :func:`explain_stream` (unpacks as ``frame, explanation, outputs``).
+@dataclass(frozen=True)
+class Job:
+    """What the engine computes for every frame.
 
     Attributes:
-        frame: the source frame (its ``source`` names the file for folders and globs).
-        explanation: prediction and map, drawn with ``explanation.overlay()``.
-        outputs: this frame's model outputs with a batch axis of 1 (views into the batch's
-            arrays), for extra views such as per-layer tiles.
+        method: an explanation method, a key of :data:`~attnmap.runtime.methods.METHODS`.
+        options: the method's options (checked against its specs and the model).
+        fit: how frames enter the model: ``"crop"``, ``"squash"`` or ``"letterbox"``.
+        topk: predictions kept per frame.
+        target: for class-specific methods, the class every frame is explained for (an
+            index); None explains each frame's predicted class.
+        top_classes: for class-specific methods, explain each frame's N most probable classes
+            (N explanations per item: ``ItemResult.alternatives``); None for one map.
+        style: draw each explained frame with this style (``ItemResult.drawn``); None draws
+            nothing.
     """
 
-    frame: Frame
-    explanation: Explanation
-    outputs: Outputs
+    method: str = "rollout"
+    options: Mapping[str, Any] = field(default_factory=dict)
+    fit: str = "crop"
+    topk: int = 5
+    target: int | None = None
+    top_classes: int | None = None
+    style: OverlayStyle | None = None
+
+    def checked(self, meta) -> "Job":
+        """This job with its options converted and checked against the model ``meta``.
+
+        Raises:
+            OptionError: an unknown fit or method, bad options (MethodOptionError), a target
+                or top classes for a class-agnostic method or a model without gradients, or
+                a class index out of range.
+        """
+        if self.fit not in FITS:
+            raise OptionError(f"fit must be one of {', '.join(FITS)}; got {self.fit!r}")
+        if isinstance(self.topk, bool) or not isinstance(self.topk, (int, np.integer)) or self.topk < 1:
+            raise OptionError(f"topk must be an integer >= 1; got {self.topk!r}")
+        m = get_method(self.method)
+        if m.needs_gradients and not meta.has_gradients:
+            raise ExplainError(f"method {m.name!r} needs attention gradients, and this model has none; "
+                               "re-export it with `attnmap export --gradients`")
+        if (self.target is not None or self.top_classes is not None) and not m.needs_gradients:
+            raise OptionError(f"method {m.name!r} is class-agnostic, so a class to explain does not apply; use a "
+                              "class-specific method (" + ", ".join(n for n, x in METHODS.items() if x.needs_gradients)
+                              + ")")
+        if self.target is not None and self.top_classes is not None:
+            raise OptionError("give a target class or a number of top classes, not both")
+        if self.target is not None and not 0 <= int(self.target) < meta.num_classes:
+            raise OptionError(f"class index {self.target} is out of range; the model has {meta.num_classes} classes")
+        if self.top_classes is not None and not 1 <= int(self.top_classes):
+            raise OptionError(f"top_classes must be >= 1; got {self.top_classes}")
+        if self.style is not None and not isinstance(self.style, OverlayStyle):
+            raise OptionError(f"style must be an OverlayStyle; got {type(self.style).__name__}")
+        return dataclasses.replace(self, options=check_options(self.method, self.options, meta))
+
+
+@dataclass(eq=False)
+class ItemResult:
+    """One input frame after the engine: its explanation, or why it has none.
+
+    Attributes:
+        source: where it came from (a file path, or the source spec of a video frame).
+        index: the frame's index in its source.
+        frame: the decoded frame (None when decoding failed).
+        explanation: prediction and map (None on failure).
+        outputs: this item's model outputs with a batch axis of 1 (views into the batch).
+        alternatives: with ``Job.top_classes``, one explanation per class, best first.
+        drawn: the overlay (BGR uint8 at the frame's size) when the job has a style.
+        error: why this item failed (an attnmap error, or an unexpected exception), else None.
+        extra: what a sink recorded about the item (written file paths ...).
+    """
+
+    source: str
+    index: int
+    frame: Frame | None = None
+    explanation: Explanation | None = None
+    outputs: Outputs | None = None
+    alternatives: list[Explanation] = field(default_factory=list)
+    drawn: np.ndarray | None = None
+    error: BaseException | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        """True when the item was explained (and drawn and written, where asked)."""
+        return self.error is None
+
+    def reason(self) -> str:
+        """The error as one line (an unexpected exception says its type)."""
+        if self.error is None:
+            return ""
+        text = str(self.error).strip().splitlines()[0] if str(self.error).strip() else ""
+        if isinstance(self.error, AttnmapError):
+            return text or type(self.error).__name__
+        return f"{type(self.error).__name__}: {text}" if text else type(self.error).__name__
+
+
+class Sink(Protocol):
+    """Where finished items go (a folder of overlays, a video file ...).
+
+    ``write`` is called once per item, in order, in the engine's finisher thread; it may set
+    ``item.error`` (this item could not be written) or raise (the whole run must stop: the
+    output video cannot be written). It is never called concurrently.
+    """
+
+    def write(self, item: ItemResult) -> None: ...
+
+
+@dataclass
+class _Batch:
+    frames: list[Frame]
+    x: np.ndarray | None
+    geoms: list
+    failed: list[ItemResult]
+
+
+class FrameEngine:
+    """Runs a :class:`Job` over frames with an :class:`~attnmap.runtime.engine.explainer.Explainer`.
+
+    Args:
+        explainer: the model and its stages (``preprocess``, ``infer``, ``infer_plain``,
+            ``maps``, ``package``, ``meta``).
+        job: what to compute; checked against the model here.
+        batch_size: frames per model run in :meth:`run`.
+        workers: model runs at once in :meth:`run`, each on its own batch in its own thread
+            (see :func:`~attnmap.runtime.model.plan.throughput_plan`).
+        prefetch_depth: batches the reader may prepare ahead in :meth:`run`.
+        clock: where stage times go (a new :class:`StageClock` by default).
+
+    Raises:
+        OptionError: bad job (see :meth:`Job.checked`), ``batch_size`` or ``workers`` < 1.
+    """
+
+    def __init__(self, explainer, job: Job | None = None, *, batch_size: int = 1, workers: int = 1,
+                 prefetch_depth: int = 2, clock: StageClock | None = None):
+        check_batching(batch_size, workers)
+        self.explainer = explainer
+        self.job = (job or Job()).checked(explainer.meta)
+        self.batch_size, self.workers = int(batch_size), int(workers)
+        self.prefetch_depth = max(1, int(prefetch_depth))
+        self.clock = clock if clock is not None else StageClock()
+
+    def with_job(self, job: Job) -> "FrameEngine":
+        """An engine with another job, sharing this one's explainer, batching and clock."""
+        return FrameEngine(self.explainer, job, batch_size=self.batch_size, workers=self.workers,
+                           prefetch_depth=self.prefetch_depth, clock=self.clock)
+
+    # ------------------------------------------------------------------ stages
+    def prepare(self, frames: Sequence[Frame], out: np.ndarray | None = None) -> _Batch:
+        """Preprocess a batch; frames that fail (or arrived failed) become failed items."""
+        with self.clock.stage("preprocess"):
+            failed = [ItemResult(f.source, f.index, f, error=f.error) for f in frames if f.error is not None]
+            good = [f for f in frames if f.error is None]
+            if not good:
+                return _Batch([], None, [], failed)
+            try:
+                x, geoms = self.explainer.preprocess([f.image_bgr for f in good], fit=self.job.fit, out=out)
+                return _Batch(good, x, list(geoms), failed)
+            except Exception:  # noqa: BLE001 - isolate the item that failed, below
+                pass
+            kept, xs, geoms = [], [], []
+            for f in good:
+                try:
+                    x1, g1 = self.explainer.preprocess([f.image_bgr], fit=self.job.fit)
+                except Exception as exc:  # noqa: BLE001 - one bad item never ends the batch
+                    failed.append(ItemResult(f.source, f.index, f, error=exc))
+                    continue
+                kept.append(f)
+                xs.append(x1)
+                geoms.extend(g1)
+            return _Batch(kept, np.concatenate(xs) if xs else None, geoms, failed)
+
+    def infer(self, batch: _Batch) -> Outputs | None:
+        """Run the model on a prepared batch (None for an empty one)."""
+        if batch.x is None:
+            return None
+        with self.clock.stage("inference"):
+            job = self.job
+            if job.top_classes is not None:
+                logits = self.explainer.infer_plain(batch.x)
+                k = min(int(job.top_classes), logits.shape[1])
+                classes = np.argsort(-logits, axis=1, kind="stable")[:, :k].reshape(-1)
+                return self.explainer.infer(np.repeat(batch.x, k, axis=0), target=classes)
+            targets = None if job.target is None else np.full(len(batch.frames), int(job.target), np.int64)
+            return self.explainer.infer(batch.x, target=targets)
+
+    def explain(self, batch: _Batch, outputs: Outputs | None) -> list[ItemResult]:
+        """Maps and predictions of a batch, one :class:`ItemResult` per frame (failed ones included)."""
+        items = list(batch.failed)
+        if outputs is None:
+            return sorted(items, key=lambda r: r.index)
+        with self.clock.stage("explanation"):
+            k = len(outputs) // max(1, len(batch.frames))
+            try:
+                items += self._explain_all(batch, outputs, k)
+            except Exception:  # noqa: BLE001 - isolate the item that failed
+                for i, frame in enumerate(batch.frames):
+                    one = _Batch([frame], None, [batch.geoms[i]], [])
+                    try:
+                        items += self._explain_all(one, _slice(outputs, i * k, (i + 1) * k), k)
+                    except Exception as exc:  # noqa: BLE001
+                        items.append(ItemResult(frame.source, frame.index, frame, error=exc))
+        return sorted(items, key=lambda r: r.index)
+
+    def _explain_all(self, batch: _Batch, outputs: Outputs, k: int) -> list[ItemResult]:
+        job, ex = self.job, self.explainer
+        grids = ex.maps(outputs, job.method, **job.options)
+        images = [f.image_bgr for f in batch.frames for _ in range(k)]
+        geoms = [g for g in batch.geoms for _ in range(k)]
+        results = ex.package(images, outputs, grids, geoms, job.method, job.topk)
+        items = []
+        for i, frame in enumerate(batch.frames):
+            group = results[i * k:(i + 1) * k]
+            items.append(ItemResult(frame.source, frame.index, frame, group[0], outputs.select(i * k),
+                                    alternatives=group if job.top_classes is not None else []))
+        return items
+
+    def draw(self, item: ItemResult) -> ItemResult:
+        """Draw an explained item with the job's style (``item.drawn``); a failure fails the item."""
+        style = self.job.style
+        if style is None or not item.ok:
+            return item
+        with self.clock.stage("overlay"):
+            try:
+                if item.alternatives:
+                    item.drawn = np.hstack([e.overlay(style) for e in item.alternatives])
+                else:
+                    item.drawn = item.explanation.overlay(style)
+            except Exception as exc:  # noqa: BLE001 - one bad item never ends the run
+                item.error = exc
+        return item
+
+    # ------------------------------------------------------------------ drivers
+    def step(self, frame: Frame, out: np.ndarray | None = None) -> ItemResult:
+        """Explain (and draw, with a style) one frame now, on the caller's thread.
+
+        Args:
+            frame: the frame.
+            out: a (1, 3, H, W) float32 buffer to preprocess into (the live loop reuses one).
+
+        Returns:
+            The frame's :class:`ItemResult`; a failure is its ``error``, never raised.
+        """
+        batch = self.prepare([frame], out=out)
+        try:
+            outputs = self.infer(batch)
+        except Exception as exc:  # noqa: BLE001
+            return ItemResult(frame.source, frame.index, frame, error=exc)
+        return self.draw(self.explain(batch, outputs)[0])
+
+    def run(self, source: "str | os.PathLike | SourceRef | Source | Sequence[Frame]",
+            sink: Sink | None = None) -> Iterator[ItemResult]:
+        """Explain every frame of a finite source, in order, batched and overlapped.
+
+        Args:
+            source: a source spec, parsed ref, open non-live source (closed at the end), or a
+                list of frames. Unreadable files of a folder or file list come out as failed
+                items, in their place.
+            sink: where finished items go, written in order in a finisher thread (with
+                drawing, when the job has a style).
+
+        Yields:
+            One :class:`ItemResult` per input frame, in source order, once it is explained,
+            drawn and written.
+
+        Raises:
+            SourceError: the source cannot be opened, is live (use the live front), or fails
+                while read (after the items before the failure were yielded and written).
+            AttnmapError: the sink failed (after the items before it were yielded).
+        """
+        src = _open(source)
+        with src:
+            if getattr(src, "is_live", False):
+                raise SourceError(f"source {src.spec!r} is live ({src.kind}), so it has no end to explain up to; "
+                                  "use `attnmap live SOURCE --no-show --out FILE.mp4`")
+            batches = prefetch(_timed_frames(src, self.clock), self.batch_size, self.prepare,
+                               depth=self.prefetch_depth, name="attnmap-reader")
+            inferred = run_ahead(batches, lambda b: self.infer(b[1]), workers=self.workers, name="attnmap-inference")
+            finisher = _Finisher(self, sink) if (sink is not None or self.job.style is not None) else None
+            try:
+                for (_, batch), outputs in inferred:
+                    try:
+                        items = self.explain(batch, outputs)
+                    except Exception as exc:  # noqa: BLE001 - never reached: explain isolates items
+                        items = [ItemResult(f.source, f.index, f, error=exc) for f in batch.frames]
+                    if finisher is None:
+                        yield from items
+                        continue
+                    for item in items:
+                        finisher.submit(item)
+                    yield from finisher.done()
+                if finisher is not None:
+                    finisher.close()
+                    yield from finisher.done()
+            except BaseException:
+                if finisher is not None:
+                    finisher.abort()
+                raise
+            finally:
+                inferred.close()
+                batches.close()
 
 
 def check_batching(batch_size: int, workers: int) -> None:
     """Raise OptionError unless ``batch_size`` and ``workers`` are integers >= 1."""
     for name, value in (("batch_size", batch_size), ("workers", workers)):
-        if int(value) != value or value < 1:
-            raise OptionError(f"{name} must be an integer >= 1; got {value}")
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+            raise OptionError(f"{name} must be an integer >= 1; got {value!r}")
 
 
-def explain_stream(explainer, source: "str | os.PathLike | SourceRef | Source", *, method: str = "rollout",
-                   options: Mapping[str, Any] | None = None, batch_size: int = 8, fit: str = "crop",
-                   topk: int = 5, on_error: ErrorHandler | None = None, prefetch_depth: int = 2,
-                   workers: int = 1, timings: dict[str, float] | None = None) -> Iterator[StreamResult]:
-    """Yield a :class:`StreamResult` for every frame of an image, folder, glob, video or sequence.
+# --------------------------------------------------------------------------- helpers
+class _Frames(Source):
+    """A list of frames as a source."""
 
-    Args:
-        explainer: a :class:`runtime.Explainer` (``preprocess``, ``infer``, ``maps``, ``package``).
-        source: a source spec, parsed ref, or open non-live :class:`~runtime.frames.sources.Source`
-            (closed when the iteration ends or is abandoned).
-        method: explanation method, a key of ``runtime.methods.EXPLAINERS``.
-        options: the method's options.
-        batch_size: frames per model call; images of different sizes batch together.
-        fit: ``"crop"``, ``"squash"`` or ``"letterbox"``.
-        topk: predictions kept per frame.
-        on_error: for folders and globs, called as ``on_error(path, error)`` for each
-            unreadable file, which is skipped. It runs on the reader thread.
-        prefetch_depth: batches the reader may prepare ahead.
-        workers: model runs at once, each on its own batch in its own thread. On a CPU, two
-            runs on half the cores each (an explainer made with the threads that
-            :func:`runtime.model.session.throughput_plan` gives) keep the cores busier than one run on
-            all of them (onnxruntime's threads wait at every synchronisation point): on the
-            2-core box, DeiT-Tiny video explain at batch 8 went from 69.4 to 75.2 frames/s
-            (8 interleaved pairs of runs), and such runs do best on small batches (see
-            ``throughput_plan``). Results stay in source order.
-        timings: if given, seconds are added to its keys ``wait`` (the caller waiting for
-            the inference threads, which wait for the reader), ``inference`` (summed over the
-            inference threads) and ``explanation``, as the iteration goes.
+    def __init__(self, frames: Sequence[Frame]):
+        super().__init__(SourceRef("files", f"{len(frames)} frames", ""))
+        self._frames = list(frames)
+        self.frame_count = len(self._frames)
 
-    Yields:
-        ``(frame, explanation, outputs)`` as :class:`StreamResult`, in source order.
+    def __iter__(self) -> Iterator[Frame]:
+        yield from self._frames
 
-    Raises:
-        SourceError: the source cannot be opened, is live (a camera never ends; use
-            ``run_live``), or fails while read (after the frames before it were yielded).
-        OptionError: ``batch_size`` or ``workers`` < 1.
-    """
-    check_batching(batch_size, workers)
-    opts = dict(options or {})
-    src = source if isinstance(source, Source) else open_source(source, on_error=on_error)
-    with src:
-        if src.is_live:
-            raise SourceError(f"source {src.spec!r} is live ({src.kind}), so it has no end to explain up to; "
-                              "use `attnmap live SOURCE --no-show --out FILE.mp4`")
 
-        def prepare(frames: list[Frame]):
-            return explainer.preprocess([f.image_bgr for f in frames], fit=fit)
+def _open(source) -> Source:
+    if isinstance(source, Source):
+        return source
+    if isinstance(source, (list, tuple)):
+        return _Frames(source)
+    return open_source(source, errors="yield")
 
-        batches = prefetch(src, int(batch_size), prepare, depth=prefetch_depth, name="attnmap-reader")
-        clock = {"wait": 0.0, "inference": 0.0, "explanation": 0.0} if timings is None else timings
-        for key in ("wait", "inference", "explanation"):
-            clock.setdefault(key, 0.0)
 
-        clock_lock = threading.Lock()  # the inference threads all add to clock["inference"]
-
-        def infer(batch) -> Outputs:
-            t0 = time.perf_counter()
-            outputs = explainer.infer(batch[1][0])
-            with clock_lock:
-                clock["inference"] += time.perf_counter() - t0
-            return outputs
-
-        inferred = run_ahead(batches, infer, workers=int(workers), name="attnmap-inference")
+def _timed_frames(src: Source, clock: StageClock) -> Iterator[Frame]:
+    """The source's frames, the time spent reading each on the clock's ``decode`` stage."""
+    it = iter(src)
+    while True:
+        t0 = clock.now()
         try:
-            t = time.perf_counter()
-            for (frames, (_, geoms)), outputs in inferred:
-                t0 = time.perf_counter()
-                maps = explainer.maps(outputs, method, **opts)
-                results = explainer.package([f.image_bgr for f in frames], outputs, maps, geoms, method, topk)
-                clock["wait"] += t0 - t
-                clock["explanation"] += time.perf_counter() - t0
-                for i, (frame, result) in enumerate(zip(frames, results)):
-                    yield StreamResult(frame, result, outputs.select(i))
-                t = time.perf_counter()
-        finally:
-            # Stop the inference thread, which closes the reader on its way out; the reader is
-            # closed here too for when the inference thread never started. Both are joined
-            # before `with src` closes the source under them.
-            inferred.close()
-            batches.close()
+            frame = next(it)
+        except StopIteration:
+            return
+        clock.add("decode", clock.now() - t0)
+        yield frame
+
+
+def _slice(outputs: Outputs, start: int, stop: int) -> Outputs:
+    pick = slice(start, stop)
+    return Outputs(outputs.logits[pick],
+                   None if outputs.attentions is None else outputs.attentions[pick],
+                   None if outputs.grads is None else outputs.grads[pick],
+                   None if outputs.targets is None else outputs.targets[pick])
+
+
+class _Finisher:
+    """Draws and writes items in order in one thread; finished items are collected for the caller."""
+
+    def __init__(self, engine: FrameEngine, sink: Sink | None):
+        self._engine, self._sink = engine, sink
+        self._done: queue.SimpleQueue = queue.SimpleQueue()
+        self._worker = BackgroundWorker(self._finish, depth=2 * engine.batch_size * engine.workers + 2,
+                                        name="attnmap-finisher")
+
+    def _finish(self, item: ItemResult) -> None:
+        self._engine.draw(item)
+        if self._sink is not None:
+            with self._engine.clock.stage("output"):
+                self._sink.write(item)
+        self._done.put(item)
+
+    def submit(self, item: ItemResult) -> None:
+        self._worker.submit(item)
+
+    def done(self) -> Iterator[ItemResult]:
+        while True:
+            try:
+                yield self._done.get_nowait()
+            except queue.Empty:
+                return
+
+    def close(self) -> None:
+        self._worker.close()
+
+    def abort(self) -> None:
+        self._worker.close(raise_errors=False)

@@ -3,7 +3,7 @@
 Example::
 
     import cv2
-    from attnmap.runtime import Explainer
+    from attnmap import Explainer
 
     ex = Explainer("deit_tiny.onnx")               # or Explainer() for the shipped default
     r = ex.explain(cv2.imread("dog.jpg"), method="rollout")
@@ -20,19 +20,20 @@ import re
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import NamedTuple, Sequence, Union
+from typing import Any, NamedTuple, Sequence, Union
 
 import numpy as np
 
-from attnmap.runtime.core.errors import ExplainError, suggest
-from attnmap.runtime.methods import EXPLAINERS, explain as run_method
+from attnmap.runtime.core.errors import ExplainError, ImageError, suggest
+from attnmap.runtime.methods import METHODS, check_options, explain as run_method, get_method
 from attnmap.runtime.core.meta import ModelMeta
 from attnmap.runtime.model.registry import resolve_model
-from attnmap.runtime.draw.overlay import HeatmapOverlay, LabelOverlay
+from attnmap.runtime.draw.style import OverlayStyle
 from attnmap.runtime.image.preprocess import Geometry, check_image, preprocess, read_image
 from attnmap.runtime.model.session import OnnxModel, Outputs
 
 ImageLike = Union[np.ndarray, str, Path]
+_DEFAULT_STYLE = OverlayStyle()
 
 
 class TopK(NamedTuple):
@@ -71,22 +72,25 @@ class Explanation:
         """(H0, W0) float32 map in [0, 1] on the original image's pixels (0 where unseen)."""
         return self.geometry.to_image(self.grid)
 
-    def overlay(self, colormap: str | int = "jet", alpha: float = 0.5, blur: float = 0.0,
-                mode: str = "blend", label: bool = True) -> np.ndarray:
+    def overlay(self, style: OverlayStyle | None = None, **changes: Any) -> np.ndarray:
         """Render the heatmap over the image.
 
         Args:
-            colormap: an OpenCV colormap name (``"jet"``, ``"inferno"`` ...) or id.
-            alpha: weight of the colour map in ``blend`` mode.
-            blur: Gaussian smoothing of the heatmap (see :class:`runtime.draw.overlay.HeatmapOverlay`).
-            mode: ``"blend"`` (colour map over the image) or ``"mask"`` (image times the map).
-            label: draw the top-1 label and probability (and the explained class, if any).
+            style: how to draw (:class:`~attnmap.runtime.draw.style.OverlayStyle`); default
+                ``OverlayStyle()``.
+            **changes: fields of the style to change for this call (``colormap="inferno"``,
+                ``alpha``, ``blur``, ``mode``, ``label``), a shorthand for ``style.replace(...)``.
 
         Returns:
             A new (H0, W0, 3) BGR uint8 image. Pixels outside what the model saw (with the
-            ``crop`` fit) are shown dimmed, without colour.
+            ``crop`` fit) are shown dimmed, without colour. The caption goes in the corner
+            where the map is coldest.
         """
-        out = HeatmapOverlay(colormap=colormap, alpha=alpha, blur=blur, mode=mode).annotate(self.image, self.heatmap)
+        style = style if style is not None else _DEFAULT_STYLE
+        if changes:
+            style = style.replace(**changes)
+        heat = self.heatmap
+        out = style.heatmap.annotate(self.image, heat)
         # Pixels the model never saw (cut away by a crop) carry no evidence either way: show
         # them dimmed rather than coloured as "no relevance".
         y0, y1, x0, x1 = self.geometry.seen_region(self.grid.shape)
@@ -95,8 +99,8 @@ class Explanation:
             seen = out[y0:y1, x0:x1].copy()
             out = (self.image // 2).astype(np.uint8)
             out[y0:y1, x0:x1] = seen
-        if label:
-            out = LabelOverlay().annotate(out, self.caption())
+        if style.label:
+            out = style.caption.annotate(out, self.caption(), heatmap=heat)
         return out
 
     def caption(self) -> list[str]:
@@ -158,27 +162,25 @@ class Explainer:
         Args:
             images: one BGR uint8 image (H, W, 3) as OpenCV reads it, a path, a list of those,
                 or a (B, H, W, 3) array. Grey images are accepted and turned into BGR.
-            method: a name from ``runtime.methods.EXPLAINERS`` (``"rollout"``, ``"attention"`` ...).
+            method: a name from ``attnmap.runtime.methods.METHODS`` (``"rollout"``, ``"attention"`` ...).
             fit: ``"crop"`` (the model's eval transform), ``"squash"`` or ``"letterbox"``.
             topk: how many predictions to keep per image.
             target: the class to explain for class-specific methods: an index, a label name,
                 or one per image; None explains the predicted class.
-            **options: the method's options (see ``EXPLAINERS[method].options``).
+            **options: the method's options (see ``METHODS[method].options``).
 
         Returns:
             One :class:`Explanation` for a single image, else a list in input order.
         """
         batch, single = _as_batch(images)
-        if method not in EXPLAINERS:
-            raise ExplainError(f"unknown method {method!r}; choose from {', '.join(EXPLAINERS)}."
-                               + suggest(method, EXPLAINERS))
-        spec = EXPLAINERS[method]
+        spec = get_method(method)
+        options = check_options(method, options, self.meta)
         targets = None
         if target is not None:
             if not spec.needs_gradients:
                 raise ExplainError(f"method {method!r} is class-agnostic, so a target class does not apply; "
                                    "use a class-specific method ("
-                                   + ", ".join(n for n, m in EXPLAINERS.items() if m.needs_gradients) + ")")
+                                   + ", ".join(n for n, m in METHODS.items() if m.needs_gradients) + ")")
             items = list(target) if isinstance(target, (list, tuple, np.ndarray)) else [target] * len(batch)
             if len(items) != len(batch):
                 raise ExplainError(f"target must give one class per image ({len(batch)}); got {len(items)}")
@@ -225,7 +227,7 @@ class Explainer:
         results = []
         for i, image in enumerate(images):
             tk = [TopK(int(c), self.meta.label(int(c)), float(probs[i, c])) for c in order[i]]
-            tgt = None if outputs.targets is None or not EXPLAINERS[method].needs_gradients else int(outputs.targets[i])
+            tgt = None if outputs.targets is None or not METHODS[method].needs_gradients else int(outputs.targets[i])
             results.append(Explanation(image, probs[i], tk, grids[i], geoms[i], method, tgt,
                                        None if tgt is None else self.meta.label(tgt)))
         return results
@@ -271,7 +273,29 @@ def resolve_class(meta: ModelMeta, spec: int | str) -> int:
                        + suggest(name, lowered))
 
 
+def parse_class_spec(meta: ModelMeta, text: str) -> tuple[int | None, int | None]:
+    """Parse a ``--class`` value: an index, a label name, or ``topk:N``.
+
+    Returns:
+        ``(target, None)`` for one class, ``(None, N)`` for the top N classes.
+
+    Raises:
+        ExplainError: ``topk:N`` with N < 1 or not a number, an index out of range, or an
+            unknown label (close matches suggested).
+    """
+    spec = str(text).strip()
+    if spec.lower().startswith("topk:"):
+        n = spec.split(":", 1)[1].strip()
+        if not re.fullmatch(r"\d+", n) or int(n) < 1:
+            raise ExplainError(f"expected topk:N with N >= 1; got {text!r}")
+        return None, min(int(n), meta.num_classes)
+    return resolve_class(meta, spec), None
+
+
 def _as_batch(images: ImageLike | Sequence[ImageLike]) -> tuple[list[np.ndarray], bool]:
+    if images is None or not isinstance(images, (str, Path, np.ndarray, list, tuple)):
+        raise ImageError("images must be a BGR uint8 numpy array (H, W, 3), a path, or a list of those; "
+                         f"got {type(images).__name__}")
     if isinstance(images, (str, Path)):
         return [read_image(images)], True
     if isinstance(images, np.ndarray):

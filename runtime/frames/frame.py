@@ -28,12 +28,16 @@ class Frame:
         source: where the frame came from: the file path, or the source spec.
         timestamp: ``time.perf_counter()`` when the frame was decoded (or captured); the clock
             that capture-to-display latencies are measured on.
+        error: why the frame could not be read (its ``image_bgr`` is then None); only sources
+            opened with ``errors="yield"`` hand out such frames, so that a bad file keeps its
+            place in the stream and is reported there.
     """
 
     index: int
-    image_bgr: np.ndarray
+    image_bgr: np.ndarray | None
     source: str
     timestamp: float
+    error: BaseException | None = None
 
 
 @dataclass(frozen=True)

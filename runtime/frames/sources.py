@@ -55,7 +55,7 @@ ErrorHandler = Callable[[str, SourceError], None]
 
 __all__ = ["CaptureSource", "ErrorHandler", "Frame", "IMAGE_EXTS", "ImageFilesSource", "KINDS", "LIVE_KINDS",
            "Source", "SourceRef", "VIDEO_EXTS", "expand_sources", "iter_frames", "open_files", "open_source",
-           "parse_source"]
+           "parse_source", "plan_inputs"]
 
 
 def parse_source(spec: str | os.PathLike) -> SourceRef:
@@ -105,13 +105,18 @@ def parse_source(spec: str | os.PathLike) -> SourceRef:
                       f"camera index (0, cam:1) or stream URL.{_sibling_hint(path)}")
 
 
-def open_source(spec: "str | os.PathLike | SourceRef", *, on_error: ErrorHandler | None = None) -> "Source":
+def open_source(spec: "str | os.PathLike | SourceRef", *, on_error: ErrorHandler | None = None,
+                errors: str = "raise") -> "Source":
     """Open a source for reading.
 
     Args:
         spec: a source spec (see the module docstring) or a parsed :class:`SourceRef`.
         on_error: for directories and globs, called as ``on_error(path, error)`` for each
             file that cannot be read, which is then skipped. None raises the error instead.
+        errors: ``"yield"``: a file of an image, directory or glob source that cannot be read
+            comes out as a :class:`Frame` with ``error`` set (and no image) in its place, and a
+            lone image that cannot be read does too, instead of failing at open. ``"raise"``:
+            as ``on_error`` says.
 
     Returns:
         An open :class:`Source`; use it as a context manager so cameras are released.
@@ -119,16 +124,18 @@ def open_source(spec: "str | os.PathLike | SourceRef", *, on_error: ErrorHandler
     Raises:
         SourceError: the source cannot be opened (names it and says what was expected).
     """
+    if errors not in ("raise", "yield"):
+        raise ValueError(f"errors must be 'raise' or 'yield'; got {errors!r}")
     ref = spec if isinstance(spec, SourceRef) else parse_source(spec)
     if ref.kind == "image":
-        return ImageFilesSource(ref, [ref.target], on_error=None)
+        return ImageFilesSource(ref, [ref.target], on_error=None, errors=errors)
     if ref.kind in ("directory", "glob"):
-        return ImageFilesSource(ref, _list_images(ref), on_error=on_error)
+        return ImageFilesSource(ref, _list_images(ref), on_error=on_error, errors=errors)
     return CaptureSource(ref)
 
 
 def open_files(paths: Sequence[str | os.PathLike], *, on_error: ErrorHandler | None = None,
-               spec: str | None = None) -> "Source":
+               spec: str | None = None, errors: str = "raise") -> "Source":
     """Open an explicit list of image files as one source (kind ``"files"``).
 
     This is how ``attnmap explain a.jpg photos/ "shots/*.png"`` reads all its images in one
@@ -140,6 +147,8 @@ def open_files(paths: Sequence[str | os.PathLike], *, on_error: ErrorHandler | N
         on_error: called as ``on_error(path, error)`` for unreadable files, which are skipped;
             None raises at the bad file.
         spec: the name the source goes by in messages (default ``"<n> files"``).
+        errors: ``"yield"`` hands unreadable files out as frames with ``error`` set (see
+            :func:`open_source`).
 
     Returns:
         An open :class:`Source`.
@@ -151,7 +160,7 @@ def open_files(paths: Sequence[str | os.PathLike], *, on_error: ErrorHandler | N
     if not files:
         raise SourceError("no image files to read: got an empty list")
     name = spec or f"{len(files)} files"
-    return ImageFilesSource(SourceRef("files", name, name), files, on_error=on_error)
+    return ImageFilesSource(SourceRef("files", name, name), files, on_error=on_error, errors=errors)
 
 
 def iter_frames(spec: "str | os.PathLike | SourceRef", *, on_error: ErrorHandler | None = None) -> Iterator[Frame]:
@@ -198,6 +207,31 @@ def expand_sources(specs: Sequence[str | os.PathLike]) -> list[SourceRef]:
     return out
 
 
+def plan_inputs(specs: Sequence[str | os.PathLike]) -> tuple[list[SourceRef], list[tuple[str, SourceError]]]:
+    """Like :func:`expand_sources`, but a spec that names nothing (or an empty folder) is a
+    failure of its own instead of ending the whole list.
+
+    Returns:
+        ``(refs, failures)``: the refs of the specs that name something, in order, and
+        ``(spec, error)`` for each that does not.
+    """
+    refs: list[SourceRef] = []
+    failures: list[tuple[str, SourceError]] = []
+    for spec in specs:
+        try:
+            refs.extend(expand_sources([spec]))
+        except SourceError as exc:
+            failures.append((os.fspath(spec), exc))
+    seen: set[tuple[str, str]] = set()
+    unique = []
+    for ref in refs:
+        key = (ref.kind, os.path.abspath(ref.target) if ref.kind in ("image", "video") else ref.target)
+        if key not in seen:
+            seen.add(key)
+            unique.append(ref)
+    return unique, failures
+
+
 class ImageFilesSource(Source):
     """Still images read one by one with ``cv2.imread`` (image, directory and glob sources).
 
@@ -206,20 +240,23 @@ class ImageFilesSource(Source):
         paths: the files, in reading order.
         on_error: called as ``on_error(path, error)`` for unreadable files, which are then
             skipped; None raises :class:`ImageError` at the bad file.
+        errors: ``"yield"``: unreadable files come out as frames with ``error`` set instead
+            (``on_error`` is then not used), a lone image included.
     """
 
-    def __init__(self, ref: SourceRef, paths: Sequence[str], on_error: ErrorHandler | None = None):
+    def __init__(self, ref: SourceRef, paths: Sequence[str], on_error: ErrorHandler | None = None,
+                 errors: str = "raise"):
         super().__init__(ref)
         self.paths = list(paths)
         self.on_error = on_error
+        self.errors = errors
         self.frame_count = len(self.paths)
-        if ref.kind == "image":
+        self._first = None
+        if ref.kind == "image" and errors == "raise":
             # A lone image is opened eagerly so that a bad file fails at open, like a bad video.
             self._first = read_image(self.paths[0])
             h, w = self._first.shape[:2]
             self.size = (w, h)
-        else:
-            self._first = None
 
     def __iter__(self) -> Iterator[Frame]:
         for index, path in enumerate(self.paths):
@@ -231,9 +268,17 @@ class ImageFilesSource(Source):
                 try:
                     img = read_image(path)
                 except ImageError as exc:
+                    if self.errors == "yield":
+                        yield Frame(index, None, path, time.perf_counter(), error=exc)
+                        continue
                     if self.on_error is None:
                         raise
                     self.on_error(path, exc)
+                    continue
+                except Exception as exc:  # noqa: BLE001 - an unexpected failure on one file
+                    if self.errors != "yield":
+                        raise
+                    yield Frame(index, None, path, time.perf_counter(), error=exc)
                     continue
             yield Frame(index, img, path, time.perf_counter())
 

@@ -1,175 +1,214 @@
-"""Explaining a list of inputs into a folder: overlays, maps, tiles and one record per input.
+"""Offline explain: inputs in (files, folders, globs, videos), overlays and maps into a folder.
 
-The engine of ``attnmap explain`` (and ``attnmap demo``), free of any UI: what the CLI prints
-(one text line or one JSON object per input, failures, progress) comes in as callbacks.
+The front under ``attnmap explain`` and ``attnmap demo``, free of any UI: what the CLI prints
+(one text line or one JSON object per input, failures, progress) comes in as callbacks. All
+still images go through one run of the frame engine with a :class:`FolderSink`; each video
+through :func:`~attnmap.runtime.fronts.video.explain_video`. Every input either gets its
+record or its failure line; one bad input never stops the others.
 """
 
 from __future__ import annotations
 
+import dataclasses
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from attnmap.runtime.core.errors import AttnmapError
-from attnmap.runtime.methods import explain as run_method
+from attnmap.runtime.core.errors import AttnmapError, OptionError
 from attnmap.runtime.core.files import write_image, write_npz
-from attnmap.runtime.draw.overlay import HeatmapOverlay, layer_head_grid
-from attnmap.runtime.frames.sources import open_files
-from attnmap.runtime.engine.engine import explain_stream
+from attnmap.runtime.draw.overlay import layer_head_grid
+from attnmap.runtime.draw.style import OverlayStyle
+from attnmap.runtime.engine.engine import FrameEngine, ItemResult
+from attnmap.runtime.frames.frame import SourceRef
+from attnmap.runtime.frames.sources import open_files, plan_inputs
 from attnmap.runtime.fronts.video import VideoProgress, explain_video
+from attnmap.runtime.methods import explain as run_method
+
+TILES = ("none", "layers", "heads")
 
 
-def _nothing(n: int) -> None:
-    """The default ``advance``: no progress display."""
+@dataclass(frozen=True)
+class FolderOutput:
+    """What ``attnmap explain`` writes per input, besides the overlay.
 
-
-class ResultWriter:
-    """Writes overlays, maps and tiles for explained inputs (never half-written files) and
-    hands one result record per input to ``emit``.
-
-    Args:
-        out_dir: the folder the files go to.
-        method: the explanation method (part of every file name).
-        save_maps: also write an ``.npz`` per image (``grid``, ``heatmap``) or video.
-        topk: predictions per record.
-        style: overlay style: ``colormap``, ``alpha``, ``blur``, ``mode``, ``label``.
-        tiles: ``"none"``, ``"layers"`` or ``"heads"``: an extra tiled image of raw attention.
-        options: the method's options (``layer`` picks the layer of head tiles).
-        emit: called as ``emit(record, line)`` per written input: a JSON-able dict and a
-            one-line text summary.
-        on_fail: called with a one-line message per input that failed (it is skipped).
+    Attributes:
+        out_dir: the folder.
+        save_maps: an ``.npz`` per image (``grid``, ``heatmap``) or per video.
+        tiles: ``"none"``, ``"layers"`` or ``"heads"``: an extra tiled image of raw attention
+            of every layer, or of every head of the method's ``layer`` (default the last).
     """
 
-    def __init__(self, out_dir: Path, method: str, *, save_maps: bool, topk: int, style: dict[str, Any],
-                 tiles: str, options: dict[str, Any], emit: Callable[[dict[str, Any], str], None],
-                 on_fail: Callable[[str], None]):
-        self.out_dir, self.method, self.save_maps = Path(out_dir), method, save_maps
-        self.topk, self.style, self.tiles, self.options = topk, style, tiles, options
-        self.emit, self.on_fail = emit, on_fail
-        self.done = self.failures = 0
-        self._names: set[str] = set()
+    out_dir: Path
+    save_maps: bool = False
+    tiles: str = "none"
 
-    def fail(self, source: str, exc: Exception) -> None:
-        """Count a failed input and report it."""
-        self.failures += 1
-        self.on_fail(f"error: {source}: {exc}" if source not in str(exc) else f"error: {exc}")
+    def __post_init__(self) -> None:
+        if self.tiles not in TILES:
+            raise OptionError(f"tiles must be one of {', '.join(TILES)}; got {self.tiles!r}")
 
-    def stem(self, source: str) -> str:
-        """A file stem for ``source``, unique within this run (``dog_rollout``, ``dog_rollout_2``)."""
+
+@dataclass
+class OfflineReport:
+    """What an offline run did: ``done`` inputs written, ``failed`` inputs with their reasons."""
+
+    done: int = 0
+    failed: list[tuple[str, str]] = dataclasses.field(default_factory=list)
+
+
+class FolderSink:
+    """The engine's sink for still images: overlay PNG (and maps, tiles) per item, never half-written.
+
+    File stems are unique within the run (``dog_rollout``, ``dog_rollout_2``). A file that
+    cannot be written fails its item, not the run.
+    """
+
+    def __init__(self, engine: FrameEngine, output: FolderOutput, names: "StemNames"):
+        self.engine, self.output, self.names = engine, output, names
+
+    def write(self, item: ItemResult) -> None:
+        if not item.ok:
+            return
+        out, job = self.output, self.engine.job
+        try:
+            stem = self.names.stem(item.source, job.method) + (f"_top{job.top_classes}" if job.top_classes else "")
+            item.extra["overlay"] = str(write_image(out.out_dir / f"{stem}.png", item.drawn))
+            if out.save_maps:
+                r = item.explanation
+                item.extra["maps"] = str(write_npz(out.out_dir / f"{stem}.npz", grid=r.grid, heatmap=r.heatmap))
+            if out.tiles != "none" and item.outputs is not None:
+                tiles = tile_image(self.engine, item, out.tiles)
+                item.extra["tiles"] = str(write_image(out.out_dir / f"{stem}_{out.tiles}.png", tiles))
+        except Exception as exc:  # noqa: BLE001 - one file that cannot be written fails its item
+            item.error = exc
+
+
+class StemNames:
+    """Unique file stems for one run's outputs."""
+
+    def __init__(self) -> None:
+        self._used: set[str] = set()
+
+    def stem(self, source: str, method: str) -> str:
         base = Path(source).stem or "input"
-        name, n = f"{base}_{self.method}", 1
-        while name in self._names:
+        name, n = f"{base}_{method}", 1
+        while name in self._used:
             n += 1
-            name = f"{base}_{self.method}_{n}"
-        self._names.add(name)
+            name = f"{base}_{method}_{n}"
+        self._used.add(name)
         return name
 
-    def image(self, source: str, result, explainer, outputs_one=None) -> None:
-        """Write one image's overlay (and maps, tiles) and emit its record."""
-        stem = self.stem(source)
-        overlay_path = write_image(self.out_dir / f"{stem}.png", result.overlay(**self.style))
-        extra: dict[str, Any] = {}
-        if self.save_maps:
-            extra["maps"] = str(write_npz(self.out_dir / f"{stem}.npz", grid=result.grid, heatmap=result.heatmap))
-        if self.tiles != "none" and outputs_one is not None:
-            tiles = tile_image(explainer, result, outputs_one, self.tiles, self.options, self.style)
-            extra["tiles"] = str(write_image(self.out_dir / f"{stem}_{self.tiles}.png", tiles))
-        self.record(source, result, overlay=overlay_path, **extra)
 
-    def record(self, source: str, result, *, overlay: Path, **extra: Any) -> None:
-        """Build the record of a written overlay and hand it, with its text line, to ``emit``."""
-        record: dict[str, Any] = {"source": source,
-                                  "topk": [{"index": t.index, "label": t.label, "prob": round(t.prob, 6)}
-                                           for t in result.topk[: self.topk]],
-                                  "overlay": str(overlay)}
-        if result.target is not None and "classes" not in extra:
-            record["target"] = {"index": result.target, "label": result.label_of_target}
-        record.update(extra)
-        self.done += 1
-        preds = ", ".join(f"{t.label} {t.prob:.3f}" for t in result.topk[: self.topk])
-        explained = ""
-        if "classes" in extra:
-            explained = "  [maps: " + ", ".join(c["label"] for c in extra["classes"]) + "]"
-        elif result.target is not None:
-            explained = f"  [map: {result.label_of_target}]"
-        self.emit(record, f"{source}: {preds}{explained}")
-
-
-def tile_image(explainer, result, outputs_one, tiles: str, options: dict[str, Any], style: dict[str, Any]):
-    """Raw attention of every layer (or every head of one layer) tiled over the image."""
-    meta = explainer.meta
-    attn = outputs_one.attentions
+def tile_image(engine: FrameEngine, item: ItemResult, tiles: str) -> np.ndarray:
+    """Raw attention of every layer (or every head of one layer) tiled over the item's image."""
+    meta = engine.explainer.meta
+    attn = item.outputs.attentions
+    result = item.explanation
     if tiles == "layers":
-        picks = [dict(layer=l) for l in range(meta.num_layers)]
-        titles = [f"layer {l}" for l in range(meta.num_layers)]
+        picks = [dict(layer=layer) for layer in range(meta.num_layers)]
+        titles = [f"layer {layer}" for layer in range(meta.num_layers)]
     else:
-        layer = int(options.get("layer", -1))
-        layer = layer % meta.num_layers
-        heads = attn.shape[2]
-        picks = [dict(layer=layer, head=h) for h in range(heads)]
-        titles = [f"layer {layer} head {h}" for h in range(heads)]
+        layer = int(engine.job.options.get("layer", -1)) % meta.num_layers
+        if meta.head_fusion != "none":
+            picks, titles = [dict(layer=layer)], [f"layer {layer}, heads fused at export ({meta.head_fusion})"]
+        else:
+            picks = [dict(layer=layer, head=h) for h in range(attn.shape[2])]
+            titles = [f"layer {layer} head {h}" for h in range(attn.shape[2])]
     grids = np.concatenate([run_method("attention", attn, meta.layout, **p) for p in picks])
     heatmaps = np.stack([result.geometry.to_image(g) for g in grids])
-    overlay = HeatmapOverlay(colormap=style["colormap"], alpha=style["alpha"], blur=style["blur"], mode=style["mode"])
-    return layer_head_grid(result.image, heatmaps, titles=titles, overlay=overlay)
+    style = engine.job.style or OverlayStyle()
+    return layer_head_grid(result.image, heatmaps, titles=titles, overlay=style.heatmap)
 
 
-def explain_images(explainer, refs, writer: ResultWriter, method: str, options: dict[str, Any],
-                   fit: str, batch_size: int, topk: int, advance: Callable[[int], None] = _nothing,
-                   workers: int = 1) -> None:
-    """Explain still images in batches; a reader thread decodes and preprocesses ahead of inference.
+def record_of(item: ItemResult, topk: int) -> tuple[dict[str, Any], str]:
+    """The JSON-able record and the one-line text summary of a written image item."""
+    r = item.explanation
+    record: dict[str, Any] = {"source": item.source,
+                              "topk": [{"index": t.index, "label": t.label, "prob": round(t.prob, 6)}
+                                       for t in r.topk[:topk]]}
+    explained = ""
+    if item.alternatives:
+        record["classes"] = [{"index": a.target, "label": a.label_of_target,
+                              "prob": round(float(a.probs[a.target]), 6)} for a in item.alternatives]
+        explained = "  [maps: " + ", ".join(c["label"] for c in record["classes"]) + "]"
+    elif r.target is not None:
+        record["target"] = {"index": r.target, "label": r.label_of_target}
+        explained = f"  [map: {r.label_of_target}]"
+    record.update(item.extra)
+    preds = ", ".join(f"{t.label} {t.prob:.3f}" for t in r.topk[:topk])
+    return record, f"{item.source}: {preds}{explained}"
 
-    ``advance(1)`` is called per image done (for a progress bar); ``workers`` model runs go at once.
+
+def explain_inputs(engine: FrameEngine, specs: Sequence[str], output: FolderOutput, *,
+                   on_record: Callable[[dict[str, Any], str], None],
+                   on_fail: Callable[[str, str], None],
+                   on_image: Callable[[], None] | None = None,
+                   on_video: Callable[[str, VideoProgress], None] | None = None) -> OfflineReport:
+    """Explain every input into ``output.out_dir``.
+
+    Args:
+        engine: the frame engine (explainer, job with the overlay style, batching).
+        specs: SOURCE arguments: image files, directories, globs, videos, image sequences.
+            Inputs that do not exist, cameras and streams are failures, reported in order.
+        output: where and what to write.
+        on_record: called as ``on_record(record, line)`` per written input (caller's thread).
+        on_fail: called as ``on_fail(source, reason)`` per failed input.
+        on_image: called once per still image done (written or failed), for a progress bar.
+        on_video: called with each video's progress.
+
+    Returns:
+        :class:`OfflineReport`.
     """
-    if not refs:
-        return
-    source = open_files([r.target for r in refs], on_error=writer.fail)
-    for item in explain_stream(explainer, source, method=method, options=options, batch_size=batch_size,
-                               fit=fit, topk=topk, workers=workers):
-        writer.image(item.frame.source, item.explanation, explainer, item.outputs)
-        advance(1)
+    if engine.job.style is None:
+        engine = engine.with_job(dataclasses.replace(engine.job, style=OverlayStyle()))
+    report = OfflineReport()
 
+    def fail(source: str, reason: str) -> None:
+        report.failed.append((source, reason))
+        on_fail(source, reason)
 
-def explain_classes(explainer, refs, writer: ResultWriter, method: str, options: dict[str, Any], fit: str,
-                    fixed: int | None, top_n: int | None, advance: Callable[[int], None] = _nothing) -> None:
-    """Class-specific maps: one given class per image, or the top N classes side by side."""
-    if not refs:
-        return
-    with open_files([r.target for r in refs], on_error=writer.fail) as source:
-        for frame in source:
-            if top_n is None:
-                result = explainer.explain(frame.image_bgr, method=method, fit=fit, target=fixed, **options)
-                writer.image(frame.source, result, explainer)
+    refs, missing = plan_inputs(specs)
+    for spec, exc in missing:
+        fail(spec, str(exc))
+    images = [r for r in refs if r.kind == "image"]
+    for ref in refs:
+        if ref.is_live:
+            fail(ref.spec, f"{ref.spec!r} is a {ref.kind}; explain it live with `attnmap live {ref.spec}`")
+    names = StemNames()
+    if images:
+        sink = FolderSink(engine, output, names)
+        for item in engine.run(open_files([r.target for r in images], errors="yield"), sink=sink):
+            if item.ok:
+                report.done += 1
+                on_record(*record_of(item, engine.job.topk))
             else:
-                results = explainer.explain_topk(frame.image_bgr, top_n, method=method, fit=fit, **options)
-                stem = writer.stem(frame.source) + f"_top{top_n}"
-                path = write_image(writer.out_dir / f"{stem}.png",
-                                   np.hstack([r.overlay(**writer.style) for r in results]))
-                writer.record(frame.source, results[0], overlay=path,
-                              classes=[{"index": r.target, "label": r.label_of_target,
-                                        "prob": round(float(r.probs[r.target]), 6)} for r in results])
-            advance(1)
+                fail(item.source, item.reason())
+            if on_image is not None:
+                on_image()
+    for ref in refs:
+        if ref.kind in ("video", "sequence"):
+            _video(engine, ref, output, names, report, on_record, fail, on_video)
+    return report
 
 
-def explain_video_into(explainer, ref, writer: ResultWriter, method, options, fit, batch_size,
-                       progress: Callable[[VideoProgress], None] | None = None, workers: int = 1) -> None:
-    """Explain every frame of a video (or image sequence) into an annotated video beside the overlays."""
-    stem = writer.stem(ref.target if ref.kind == "video" else ref.spec.replace("%", "_"))
-    out_path = writer.out_dir / f"{stem}.mp4"
-    maps = writer.out_dir / f"{stem}.npz" if writer.save_maps else None
+def _video(engine: FrameEngine, ref: SourceRef, output: FolderOutput, names: StemNames, report: OfflineReport,
+           on_record, fail, on_video) -> None:
+    stem = names.stem(ref.target if ref.kind == "video" else ref.spec.replace("%", "_"), engine.job.method)
+    out_path = output.out_dir / f"{stem}.mp4"
+    maps = output.out_dir / f"{stem}.npz" if output.save_maps else None
+    progress = None if on_video is None else (lambda p: on_video(ref.spec, p))
     try:
-        report = explain_video(explainer, ref, out_path, method=method, options=options, batch_size=batch_size,
-                               fit=fit, colormap=writer.style["colormap"], alpha=writer.style["alpha"],
-                               blur=writer.style["blur"], mode=writer.style["mode"], label=writer.style["label"],
-                               save_maps=maps, progress=progress, workers=workers)
+        r = explain_video(engine, ref, out_path, save_maps=maps, progress=progress)
     except AttnmapError as exc:
-        writer.fail(ref.spec, exc)
+        fail(ref.spec, str(exc))
         return
-    writer.done += 1
-    record = {"source": ref.spec, "video": str(report.out), "frames": report.frames, "fps": report.fps,
-              "size": list(report.size), "throughput_fps": round(report.throughput_fps, 2)}
-    if report.maps is not None:
-        record["maps"] = str(report.maps)
-    writer.emit(record, f"{ref.spec}: {report.frames} frames explained at {report.throughput_fps:.1f} frames/s "
-                        f"-> {report.out}")
+    report.done += 1
+    record = {"source": ref.spec, "video": str(r.out), "frames": r.frames, "fps": r.fps, "size": list(r.size),
+              "codec": r.codec, "throughput_fps": round(r.throughput_fps, 2)}
+    if r.maps is not None:
+        record["maps"] = str(r.maps)
+    if r.failed:
+        record["failed_frames"] = [{"index": i, "error": e} for i, e in r.failed]
+    on_record(record, f"{ref.spec}: {r.frames} frames explained at {r.throughput_fps:.1f} frames/s -> {r.out}"
+                      + (f" ({len(r.failed)} frames could not be explained and were kept plain)" if r.failed else ""))

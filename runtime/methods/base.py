@@ -8,13 +8,15 @@ the start vector of the target row, cutting the patch columns out and min-max no
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
 import numpy as np
 
 from attnmap.runtime.core.errors import ExplainError
+from attnmap.runtime.core.options import OptionSpec
 from attnmap.runtime.core.meta import TokenLayout
 
 HEAD_FUSIONS = ("mean", "max", "min")
@@ -34,42 +36,51 @@ class Method:
         fn: ``fn(attentions, layout, *, grads=None, **options) -> (B, gh, gw) float32``.
         needs_gradients: True when ``fn`` needs ``grads`` (d y_c / d A, same shape as
             ``attentions``).
-        options: option name -> default value; the type of the default is the option's
-            type (None means "not set").
-        choices: option name -> allowed values, for the options restricted to a set.
+        options: option name -> its :class:`~attnmap.runtime.core.options.OptionSpec` (type,
+            default, range, choices, help): the one declaration every front derives from.
         summary: one line for ``--help``.
     """
 
     name: str
     fn: Callable[..., np.ndarray]
     needs_gradients: bool
-    options: Mapping[str, Any]
-    choices: Mapping[str, tuple] = field(default_factory=dict)
+    options: Mapping[str, OptionSpec]
     summary: str = ""
 
+    @property
+    def defaults(self) -> dict[str, Any]:
+        """Option name -> default value."""
+        return {name: spec.default for name, spec in self.options.items()}
 
-def make_method(name: str, fn: Callable[..., np.ndarray], summary: str, *,
-                needs_gradients: bool = False,
-                choices: Mapping[str, tuple] | None = None) -> Method:
-    """Build a :class:`Method` whose option defaults are read from ``fn``'s signature.
 
-    Reading them from the signature keeps one source of truth: a default changed in the
-    function is the default the CLI shows.
+def make_method(name: str, fn: Callable[..., np.ndarray], summary: str, specs: Mapping[str, OptionSpec], *,
+                needs_gradients: bool = False) -> Method:
+    """Build a :class:`Method` whose options are ``fn``'s keyword-only parameters.
+
+    The defaults are read from ``fn``'s signature, so a default changed in the function is the
+    default every front shows; ``specs`` gives each option's type, range, choices and help.
 
     Args:
         name: registry key.
         fn: the method; its keyword-only parameters other than ``grads`` are its options.
         summary: one line for ``--help``.
+        specs: option name -> spec (its ``default`` is replaced by the signature's); every
+            option of ``fn`` must have one.
         needs_gradients: whether ``fn`` needs ``grads``.
-        choices: allowed values of the restricted options.
 
     Returns:
         The frozen :class:`Method`.
+
+    Raises:
+        TypeError: an option of ``fn`` has no spec, or a spec names no option of ``fn`` (a
+            programming error, raised at import).
     """
-    options = {p.name: p.default for p in inspect.signature(fn).parameters.values()
-               if p.kind is inspect.Parameter.KEYWORD_ONLY and p.name != "grads"}
-    return Method(name=name, fn=fn, needs_gradients=needs_gradients, options=options,
-                  choices=dict(choices or {}), summary=summary)
+    params = {p.name: p.default for p in inspect.signature(fn).parameters.values()
+              if p.kind is inspect.Parameter.KEYWORD_ONLY and p.name != "grads"}
+    if set(params) != set(specs):
+        raise TypeError(f"method {name!r}: options {sorted(params)} but specs for {sorted(specs)}")
+    options = {p: dataclasses.replace(specs[p], name=p, default=default) for p, default in params.items()}
+    return Method(name=name, fn=fn, needs_gradients=needs_gradients, options=options, summary=summary)
 
 
 # --------------------------------------------------------------------------- input checks

@@ -16,52 +16,39 @@ Keys in the window (or returned by ``on_frame``): ``m`` method, ``[`` ``]`` laye
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections import deque
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Callable
 
 import numpy as np
 
-from attnmap.runtime.frames.capture import LatestFrameGrabber
-from attnmap.runtime.frames.sinks import RealTimeRecorder, Window, check_display
 from attnmap.runtime.core.errors import OptionError, suggest
-from attnmap.runtime.methods import EXPLAINERS, explain as run_method
 from attnmap.runtime.core.files import write_image
-from attnmap.runtime.fronts.live.state import FITS, KEY_HELP, LiveState, apply_key, check_options, method_options
+from attnmap.runtime.draw.style import OverlayStyle
+from attnmap.runtime.engine.clock import StageClock
+from attnmap.runtime.engine.engine import FrameEngine, ItemResult, Job
+from attnmap.runtime.frames.capture import LatestFrameGrabber
+from attnmap.runtime.frames.frame import Frame, Source
+from attnmap.runtime.frames.sinks import RealTimeRecorder, Window, check_display
+from attnmap.runtime.frames.sources import open_source
+from attnmap.runtime.fronts.live.state import KEY_HELP, LiveState, apply_key, method_options
 from attnmap.runtime.fronts.live.stats import STAGES, FrameRecord, LiveFrame, LiveStats
-from attnmap.runtime.draw.overlay import COLORMAPS, HeatmapOverlay, LabelOverlay
-from attnmap.runtime.frames.sources import Frame, Source, open_source
+from attnmap.runtime.methods import METHODS
 
 
+@dataclass(frozen=True)
+class LiveConfig:
+    """How a live run shows, records and stops.
 
-def run_live(explainer, source: "str | Source" = "0", *, method: str = "rollout",
-             options: Mapping[str, Any] | None = None, show: bool = True, out: str | Path | None = None,
-             fit: str = "squash", smooth: float = 0.0, every: int = 1, colormap: str = "jet",
-             alpha: float = 0.5, blur: float = 0.0, mode: str = "blend", hud: bool = True,
-             max_frames: int | None = None, duration: float | None = None, pace: bool | None = None,
-             out_fps: float | None = None, snapshot_dir: str | Path = ".", window: str = "attnmap",
-             on_frame: Callable[[LiveFrame], int | None] | None = None) -> LiveStats:
-    """Explain a live source frame by frame and show (or record) the heatmap as it happens.
-
-    Args:
-        explainer: a :class:`runtime.Explainer` (anything with ``meta``, ``preprocess``,
-            ``infer`` and ``maps``).
-        source: a source spec (``"0"``, ``"cam:1"``, ``"rtsp://…"``, ``"clip.mp4"`` …) or an
-            open :class:`~runtime.frames.sources.Source`; it is closed when the loop ends.
-        method: explanation method, a key of ``runtime.methods.EXPLAINERS``.
-        options: the method's options, e.g. ``{"discard_ratio": 0.9}``.
-        show: draw in a window. Without a display this raises :class:`AttnmapError` before
-            any window is created (OpenCV's Qt would otherwise abort the process).
+    Attributes:
+        show: draw in a window. Without a display this raises before any window is created
+            (OpenCV's Qt would otherwise abort the process).
         out: also write the annotated stream to this video file (e.g. ``live.mp4``).
-        fit: how frames enter the model: ``"squash"`` (whole frame, default), ``"crop"`` or
-            ``"letterbox"``.
         smooth: EMA weight of the previous heatmap in [0, 1); 0 disables smoothing.
         every: run the model on every k-th processed frame, reusing the last map in between.
-        colormap: OpenCV colour map name (``c`` cycles).
-        alpha: heatmap opacity in ``blend`` mode.
-        blur: Gaussian smoothing of the drawn heatmap (see ``HeatmapOverlay``).
-        mode: ``"blend"`` or ``"mask"``.
         hud: draw the label, method, fps and stage timings on the frame.
         max_frames: stop after this many processed frames.
         duration: stop after this many seconds.
@@ -70,9 +57,53 @@ def run_live(explainer, source: "str | Source" = "0", *, method: str = "rollout"
         out_fps: frame rate of ``out`` (default: the source's, else 30).
         snapshot_dir: folder for ``s`` snapshots (PNG).
         window: window title.
+
+    Raises:
+        OptionError: a value out of range.
+    """
+
+    show: bool = True
+    out: str | Path | None = None
+    smooth: float = 0.0
+    every: int = 1
+    hud: bool = True
+    max_frames: int | None = None
+    duration: float | None = None
+    pace: bool | None = None
+    out_fps: float | None = None
+    snapshot_dir: str | Path = "."
+    window: str = "attnmap"
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= float(self.smooth) < 1.0:
+            raise OptionError(f"smooth must be in [0, 1) (EMA weight of the previous map); got {self.smooth}")
+        if isinstance(self.every, bool) or int(self.every) != self.every or self.every < 1:
+            raise OptionError(f"every must be an integer >= 1 (explain every k-th frame); got {self.every}")
+        if self.max_frames is not None and self.max_frames < 1:
+            raise OptionError(f"max_frames must be >= 1; got {self.max_frames}")
+        if self.duration is not None and not self.duration > 0:
+            raise OptionError(f"duration must be > 0 seconds; got {self.duration}")
+        if self.out is not None and not Path(self.out).suffix:
+            raise OptionError(f"out must be a video file such as live.mp4 or live.avi; got {str(self.out)!r} "
+                              "(no extension)")
+
+
+def run_live(explainer, source: "str | Source" = "0", job: Job | None = None, config: LiveConfig | None = None,
+             *, on_frame: Callable[[LiveFrame], int | None] | None = None,
+             clock: StageClock | None = None) -> LiveStats:
+    """Explain a live source frame by frame and show (or record) the heatmap as it happens.
+
+    Args:
+        explainer: a :class:`~attnmap.runtime.engine.explainer.Explainer`.
+        source: a source spec (``"0"``, ``"cam:1"``, ``"rtsp://..."``, ``"clip.mp4"`` ...) or an
+            open :class:`~attnmap.runtime.frames.frame.Source`; it is closed when the loop ends.
+        job: what to compute (method, options, fit; its ``style`` is how frames are drawn,
+            ``OverlayStyle()`` when None); the keys change it as the run goes.
+        config: how to show, record and stop (:class:`LiveConfig`).
         on_frame: called with a :class:`LiveFrame` after each frame is drawn (to embed the
             view elsewhere, or to script it); a returned key code is handled like a key
             press, e.g. ``ord("q")`` stops the run.
+        clock: where stage times go (a new one by default); its time source is the loop's.
 
     Returns:
         :class:`LiveStats`.
@@ -82,40 +113,42 @@ def run_live(explainer, source: "str | Source" = "0", *, method: str = "rollout"
         SourceError: the source cannot be opened, or failed mid-stream (after the loop has
             stopped, the source is released and ``out`` holds what was drawn until then).
     """
+    job = job or Job()
+    config = config or LiveConfig()
     try:
-        _check_args(method, fit, smooth, every, colormap, max_frames, duration, out)
-        HeatmapOverlay(colormap=colormap, alpha=alpha, blur=blur, mode=mode)  # checks the style
-        if show:
+        meta = explainer.meta
+        methods = [n for n, m in METHODS.items() if not m.needs_gradients or meta.has_gradients]
+        if job.method not in methods:
+            raise OptionError(f"method {job.method!r} cannot run on this model; choose from {', '.join(methods)}."
+                              + suggest(str(job.method), methods))
+        style = job.style or OverlayStyle()
+        engine = FrameEngine(explainer, dataclasses.replace(job, style=None, topk=1), clock=clock)
+        if config.show:
             check_display()
-        methods = [n for n, m in EXPLAINERS.items() if not m.needs_gradients or explainer.meta.has_gradients]
-        if method not in methods:
-            raise OptionError(f"method {method!r} cannot run on this model; choose from {', '.join(methods)}."
-                              + suggest(method, methods))
-        state = LiveState(method=method, options=dict(options or {}), fit=fit, colormap=colormap,
-                          methods=tuple(methods), num_layers=explainer.meta.num_layers,
-                          num_heads=explainer.meta.output_heads)
-        _check_method_options(explainer.meta, method, state.options)
+        state = LiveState(method=job.method, options=dict(engine.job.options), fit=job.fit, style=style,
+                          methods=tuple(methods), num_layers=meta.num_layers, num_heads=meta.output_heads,
+                          fused=meta.head_fusion != "none")
     except BaseException:
         if isinstance(source, Source):
             source.close()  # the caller handed it over; it is released on every path
         raise
     src = source if isinstance(source, Source) else open_source(source)
-    stats = LiveStats(source=src.spec)
-    grabber = LatestFrameGrabber(src, pace=pace)
+    stats = LiveStats(source=src.spec, clock=engine.clock)
+    grabber = LatestFrameGrabber(src, pace=config.pace)
     win: Window | None = None
     recorder: RealTimeRecorder | None = None
     try:
-        if show:
-            win = Window(window)
-        if out is not None:
-            fps = out_fps or src.fps or 30.0
-            recorder = RealTimeRecorder(out, fps, by_index=not src.is_live and src.fps is not None and out_fps is None)
-        loop = _Loop(explainer, state, stats, smooth=smooth, every=every, alpha=alpha, blur=blur, mode=mode,
-                     hud=hud, win=win, recorder=recorder, on_frame=on_frame, snapshot_dir=Path(snapshot_dir))
+        if config.show:
+            win = Window(config.window)
+        if config.out is not None:
+            fps = config.out_fps or src.fps or 30.0
+            recorder = RealTimeRecorder(config.out, fps,
+                                        by_index=not src.is_live and src.fps is not None and config.out_fps is None)
+        loop = _Loop(engine, state, stats, config, win=win, recorder=recorder, on_frame=on_frame)
         loop.warm_up(src.size)
         grabber.start()
         try:
-            stats.ended = loop.run(grabber, max_frames, duration)
+            stats.ended = loop.run(grabber, config.max_frames, config.duration)
         except KeyboardInterrupt:
             # Ctrl-C is how a headless camera run is stopped: finish the recording, report.
             stats.ended = "interrupted"
@@ -138,19 +171,19 @@ def run_live(explainer, source: "str | Source" = "0", *, method: str = "rollout"
 class _Loop:
     """The per-frame work of :func:`run_live`, with the state it carries between frames."""
 
-    def __init__(self, explainer, state: LiveState, stats: LiveStats, *, smooth: float, every: int,
-                 alpha: float, blur: float, mode: str, hud: bool, win: Window | None,
-                 recorder: "RealTimeRecorder | None", on_frame, snapshot_dir: Path):
-        self.ex, self.state, self.stats = explainer, state, stats
-        self.smooth, self.every, self.hud = float(smooth), int(every), hud
-        self.alpha, self.blur, self.mode = alpha, blur, mode
-        self.win, self.recorder, self.on_frame, self.snapshot_dir = win, recorder, on_frame, snapshot_dir
-        self.labeler = LabelOverlay()
-        self._overlays: dict[str, HeatmapOverlay] = {}
+    def __init__(self, engine: FrameEngine, state: LiveState, stats: LiveStats, config: LiveConfig, *,
+                 win: Window | None, recorder: "RealTimeRecorder | None", on_frame):
+        self.engine, self.state, self.stats, self.config = engine, state, stats, config
+        self.meta = engine.explainer.meta
+        self.now = engine.clock.now
+        self.smooth, self.every, self.hud = float(config.smooth), int(config.every), config.hud
+        self.win, self.recorder, self.on_frame = win, recorder, on_frame
+        self.snapshot_dir = Path(config.snapshot_dir)
         self.grid = self.geom = self.top = None
         self.x_buf: np.ndarray | None = None  # the model input, reused frame after frame
         self.geom_key = None
         self.version = -1
+        self.engine_version = None
         self.since_explain = 0
         self.last_drawn: np.ndarray | None = None
         self.stage_ema = {s: 0.0 for s in STAGES}
@@ -158,27 +191,38 @@ class _Loop:
         self.message, self.message_until = "", 0.0
         if win is not None:
             # A reminder of the keys for the first seconds in a window (the full list: KEY_HELP).
-            self.message, self.message_until = "keys: m [ ] h c f space s q", time.perf_counter() + 5.0
+            self.message, self.message_until = "keys: m [ ] h c f space s q", self.now() + 5.0
+
+    def _engine(self) -> FrameEngine:
+        """The engine for the state's current method, options and fit (rebuilt when keys change them)."""
+        if self.engine_version != self.state.version or self.engine.job.fit != self.state.fit:
+            job = Job(method=self.state.method, options=method_options(self.state), fit=self.state.fit, topk=1)
+            self.engine = self.engine.with_job(job)
+            self.engine_version = self.state.version
+        return self.engine
 
     def warm_up(self, size: tuple[int, int] | None) -> None:
         """Run one blank frame through every stage before the camera starts.
 
         First calls are slow (onnxruntime's first run, OpenCV's colour-map and font set-up:
-        together ~100 ms here), and a first frame that slow would be dropped-frame debt.
+        together ~100 ms here), and a first frame that slow would be dropped-frame debt. The
+        warm-up's stage times are not recorded.
         """
-        w, h = size or self.ex.meta.image_size[::-1]
+        w, h = size or self.meta.image_size[::-1]
         blank = np.zeros((h, w, 3), np.uint8)
-        x, geoms = self.ex.preprocess([blank], fit=self.state.fit)
-        outputs = self.ex.infer(x)
-        self.grid = self.ex.maps(outputs, self.state.method, **method_options(self.state))[0]
-        self.geom, self.top = geoms[0], _top1(outputs.logits[0])
+        engine = self._engine()
+        warm = FrameEngine(engine.explainer, engine.job)
+        item = warm.step(Frame(-1, blank, "warm-up", self.now()))
+        if item.error is not None:
+            raise item.error
+        self.grid, self.geom, self.top = item.explanation.grid, item.explanation.geometry, _top1(item)
         self._draw(blank)
         self.grid = self.geom = self.top = None
 
     def run(self, grabber: LatestFrameGrabber, max_frames: int | None, duration: float | None) -> str:
         t_start = None
         while True:
-            if duration is not None and t_start is not None and time.perf_counter() - t_start >= duration:
+            if duration is not None and t_start is not None and self.now() - t_start >= duration:
                 return "duration"
             if self.state.paused:
                 if self._handle(self._poll(30), None) == "quit":
@@ -192,9 +236,9 @@ class _Loop:
                     return "quit"
                 continue
             if t_start is None:
-                t_start = time.perf_counter()
+                t_start = self.now()
             key = self._process(frame, grabber)
-            self.stats.duration_s = time.perf_counter() - t_start
+            self.stats.duration_s = self.now() - t_start
             if self._handle(key, frame) == "quit":
                 return "quit"
             if max_frames is not None and self.stats.frames_processed >= max_frames:
@@ -202,51 +246,51 @@ class _Loop:
 
     # ------------------------------------------------------------------ one frame
     def _process(self, frame: Frame, grabber: LatestFrameGrabber) -> int:
-        started = time.perf_counter()
+        started = self.now()
         self.stats.frames_captured, self.stats.frames_dropped = grabber.captured, grabber.dropped
         img = frame.image_bgr
         key_geom = (img.shape[:2], self.state.fit)
         explain_now = (self.grid is None or self.version != self.state.version or key_geom != self.geom_key
                        or self.since_explain >= self.every)
         if explain_now:
-            t0 = time.perf_counter()
-            if self.x_buf is None or self.x_buf.shape[2:] != tuple(self.ex.meta.image_size):
-                self.x_buf = np.empty((1, 3, *self.ex.meta.image_size), np.float32)
-            x, geoms = self.ex.preprocess([img], fit=self.state.fit, out=self.x_buf)
-            t1 = time.perf_counter()
-            outputs = self.ex.infer(x)
-            t2 = time.perf_counter()
-            grid = self.ex.maps(outputs, self.state.method, **method_options(self.state))[0]
-            t3 = time.perf_counter()
+            engine = self._engine()
+            if self.x_buf is None or self.x_buf.shape[2:] != tuple(self.meta.image_size):
+                self.x_buf = np.empty((1, 3, *self.meta.image_size), np.float32)
+            item = engine.step(frame, out=self.x_buf)
+            if item.error is not None:
+                raise item.error
+            grid = item.explanation.grid
             if self.smooth > 0 and self.grid is not None and self.version == self.state.version \
                     and key_geom == self.geom_key:
                 grid = self.smooth * self.grid + (1.0 - self.smooth) * grid
-            self.grid, self.geom, self.geom_key, self.version = grid, geoms[0], key_geom, self.state.version
-            self.top = _top1(outputs.logits[0])
+            self.grid, self.geom, self.geom_key, self.version = grid, item.explanation.geometry, key_geom, \
+                self.state.version
+            self.top = _top1(item)
             self.since_explain = 0
-            self._stage("preprocess", t1 - t0)
-            self._stage("inference", t2 - t1)
-            self._stage("explanation", t3 - t2)
+            for stage in ("preprocess", "inference", "explanation"):
+                self._ema(stage, engine.clock.last(stage))
             self.stats.frames_explained += 1
         self.since_explain += 1
-        t4 = time.perf_counter()
-        drawn = self._draw(img)
-        t5 = time.perf_counter()
-        self._stage("overlay", t5 - t4)
+        clock = self.engine.clock
+        with clock.stage("overlay"):
+            drawn = self._draw(img)
+        self._ema("overlay", clock.last("overlay"))
         key = -1
+        t5 = self.now()
         if self.win is not None:
             key = self.win.show(drawn)
         if self.recorder is not None:
             self.recorder.write(drawn, frame)
-        shown = time.perf_counter()
-        self._stage("output", shown - t5)
+        shown = self.now()
+        clock.add("output", shown - t5)
+        self._ema("output", shown - t5)
         self.last_drawn = drawn
         self.stats.frames_processed += 1
         self.stats.records.append(FrameRecord(frame.index, frame.timestamp, started, shown, explain_now))
         self.fps_times.append(shown)
         if self.on_frame is not None:
             index, prob = self.top
-            returned = self.on_frame(LiveFrame(drawn, frame, self.grid, self.ex.meta.label(index), prob,
+            returned = self.on_frame(LiveFrame(drawn, frame, self.grid, self.meta.label(index), prob,
                                                self.state.method, method_options(self.state), self.state.fit,
                                                self.state.colormap, explain_now, self.stats))
             if returned is not None and returned >= 0:
@@ -254,13 +298,12 @@ class _Loop:
         return key
 
     def _draw(self, img: np.ndarray) -> np.ndarray:
-        cmap = self.state.colormap
-        if cmap not in self._overlays:
-            self._overlays[cmap] = HeatmapOverlay(colormap=cmap, alpha=self.alpha, blur=self.blur, mode=self.mode)
-        drawn = self._overlays[cmap].annotate(img, self.geom.to_image(self.grid))
+        style = self.state.style
+        heat = self.geom.to_image(self.grid)
+        drawn = style.heatmap.annotate(img, heat)
         if not self.hud:
             return drawn
-        return self.labeler.annotate(drawn, self._hud_lines())
+        return style.caption.annotate(drawn, self._hud_lines(), heatmap=heat)
 
     def _hud_lines(self) -> list[str]:
         index, prob = self.top
@@ -273,12 +316,11 @@ class _Loop:
                  f"{fps:.1f} fps  latency {lat:.0f} ms  dropped {self.stats.frames_dropped}",
                  f"pre {ms['preprocess']:.1f}  inf {ms['inference']:.1f}  exp {ms['explanation']:.1f}  "
                  f"draw {ms['overlay']:.1f}  out {ms['output']:.1f} ms"]
-        if self.message and time.perf_counter() < self.message_until:
+        if self.message and self.now() < self.message_until:
             lines.append(self.message)
         return lines
 
-    def _stage(self, name: str, seconds: float) -> None:
-        self.stats.stage_s[name].append(seconds)
+    def _ema(self, name: str, seconds: float) -> None:
         prev = self.stage_ema[name]
         self.stage_ema[name] = seconds if prev == 0.0 else 0.9 * prev + 0.1 * seconds
 
@@ -299,7 +341,7 @@ class _Loop:
             return None  # without a window nothing could resume a pause
         action, note = apply_key(self.state, key)
         if note:
-            self.message, self.message_until = note, time.perf_counter() + 2.0
+            self.message, self.message_until = note, self.now() + 2.0
         if action == "snapshot" and self.last_drawn is not None:
             index = frame.index if frame is not None else self.stats.frames_processed
             path = self.snapshot_dir / f"attnmap-{time.strftime('%Y%m%d-%H%M%S')}-{index:06d}.png"
@@ -309,44 +351,9 @@ class _Loop:
 
 
 # --------------------------------------------------------------------------- helpers
-def _check_args(method, fit, smooth, every, colormap, max_frames, duration, out) -> None:
-    if fit not in FITS:
-        raise OptionError(f"fit must be one of {', '.join(FITS)}; got {fit!r}" + suggest(str(fit), FITS))
-    if not 0.0 <= float(smooth) < 1.0:
-        raise OptionError(f"smooth must be in [0, 1) (EMA weight of the previous map); got {smooth}")
-    if int(every) != every or every < 1:
-        raise OptionError(f"every must be an integer >= 1 (explain every k-th frame); got {every}")
-    if colormap not in COLORMAPS:
-        raise OptionError(f"colormap must be one of {', '.join(COLORMAPS)}; got {colormap!r}"
-                          + suggest(str(colormap), COLORMAPS))
-    if max_frames is not None and max_frames < 1:
-        raise OptionError(f"max_frames must be >= 1; got {max_frames}")
-    if duration is not None and duration <= 0:
-        raise OptionError(f"duration must be > 0 seconds; got {duration}")
-    if not isinstance(method, str):
-        raise OptionError(f"method must be a name such as 'rollout'; got {method!r}")
-    if out is not None and not Path(out).suffix:
-        raise OptionError(f"out must be a video file such as live.mp4 or live.avi; got {str(out)!r} (no extension)")
+def _top1(item: ItemResult) -> tuple[int, float]:
+    top = item.explanation.topk[0]
+    return top.index, top.prob
 
 
-def _check_method_options(meta, method: str, options: dict[str, Any]) -> None:
-    """Fail before the camera opens, not at the first frame, when an option is wrong.
-
-    Names are checked against the method; values by running the method once on uniform
-    attention of the model's shape, which applies every check the method itself makes.
-    """
-    check_options(method, options)
-    n = meta.num_tokens
-    uniform = np.full((1, meta.num_layers, meta.output_heads, n, n), 1.0 / n, dtype=np.float32)
-    grads = np.zeros_like(uniform) if EXPLAINERS[method].needs_gradients else None
-    run_method(method, uniform, meta.layout, grads=grads, **options)
-
-
-def _top1(logits: np.ndarray) -> tuple[int, float]:
-    z = logits.astype(np.float64)
-    i = int(np.argmax(z))
-    p = float(1.0 / np.exp(z - z[i]).sum())
-    return i, p
-
-
-__all__ = ["FrameRecord", "KEY_HELP", "LiveFrame", "LiveStats", "STAGES", "run_live"]
+__all__ = ["FrameRecord", "KEY_HELP", "LiveConfig", "LiveFrame", "LiveStats", "STAGES", "run_live"]

@@ -24,14 +24,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from attnmap.runtime.core.errors import OptionError, suggest
-from attnmap.runtime.methods import EXPLAINERS
-from attnmap.runtime.draw.overlay import COLORMAPS
+from attnmap.runtime.draw.style import CYCLE_COLORMAPS, OverlayStyle  # noqa: F401  (CYCLE_COLORMAPS re-exported)
 from attnmap.runtime.image.preprocess import FITS
-
-HEAD_FUSIONS = ("mean", "max", "min")
-# The colour maps ``c`` cycles through: the perceptually useful few, not all 22 of OpenCV's.
-CYCLE_COLORMAPS = tuple(c for c in ("jet", "turbo", "inferno", "viridis", "magma", "hot", "bone") if c in COLORMAPS)
+from attnmap.runtime.methods import METHODS
 
 KEY_HELP = ("m method   [ ] layer   h head   c colours   f fit   space pause   s snapshot   q quit")
 
@@ -46,7 +41,7 @@ class LiveState:
         method: current method name.
         options: options given by the caller; kept for every method that accepts them.
         fit: current fit mode.
-        colormap: current colour map name.
+        style: current overlay style (``c`` changes its colour map).
         methods: methods ``m`` cycles through.
         num_layers: L, for the layer keys.
         num_heads: heads in the attentions output, for ``h``.
@@ -55,13 +50,14 @@ class LiveState:
         head_fusion: fusion chosen with ``h`` (methods with ``head_fusion``), or None for the default.
         paused: True while paused.
         version: bumped by every change that alters the map (so smoothing restarts).
+        fused: the file's heads were fused at export (``h`` then has nothing to cycle).
     """
 
     method: str
     options: dict[str, Any]
     fit: str
-    colormap: str
-    methods: tuple[str, ...] = field(default_factory=lambda: tuple(EXPLAINERS))
+    style: OverlayStyle
+    methods: tuple[str, ...] = field(default_factory=lambda: tuple(METHODS))
     num_layers: int = 1
     num_heads: int = 1
     layer: int | None = None
@@ -69,6 +65,12 @@ class LiveState:
     head_fusion: str | None = None
     paused: bool = False
     version: int = 0
+    fused: bool = False
+
+    @property
+    def colormap(self) -> str:
+        """The current colour map name."""
+        return self.style.colormap
 
     def describe(self) -> str:
         """One HUD line: method, the layer/head settings in force, and the fit mode."""
@@ -83,7 +85,7 @@ def method_options(state: LiveState) -> dict[str, Any]:
     Caller options that the current method does not take are left out: they were given for
     the method the run started with, and ``m`` may have switched to another one.
     """
-    spec = EXPLAINERS[state.method]
+    spec = METHODS[state.method]
     opts = {name: value for name, value in state.options.items() if name in spec.options}
     if state.layer is not None:
         if "layer" in spec.options:
@@ -95,15 +97,6 @@ def method_options(state: LiveState) -> dict[str, Any]:
     if state.head_fusion is not None and "head_fusion" in spec.options:
         opts["head_fusion"] = state.head_fusion
     return opts
-
-
-def check_options(method: str, options: dict[str, Any]) -> None:
-    """Raise OptionError unless every option name belongs to ``method``."""
-    spec = EXPLAINERS[method]
-    for name in options:
-        if name not in spec.options:
-            raise OptionError(f"method {method!r} has no option {name!r}; it takes "
-                              f"{', '.join(spec.options) or 'none'}." + suggest(name, spec.options))
 
 
 def apply_key(state: LiveState, key: int) -> tuple[str | None, str]:
@@ -136,9 +129,7 @@ def apply_key(state: LiveState, key: int) -> tuple[str | None, str]:
     if key == ord("h"):
         return _step_head(state)
     if key == ord("c"):
-        names = list(CYCLE_COLORMAPS)
-        i = names.index(state.colormap) if state.colormap in names else -1
-        state.colormap = names[(i + 1) % len(names)]
+        state.style = state.style.next_colormap()
         return "changed", f"colours {state.colormap}"
     if key == ord("f"):
         i = FITS.index(state.fit) if state.fit in FITS else -1
@@ -149,32 +140,30 @@ def apply_key(state: LiveState, key: int) -> tuple[str | None, str]:
 
 
 def _step_layer(state: LiveState, step: int) -> tuple[str | None, str]:
-    spec = EXPLAINERS[state.method]
+    spec = METHODS[state.method]
     name = "layer" if "layer" in spec.options else "start_layer" if "start_layer" in spec.options else None
     if name is None:
         return None, f"{state.method} has no layer choice"
-    current = state.layer
-    if current is None:
-        current = state.options.get(name, spec.options[name])
-    current = int(current) % state.num_layers
-    state.layer = (current + step) % state.num_layers
+    current = state.layer if state.layer is not None else state.options.get(name, spec.options[name].default)
+    state.layer = spec.options[name].step(current, step, size=state.num_layers)
     _changed(state)
     return "changed", f"{name} {state.layer}"
 
 
 def _step_head(state: LiveState) -> tuple[str | None, str]:
-    spec = EXPLAINERS[state.method]
-    if "head" in spec.options and state.num_heads > 1:
-        state.head = 0 if state.head is None else (None if state.head + 1 >= state.num_heads else state.head + 1)
+    spec = METHODS[state.method]
+    if state.num_heads <= 1:
+        return None, "heads fused at export: one head output" if state.fused else "the model has one head"
+    if "head" in spec.options:
+        state.head = spec.options["head"].step(state.head, 1, size=state.num_heads)
         _changed(state)
         return "changed", "heads fused" if state.head is None else f"head {state.head}"
-    if "head_fusion" in spec.options and state.num_heads > 1:
-        current = state.head_fusion or state.options.get("head_fusion", spec.options["head_fusion"])
-        i = HEAD_FUSIONS.index(current) if current in HEAD_FUSIONS else -1
-        state.head_fusion = HEAD_FUSIONS[(i + 1) % len(HEAD_FUSIONS)]
+    if "head_fusion" in spec.options:
+        current = state.head_fusion or state.options.get("head_fusion", spec.options["head_fusion"].default)
+        state.head_fusion = spec.options["head_fusion"].step(current, 1)
         _changed(state)
         return "changed", f"head fusion {state.head_fusion}"
-    return None, f"{state.method} has no head choice" if state.num_heads > 1 else "the model has one head output"
+    return None, f"{state.method} has no head choice"
 
 
 def _changed(state: LiveState) -> None:

@@ -12,7 +12,8 @@ from typing import Any
 
 import numpy as np
 
-from attnmap.runtime.frames.sources import Frame
+from attnmap.runtime.engine.clock import StageClock
+from attnmap.runtime.frames.frame import Frame
 
 STAGES = ("preprocess", "inference", "explanation", "overlay", "output")
 _RECORDS_KEPT = 20_000  # per-frame timings kept for the percentiles (about 11 min at 30 fps)
@@ -96,8 +97,8 @@ class LiveStats:
         out: the output video, if one was written.
         snapshots: snapshot files saved with ``s``.
         records: per-frame timings (the last 20,000).
-        stage_s: per-stage durations in seconds, one list per name in :data:`STAGES`
-            (preprocess, inference and explanation only on frames the model ran on).
+        clock: the run's stage clock (the frame engine's): per-stage durations, named as in
+            :data:`STAGES` (preprocess, inference and explanation only on frames the model ran on).
     """
 
     source: str
@@ -111,8 +112,12 @@ class LiveStats:
     out: str | None = None
     snapshots: list[str] = field(default_factory=list)
     records: deque = field(default_factory=lambda: deque(maxlen=_RECORDS_KEPT), repr=False)
-    stage_s: dict[str, deque] = field(
-        default_factory=lambda: {s: deque(maxlen=_RECORDS_KEPT) for s in STAGES}, repr=False)
+    clock: StageClock = field(default_factory=StageClock, repr=False)
+
+    @property
+    def stage_s(self) -> dict[str, list[float]]:
+        """Per-stage durations in seconds, one list per name in :data:`STAGES`."""
+        return {s: self.clock.durations(s) for s in STAGES}
 
     @property
     def fps(self) -> float:
