@@ -21,9 +21,10 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import os  # noqa: E402
 
-import runtime  # noqa: E402,F401  (sets the BLAS thread count before NumPy loads)
+# As the CLI does: one BLAS thread, set before NumPy loads (see cli.py).
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 import numpy as np  # noqa: E402
 
 from attnmap.runtime.methods import explain  # noqa: E402

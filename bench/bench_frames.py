@@ -63,9 +63,10 @@ def main(argv: list[str] | None = None) -> int:
             p.error("--blas-threads must be applied before NumPy is imported; run this file as a script")
         os.environ["OPENBLAS_NUM_THREADS"] = str(args.blas_threads)
     # Imported only now, so that the thread setting above is in place when NumPy loads.
-    sys.path.insert(0, str(ROOT))
-    from attnmap.runtime import Explainer
-    from attnmap.runtime.fronts.bench import format_bench, format_targets, measure_targets, run_bench, throughput_explainer
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # as the CLI does, before NumPy loads
+    from attnmap import Explainer
+    from attnmap.runtime.fronts.bench import format_bench, run_bench
+    from attnmap.runtime.fronts.targets import format_targets, measure_targets, throughput_explainer
     from attnmap.runtime.core.files import write_bytes
 
     videos = [Path(v) for v in args.video] if args.video else VIDEOS

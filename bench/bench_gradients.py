@@ -81,7 +81,7 @@ def measure(grads_path: Path, plain_path: Path, image: Path, *, runs: int, warmu
     import numpy as np
     import onnxruntime as ort
 
-    from attnmap.runtime import Explainer
+    from attnmap import Explainer
     from attnmap.runtime.image.preprocess import read_image
     from attnmap.runtime.model.session import session_options
 
@@ -140,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
         if "numpy" in sys.modules:
             p.error("--blas-threads must be applied before NumPy is imported; run this file as a script")
         os.environ["OPENBLAS_NUM_THREADS"] = str(args.blas_threads)
-    sys.path.insert(0, str(ROOT))
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # as the CLI does, before NumPy loads
 
     with tempfile.TemporaryDirectory(prefix="attnmap_bench_") as tmp:
         if args.model is None:

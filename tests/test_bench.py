@@ -14,7 +14,8 @@ import cv2
 import pytest
 
 from frames_fakes import FakeExplainer, ListSource, attnmap_threads, quadrant_frame, run_with_timeout
-from attnmap.runtime.fronts.bench import STAGES, format_bench, format_targets, measure_targets, run_bench
+from attnmap.runtime.fronts.bench import STAGES, format_bench, run_bench
+from attnmap.runtime.fronts.targets import format_targets, measure_targets
 from attnmap.runtime.core.errors import ModelError, OptionError, SourceError
 
 BENCH_SCRIPT = Path(__file__).resolve().parents[1] / "bench" / "bench_frames.py"
@@ -50,14 +51,14 @@ def test_video_source_is_read_onward_and_reopened_at_its_end(tmp_path):
     path = _video(tmp_path / "v.avi", 5)
     r = run_bench(FakeExplainer(), str(path), runs=4, warmup=1, batch_size=3)  # 15 frames from a 5-frame clip
     assert r["source"] == str(path) and r["frame_size"] == [64, 48]
-    assert r["stages"]["decode"]["median_ms"] > 0 and r["stages"]["encode"]["median_ms"] > 0
+    assert r["stages"]["decode"]["median_ms"] > 0 and r["stages"]["output"]["median_ms"] > 0
     assert list(tmp_path.iterdir()) == [path]  # the encode stage wrote into a temp folder only
 
 
 def test_format_bench_shows_every_stage_and_the_ratio():
     r = run_bench(FakeExplainer(delay=0.002, plain_delay=0.001), runs=3, warmup=0)
     text = format_bench(r)
-    for name in ("decode", "preprocess", "inference", "explanation", "overlay", "encode", "plain inference"):
+    for name in ("decode", "preprocess", "inference", "explanation", "overlay", "output", "plain inference"):
         assert f"\n{name} " in text
     assert f"(inference + explanation) / plain = {r['ratio']:.3f}" in text
     assert "fake_vit" in text
@@ -145,7 +146,7 @@ def test_real_tiny_model(tiny_vit_onnx):
 def test_throughput_explainer_follows_the_plan_of_attnmap_explain(tiny_vit_onnx, monkeypatch):
     from attnmap import Explainer
     from attnmap.runtime.model import session
-    from attnmap.runtime.fronts.bench import throughput_explainer
+    from attnmap.runtime.fronts.targets import throughput_explainer
 
     monkeypatch.setattr(session, "physical_cores", lambda: 2)
     ex = Explainer(tiny_vit_onnx, provider="cpu")
@@ -161,7 +162,7 @@ def test_throughput_explainer_follows_the_plan_of_attnmap_explain(tiny_vit_onnx,
 def test_cli_bench_measures_the_targets_at_the_batch_explain_uses(tiny_vit_onnx, tmp_path, monkeypatch):
     from click.testing import CliRunner
 
-    import cli
+    import attnmap.cli as cli
     from attnmap.runtime.model import session
 
     monkeypatch.setattr(session, "physical_cores", lambda: 2)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-import cli
+import attnmap.cli as cli
 from attnmap import Explainer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -192,15 +192,15 @@ def test_explain_video_with_two_model_runs_at_once_gives_the_same_maps(tiny_vit_
 
 def test_explain_video_runs_at_the_plans_batch_size_unless_one_is_given(tiny_vit_onnx, clip, tmp_path, monkeypatch):
     import attnmap.runtime.fronts.offline as offline
-    from attnmap.runtime.model.session import throughput_plan
+    from attnmap.runtime.model.plan import throughput_plan
 
-    real, calls = offline.explain_video_into, []
+    real, calls = offline.explain_video, []
 
-    def spy(explainer, ref, writer, method, options, fit, batch_size, progress, workers=1):
-        calls.append((batch_size, workers, explainer.model.threads))
-        return real(explainer, ref, writer, method, options, fit, batch_size, progress, workers=workers)
+    def spy(engine, src, out_path, **kwargs):
+        calls.append((engine.batch_size, engine.workers, engine.explainer.model.threads))
+        return real(engine, src, out_path, **kwargs)
 
-    monkeypatch.setattr(offline, "explain_video_into", spy)
+    monkeypatch.setattr(offline, "explain_video", spy)
     assert run("explain", clip, "--model", tiny_vit_onnx, "--out", tmp_path).exit_code == 0
     assert run("explain", clip, "--model", tiny_vit_onnx, "--out", tmp_path, "--batch-size", 3).exit_code == 0
     plan = throughput_plan("auto")

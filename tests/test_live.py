@@ -21,7 +21,9 @@ from frames_fakes import (FakeExplainer, ListSource, PacedSource, attnmap_thread
 from attnmap.runtime.frames.capture import LatestFrameGrabber
 from attnmap.runtime.core.errors import ExplainError, OptionError, SourceError
 from attnmap.runtime.methods import explain as run_method
-from attnmap.runtime.fronts.live.loop import LiveFrame, run_live
+from attnmap.runtime.draw.style import OverlayStyle
+from attnmap.runtime.engine.engine import Job
+from attnmap.runtime.fronts.live.loop import LiveConfig, LiveFrame, run_live
 from attnmap.runtime.fronts.live.state import CYCLE_COLORMAPS, LiveState, apply_key, method_options
 from attnmap.runtime.draw.overlay import COLORMAPS
 from attnmap.runtime.frames.sources import open_source
@@ -31,6 +33,18 @@ DATA = ROOT.parent / "shared" / "data"
 CLIP = DATA / "video" / "mmaction2_demo_armwrestling.mp4"
 needs_clip = pytest.mark.skipif(not CLIP.is_file(), reason=f"shared clip {CLIP} is absent")
 
+
+_JOB = ("method", "options", "fit")
+_STYLE = ("colormap", "alpha", "blur", "mode")
+
+
+def _live(explainer, source, **kwargs):
+    """run_live with the job, style and config fields given as keywords (as the CLI splits them)."""
+    job = {k: kwargs.pop(k) for k in _JOB if k in kwargs}
+    style = OverlayStyle(**{k: kwargs.pop(k) for k in _STYLE if k in kwargs})
+    on_frame = kwargs.pop("on_frame", None)
+    job.setdefault("fit", "squash")
+    return run_live(explainer, source, Job(style=style, **job), LiveConfig(**kwargs), on_frame=on_frame)
 
 def _frames_in(path) -> tuple[int, float, tuple[int, int]]:
     cap = cv2.VideoCapture(str(path))
@@ -114,7 +128,7 @@ def test_grabber_stop_is_prompt_on_an_endless_source():
 # --------------------------------------------------------------------------- live loop
 def test_live_drops_frames_when_the_model_is_slower_than_the_camera():
     ex = FakeExplainer(delay=0.05)
-    stats = run_with_timeout(lambda: run_live(ex, PacedSource(fps=100), show=False, duration=1.2), 10)
+    stats = run_with_timeout(lambda: _live(ex, PacedSource(fps=100), show=False, duration=1.2), 10)
     assert stats.ended == "duration"
     n = stats.frames_processed
     assert 14 <= n <= 25, stats.to_dict()  # ~1.2 s / 50 ms
@@ -134,7 +148,7 @@ def test_live_drops_frames_when_the_model_is_slower_than_the_camera():
 def test_live_keeps_every_frame_of_a_camera_it_can_keep_up_with():
     ex = FakeExplainer(delay=0.0)
     src = PacedSource(fps=50, count=40)
-    stats = run_with_timeout(lambda: run_live(ex, src, show=False), 10)
+    stats = run_with_timeout(lambda: _live(ex, src, show=False), 10)
     assert stats.ended == "end"
     assert stats.frames_captured == 40
     assert stats.frames_dropped <= 4  # a scheduling hiccup on a busy machine may cost one or two
@@ -146,7 +160,7 @@ def test_every_k_reuses_the_map_and_smoothing_is_an_ema():
     ex = FakeExplainer()
     seen: list[LiveFrame] = []
     src = ListSource([quadrant_frame(i) for i in range(9)], fps=None)
-    stats = run_live(ex, src, show=False, every=3, smooth=0.25, method="attention", on_frame=seen.append)
+    stats = _live(ex, src, show=False, every=3, smooth=0.25, method="attention", on_frame=seen.append)
     assert stats.frames_processed == 9 and stats.frames_explained == 3 == ex.infer_calls - 1  # + warm-up
     assert [f.explained for f in seen] == [True, False, False] * 3
     raw = ex.raw_maps[1:]  # the method's own maps, one per model run (frames 0, 3, 6) after the warm-up
@@ -172,7 +186,7 @@ def test_keys_switch_method_layer_head_fit_snapshot_and_quit(tmp_path):
         return keys.get(len(seen) - 1)
 
     src = PacedSource(fps=100)
-    stats = run_with_timeout(lambda: run_live(ex, src, show=False, method="rollout", fit="squash",
+    stats = run_with_timeout(lambda: _live(ex, src, show=False, method="rollout", fit="squash",
                                               colormap="jet", on_frame=on_frame, snapshot_dir=tmp_path), 10)
     assert stats.ended == "quit" and len(seen) == 7 and src.closed
     assert [v.method for v in seen] == ["rollout"] + ["attention"] * 6  # m: next class-agnostic method
@@ -192,13 +206,13 @@ def test_keys_switch_method_layer_head_fit_snapshot_and_quit(tmp_path):
 
 def test_pause_is_ignored_without_a_window():
     # Nothing could resume a headless pause (on_frame is not called while paused): no hang.
-    stats = run_with_timeout(lambda: run_live(FakeExplainer(), PacedSource(fps=100), show=False, max_frames=3,
+    stats = run_with_timeout(lambda: _live(FakeExplainer(), PacedSource(fps=100), show=False, max_frames=3,
                                               on_frame=lambda view: ord(" ")), 10)
     assert stats.ended == "max_frames" and stats.frames_processed == 3
 
 
 def test_apply_key_cycles_and_ignores_unknown_keys():
-    st = LiveState(method="rollout", options={"discard_ratio": 0.5}, fit="crop", colormap="jet",
+    st = LiveState(method="rollout", options={"discard_ratio": 0.5}, fit="crop", style=OverlayStyle(),
                    methods=("rollout", "attention"), num_layers=3, num_heads=2)
     assert apply_key(st, ord("x")) == (None, "")
     assert apply_key(st, ord("h"))[0] == "changed" and method_options(st) == {"discard_ratio": 0.5, "head_fusion": "max"}
@@ -226,23 +240,23 @@ def test_apply_key_cycles_and_ignores_unknown_keys():
 def test_bad_options_fail_before_the_source_is_opened():
     ex = FakeExplainer()
     with pytest.raises(OptionError, match="has no option 'layr'.*'layer'"):
-        run_live(ex, "cam:57", show=False, method="attention", options={"layr": 1})
+        _live(ex, "cam:57", show=False, method="attention", options={"layr": 1})
     with pytest.raises(ExplainError, match="discard_ratio"):
-        run_live(ex, "cam:57", show=False, method="rollout", options={"discard_ratio": 1.5})
+        _live(ex, "cam:57", show=False, method="rollout", options={"discard_ratio": 1.5})
     with pytest.raises(OptionError, match="cannot run on this model"):
-        run_live(ex, "cam:57", show=False, method="chefer")  # no gradients in the fake
+        _live(ex, "cam:57", show=False, method="chefer")  # no gradients in the fake
     for kwargs, fragment in [({"fit": "zoom"}, "fit must be"), ({"smooth": 1.0}, "smooth"),
                              ({"every": 0}, "every"), ({"colormap": "jett"}, "Did you mean 'jet'"),
                              ({"alpha": 1.5}, "alpha"), ({"out": "recording"}, "no extension")]:
         with pytest.raises(OptionError, match=fragment):
-            run_live(ex, "cam:57", show=False, **kwargs)
+            _live(ex, "cam:57", show=False, **kwargs)
 
 
 def test_source_failing_mid_stream_ends_cleanly_with_a_valid_video(tmp_path):
     out = tmp_path / "live.mp4"
     src = PacedSource(fps=100, fail_after=25)
     with pytest.raises(SourceError, match="sensor unplugged") as err:
-        run_with_timeout(lambda: run_live(FakeExplainer(), src, show=False, out=out), 10)
+        run_with_timeout(lambda: _live(FakeExplainer(), src, show=False, out=out), 10)
     assert "after 25 frames" in str(err.value)
     assert src.closed and attnmap_threads() == []
     n, fps, size = _frames_in(out)
@@ -258,7 +272,7 @@ def test_ctrl_c_ends_a_headless_recording_cleanly(tmp_path):
             raise KeyboardInterrupt
 
     src = PacedSource(fps=100)
-    stats = run_with_timeout(lambda: run_live(FakeExplainer(), src, show=False, out=out, on_frame=interrupt_at_10), 10)
+    stats = run_with_timeout(lambda: _live(FakeExplainer(), src, show=False, out=out, on_frame=interrupt_at_10), 10)
     assert stats.ended == "interrupted" and stats.frames_processed == 10 and src.closed
     assert stats.out == str(out) and _frames_in(out)[0] == stats.frames_written >= 10
     assert attnmap_threads() == []
@@ -269,7 +283,7 @@ def test_headless_recording_of_the_shared_clip_plays_in_real_time(tmp_path):
     out = tmp_path / "rec.mp4"
     ex = FakeExplainer(delay=0.0)
     seen = []
-    stats = run_with_timeout(lambda: run_live(ex, str(CLIP), show=False, out=out, max_frames=20,
+    stats = run_with_timeout(lambda: _live(ex, str(CLIP), show=False, out=out, max_frames=20,
                                               on_frame=lambda v: seen.append(v.frame.index)), 20)
     assert stats.ended == "max_frames" and stats.frames_processed == 20
     n, fps, size = _frames_in(out)
@@ -287,7 +301,7 @@ def test_video_file_end_of_stream_stops_the_loop(tmp_path):
     for i in range(15):
         w.write(quadrant_frame(i))
     w.release()
-    stats = run_with_timeout(lambda: run_live(FakeExplainer(), str(path), show=False), 10)
+    stats = run_with_timeout(lambda: _live(FakeExplainer(), str(path), show=False), 10)
     assert stats.ended == "end" and 13 <= stats.frames_processed <= 15
     assert attnmap_threads() == []
 
@@ -318,11 +332,11 @@ def test_show_without_a_display_is_a_clear_error_not_a_qt_abort():
 
 @needs_clip
 def test_real_model_live_view_matches_the_api(tiny_vit_onnx):
-    from attnmap.runtime import Explainer
+    from attnmap import Explainer
 
     ex = Explainer(tiny_vit_onnx)
     seen: list[LiveFrame] = []
-    stats = run_with_timeout(lambda: run_live(ex, str(CLIP), show=False, method="attention", fit="letterbox",
+    stats = run_with_timeout(lambda: _live(ex, str(CLIP), show=False, method="attention", fit="letterbox",
                                               max_frames=6, on_frame=seen.append), 30)
     assert stats.frames_processed == 6 and stats.frames_explained == 6
     for view in seen:

@@ -19,12 +19,18 @@ import pytest
 from frames_fakes import FakeExplainer, ListSource, PacedSource, attnmap_threads, quadrant_frame, run_with_timeout
 from attnmap.runtime.core.errors import AttnmapError, ModelError, OptionError, SourceError
 from attnmap.runtime.engine.threads import BackgroundWorker, prefetch, run_ahead
-from attnmap.runtime.engine.engine import explain_stream
+from attnmap.runtime.draw.style import OverlayStyle
+from attnmap.runtime.engine.engine import FrameEngine, Job
 from attnmap.runtime.fronts.video import VideoProgress, explain_video
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 CLIP = DATA / "video" / "mmaction2_test.mp4"
 needs_clip = pytest.mark.skipif(not CLIP.is_file(), reason=f"shared clip {CLIP} is absent")
+
+
+def _engine(ex, method="rollout", options=None, batch_size=8, workers=1, fit="crop", **style):
+    return FrameEngine(ex, Job(method=method, options=options or {}, fit=fit, topk=1, style=OverlayStyle(**style)),
+                       batch_size=batch_size, workers=workers)
 
 
 def _write_video(path: Path, n: int, fps: float = 12.0, size=(64, 48)) -> list[np.ndarray]:
@@ -210,32 +216,53 @@ def test_background_worker_keeps_order_and_reraises():
     assert out == [0, 1, 2] and attnmap_threads() == []
 
 
-# --------------------------------------------------------------------------- explain_stream
-def test_stream_over_a_folder_batches_mixed_sizes_and_skips_bad_files(tmp_path):
+# --------------------------------------------------------------------------- the engine over a source
+def test_engine_over_a_folder_batches_mixed_sizes_and_reports_bad_files_in_place(tmp_path):
     sizes = [(64, 48), (40, 40), (90, 30), (64, 48), (33, 57)]
     for i, size in enumerate(sizes):
         cv2.imwrite(str(tmp_path / f"img_{i}.png"), quadrant_frame(i, size))
     (tmp_path / "img_2b.png").write_bytes(b"broken")
-    errors = []
     ex = FakeExplainer()
-    timings: dict[str, float] = {}
-    got = list(explain_stream(ex, str(tmp_path), batch_size=2, method="attention", topk=2,
-                              on_error=lambda path, exc: errors.append(Path(path).name), timings=timings))
-    assert [Path(f.source).name for f, _, _ in got] == [f"img_{i}.png" for i in (0, 1, 2)] + ["img_3.png", "img_4.png"]
-    assert errors == ["img_2b.png"]
-    assert ex.infer_calls == 3 and ex.infer_frames == 5  # 2 + 2 + 1
-    for (frame, exp, outputs), size in zip(got, sizes):
-        assert exp.image is frame.image_bgr and exp.heatmap.shape == (size[1], size[0])
-        assert outputs.attentions.shape == (1, 2, 2, 5, 5) and outputs.logits.shape == (1, 3)
-        assert len(exp.topk) == 2 and exp.method == "attention"
+    engine = FrameEngine(ex, Job(method="attention", topk=2), batch_size=2)
+    got = list(engine.run(str(tmp_path)))
+    assert [Path(r.source).name for r in got] == ["img_0.png", "img_1.png", "img_2.png", "img_2b.png", "img_3.png",
+                                                  "img_4.png"]
+    bad = [r for r in got if not r.ok]
+    assert [Path(r.source).name for r in bad] == ["img_2b.png"] and "cannot decode" in bad[0].reason()
+    good = [r for r in got if r.ok]
+    # 2 + 1 (the bad file takes a place in the third batch) + 2
+    assert ex.infer_calls == 3 and ex.infer_frames == 5
+    for r, size in zip(good, sizes):
+        exp = r.explanation
+        assert exp.image is r.frame.image_bgr and exp.heatmap.shape == (size[1], size[0])
+        assert r.outputs.attentions.shape == (1, 2, 2, 5, 5) and r.outputs.logits.shape == (1, 3)
+        assert len(exp.topk) == 2 and exp.method == "attention" and r.drawn is None
         # One image at a time gives the same map: batching mixed sizes changes nothing.
-        x, _ = ex.preprocess([frame.image_bgr])
+        x, _ = ex.preprocess([r.frame.image_bgr])
         np.testing.assert_allclose(exp.grid, ex.maps(ex.infer(x), "attention")[0], atol=1e-6)
-    assert set(timings) == {"wait", "inference", "explanation"} and timings["inference"] > 0
+    clock = engine.clock
+    assert clock.count("inference") == 3 and clock.count("decode") == 6 and clock.total("explanation") > 0
     assert attnmap_threads() == []
 
 
-def test_stream_abandoned_early_stops_the_reader_before_closing_the_source():
+def test_engine_isolates_an_item_that_fails_inside_a_batch():
+    class FailsOnBrightest(FakeExplainer):
+        def package(self, images, outputs, grids, geoms, method, topk=5):
+            if len(images) > 1 and any(img.mean() > 200 for img in images):
+                raise RuntimeError("boom in a batch")
+            if images[0].mean() > 200:
+                raise RuntimeError("boom on the white frame")
+            return super().package(images, outputs, grids, geoms, method, topk)
+
+    frames = [quadrant_frame(i) for i in range(5)]
+    frames[3] = np.full_like(frames[3], 255)
+    got = list(FrameEngine(FailsOnBrightest(), batch_size=4).run(ListSource(frames)))
+    assert [r.ok for r in got] == [True, True, True, False, True]
+    assert got[3].reason() == "RuntimeError: boom on the white frame"
+    assert attnmap_threads() == []
+
+
+def test_engine_abandoned_early_stops_the_reader_before_closing_the_source():
     src = ListSource([quadrant_frame(i) for i in range(200)], fps=25.0)
     closed_while_reading = []
     original = src.close
@@ -245,16 +272,16 @@ def test_stream_abandoned_early_stops_the_reader_before_closing_the_source():
         original()
 
     src.close = close
-    stream = explain_stream(FakeExplainer(), src, batch_size=4)
+    stream = FrameEngine(FakeExplainer(), batch_size=4).run(src)
     next(stream)
     stream.close()
     assert closed_while_reading == [False] and src.closed and attnmap_threads() == []
 
 
-def test_stream_refuses_live_sources():
+def test_engine_refuses_live_sources():
     cam = PacedSource(fps=30)
     with pytest.raises(SourceError, match="is live"):
-        next(explain_stream(FakeExplainer(), cam))
+        next(FrameEngine(FakeExplainer()).run(cam))
     assert cam.closed and cam.produced == 0
 
 
@@ -274,7 +301,7 @@ def test_video_keeps_count_size_fps_and_draws_each_frames_own_map(tmp_path):
     out = tmp_path / "out.avi"
     ex = FakeExplainer()
     progress: list[VideoProgress] = []
-    report = run_with_timeout(lambda: explain_video(ex, str(src), out, batch_size=8, method="attention",
+    report = run_with_timeout(lambda: explain_video(_engine(ex, "attention", batch_size=8), str(src), out,
                                                     save_maps=tmp_path / "maps.npz", progress=progress.append), 30)
     assert (report.frames, report.fps, report.size) == (23, 12.0, (64, 48))
     written, fps = _read_all(out)
@@ -309,7 +336,7 @@ def test_video_keeps_count_size_fps_and_draws_each_frames_own_map(tmp_path):
 @needs_clip
 def test_shared_clip_to_mp4_keeps_all_300_frames(tmp_path):
     out = tmp_path / "clip_rollout.mp4"
-    report = run_with_timeout(lambda: explain_video(FakeExplainer(), str(CLIP), out, batch_size=16), 120)
+    report = run_with_timeout(lambda: explain_video(_engine(FakeExplainer(), batch_size=16), str(CLIP), out), 120)
     cap = cv2.VideoCapture(str(out))
     meta = (int(cap.get(cv2.CAP_PROP_FRAME_COUNT)), cap.get(cv2.CAP_PROP_FPS),
             int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT)))
@@ -326,7 +353,7 @@ def test_input_failing_mid_stream_keeps_a_valid_partial_video(tmp_path):
     src = ListSource(frames, fps=20.0, fail_after=13)
     out = tmp_path / "partial.mp4"
     with pytest.raises(SourceError) as err:
-        run_with_timeout(lambda: explain_video(FakeExplainer(), src, out, batch_size=4,
+        run_with_timeout(lambda: explain_video(_engine(FakeExplainer(), batch_size=4), src, out,
                                                save_maps=tmp_path / "m.npz"), 30)
     msg = str(err.value)
     assert "decoding failed at frame 13" in msg and "the 13 frames before it were written" in msg
@@ -339,63 +366,68 @@ def test_input_failing_mid_stream_keeps_a_valid_partial_video(tmp_path):
 
 
 @pytest.mark.parametrize("workers", [1, 2])
-def test_model_failure_leaves_no_output_and_no_temp_file(tmp_path, workers):
+def test_model_failure_on_some_batches_keeps_every_frame_and_reports_them(tmp_path, workers):
     class Broken(FakeExplainer):
         def infer(self, x, target=None):
             if self.infer_calls >= 2:
+                with self._lock:
+                    self.infer_calls += 1
                 raise ModelError("onnxruntime failed on 'fake.onnx': out of memory")
             return super().infer(x, target)
 
     src = ListSource([quadrant_frame(i) for i in range(30)], fps=10.0)
-    with pytest.raises(ModelError, match="out of memory"):
-        run_with_timeout(lambda: explain_video(Broken(), src, tmp_path / "o.mp4", batch_size=4, workers=workers), 30)
-    assert list(tmp_path.iterdir()) == [] and src.closed and attnmap_threads() == []
+    report = run_with_timeout(lambda: explain_video(_engine(Broken(), batch_size=4, workers=workers), src,
+                                                    tmp_path / "o.mp4"), 30)
+    written, _ = _read_all(tmp_path / "o.mp4")
+    assert report.frames == len(written) == 30  # the video keeps its length: failed frames drawn plain
+    assert [i for i, _ in report.failed] == list(range(8, 30))
+    assert all("out of memory" in why for _, why in report.failed)
+    assert [p.name for p in tmp_path.iterdir()] == ["o.mp4"] and src.closed and attnmap_threads() == []
 
 
 def test_frame_size_change_is_a_writer_error_without_output(tmp_path):
     frames = [quadrant_frame(i, (64, 48)) for i in range(6)] + [quadrant_frame(6, (32, 32))]
     with pytest.raises(AttnmapError, match=r"must be 48x64x3 uint8; got shape \(32, 32, 3\)"):
-        run_with_timeout(lambda: explain_video(FakeExplainer(), ListSource(frames), tmp_path / "o.avi",
-                                               batch_size=2), 30)
+        run_with_timeout(lambda: explain_video(_engine(FakeExplainer(), batch_size=2), ListSource(frames),
+                                               tmp_path / "o.avi"), 30)
     assert list(tmp_path.iterdir()) == [] and attnmap_threads() == []
 
 
 def test_live_sources_and_bad_arguments_are_refused(tmp_path):
     cam = PacedSource(fps=30)
     with pytest.raises(SourceError, match="is live .*attnmap live SOURCE --no-show --out"):
-        explain_video(FakeExplainer(), cam, tmp_path / "o.mp4")
+        explain_video(_engine(FakeExplainer()), cam, tmp_path / "o.mp4")
     assert cam.closed and cam.produced == 0
-    one = ListSource([quadrant_frame(0)])
-    with pytest.raises(OptionError, match="batch_size"):
-        explain_video(FakeExplainer(), one, tmp_path / "o.mp4", batch_size=0)
-    assert one.closed
+    with pytest.raises(OptionError, match="batch_size must be an integer >= 1; got 0"):
+        _engine(FakeExplainer(), batch_size=0)
     with pytest.raises(OptionError, match="workers must be an integer >= 1; got 0"):
-        explain_video(FakeExplainer(), ListSource([quadrant_frame(0)]), tmp_path / "o.mp4", workers=0)
-    with pytest.raises(OptionError, match="colormap|colour map|Did you mean"):
-        explain_video(FakeExplainer(), ListSource([quadrant_frame(0)]), tmp_path / "o.mp4", colormap="infernoo")
+        _engine(FakeExplainer(), workers=0)
+    with pytest.raises(OptionError, match="Did you mean 'inferno'"):
+        _engine(FakeExplainer(), colormap="infernoo")
     with pytest.raises(SourceError, match="does not exist"):
-        explain_video(FakeExplainer(), str(tmp_path / "missing.mp4"), tmp_path / "o.mp4")
+        explain_video(_engine(FakeExplainer()), str(tmp_path / "missing.mp4"), tmp_path / "o.mp4")
     assert list(tmp_path.iterdir()) == []
 
 
 def test_image_sequence_without_fps_gets_the_default_rate(tmp_path):
     for i in range(5):
         cv2.imwrite(str(tmp_path / f"f_{i:03d}.png"), quadrant_frame(i))
-    report = explain_video(FakeExplainer(), str(tmp_path / "f_%03d.png"), tmp_path / "seq.avi", batch_size=2)
+    report = explain_video(_engine(FakeExplainer(), batch_size=2), str(tmp_path / "f_%03d.png"),
+                           tmp_path / "seq.avi")
     written, fps = _read_all(tmp_path / "seq.avi")
     assert report.frames == len(written) == 5 and fps == 25.0
 
 
 @pytest.mark.parametrize("workers", [1, 2])
 def test_real_model_maps_match_the_api_frame_by_frame(tiny_vit_onnx, tmp_path, workers):
-    from attnmap.runtime import Explainer
+    from attnmap import Explainer
 
     # Two model runs at once, as `attnmap explain` runs videos on a CPU: same maps, same order.
     ex = Explainer(tiny_vit_onnx, threads=1 if workers > 1 else None)
     src = tmp_path / "in.avi"
     _write_video(src, 10, fps=8.0)
-    report = explain_video(ex, str(src), tmp_path / "out.mp4", batch_size=2, method="rollout",
-                           options={"discard_ratio": 0.5}, save_maps=tmp_path / "m.npz", workers=workers)
+    engine = _engine(ex, "rollout", {"discard_ratio": 0.5}, batch_size=2, workers=workers)
+    report = explain_video(engine, str(src), tmp_path / "out.mp4", save_maps=tmp_path / "m.npz")
     assert report.frames == 10 and report.fps == 8.0
     maps = np.load(tmp_path / "m.npz")
     decoded, _ = _read_all(src)

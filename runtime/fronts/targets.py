@@ -144,9 +144,9 @@ def format_targets(result: Mapping[str, Any]) -> str:
 
 
 def throughput_explainer(explainer, batch_size: int | None = None) -> tuple[Any, ThroughputPlan]:
-    """The explainer and :class:`~runtime.model.session.ThroughputPlan` (threads, model runs at
+    """The explainer and :class:`~attnmap.runtime.model.plan.ThroughputPlan` (threads, model runs at
     once, batch size) with which ``attnmap explain`` runs videos and folders of
-    ``explainer``'s model (:func:`runtime.model.session.throughput_plan`). The explainer is
+    ``explainer``'s model (:func:`~attnmap.runtime.model.plan.throughput_plan`). The explainer is
     ``explainer`` itself where the plan keeps its threads and one run, else a second one on
     the plan's threads.
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable
 
 import numpy as np
 
@@ -127,10 +127,13 @@ class VideoFileSink:
         fps: output frame rate.
         size: ``(width, height)`` of the frames.
         maps: also collect per-frame grids, top-1 and probability for an ``.npz``.
+        grid: the model's patch grid ``(gh, gw)`` (the shape of an empty map collection).
     """
 
-    def __init__(self, out: str | Path, fps: float, size: tuple[int, int], *, maps: bool):
+    def __init__(self, out: str | Path, fps: float, size: tuple[int, int], *, maps: bool,
+                 grid: tuple[int, int] = (0, 0)):
         self.video = VideoSink(out, fps, size)
+        self.grid = tuple(grid)
         self.collect = maps
         self.grids: list[np.ndarray] = []
         self.index: list[int] = []
@@ -154,13 +157,11 @@ class VideoFileSink:
 
     def write_maps(self, path: str | Path, fps: float, method: str) -> Path:
         """Write the collected maps as ``.npz`` (see :func:`explain_video`)."""
-        return write_npz(path, grids=np.asarray(self.grids, dtype=np.float32).reshape(-1, *self._grid_shape()),
+        grids = np.asarray(self.grids, dtype=np.float32) if self.grids else np.zeros((0, *self.grid), np.float32)
+        return write_npz(path, grids=grids,
                          frame_index=np.asarray(self.index, dtype=np.int64),
                          top1=np.asarray(self.top1, dtype=np.int64), prob=np.asarray(self.prob, dtype=np.float32),
                          fps=np.float64(fps), method=np.str_(method))
-
-    def _grid_shape(self) -> tuple[int, ...]:
-        return self.grids[0].shape if self.grids else (0, 0)
 
 
 def explain_video(engine: FrameEngine, src: "str | Path | Source", out_path: str | Path, *,
@@ -199,7 +200,8 @@ def explain_video(engine: FrameEngine, src: "str | Path | Source", out_path: str
             raise SourceError(f"source {source.spec!r} ({source.kind}) has no fixed frame size; "
                               "expected a video file or an image sequence")
         out_fps = float(fps or source.fps or DEFAULT_FPS)
-        sink = VideoFileSink(out_path, out_fps, source.size, maps=save_maps is not None)
+        sink = VideoFileSink(out_path, out_fps, source.size, maps=save_maps is not None,
+                             grid=tuple(engine.explainer.meta.grid_size))
         clock = engine.clock
         t_start = clock.now()
         done = reported = 0

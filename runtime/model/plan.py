@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from attnmap.runtime.model.session import _ORT_NAMES, physical_cores, resolve_providers
+from attnmap.runtime.model import session as _session
 
 
 class ThroughputPlan(NamedTuple):
@@ -40,11 +40,11 @@ def throughput_plan(provider: str, threads: int | None = None, workers: int | No
         ``(threads, workers or 1)``. The batch size is ``batch_size`` if given, else 4 on a
         CPU and 8 on CUDA.
     """
-    cpu = resolve_providers(provider)[0] == _ORT_NAMES["cpu"]
+    cpu = _session.resolve_providers(provider)[0] == "CPUExecutionProvider"
     batch = batch_size or (4 if cpu else 8)
     if not cpu:
         return ThroughputPlan(threads, workers or 1, batch)
-    cores = physical_cores()
+    cores = _session.physical_cores()
     if workers is None:
         if threads is not None or cores < 2:
             return ThroughputPlan(threads, 1, batch)
