@@ -458,7 +458,7 @@ def test_pretrained_without_hub_fails_fast_with_a_clear_error(tmp_path, monkeypa
 
 # ----------------------------------------------------------------------------- parity gate
 def test_perturbed_graph_fails_parity_and_leaves_no_file(tmp_path, monkeypatch):
-    import export.to_onnx as to_onnx
+    import attnmap.export.to_onnx as to_onnx
 
     real_save = to_onnx._save
 
@@ -486,7 +486,7 @@ def test_perturbed_graph_fails_parity_and_leaves_no_file(tmp_path, monkeypatch):
 def test_parity_tolerance_is_enforced(tmp_path, monkeypatch):
     # The gate compares against the tolerances, not merely computes differences: with a
     # negative attention tolerance even a perfect export must be refused.
-    import export.to_onnx as to_onnx
+    import attnmap.export.to_onnx as to_onnx
 
     monkeypatch.setattr(to_onnx, "ATTN_ATOL", -1.0)
     with pytest.raises(ExportError, match="attentions max"):

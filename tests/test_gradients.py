@@ -215,7 +215,7 @@ def test_trace_needs_an_example_batch_of_two():
 def test_parity_gate_catches_wrong_gradients_and_leaves_no_file(tmp_path, monkeypatch):
     # Scale only the gradients by 1 + 1e-3 (ten times the tolerance): the logits and attentions
     # still agree, so the gate can only refuse the file for its gradients.
-    import export.to_onnx as to_onnx
+    import attnmap.export.to_onnx as to_onnx
 
     real_save = to_onnx._save
 
@@ -238,7 +238,7 @@ def test_parity_gate_catches_wrong_gradients_and_leaves_no_file(tmp_path, monkey
 
 # ----------------------------------------------------------------------------- through the runtime
 def test_runtime_feeds_targets_and_explains_a_chosen_class(exported):
-    from attnmap.runtime import Explainer
+    from attnmap import Explainer
     from attnmap.runtime.model.session import OnnxModel
 
     model, path, _ = exported["vit"]

@@ -99,3 +99,59 @@ def test_invalid_values_are_rejected(changes, needle):
     data.update({k: list(v) if isinstance(v, tuple) else v for k, v in changes.items()})
     with pytest.raises(MetadataError, match=needle):
         ModelMeta.from_json(json.dumps(data), "f.onnx")
+
+
+def test_every_field_has_a_json_type_check():
+    import dataclasses
+
+    from attnmap.runtime.core import meta as meta_module
+
+    assert set(meta_module._JSON_TYPES) == {f.name for f in dataclasses.fields(ModelMeta)}
+
+
+@pytest.mark.parametrize("field, value, needle", [
+    ("num_layers", 3.0, "field 'num_layers' must be an int; got 3.0"),
+    ("num_heads", "2", "field 'num_heads' must be an int; got \"2\""),
+    ("patch_size", [8, 8, 8], "field 'patch_size' must be a list of 2 ints (rows, cols); got [8, 8, 8]"),
+    ("prefix_tokens", "class", "field 'prefix_tokens' must be a list of strings; got \"class\""),
+    ("mean", [0.5, None, 0.5], "field 'mean' must be a list of finite numbers"),
+    ("std", [0.25, float("nan"), 0.25], "field 'std' must be a list of finite numbers"),
+    ("model_name", None, "field 'model_name' must be a string; got null"),
+    ("extra", "notes", "field 'extra' must be an object"),
+    ("label_names", ["a"] * 40, "label_names has 40 names for 3 classes"),
+])
+def test_wrong_json_types_name_the_field_and_the_file(field, value, needle):
+    data = json.loads(make_meta().to_json())
+    data[field] = value
+    with pytest.raises(MetadataError) as info:
+        ModelMeta.from_json(json.dumps(data), "bad.onnx")
+    assert str(info.value).startswith("bad.onnx: ") and needle in str(info.value)
+
+
+def test_schema_version_messages_say_which_way_to_go():
+    data = json.loads(make_meta().to_json())
+    data["schema_version"] = SCHEMA_VERSION + 1
+    with pytest.raises(MetadataError, match="written by a newer attnmap: upgrade attnmap"):
+        ModelMeta.from_json(json.dumps(data), "new.onnx")
+    data["schema_version"] = 0
+    with pytest.raises(MetadataError, match=r"schema_version 0 is not supported .*re-export the model with this"):
+        ModelMeta.from_json(json.dumps(data), "old.onnx")
+    data.pop("schema_version")
+    with pytest.raises(MetadataError, match=r"lacks 'schema_version'"):
+        ModelMeta.from_json(json.dumps(data), "none.onnx")
+
+
+def test_a_range_error_keeps_its_cause_and_names_the_field():
+    data = json.loads(make_meta(label_names=()).to_json())
+    data["num_classes"] = 0
+    with pytest.raises(MetadataError, match=r"f\.onnx: invalid attnmap metadata: num_classes must be positive; got 0") \
+            as info:
+        ModelMeta.from_json(json.dumps(data), "f.onnx")
+    assert isinstance(info.value.__cause__, ValueError)
+
+
+def test_a_gradients_meta_needs_the_target_input():
+    with pytest.raises(ValueError, match="outputs has 'attention_grads', so inputs needs 'target'"):
+        make_meta(outputs=("logits", "attentions", "attention_grads"))
+    with pytest.raises(ValueError, match="outputs names a tensor twice"):
+        make_meta(outputs=("logits", "logits"))

@@ -20,7 +20,8 @@ from attnmap.runtime.model.buffers import BufferPool
 from attnmap.runtime.model.graph import split_stacked_outputs
 from attnmap.runtime.model import session
 from attnmap.runtime.core.errors import ProviderError
-from attnmap.runtime.model.session import OnnxModel, throughput_plan
+from attnmap.runtime.model.plan import throughput_plan
+from attnmap.runtime.model.session import OnnxModel
 
 SHIPPED = Path(__file__).resolve().parents[1] / "models" / "shapes_vit.onnx"
 
@@ -46,6 +47,12 @@ def test_the_file_keeps_its_stacked_output_and_the_session_splits_it(model, raw)
     parts = model._split["attentions"]
     assert len(parts) == model.meta.num_layers
     assert [o.name for o in model.session.get_outputs()] == ["logits", *parts]
+
+
+def test_the_split_session_describes_the_files_own_outputs(model, raw):
+    # the load-time metadata check reads these: they must be the file's shapes, not the layers'
+    assert model.describe_outputs() == [{"name": o.name, "shape": o.shape, "type": o.type} for o in raw.get_outputs()]
+    assert model.describe_outputs()[1]["shape"] == ["batch", 4, 3, 145, 145]
 
 
 @pytest.mark.parametrize("batch", [1, 3])

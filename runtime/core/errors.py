@@ -16,7 +16,8 @@ class AttnmapError(Exception):
 
 
 class MetadataError(AttnmapError):
-    """An ONNX file lacks attnmap metadata, or carries a schema this version cannot read."""
+    """An ONNX file lacks attnmap metadata, or carries metadata this version cannot read (not
+    JSON, a newer schema, a missing field or one of the wrong type or range)."""
 
 
 class ModelError(AttnmapError):
@@ -25,6 +26,16 @@ class ModelError(AttnmapError):
 
 class ProviderError(ModelError):
     """The requested onnxruntime execution provider is not available here."""
+
+
+class GraphMismatchError(MetadataError, ModelError):
+    """A file's attnmap metadata disagrees with its ONNX graph (token count, classes, layers,
+    heads, input size, missing outputs); both a MetadataError and a ModelError."""
+
+
+class InputError(ModelError, ValueError):
+    """A model run was asked for what the model cannot take or give: an input of the wrong
+    shape or dtype, a bad target, an output the graph lacks."""
 
 
 class SourceError(AttnmapError):
@@ -41,6 +52,15 @@ class ExplainError(AttnmapError, ValueError):
 
 class OptionError(AttnmapError, ValueError):
     """An option value is not one of those allowed (a colormap, fit mode, method option ...)."""
+
+
+class MethodOptionError(OptionError, ExplainError):
+    """A method option is unknown, of the wrong type or out of its range (both an OptionError
+    and an ExplainError, so either catches it)."""
+
+
+class OutputError(AttnmapError):
+    """A result (overlay, map, video, model file) cannot be written where it was asked to go."""
 
 
 class ExportError(AttnmapError):

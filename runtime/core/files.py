@@ -2,14 +2,15 @@
 
 A reader (or a crash) never sees a half-written overlay, video, map or model: the data goes to a
 hidden temp file beside the target, which is moved into place only when complete, and removed
-on failure. Finished files get the mode a plain ``open()`` would give them (not mkstemp's 0600).
+on failure. Finished files get the mode a plain ``open()`` would give them (not mkstemp's 0600),
+without touching the process's umask.
 """
 
 from __future__ import annotations
 
 import io
 import os
-import tempfile
+import secrets
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -17,16 +18,7 @@ from typing import Iterator
 import cv2
 import numpy as np
 
-from attnmap.runtime.core.errors import AttnmapError
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-_MODE = 0o666 & ~_umask()
+from attnmap.runtime.core.errors import OutputError
 
 
 def temp_path(path: str | Path, suffix: str | None = None) -> Path:
@@ -38,22 +30,34 @@ def temp_path(path: str | Path, suffix: str | None = None) -> Path:
             writer picks the format from it (video containers).
 
     Raises:
-        AttnmapError: the folder cannot be created or written.
+        OutputError: the folder cannot be created or written.
     """
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix or ".tmp", dir=path.parent)
     except OSError as exc:
-        raise AttnmapError(f"cannot write {str(path)!r}: {exc.strerror or exc}") from None
-    os.close(fd)
-    return Path(tmp)
+        raise OutputError(f"cannot write {str(path)!r}: {exc.strerror or exc}") from exc
+    for _ in range(100):
+        tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}{suffix or '.tmp'}"
+        try:
+            # Mode 0o666 here and the kernel applies the process's umask, as for a plain open():
+            # the finished file gets the usual permissions without reading (or flipping) the umask.
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        except FileExistsError:
+            continue
+        except OSError as exc:
+            raise OutputError(f"cannot write {str(path)!r}: {exc.strerror or exc}") from exc
+        os.close(fd)
+        return tmp
+    raise OutputError(f"cannot create a temp file beside {str(path)!r}: 100 names were taken")
 
 
 def commit(tmp: str | Path, path: str | Path) -> Path:
-    """Move a finished temp file into place, with a new file's usual permissions."""
-    os.chmod(tmp, _MODE)
-    os.replace(tmp, path)
+    """Move a finished temp file into place (it already has a new file's usual permissions)."""
+    try:
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise OutputError(f"cannot write {str(path)!r}: {exc.strerror or exc}") from exc
     return Path(path)
 
 
@@ -74,9 +78,16 @@ def atomic_path(path: str | Path, suffix: str | None = None) -> Iterator[Path]:
 
 
 def write_bytes(path: str | Path, data: bytes) -> Path:
-    """Write ``data`` to ``path`` atomically."""
+    """Write ``data`` to ``path`` atomically.
+
+    Raises:
+        OutputError: the folder or file cannot be written (disk full, no permission ...).
+    """
     with atomic_path(path) as tmp:
-        tmp.write_bytes(data)
+        try:
+            tmp.write_bytes(data)
+        except OSError as exc:
+            raise OutputError(f"cannot write {str(path)!r}: {exc.strerror or exc}") from exc
     return Path(path)
 
 
@@ -85,7 +96,7 @@ def write_image(path: str | Path, image_bgr: np.ndarray) -> Path:
     path = Path(path)
     ok, buf = cv2.imencode(path.suffix or ".png", image_bgr)
     if not ok:
-        raise AttnmapError(f"cannot encode an image as {path.suffix or '.png'!r} for {str(path)!r}")
+        raise OutputError(f"cannot encode an image as {path.suffix or '.png'!r} for {str(path)!r}")
     return write_bytes(path, buf.tobytes())
 
 

@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from attnmap.runtime.core.errors import MetadataError
 
@@ -185,18 +186,29 @@ class ModelMeta:
 
     @classmethod
     def from_json(cls, text: str, source: str = "<metadata>") -> "ModelMeta":
-        """Parse the JSON document; ``source`` names the file in error messages."""
+        """Parse the JSON document; ``source`` names the file in error messages.
+
+        Raises:
+            MetadataError: the text is not a JSON object, its ``schema_version`` is not this
+                one, a field is unknown, missing or of the wrong JSON type, or a value is out
+                of its range. The message names ``source`` and the field.
+        """
         try:
             data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise MetadataError(f"{source}: attnmap metadata is not valid JSON ({exc})") from None
+        except (json.JSONDecodeError, TypeError) as exc:
+            raise MetadataError(f"{source}: attnmap metadata is not valid JSON ({exc})") from exc
         if not isinstance(data, dict):
             raise MetadataError(f"{source}: attnmap metadata must be a JSON object; got {type(data).__name__}")
-        version = data.get("schema_version")
-        if version != SCHEMA_VERSION:
-            raise MetadataError(
-                f"{source}: attnmap metadata schema_version {version!r} is not supported "
-                f"(this attnmap reads version {SCHEMA_VERSION}); re-export the model with this attnmap")
+        if "schema_version" not in data:
+            raise MetadataError(f"{source}: attnmap metadata lacks 'schema_version'; re-export the model "
+                                "with `attnmap export`")
+        version = data["schema_version"]
+        if version != SCHEMA_VERSION or not _is_int(version):
+            newer = _is_int(version) and version > SCHEMA_VERSION
+            hint = ("it was written by a newer attnmap: upgrade attnmap, or re-export the model with this one"
+                    if newer else "re-export the model with this attnmap")
+            raise MetadataError(f"{source}: attnmap metadata schema_version {version!r} is not supported "
+                                f"(this attnmap reads version {SCHEMA_VERSION}); {hint}")
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - names)
         if unknown:
@@ -206,18 +218,31 @@ class ModelMeta:
                          and f.default_factory is dataclasses.MISSING)
         if missing:
             raise MetadataError(f"{source}: attnmap metadata lacks required fields {missing}")
+        for name, value in data.items():
+            want, ok = _JSON_TYPES[name]
+            if not ok(value):
+                shown = json.dumps(value)
+                shown = shown if len(shown) <= 80 else shown[:77] + "..."
+                raise MetadataError(f"{source}: attnmap metadata field {name!r} must be {want}; got {shown}")
         try:
             return cls(**data)
         except (TypeError, ValueError) as exc:
-            raise MetadataError(f"{source}: invalid attnmap metadata: {exc}") from None
+            raise MetadataError(f"{source}: invalid attnmap metadata: {exc}") from exc
 
     @classmethod
     def from_props(cls, props: Mapping[str, str], source: str = "<model>") -> "ModelMeta":
-        """Read the schema from ONNX ``metadata_props`` (a mapping of key to string)."""
+        """Read the schema from ONNX ``metadata_props`` (a mapping of key to string).
+
+        Raises:
+            MetadataError: there is no ``"attnmap"`` key (the file was not exported by
+                ``attnmap export``), or its document does not parse (see :meth:`from_json`).
+        """
         if PROPS_KEY not in props:
+            keys = sorted(props)
+            found = f"its metadata keys are {keys}" if keys else "it has no metadata at all"
             raise MetadataError(
-                f"{source}: no attnmap metadata (key {PROPS_KEY!r}) in the ONNX file; "
-                "export the model with `attnmap export`")
+                f"{source}: no attnmap metadata (key {PROPS_KEY!r}) in this ONNX file ({found}), so it was "
+                "not exported by `attnmap export`; export the model with `attnmap export`")
         return cls.from_json(props[PROPS_KEY], source)
 
     def replace(self, **changes: Any) -> "ModelMeta":
@@ -226,13 +251,15 @@ class ModelMeta:
 
     # ----------------------------------------------------------------- validation
     def _validate(self) -> None:
+        """Raise ValueError naming the first field whose value is out of its range."""
         def fail(msg: str) -> None:
             raise ValueError(msg)
 
         if len(self.input_size) != 3 or any(int(v) <= 0 for v in self.input_size):
             fail(f"input_size must be 3 positive ints (C, H, W); got {self.input_size}")
-        if len(self.mean) != self.input_size[0] or len(self.std) != self.input_size[0]:
-            fail(f"mean and std need {self.input_size[0]} values; got {self.mean} and {self.std}")
+        for name in ("mean", "std"):
+            if len(getattr(self, name)) != self.input_size[0]:
+                fail(f"{name} needs {self.input_size[0]} values (one per input channel); got {getattr(self, name)}")
         if any(s <= 0 for s in self.std):
             fail(f"std must be positive; got {self.std}")
         if self.interpolation not in INTERPOLATIONS:
@@ -241,8 +268,10 @@ class ModelMeta:
             fail(f"crop_pct must be in (0, 1]; got {self.crop_pct}")
         if self.crop_mode not in CROP_MODES:
             fail(f"crop_mode must be one of {CROP_MODES}; got {self.crop_mode!r}")
-        if len(self.patch_size) != 2 or len(self.grid_size) != 2 or min(self.grid_size) <= 0:
-            fail(f"patch_size and grid_size must be (rows, cols); got {self.patch_size}, {self.grid_size}")
+        for name in ("patch_size", "grid_size"):
+            value = getattr(self, name)
+            if len(value) != 2 or min(value) <= 0:
+                fail(f"{name} must be 2 positive ints (rows, cols); got {value}")
         bad = [k for k in self.prefix_tokens if k not in PREFIX_KINDS]
         if bad:
             fail(f"prefix_tokens kinds must be in {PREFIX_KINDS}; got {bad}")
@@ -252,9 +281,61 @@ class ModelMeta:
             fail("pooling 'token' needs a class token first in prefix_tokens")
         if self.head_fusion not in HEAD_FUSIONS:
             fail(f"head_fusion must be one of {HEAD_FUSIONS}; got {self.head_fusion!r}")
-        if self.num_layers <= 0 or self.num_heads <= 0 or self.num_classes <= 0:
-            fail("num_layers, num_heads and num_classes must be positive")
+        for name in ("num_layers", "num_heads", "num_classes"):
+            if getattr(self, name) <= 0:
+                fail(f"{name} must be positive; got {getattr(self, name)}")
         if self.label_names and len(self.label_names) != self.num_classes:
             fail(f"label_names has {len(self.label_names)} names for {self.num_classes} classes")
         if "logits" not in self.outputs:
             fail(f"outputs must include 'logits'; got {self.outputs}")
+        for name in ("outputs", "inputs"):
+            if len(set(getattr(self, name))) != len(getattr(self, name)):
+                fail(f"{name} names a tensor twice; got {getattr(self, name)}")
+        if not self.inputs:
+            fail("inputs must name the image input first; got ()")
+        if self.has_gradients and "target" not in self.inputs:
+            fail(f"outputs has 'attention_grads', so inputs needs 'target'; got {self.inputs}")
+
+
+# --------------------------------------------------------------------- JSON field types
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return (isinstance(value, float) and math.isfinite(value)) or _is_int(value)
+
+
+def _list_of(test: Callable[[Any], bool], size: int | None = None) -> Callable[[Any], bool]:
+    return lambda v: isinstance(v, list) and (size is None or len(v) == size) and all(test(x) for x in v)
+
+
+def _is_str(value: Any) -> bool:
+    return isinstance(value, str)
+
+
+# What each field must be in the JSON document, checked before any value is used: a number
+# stored as a string (ultralytics' str(v) habit) is an error here, never coerced.
+_JSON_TYPES: dict[str, tuple[str, Callable[[Any], bool]]] = {
+    "model_name": ("a string", _is_str),
+    "input_size": ("a list of 3 ints (C, H, W)", _list_of(_is_int, 3)),
+    "mean": ("a list of finite numbers", _list_of(_is_number)),
+    "std": ("a list of finite numbers", _list_of(_is_number)),
+    "interpolation": ("a string", _is_str),
+    "crop_pct": ("a finite number", _is_number),
+    "crop_mode": ("a string", _is_str),
+    "patch_size": ("a list of 2 ints (rows, cols)", _list_of(_is_int, 2)),
+    "grid_size": ("a list of 2 ints (rows, cols)", _list_of(_is_int, 2)),
+    "prefix_tokens": ("a list of strings", _list_of(_is_str)),
+    "pooling": ("a string", _is_str),
+    "num_layers": ("an int", _is_int),
+    "num_heads": ("an int", _is_int),
+    "head_fusion": ("a string", _is_str),
+    "num_classes": ("an int", _is_int),
+    "label_names": ("a list of strings", _list_of(_is_str)),
+    "outputs": ("a list of strings", _list_of(_is_str)),
+    "inputs": ("a list of strings", _list_of(_is_str)),
+    "exporter": ("an object", lambda v: isinstance(v, dict)),
+    "extra": ("an object", lambda v: isinstance(v, dict)),
+    "schema_version": ("an int", _is_int),
+}

@@ -1,5 +1,8 @@
-"""In-memory rewrites of an attnmap ONNX graph, made at load time; the file is never changed.
+"""Load-time work on an attnmap ONNX graph; the file is never changed.
 
+* :func:`read_model`: the file as an ONNX proto, or a ModelError saying it is not one.
+* :func:`check_against_graph`: the metadata must describe the graph it rides in (outputs,
+  inputs, classes, layers, heads, tokens, input size), or the file is refused at load.
 * :func:`split_stacked_outputs`: the exported graph stacks the per-layer attention tensors into
   one ``attentions`` output ``[B, L, H, N, N]`` (a ``Concat`` over the layers' ``Unsqueeze``).
   That stack is a full copy of every attention probability after the forward pass: for
@@ -12,11 +15,136 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
 import numpy as np
 import onnx
+from google.protobuf.message import DecodeError
 from onnx import helper, numpy_helper
 
+from attnmap.runtime.core.errors import GraphMismatchError, ModelError
+from attnmap.runtime.core.meta import ModelMeta
+
 STACKED = ("attentions", "attention_grads")
+IMAGE_TYPES = ("tensor(float)", "tensor(float16)", "tensor(double)")
+
+
+def read_model(path: str | Path) -> onnx.ModelProto:
+    """The file as an ONNX proto (one parse; the caller reuses it).
+
+    Args:
+        path: the ``.onnx`` file, which exists.
+
+    Raises:
+        ModelError: ``path`` is empty, does not parse as an ONNX protobuf, or holds no graph
+            (protobuf reads many byte strings as a message of unknown fields).
+    """
+    path = Path(path)
+    where = f"cannot load model {str(path)!r}: not an ONNX model"
+    if path.stat().st_size == 0:
+        raise ModelError(f"{where} (the file is empty)")
+    try:
+        proto = onnx.load(str(path))
+    except (DecodeError, OSError, ValueError, onnx.checker.ValidationError) as exc:
+        raise ModelError(f"{where} ({first_line(exc)})") from exc
+    if not proto.HasField("graph") or proto.ir_version <= 0:
+        raise ModelError(f"{where} (it parses as a protobuf message but holds no ONNX graph)")
+    return proto
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message, at most 300 characters."""
+    lines = str(exc).strip().splitlines()
+    return (lines[0] if lines else type(exc).__name__)[:300]
+
+
+def check_against_graph(meta: ModelMeta, inputs: Sequence[Any], outputs: Sequence[Any], path: str | Path) -> None:
+    """Refuse a file whose metadata does not describe its graph.
+
+    Shapes come from onnxruntime's session descriptions (``session.get_inputs()`` and
+    ``OnnxModel.describe_outputs()``), which hold the shapes onnxruntime inferred from the
+    nodes, not only what the file declares; a quantised or fp16 file goes through the same
+    check. A dimension that is not an int (a symbolic batch, an unknown size) is not checked,
+    and neither is a tensor whose rank is unknown (onnxruntime reports its shape as ``[]``).
+
+    Args:
+        meta: the file's metadata.
+        inputs: graph inputs, each a mapping or an object with ``name``, ``shape`` (a list of
+            int | str | None) and ``type`` (``"tensor(float)"`` ...).
+        outputs: graph outputs in the same form, stacked outputs as ``[B, L, H, N, N]``.
+        path: the file, named in the message.
+
+    Raises:
+        GraphMismatchError: (a MetadataError) naming the file and every mismatch found.
+    """
+    ins = dict(_spec(i) for i in inputs)
+    outs = dict(_spec(o) for o in outputs)
+    problems: list[str] = []
+    for name in meta.outputs:
+        if name not in outs:
+            what = (" (the metadata says the model has gradients, but the graph has no gradient output)"
+                    if name == "attention_grads" else "")
+            problems.append(f"the metadata names output {name!r} but the graph has outputs {list(outs)}{what}")
+    for name in meta.inputs:
+        if name not in ins:
+            problems.append(f"the metadata names input {name!r} but the graph has inputs {list(ins)}")
+    unnamed = [n for n in ins if n not in meta.inputs]
+    if unnamed:
+        problems.append(f"the graph takes inputs {unnamed} that the metadata does not name "
+                        f"(it names {list(meta.inputs)})")
+    image = meta.inputs[0]
+    if image in ins:
+        shape, kind = ins[image]
+        if kind is not None and kind not in IMAGE_TYPES:
+            problems.append(f"input {image!r} is {kind}; attnmap feeds it preprocessed float images")
+        size = f"the metadata's input_size is {'x'.join(map(str, meta.input_size))}"
+        problems += _dims(f"input {image!r}", shape, [(axis, "", want, size) for axis, want in
+                                                     zip("CHW", meta.input_size)])
+    if "target" in meta.inputs and "target" in ins:
+        problems += _dims("input 'target'", ins["target"][0], [])
+    if "logits" in outs:
+        labels = f" and {len(meta.label_names)} label_names" if meta.label_names else ""
+        problems += _dims("logits output", outs["logits"][0],
+                          [("", "classes", meta.num_classes,
+                            f"the metadata has num_classes {meta.num_classes}{labels}")])
+    prefix = meta.num_prefix_tokens
+    tokens = (f"the metadata's grid {meta.grid_size[0]}x{meta.grid_size[1]} + {prefix} prefix "
+              f"token{'' if prefix == 1 else 's'} gives {meta.num_tokens}")
+    layers = f"the metadata has num_layers {meta.num_layers}"
+    heads = (f"the metadata's num_heads {meta.num_heads} with head_fusion {meta.head_fusion!r} "
+             f"gives {meta.output_heads}")
+    for name in STACKED:
+        if name in outs and name in meta.outputs:
+            problems += _dims(f"{name} output", outs[name][0],
+                              [("L", "layers", meta.num_layers, layers), ("H", "heads", meta.output_heads, heads),
+                               ("N", "tokens", meta.num_tokens, tokens), ("N", "tokens", meta.num_tokens, tokens)])
+    if problems:
+        raise GraphMismatchError(f"{str(path)}: the attnmap metadata does not match the ONNX graph: "
+                                 + "; ".join(dict.fromkeys(problems)))
+
+
+def _spec(arg: Any) -> tuple[str, tuple[list | None, str | None]]:
+    """``(name, (shape, type))`` of an onnxruntime NodeArg or a ``describe_outputs`` dict."""
+    if isinstance(arg, Mapping):
+        return arg["name"], (arg.get("shape"), arg.get("type"))
+    return arg.name, (getattr(arg, "shape", None), getattr(arg, "type", None))
+
+
+def _dims(what: str, shape: list | None, want: list[tuple[str, str, int, str]]) -> list[str]:
+    """Mismatches of ``shape`` (batch first) against ``want``: one ``(axis, noun, size, why)``
+    per dim after the batch, e.g. ``("N", "tokens", 26, "the metadata's grid ... gives 26")``."""
+    if not shape:  # onnxruntime reports an unknown rank as []
+        return []
+    if len(shape) != len(want) + 1:
+        axes = ", ".join(["batch", *(a or n for a, n, _, _ in want)])
+        return [f"{what} has rank {len(shape)} (shape {list(shape)}) but must be rank {len(want) + 1} ({axes})"]
+    found = []
+    for dim, (axis, noun, size, why) in zip(shape[1:], want):
+        if isinstance(dim, int) and dim != size:
+            got = " ".join(p for p in (f"{axis}={dim}" if axis else str(dim), noun) if p)
+            found.append(f"{what} has {got} but {why}")
+    return found
 
 
 def split_stacked_outputs(model: onnx.ModelProto, names=STACKED) -> dict[str, tuple[str, ...]]:

@@ -26,7 +26,7 @@ def shipped_models() -> list[dict[str, Any]]:
     try:
         data = json.loads(REGISTRY.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as exc:
-        raise ModelError(f"{REGISTRY}: cannot read the model registry ({exc})") from None
+        raise ModelError(f"{REGISTRY}: cannot read the model registry ({exc})") from exc
     entries = data.get("models", []) if isinstance(data, dict) else data
     if not isinstance(entries, list) or not all(isinstance(e, dict) and "name" in e and "file" in e
                                                 for e in entries):

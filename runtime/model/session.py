@@ -11,20 +11,27 @@ import os
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import NamedTuple, Sequence
+from typing import Sequence
 
 import numpy as np
-import onnx
 import onnxruntime as ort
+from onnxruntime.capi import onnxruntime_pybind11_state as _ort_state
 
-from attnmap.runtime.model.buffers import BufferPool
-from attnmap.runtime.core.errors import ModelError, ProviderError, suggest
-from attnmap.runtime.model.graph import prune_to_outputs, split_stacked_outputs
+from attnmap.runtime.core.errors import InputError, ModelError, ProviderError, suggest
 from attnmap.runtime.core.meta import ModelMeta
+from attnmap.runtime.model.buffers import BufferPool
+from attnmap.runtime.model.graph import (check_against_graph, first_line, prune_to_outputs, read_model,
+                                         split_stacked_outputs)
 
 PROVIDERS = ("auto", "cpu", "cuda")
 _ORT_NAMES = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
 _DTYPES = {"tensor(float)": np.dtype(np.float32), "tensor(int64)": np.dtype(np.int64)}
+_IMAGE_DTYPES = {"tensor(float)": np.dtype(np.float32), "tensor(float16)": np.dtype(np.float16),
+                 "tensor(double)": np.dtype(np.float64)}
+# onnxruntime's own exceptions (Fail, InvalidArgument, RuntimeException, InvalidProtobuf ...):
+# only these are reported as onnxruntime's failure; anything else is attnmap's and propagates.
+ORT_ERRORS: tuple[type[Exception], ...] = tuple(
+    v for v in vars(_ort_state).values() if isinstance(v, type) and issubclass(v, Exception))
 
 
 @dataclass(frozen=True)
@@ -107,52 +114,6 @@ def resolve_providers(provider: str) -> list[str]:
     return [_ORT_NAMES[name]] + (["CPUExecutionProvider"] if name != "cpu" else [])
 
 
-class ThroughputPlan(NamedTuple):
-    """How to run throughput work (videos, folders): see :func:`throughput_plan`."""
-
-    threads: int | None  # intra-op threads per run (None: one per physical core)
-    workers: int  # model runs at once, each on its own batch
-    batch_size: int  # frames per model run
-
-
-def throughput_plan(provider: str, threads: int | None = None, workers: int | None = None,
-                    batch_size: int | None = None) -> ThroughputPlan:
-    """Threads, model runs at once and batch size for throughput work: videos and folders.
-
-    One onnxruntime run leaves the cores idle at each of its synchronisation points, and
-    without spinning its threads sleep there. Two runs at once, each on its own batch and half
-    the cores, fill those gaps. Each single-threaded run then works best on small batches
-    (likely because their activations fit in the core's own L2 cache): on the 2-core box,
-    DeiT-Tiny video explain with two runs gave 74, 78, 76, 76, 71.5 and 70 frames/s at batch
-    1, 2, 3, 4, 6 and 8 (2-5 interleaved runs over both shared clips), and with one run on both
-    cores 69 at both batch 4 and 8 (62 at batch 2). Batch 4 is close to the best either way.
-    Larger machines and GPUs were not measured; CUDA keeps batch 8.
-
-    Args:
-        provider: ``"auto"``, ``"cpu"`` or ``"cuda"``.
-        threads: intra-op threads asked for (None: decided here).
-        workers: runs at once asked for (None: decided here).
-        batch_size: frames per run asked for (None: decided here).
-
-    Returns:
-        On a CPU with 2 or more physical cores and neither threads nor workers given:
-        ``(cores // 2, 2)``. With ``workers`` given on a CPU: ``(threads or cores // workers
-        (at least 1), workers)``. Otherwise (CUDA, one core, or only ``threads`` given):
-        ``(threads, workers or 1)``. The batch size is ``batch_size`` if given, else 4 on a
-        CPU and 8 on CUDA.
-    """
-    cpu = resolve_providers(provider)[0] == _ORT_NAMES["cpu"]
-    batch = batch_size or (4 if cpu else 8)
-    if not cpu:
-        return ThroughputPlan(threads, workers or 1, batch)
-    cores = physical_cores()
-    if workers is None:
-        if threads is not None or cores < 2:
-            return ThroughputPlan(threads, 1, batch)
-        workers = 2
-    return ThroughputPlan(threads or max(1, cores // workers), workers, batch)
-
-
 def session_options(threads: int | None = None) -> ort.SessionOptions:
     """Session options: ``threads`` intra-op threads (default: physical cores), no spinning."""
     opts = ort.SessionOptions()
@@ -175,8 +136,11 @@ class OnnxModel:
         threads: intra-op threads on CPU (default: the physical cores).
 
     Raises:
-        ModelError: the file is missing, not ONNX, or lacks the outputs its metadata names.
-        MetadataError: the file has no (or an unreadable) attnmap metadata.
+        ModelError: the file is missing, is not an ONNX model, or onnxruntime cannot load it.
+        MetadataError: the file has no attnmap metadata (it was not written by ``attnmap
+            export``), or metadata that does not parse; a GraphMismatchError (also a
+            ModelError) where the metadata does not describe the graph (see
+            :func:`runtime.model.graph.check_against_graph`).
         ProviderError: the provider is unknown or unavailable.
     """
 
@@ -189,35 +153,46 @@ class OnnxModel:
         self.threads = threads
         cpu = self.providers[0] == _ORT_NAMES["cpu"]
         # On CPU the stacked attention outputs are split into per-layer outputs in memory
-        # (runtime/graph.py) and every output is written into reused buffers (runtime/buffers.py).
-        # Other providers run the file as it is, and session.run copies outputs to the host.
+        # (runtime/model/graph.py) and every output is written into reused buffers
+        # (runtime/model/buffers.py). Other providers run the file as it is, and session.run
+        # copies outputs to the host.
         self._split: dict[str, tuple[str, ...]] = {}
         source: str | bytes = str(self.path)
-        proto = _read_proto(self.path) if cpu else None
-        if proto is not None:
+        if cpu:
+            proto = read_model(self.path)
+            # the metadata before the session: a file attnmap did not write is refused as such
+            self.meta = ModelMeta.from_props({p.key: p.value for p in proto.metadata_props}, str(self.path))
             self._split = split_stacked_outputs(proto)
             if self._split:
                 source = proto.SerializeToString()
-        del proto
-        try:
-            self.session = ort.InferenceSession(source, sess_options=session_options(threads),
-                                                providers=self.providers)
-        except Exception as exc:  # onnxruntime raises its own untyped errors for bad files
-            raise ModelError(f"cannot load model {str(self.path)!r} with onnxruntime: "
-                             f"{str(exc).splitlines()[0][:300]}") from None
-        self.meta = ModelMeta.from_props(self.session.get_modelmeta().custom_metadata_map, str(self.path))
-        self.input_names = tuple(i.name for i in self.session.get_inputs())
+            del proto
+        self.session = self._create_session(source)
+        if not cpu:
+            self.meta = ModelMeta.from_props(self.session.get_modelmeta().custom_metadata_map, str(self.path))
+        inputs = self.session.get_inputs()
+        self.input_names = tuple(i.name for i in inputs)
         # per-layer output -> the stacked output it is part of
         self._part_of = {p: name for name, parts in self._split.items() for p in parts}
-        self.output_names = tuple(o["name"] for o in self.describe_outputs())
-        missing = [n for n in self.meta.outputs if n not in self.output_names]
-        if missing or self.meta.inputs[0] not in self.input_names:
-            raise ModelError(f"model {str(self.path)!r} metadata names outputs {list(self.meta.outputs)} and "
-                             f"input {self.meta.inputs[0]!r}, but the graph has outputs "
-                             f"{list(self.output_names)} and inputs {list(self.input_names)}")
+        described = self.describe_outputs()
+        check_against_graph(self.meta, inputs, described, self.path)
+        self.output_names = tuple(o["name"] for o in described)
+        image = inputs[self.input_names.index(self.meta.inputs[0])]
+        self._input_dtype = _IMAGE_DTYPES.get(image.type, np.dtype(np.float32))
+        self._batch = image.shape[0] if image.shape and isinstance(image.shape[0], int) else None
         self._plain: ort.InferenceSession | None = None
         self._pool = BufferPool() if cpu else None
         self._out_specs = {o.name: (o.shape, _DTYPES.get(o.type)) for o in self.session.get_outputs()}
+
+    def _create_session(self, source: str | bytes) -> ort.InferenceSession:
+        """The onnxruntime session; ModelError (cause kept) where onnxruntime refuses the file."""
+        try:
+            return ort.InferenceSession(source, sess_options=session_options(self.threads),
+                                        providers=self.providers)
+        except ORT_ERRORS as exc:
+            if isinstance(source, str):  # not parsed yet: a file that is not ONNX, or not attnmap's, says so
+                proto = read_model(self.path)
+                ModelMeta.from_props({p.key: p.value for p in proto.metadata_props}, str(self.path))
+            raise ModelError(f"cannot load model {str(self.path)!r} with onnxruntime: {first_line(exc)}") from exc
 
     @property
     def provider(self) -> str:
@@ -233,7 +208,9 @@ class OnnxModel:
             if name in seen:
                 continue
             seen.add(name)
-            shape = list(o.shape) if name == o.name else [o.shape[0], len(self._split[name]), *o.shape[1:]]
+            shape = list(o.shape or [])
+            if name != o.name and shape:  # a layer [B, H, N, N] of the stacked [B, L, H, N, N]
+                shape = [shape[0], len(self._split[name]), *shape[1:]]
             described.append({"name": name, "shape": shape, "type": o.type})
         return described
 
@@ -249,38 +226,29 @@ class OnnxModel:
 
         Returns:
             Outputs with logits, attentions and, for gradient models, grads and targets.
+
+        Raises:
+            InputError: ``x_nchw``, ``target`` or ``outputs`` is not what the model takes.
+            ModelError: onnxruntime itself failed (its exception is the cause). Any other
+                exception propagates as it is.
         """
-        x = np.ascontiguousarray(x_nchw, dtype=np.float32)
-        expected = (3, *self.meta.image_size)
-        if x.ndim != 4 or tuple(x.shape[1:]) != expected:
-            raise ModelError(f"model input must be (B, {expected[0]}, {expected[1]}, {expected[2]}) float32; "
-                             f"got shape {tuple(x.shape)}")
+        x = self._check_input(x_nchw)
         feed = {self.meta.inputs[0]: x}
         if "target" in self.input_names:
-            if target is None:
-                tgt = np.full((x.shape[0],), -1, dtype=np.int64)
-            else:
-                tgt = np.ascontiguousarray(np.asarray(target, dtype=np.int64).reshape(-1))
-                if tgt.shape[0] != x.shape[0]:
-                    raise ModelError(f"target must hold one class per image ({x.shape[0]}); got {tgt.shape[0]}")
-                # The graph would fail deep inside its backward (ScatterElements) instead.
-                if (tgt >= self.meta.num_classes).any():
-                    raise ModelError(f"target classes must be < {self.meta.num_classes} (or -1 for the predicted "
-                                     f"class); got {tgt.tolist()}")
-            feed["target"] = tgt
+            feed["target"] = self._check_target(target, x.shape[0])
         elif target is not None:
-            raise ModelError(f"model {self.path.name!r} was exported without gradients, so it takes no target; "
+            raise InputError(f"model {self.path.name!r} was exported without gradients, so it takes no target; "
                              "re-export it with --gradients for class-specific methods")
         names = list(outputs) if outputs is not None else list(self.meta.outputs)
         unknown = [n for n in names if n not in self.output_names]
         if unknown:
-            raise ModelError(f"model {self.path.name!r} has no output {unknown[0]!r}; it has {list(self.output_names)}")
+            raise InputError(f"model {self.path.name!r} has no output {unknown[0]!r}; it has {list(self.output_names)}")
         try:
             values = self._run_bound(names, feed, x.shape[0])
             if values is None:
                 values = self._run_unbound(names, feed)
-        except Exception as exc:
-            raise ModelError(f"onnxruntime failed on {self.path.name!r}: {str(exc).splitlines()[0][:300]}") from None
+        except ORT_ERRORS as exc:
+            raise ModelError(f"onnxruntime failed on {self.path.name!r}: {first_line(exc)}") from exc
         logits = values["logits"]
         targets = None
         if "attention_grads" in values:
@@ -288,6 +256,37 @@ class OnnxModel:
             unset = targets < 0
             targets[unset] = logits[unset].argmax(-1)
         return Outputs(logits, values.get("attentions"), values.get("attention_grads"), targets)
+
+    def _check_input(self, x_nchw: np.ndarray) -> np.ndarray:
+        """``x_nchw`` checked against the graph input, as a contiguous array of its dtype."""
+        x = np.asarray(x_nchw)
+        c, h, w = self.meta.input_size
+        if x.dtype.kind != "f":
+            raise InputError(f"model {self.path.name!r} takes preprocessed float images (B, {c}, {h}, {w}); got "
+                             f"dtype {x.dtype}: preprocess the images first (Explainer.preprocess)")
+        if x.ndim != 4 or tuple(x.shape[1:]) != (c, h, w) or x.shape[0] == 0:
+            raise InputError(f"model input must be (B, {c}, {h}, {w}) {self._input_dtype.name} with B >= 1; "
+                             f"got shape {tuple(x.shape)}")
+        if self._batch is not None and x.shape[0] != self._batch:
+            raise InputError(f"model {self.path.name!r} was exported for batches of exactly {self._batch}; "
+                             f"got {x.shape[0]} images")
+        return np.ascontiguousarray(x, dtype=self._input_dtype)
+
+    def _check_target(self, target: np.ndarray | Sequence[int] | None, batch: int) -> np.ndarray:
+        """(B,) int64 target classes, -1 (the predicted class) where ``target`` is None."""
+        if target is None:
+            return np.full((batch,), -1, dtype=np.int64)
+        tgt = np.asarray(target).reshape(-1)
+        if tgt.shape[0] != batch:
+            raise InputError(f"target must hold one class per image ({batch}); got {tgt.shape[0]}")
+        if tgt.dtype.kind not in "iu":
+            raise InputError(f"target must hold integer class indices; got dtype {tgt.dtype} ({tgt.tolist()})")
+        tgt = np.ascontiguousarray(tgt, dtype=np.int64)
+        # The graph would fail deep inside its backward (ScatterElements) instead.
+        if (tgt >= self.meta.num_classes).any():
+            raise InputError(f"target classes must be < {self.meta.num_classes} (or -1 for the predicted "
+                             f"class); got {tgt.tolist()}")
+        return tgt
 
     def _run_unbound(self, names: list[str], feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """``session.run``, with split outputs stacked back to ``[B, L, ...]``."""
@@ -338,24 +337,15 @@ class OnnxModel:
         The copy drops the ``attentions`` (and gradient) outputs and every node that only fed
         them, so it runs what a deployment without explanations would.
         """
+        x = self._check_input(x_nchw)
         if self._plain is None:
-            self._plain = self._build_plain_session()
-        x = np.ascontiguousarray(x_nchw, dtype=np.float32)
-        return self._plain.run(["logits"], {self.meta.inputs[0]: x})[0]
+            model = read_model(self.path)
+            keep = [o for o in model.graph.output if o.name == "logits"]
+            del model.graph.output[:]
+            model.graph.output.extend(keep)
+            self._plain = self._create_session(prune_to_outputs(model).SerializeToString())
+        try:
+            return self._plain.run(["logits"], {self.meta.inputs[0]: x})[0]
+        except ORT_ERRORS as exc:
+            raise ModelError(f"onnxruntime failed on {self.path.name!r}: {first_line(exc)}") from exc
 
-    def _build_plain_session(self) -> ort.InferenceSession:
-        model = onnx.load(str(self.path))
-        keep = [o for o in model.graph.output if o.name == "logits"]
-        del model.graph.output[:]
-        model.graph.output.extend(keep)
-        model = prune_to_outputs(model)
-        return ort.InferenceSession(model.SerializeToString(), sess_options=session_options(self.threads),
-                                    providers=self.providers)
-
-
-def _read_proto(path: Path) -> "onnx.ModelProto | None":
-    """The file as an ONNX proto, or None when onnx cannot parse it (onnxruntime then says why)."""
-    try:
-        return onnx.load(str(path))
-    except Exception:  # noqa: BLE001 - any parse failure is reported by onnxruntime just after
-        return None
