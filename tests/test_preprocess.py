@@ -398,8 +398,12 @@ def test_read_image_formats(tmp_path):
     assert cv2.imwrite(str(tmp_path / "g.png"), bgr[..., 1])
     g = read_image(str(tmp_path / "g.png"))
     assert g.shape == (9, 11, 3) and np.array_equal(g[..., 2], bgr[..., 1])
-    assert cv2.imwrite(str(tmp_path / "a.png"), np.dstack([bgr, np.full((9, 11), 7, np.uint8)]))
+    # alpha is composited over white (see test_decode.py): opaque keeps the colour exactly
+    assert cv2.imwrite(str(tmp_path / "a.png"), np.dstack([bgr, np.full((9, 11), 255, np.uint8)]))
     assert np.array_equal(read_image(tmp_path / "a.png"), bgr)
+    assert cv2.imwrite(str(tmp_path / "t.png"), np.dstack([bgr, np.zeros((9, 11), np.uint8)]))
+    assert (read_image(tmp_path / "t.png") == 255).all()
+    # 16-bit scales by 255 / 65535, so the low byte 0x7F never carries the high byte over
     deep = (bgr.astype(np.uint16) << 8) | 0x7F
     assert cv2.imwrite(str(tmp_path / "d16.png"), deep)
     assert np.array_equal(read_image(tmp_path / "d16.png"), bgr)
@@ -414,7 +418,7 @@ def test_read_image_errors_name_the_file(tmp_path):
     with pytest.raises(ImageError, match="is a directory"):
         read_image(tmp_path)
     (tmp_path / "notes.jpg").write_text("not an image at all")
-    with pytest.raises(ImageError, match="cannot decode image file .*notes.jpg"):
+    with pytest.raises(ImageError, match="cannot decode image .*notes.jpg.*: it is not a PNG, JPEG"):
         read_image(tmp_path / "notes.jpg")
     (tmp_path / "empty.png").write_bytes(b"")
     with pytest.raises(ImageError, match="empty.png"):
