@@ -315,8 +315,7 @@ def explain(sources: tuple[str, ...], model: str | None, provider: str, threads:
     """
     from attnmap.runtime.engine.engine import FrameEngine, Job
     from attnmap.runtime.engine.explainer import parse_class_spec
-    from attnmap.runtime.frames.sources import VIDEO_EXTS
-    from attnmap.runtime.fronts.offline import FolderOutput, explain_inputs
+    from attnmap.runtime.fronts.offline import FolderOutput, count_inputs, explain_inputs
     from attnmap.runtime.model.plan import plan_for_inputs
 
     options = pop_method_options(kwargs, method)
@@ -328,9 +327,9 @@ def explain(sources: tuple[str, ...], model: str | None, provider: str, threads:
             f"--class needs a class-specific method ({', '.join(n for n, m in METHODS.items() if m.needs_gradients)});"
             f" {method!r} is class-agnostic", param_hint="--class")
     style = _style(colormap, alpha, blur, mode, not no_label)
-    videos = sum(1 for s in sources if Path(s).suffix.lower() in VIDEO_EXTS or "%" in s)
-    plan = plan_for_inputs(provider, images=len(sources) - videos if len(sources) > 1 else 1, videos=videos,
-                           threads=threads, workers=workers, batch_size=batch_size)
+    images, videos = count_inputs(sources)
+    plan = plan_for_inputs(provider, images=images, videos=videos, threads=threads, workers=workers,
+                           batch_size=batch_size)
     explainer = _explainer(model, provider, plan.threads)
     fixed, top_n = parse_class_spec(explainer.meta, target[0]) if target else (None, None)
     job = Job(method=method, options=options, fit=fit, topk=topk, target=fixed, top_classes=top_n, style=style)

@@ -140,6 +140,13 @@ def record_of(item: ItemResult, topk: int) -> tuple[dict[str, Any], str]:
     return record, f"{item.source}: {preds}{explained}"
 
 
+def count_inputs(specs: Sequence[str]) -> tuple[int, int]:
+    """``(still images, videos and image sequences)`` that ``specs`` expand to (what the
+    throughput plan, :func:`~attnmap.runtime.model.plan.plan_for_inputs`, needs to know)."""
+    refs, _ = plan_inputs(specs)
+    return sum(r.kind == "image" for r in refs), sum(r.kind in ("video", "sequence") for r in refs)
+
+
 def explain_inputs(engine: FrameEngine, specs: Sequence[str], output: FolderOutput, *,
                    on_record: Callable[[dict[str, Any], str], None],
                    on_fail: Callable[[str, str], None],
@@ -203,12 +210,19 @@ def _video(engine: FrameEngine, ref: SourceRef, output: FolderOutput, names: Ste
     except AttnmapError as exc:
         fail(ref.spec, str(exc))
         return
-    report.done += 1
+    except Exception as exc:  # noqa: BLE001 - an unexpected failure ends this video, not the run
+        fail(ref.spec, f"{type(exc).__name__}: {exc}")
+        return
     record = {"source": ref.spec, "video": str(r.out), "frames": r.frames, "fps": r.fps, "size": list(r.size),
               "codec": r.codec, "throughput_fps": round(r.throughput_fps, 2)}
     if r.maps is not None:
         record["maps"] = str(r.maps)
     if r.failed:
         record["failed_frames"] = [{"index": i, "error": e} for i, e in r.failed]
-    on_record(record, f"{ref.spec}: {r.frames} frames explained at {r.throughput_fps:.1f} frames/s -> {r.out}"
-                      + (f" ({len(r.failed)} frames could not be explained and were kept plain)" if r.failed else ""))
+    on_record(record, f"{ref.spec}: {r.frames} frames explained at {r.throughput_fps:.1f} frames/s -> {r.out}")
+    if not r.failed:
+        report.done += 1
+    else:
+        first, why = r.failed[0]
+        fail(ref.spec, f"{len(r.failed)} of {r.frames} frames could not be explained and were written plain "
+                       f"(first: frame {first}: {why})")
