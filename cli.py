@@ -292,6 +292,9 @@ def info(model: str | None, as_json: bool) -> None:
 @click.option("--save-maps", is_flag=True, help="Also write an .npz per image with `grid` and `heatmap`.")
 @click.option("--grid", "tiles", type=click.Choice(["none", "layers", "heads"]), default="none", show_default=True,
               help="Also write a tiled image of raw attention for every layer, or every head of --layer.")
+@click.option("--video-format", type=click.Choice(["mp4", "webm", "avi"]), default="mp4", show_default=True,
+              help="Container of annotated videos: mp4 (H.264 where this OpenCV has it, else MPEG-4 Part 2: "
+                   "fast, not played by browsers), webm (VP8: plays in browsers, slower to encode), avi (MJPEG).")
 @click.option("--batch-size", type=click.IntRange(1, 256), default=None,
               help="Images per inference batch (default: 4 on a CPU, 8 on CUDA).")
 @click.option("--workers", type=click.IntRange(1, 16), default=None,
@@ -305,8 +308,8 @@ def info(model: str | None, as_json: bool) -> None:
 @handle_errors
 def explain(sources: tuple[str, ...], model: str | None, provider: str, threads: int | None, method: str,
             fit: str, colormap: str, alpha: float, blur: float, mode: str, no_label: bool, out_dir: Path,
-            topk: int, save_maps: bool, tiles: str, batch_size: int | None, workers: int | None,
-            target: tuple[str, ...], as_json: bool, **kwargs: Any) -> None:
+            topk: int, save_maps: bool, tiles: str, video_format: str, batch_size: int | None,
+            workers: int | None, target: tuple[str, ...], as_json: bool, **kwargs: Any) -> None:
     """Explain images, folders, globs and videos; write overlays to --out.
 
     SOURCE is an image file, a directory, a glob ("photos/*.jpg"), a video file or an image
@@ -346,7 +349,8 @@ def explain(sources: tuple[str, ...], model: str | None, provider: str, threads:
         if show:
             _status.show(f"{spec}: {p.bar()}")
 
-    report = explain_inputs(engine, sources, FolderOutput(out_dir, save_maps=save_maps, tiles=tiles),
+    output = FolderOutput(out_dir, save_maps=save_maps, tiles=tiles, video_format=video_format)
+    report = explain_inputs(engine, sources, output,
                             on_record=on_record, on_fail=on_fail, on_video=on_video)
     _status.end()
     if report.failed:

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import sys
+import shutil
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
 
 # ../shared/data beside the project root: real weights, labels, photos and videos.
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -20,6 +18,10 @@ DEIT_TINY_CHECKPOINT = "weights/deit_tiny_patch16_224_in1k.safetensors"
 TINY_VIT = dict(name="vit_tiny_patch16_224", img_size=32,
                 kwargs=dict(patch_size=8, depth=2, embed_dim=32, num_heads=2, num_classes=10))
 TINY_LABELS = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+# That model, committed (tests/models/make_tiny_models.py writes them): runtime tests need no torch.
+TINY_MODELS = Path(__file__).resolve().parent / "models"
+TINY_VIT_FILE = TINY_MODELS / "tiny_vit.onnx"
+TINY_VIT_GRADS_FILE = TINY_MODELS / "tiny_vit_grads.onnx"
 
 
 @pytest.fixture(scope="session")
@@ -32,23 +34,66 @@ def shared_data() -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_vit_onnx(tmp_path_factory) -> Path:
-    """A random-init tiny ViT (see TINY_VIT) exported once per session with attentions.
+    """The committed tiny ViT (see TINY_VIT and TINY_LABELS) with attentions; no torch needed.
 
-    Its weights are seeded (torch.manual_seed(0)), its labels are TINY_LABELS.
+    A copy of ``tests/models/tiny_vit.onnx`` in a folder of its own, so a test may write beside
+    it without touching the repository. Regenerate with ``tests/models/make_tiny_models.py``.
+    """
+    return _copy_committed(TINY_VIT_FILE, tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def tiny_vit_grads_onnx(tmp_path_factory) -> Path:
+    """The committed tiny ViT, same weights as ``tiny_vit_onnx``, exported with attention gradients.
+
+    Inputs ``input`` and ``target``; outputs ``logits``, ``attentions`` and ``attention_grads``.
+    """
+    return _copy_committed(TINY_VIT_GRADS_FILE, tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def exported_tiny_vit_onnx(tmp_path_factory) -> Path:
+    """The tiny ViT exported in this session, the file exactly as ``export_onnx`` writes it.
+
+    For the export tests: the same model as ``tiny_vit_onnx``, with the exporter's debug records
+    and this session's torch and timm versions.
     """
     pytest.importorskip("torch", reason="exporting the tiny ViT needs torch")
+    return export_tiny_vit_as_written(tmp_path_factory.mktemp("tiny_vit_export") / "tiny_vit.onnx")
+
+
+def export_tiny_vit_as_written(out: Path, *, gradients: bool = False) -> Path:
+    """Export TINY_VIT with ``export_onnx`` to ``out``, weights drawn after ``torch.manual_seed(0)``.
+
+    Needs torch and timm. The global torch RNG state is restored afterwards.
+
+    Args:
+        out: the ``.onnx`` file to write.
+        gradients: also export ``attention_grads`` for a ``target`` input.
+
+    Returns:
+        ``out``.
+    """
     import torch
 
     from attnmap.export import export_onnx
 
-    out = tmp_path_factory.mktemp("tiny_vit") / "tiny_vit.onnx"
     state = torch.random.get_rng_state()
     torch.manual_seed(0)
     try:
         export_onnx(TINY_VIT["name"], out, img_size=TINY_VIT["img_size"], model_kwargs=TINY_VIT["kwargs"],
-                    labels=list(TINY_LABELS), log=lambda line: None)
+                    labels=list(TINY_LABELS), gradients=gradients, log=lambda line: None)
     finally:
         torch.random.set_rng_state(state)
+    return out
+
+
+def _copy_committed(path: Path, tmp_path_factory) -> Path:
+    if not path.is_file():
+        raise FileNotFoundError(f"committed test model {path} is missing; regenerate it with "
+                                "`.venv/bin/python tests/models/make_tiny_models.py`")
+    out = tmp_path_factory.mktemp(path.stem) / path.name
+    shutil.copyfile(path, out)
     return out
 
 

@@ -1,4 +1,8 @@
-"""Stand-ins for the frame tests: a paced "camera", a failing source, and a model with a known delay.
+"""Stand-ins for the frame tests: cameras, a failing source, a model with a known delay, a fake clock.
+
+Tests of timing behaviour run on a :class:`FakeClock`: the model's delay moves it
+(``FakeExplainer(clock=...)``) and a :class:`FakeCamera` exposes frame i at fake time
+t0 + i / fps, so counts, ages and latencies are exact and the machine's load cannot change them.
 
 ``FakeExplainer`` has the methods of :class:`runtime.Explainer` that the frame pipelines call
 (``meta``, ``preprocess``, ``infer``, ``infer_plain``, ``maps``, ``package``). Preprocessing,
@@ -33,17 +37,19 @@ FAKE_META = ModelMeta(
 
 
 class FakeExplainer:
-    """A model whose forward pass sleeps ``delay`` seconds and whose maps are predictable.
+    """A model whose forward pass takes ``delay`` seconds and whose maps are predictable.
 
     Args:
-        delay: seconds each ``infer`` call sleeps (``infer_plain`` sleeps ``plain_delay``).
-        plain_delay: seconds each ``infer_plain`` call sleeps.
+        delay: seconds each ``infer`` call takes (``infer_plain`` takes ``plain_delay``).
+        plain_delay: seconds each ``infer_plain`` call takes.
+        clock: a :class:`FakeClock` that each call advances by its delay; None sleeps in real time.
     """
 
-    def __init__(self, delay: float = 0.0, plain_delay: float | None = None):
+    def __init__(self, delay: float = 0.0, plain_delay: float | None = None, clock: "FakeClock | None" = None):
         self.meta = FAKE_META
         self.delay = delay
         self.plain_delay = delay if plain_delay is None else plain_delay
+        self.clock = clock
         self.infer_calls = 0
         self.infer_frames = 0
         self.raw_maps: list[np.ndarray] = []
@@ -58,14 +64,20 @@ class FakeExplainer:
         with self._lock:
             self.infer_calls += 1
             self.infer_frames += x_nchw.shape[0]
-        _sleep_until(t_end)
+        self._take(self.delay, t_end)
         return out
 
     def infer_plain(self, x_nchw: np.ndarray) -> np.ndarray:
         t_end = time.perf_counter() + self.plain_delay
         logits = self._forward(x_nchw).logits
-        _sleep_until(t_end)
+        self._take(self.plain_delay, t_end)
         return logits
+
+    def _take(self, seconds: float, t_end: float) -> None:
+        if self.clock is not None:
+            self.clock.advance(seconds)
+        else:
+            _sleep_until(t_end)
 
     @staticmethod
     def _forward(x_nchw: np.ndarray) -> Outputs:
@@ -138,6 +150,124 @@ class PacedSource(Source):
     def close(self) -> None:
         self.close_calls += 1
         super().close()
+
+
+class FakeClock:
+    """A clock that moves only when told to; thread-safe.
+
+    ``now`` is a time source for ``StageClock(now=...)``; ``perf_counter`` is the same, so the
+    clock can stand in for a module's ``time``. Threads may wait for it to reach a time.
+    """
+
+    def __init__(self, start: float = 0.0):
+        self._t = float(start)
+        self._cond = threading.Condition()
+
+    def now(self) -> float:
+        with self._cond:
+            return self._t
+
+    perf_counter = now
+
+    def advance(self, seconds: float) -> None:
+        with self._cond:
+            self._t += seconds
+            self._cond.notify_all()
+
+    def advance_to(self, t: float) -> None:
+        """Move to ``t`` (never backwards)."""
+        with self._cond:
+            self._t = max(self._t, t)
+            self._cond.notify_all()
+
+    def wait_until(self, t: float, timeout: float = 10.0) -> None:
+        """Block until the clock reads ``t`` or later; TimeoutError after ``timeout`` real seconds."""
+        with self._cond:
+            if not self._cond.wait_for(lambda: self._t >= t, timeout):
+                raise TimeoutError(f"the fake clock stayed at {self._t} s and never reached {t} s")
+
+    def event(self) -> threading.Event:
+        """An Event whose timed ``wait`` moves this clock on by the timeout instead of sleeping."""
+        clock = self
+
+        class _Event(threading.Event):
+            def wait(self, timeout=None):
+                if timeout is not None and not self.is_set():
+                    clock.advance(timeout)
+                    return self.is_set()
+                return super().wait(timeout)
+
+        return _Event()
+
+
+class FakeCamera(Source):
+    """A live camera on a :class:`FakeClock`: frame i is exposed at fake time t0 + i / fps.
+
+    t0 is the clock's time when reading starts; each frame's timestamp is its exposure time.
+    Reading blocks until the clock reaches a frame's time, so something must move the clock:
+    the model (``FakeExplainer(clock=...)``) or :meth:`tick`. The stream ends after ``count``
+    frames, or fails with ``error`` after ``fail_after``; give one of them, so that the reader
+    never waits on fake time that no one will bring when the run stops.
+
+    Attributes:
+        delivered: frames the reader has handed on (it has come back for the next one).
+    """
+
+    def __init__(self, clock: FakeClock, fps: float, count: int | None = None, fail_after: int | None = None,
+                 size=(64, 48), error: BaseException | None = None):
+        if count is None and fail_after is None:
+            raise ValueError("FakeCamera needs count or fail_after: a stop must never wait on fake time")
+        super().__init__(SourceRef("camera", f"fake:{fps:g}fps", "fake"))
+        self.clock, self.fps, self.size = clock, float(fps), size
+        self.limit = min(n for n in (count, fail_after) if n is not None)
+        self.fail_after = fail_after
+        self.error = error or RuntimeError("sensor unplugged")
+        self.t0: float | None = None
+        self.delivered = 0
+        self._cond = threading.Condition()
+
+    def due(self, i: int) -> float:
+        """Fake time at which frame ``i`` is exposed."""
+        return self.t0 + i / self.fps
+
+    def __iter__(self) -> Iterator[Frame]:
+        with self._cond:
+            self.t0 = self.clock.now()
+            self._cond.notify_all()
+        for i in range(self.limit):
+            self.clock.wait_until(self.due(i))
+            yield Frame(i, quadrant_frame(i, self.size), self.spec, self.due(i))
+            with self._cond:
+                self.delivered = i + 1
+                self._cond.notify_all()
+        if self.fail_after is not None:
+            raise self.error
+
+    def tick(self, view, timeout: float = 10.0) -> None:
+        """Hand over every frame due now, or, when none is newer than ``view``'s, let time run to the next one.
+
+        Use as ``on_frame``: after a frame is drawn the loop asks for the newest one. If the
+        camera has exposed nothing newer since, the loop would wait for the next exposure, so
+        the clock moves to it. Returns (None, i.e. no key) when the reader has handed on every
+        frame due, so that the next ``get`` sees exactly them.
+
+        Args:
+            view: the frame just drawn: a ``LiveFrame`` or the :class:`Frame` itself.
+            timeout: real seconds to wait for the reader (a hang guard).
+        """
+        last = getattr(view, "frame", view).index
+        with self._cond:
+            if self._count_due() <= last + 1 < self.limit:
+                self.clock.advance_to(self.due(last + 1))
+            n = self._count_due()
+            if not self._cond.wait_for(lambda: self.delivered >= n, timeout):
+                raise TimeoutError(f"the reader handed on {self.delivered} frames, not the {n} due")
+
+    def _count_due(self) -> int:
+        now, n = self.clock.now(), 0
+        while n < self.limit and self.due(n) <= now:
+            n += 1
+        return n
 
 
 class ListSource(Source):

@@ -4,7 +4,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from attnmap.runtime import Explainer, ExplainError, ImageError, ModelError, ProviderError
+from attnmap import Explainer, ExplainError, ImageError, ModelError, ProviderError
 from attnmap.runtime.engine.explainer import resolve_class, softmax, top_indices
 from attnmap.runtime.methods import explain as run_method
 from attnmap.runtime.image.preprocess import preprocess

@@ -34,8 +34,9 @@ def test_stages_time_what_they_say_and_the_ratio_uses_attention_over_plain():
     r = run_bench(ex, runs=6, warmup=1, batch_size=2)
     assert set(r["stages"]) == {*STAGES, "plain_inference"}
     inf, plain, exp = (r["stages"][k] for k in ("inference", "plain_inference", "explanation"))
-    # Sleeps are lower bounds; a busy machine may wake the sleeper late, never early.
-    assert 40.0 <= inf["median_ms"] < 60.0 and 20.0 <= plain["median_ms"] < 40.0
+    # Sleeps are lower bounds; a busy machine may wake the sleeper late, never early (so no
+    # upper bound: a loaded machine must not fail this test).
+    assert inf["median_ms"] >= 40.0 and plain["median_ms"] >= 20.0
     assert inf["per_frame_ms"] == pytest.approx(inf["median_ms"] / 2, abs=1e-3)
     assert all(s["median_ms"] <= s["p90_ms"] for s in r["stages"].values())
     # About (40 ms + a fraction of a ms of explanation) / 20 ms = 2, per run then the median.
@@ -88,7 +89,7 @@ def test_measure_targets_on_a_paced_clip(tmp_path):
     live, off = r["live"], r["offline"]
     assert live["frames_processed"] + live["frames_dropped"] == live["frames_captured"] == 20
     assert off["frames"] == 20 and r["source_fps"] == 50.0
-    assert 3.5 <= r["plain_ms"] <= 15.0 and 3.5 <= r["plain_paced_ms"] <= 15.0
+    assert r["plain_ms"] >= 3.5 and r["plain_paced_ms"] >= 3.5
     t = r["targets"]
     # Live: min(50 fps, 1 / ~4 ms) = 50 fps; threshold 0.9 of that.
     assert t["live_fps"]["threshold"] == pytest.approx(45.0, rel=1e-6)

@@ -41,7 +41,7 @@ onnx = pytest.importorskip("onnx")
 
 from conftest import DEIT_TINY_CHECKPOINT  # noqa: E402
 from attnmap.export import ViTWithAttention  # noqa: E402
-from attnmap.runtime import Explainer  # noqa: E402
+from attnmap import Explainer  # noqa: E402
 from attnmap.runtime.core.errors import ExplainError  # noqa: E402
 
 pytestmark = [pytest.mark.export, pytest.mark.slow]

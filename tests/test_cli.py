@@ -217,8 +217,8 @@ def test_explain_video_on_a_terminal_draws_a_bar_then_the_result_on_its_own_line
     assert [(b[0], b[2], b[3]) for b in bars] == [(str(clip), "67", "2"), (str(clip), "100", "3")]
     assert bars[-1][1] == "[" + "#" * 24 + "]"
     # The bar's line is ended before anything else is printed.
-    assert result.stderr.endswith(f"\x1b[K\n{len(list(tmp_path.glob('*.mp4')))} overlay written to {tmp_path}\n")
-    assert re.fullmatch(rf"{re.escape(str(clip))}: 3 frames explained at [\d.]+ frames/s -> \S+\n", result.stdout)
+    assert result.stderr.endswith(f"\x1b[K\n{len(list(tmp_path.glob('*.mp4')))} input explained into {tmp_path}\n")
+    assert re.fullmatch(rf"{re.escape(str(clip))}: 3 frames explained at [\d.]+ frames/s -> \S+ \(mp4v; .*web browsers.*\)\n", result.stdout)
     assert "\x1b[K\n" + result.stdout in result.output  # stdout and stderr as they interleave on the terminal
 
 
@@ -241,7 +241,7 @@ def test_bench_reports_every_stage_and_the_ratio(tiny_vit_onnx, photos):
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)["stages"]
     assert data["source"] == str(photos) and data["runs"] == 3
-    assert set(data["stages"]) == {"decode", "preprocess", "inference", "explanation", "overlay", "encode",
+    assert set(data["stages"]) == {"decode", "preprocess", "inference", "explanation", "overlay", "output",
                                    "plain_inference"}
     for stage in data["stages"].values():
         assert 0 < stage["median_ms"] <= stage["p90_ms"]
@@ -265,3 +265,81 @@ def test_demo_writes_inputs_overlays_and_an_overview(tiny_vit_onnx, tmp_path):
     assert len([n for n in overlays if n.endswith(".png")]) == 6 and "shapes_demo_rollout.mp4" in overlays
     assert cv2.imread(str(tmp_path / "overview.png")) is not None
     assert f"overview: {tmp_path / 'overview.png'}" in result.stdout
+
+
+# --------------------------------------------------------------------------- newcomer frictions
+def test_class_given_twice_is_refused_not_silently_the_last(tiny_vit_onnx, photos, tmp_path):
+    result = run("explain", photos / "img0.png", "--model", tiny_vit_onnx, "--out", tmp_path,
+                 "--method", "chefer", "--class", "cat", "--class", "dog")
+    assert result.exit_code == 2 and "given 2 times" in result.output and not list(tmp_path.iterdir())
+
+
+def test_a_flag_the_method_does_not_take_is_refused(tiny_vit_onnx, photos, tmp_path):
+    result = run("explain", photos, "--model", tiny_vit_onnx, "--out", tmp_path, "--method", "rollout", "--head", 1)
+    assert result.exit_code == 2 and "--method rollout does not take it" in result.output
+
+
+def test_live_and_explain_accept_the_same_colormap_spelling(tiny_vit_onnx, clip, photos, tmp_path):
+    res = run("explain", photos / "img0.png", "--model", tiny_vit_onnx, "--out", tmp_path / "e", "--colormap", "Inferno")
+    assert res.exit_code == 0, res.output
+    res = run("live", clip, "--model", tiny_vit_onnx, "--no-show", "--out", tmp_path / "live.avi", "--no-pace",
+              "--colormap", "Inferno", "--json")
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["frames_processed"] == 3
+
+
+def test_a_missing_input_is_one_failure_and_the_valid_inputs_are_still_written(tiny_vit_onnx, photos, tmp_path):
+    result = run("explain", photos / "img0.png", tmp_path / "nope.jpg", photos / "img1.png", "--model", tiny_vit_onnx,
+                 "--out", tmp_path / "out")
+    assert result.exit_code == 1
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["img0_rollout.png", "img1_rollout.png"]
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "nope.jpg" in errors[0] and "does not exist" in errors[0]
+    assert "1 of 3 inputs failed" in result.stderr and "Traceback" not in result.output
+
+
+def test_an_unexpected_exception_is_one_line_unless_debug(tiny_vit_onnx, photos, tmp_path, monkeypatch):
+    import attnmap.runtime.fronts.offline as offline
+
+    def broken(*args, **kwargs):
+        raise KeyError("a bug")
+
+    monkeypatch.setattr(offline, "plan_inputs", broken)
+    result = CliRunner().invoke(cli.main, ["explain", str(photos), "--model", str(tiny_vit_onnx), "--out",
+                                           str(tmp_path)])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert "unexpected KeyError" in result.output and "attnmap --debug" in result.output
+    result = CliRunner().invoke(cli.main, ["--debug", "explain", str(photos), "--model", str(tiny_vit_onnx),
+                                           "--out", str(tmp_path)])
+    assert isinstance(result.exception, KeyError)
+
+
+@pytest.mark.export
+def test_heads_tiles_of_a_head_fused_file_say_so_and_head_choices_are_refused(tmp_path, photos):
+    pytest.importorskip("torch", reason="exporting a head-fused tiny model needs torch")
+    from attnmap.export import export_onnx
+
+    from conftest import TINY_VIT
+
+    path = tmp_path / "fused.onnx"
+    export_onnx(TINY_VIT["name"], path, img_size=TINY_VIT["img_size"], model_kwargs=TINY_VIT["kwargs"],
+                heads="mean", log=lambda line: None)
+    res = run("explain", photos / "img0.png", "--model", path, "--out", tmp_path / "o", "--method", "attention",
+              "--head", 1)
+    assert res.exit_code == 1 and "fused at export" in res.output and "--heads mean" in res.output
+    res = run("explain", photos / "img0.png", "--model", path, "--out", tmp_path / "o", "--head-fusion", "max")
+    assert res.exit_code == 1 and "already fused by 'mean'" in res.output
+    res = run("explain", photos / "img0.png", "--model", path, "--out", tmp_path / "o", "--grid", "heads", "--json")
+    assert res.exit_code == 0, res.output
+    assert Path(json.loads(res.stdout)["tiles"]).is_file()
+    assert "one head output" in run("info", path).output
+
+
+@pytest.mark.export
+def test_the_random_weights_warning_speaks_the_clis_language(tmp_path):
+    pytest.importorskip("torch", reason="export needs torch")
+    from conftest import TINY_VIT
+
+    res = run("export", TINY_VIT["name"], "--img-size", TINY_VIT["img_size"], "--num-classes", 10, "-o",
+              tmp_path / "r.onnx")
+    assert "pass --checkpoint FILE or --pretrained" in res.stderr and "pretrained=True" not in res.stderr

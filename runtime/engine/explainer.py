@@ -173,6 +173,8 @@ class Explainer:
             One :class:`Explanation` for a single image, else a list in input order.
         """
         batch, single = _as_batch(images)
+        if isinstance(topk, bool) or not isinstance(topk, (int, np.integer)) or topk < 1:
+            raise ExplainError(f"topk must be an integer >= 1; got {topk!r}")
         spec = get_method(method)
         options = check_options(method, options, self.meta)
         targets = None

@@ -15,13 +15,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from attnmap.runtime.core.errors import AttnmapError
+from attnmap.runtime.core.errors import AttnmapError, OutputError
 from attnmap.runtime.core.files import commit as commit_file, discard, temp_path
-
-# Container -> FourCC that the FFmpeg backend of the opencv-python wheels can write (no H.264
-# there: it is not built with an H.264 encoder).
-FOURCC_BY_EXT = {".avi": "MJPG", ".webm": "VP80"}
-DEFAULT_FOURCC = "mp4v"
+from attnmap.runtime.frames.codecs import candidates, codec_note, open_writer, working_codecs
 
 # Qt platform plugins that draw without any display server.
 _HEADLESS_QPA = ("offscreen", "minimal", "vnc", "eglfs", "linuxfb")
@@ -149,19 +145,32 @@ class VideoSink:
     container); :meth:`close` finalises the container and moves it into place
     (:mod:`runtime.core.files`). Closing with ``commit=False`` deletes it instead.
 
+    Unless ``fourcc`` is given, the codec is the first of the container's
+    :func:`~attnmap.runtime.frames.codecs.working_codecs` (probed once per process) whose
+    writer opens at this size: ``.mp4`` gets H.264 where this OpenCV can encode it, else
+    mp4v (browsers do not play it: :attr:`note` says so); ``.webm`` gets VP8 (browsers play
+    it); ``.avi`` Motion JPEG. ``playable=True`` takes a browser-playable codec even when it
+    is slow to encode (VP9 in ``.mp4``: about 100 ms per 340 x 256 frame against mp4v's 1 ms).
+
     Args:
-        path: output file; its extension picks the container and, unless ``fourcc`` is
-            given, the codec (mp4v; MJPG for .avi; VP80 for .webm).
+        path: output file; its extension picks the container and the codec.
         fps: frames per second (> 0).
         size: ``(width, height)`` of every frame.
-        fourcc: a four-character codec code, e.g. ``"mp4v"``.
+        fourcc: a four-character codec code, e.g. ``"mp4v"``, to use that one only.
+        playable: prefer browser-playable codecs even when slow (see above).
+
+    Attributes:
+        codec: the FourCC written (``"mp4v"``, ``"vp09"``, ``"VP80"`` ...); also ``fourcc``.
+        note: a one-line note when a web container (.mp4, .webm ...) got a codec browsers do
+            not play, else None.
 
     Raises:
-        AttnmapError: the writer cannot be opened (unknown container, codec missing,
-            folder not writable).
+        OutputError: no codec's writer opens (unknown container, codec missing, folder not
+            writable); the message names the codecs tried and FFmpeg's last complaint.
     """
 
-    def __init__(self, path: str | os.PathLike, fps: float, size: tuple[int, int], fourcc: str | None = None):
+    def __init__(self, path: str | os.PathLike, fps: float, size: tuple[int, int], fourcc: str | None = None,
+                 *, playable: bool = False):
         self.path = Path(path)
         if not fps or fps <= 0:
             raise AttnmapError(f"output video {str(self.path)!r} needs fps > 0; got {fps!r}")
@@ -169,17 +178,28 @@ class VideoSink:
         self.size = (int(size[0]), int(size[1]))
         ext = self.path.suffix.lower()
         if not ext:
-            raise AttnmapError(f"output video {str(self.path)!r} has no extension; expected e.g. .mp4 or .avi")
-        self.fourcc = fourcc or FOURCC_BY_EXT.get(ext, DEFAULT_FOURCC)
-        if len(self.fourcc) != 4:
-            raise AttnmapError(f"fourcc must be 4 characters such as 'mp4v'; got {self.fourcc!r}")
+            raise AttnmapError(f"output video {str(self.path)!r} has no extension; expected e.g. .mp4, .webm or .avi")
+        if fourcc is not None and (not isinstance(fourcc, str) or len(fourcc) != 4):
+            raise AttnmapError(f"fourcc must be 4 characters such as 'mp4v'; got {fourcc!r}")
+        tries = [fourcc] if fourcc is not None else [c.fourcc for c in working_codecs(ext, playable)]
         self._tmp = temp_path(self.path, suffix=f".partial{ext}")  # the extension picks the container
-        self._writer = cv2.VideoWriter(str(self._tmp), cv2.VideoWriter_fourcc(*self.fourcc), self.fps, self.size)
-        if not self._writer.isOpened():
-            self._writer.release()
+        self._writer, complaint = None, ""
+        for code in tries:
+            self._writer, said = open_writer(self._tmp, code, self.fps, self.size)
+            if self._writer is not None:
+                self.codec = self.fourcc = code
+                break
+            complaint = _last_line(said) or complaint
+        if self._writer is None:
             discard(self._tmp)
-            raise AttnmapError(f"cannot open a {self.fourcc!r} video writer for {str(self.path)!r}; "
-                               "try another extension (.mp4, .avi) or --fourcc")
+            if not tries:
+                probed = ", ".join(repr(c.fourcc) for c in candidates(ext, True))
+                raise OutputError(f"cannot write {str(self.path)!r}: no codec of this OpenCV writes a readable {ext} "
+                                  f"file (probed {probed}); try .mp4, .webm or .avi")
+            why = f" (FFmpeg: {complaint})" if complaint else ""
+            raise OutputError(f"cannot open a video writer for {str(self.path)!r} at {self.size[0]}x{self.size[1]}; "
+                              f"tried {', '.join(repr(t) for t in tries)}{why}; try .mp4, .webm or .avi")
+        self.note = None if fourcc is not None else codec_note(ext, self.codec, playable)
         self.frames = 0
         self.closed = False
 
@@ -221,6 +241,11 @@ class VideoSink:
         self.close(commit=True)
 
 
+def _last_line(text: str) -> str:
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    return lines[-1][:200] if lines else ""
+
+
 class RealTimeRecorder:
     """Writes a live view into a video that plays in real time, dropped frames and all.
 
@@ -233,10 +258,12 @@ class RealTimeRecorder:
         path: output video.
         fps: output frame rate.
         by_index: place frames by ``Frame.index`` (paced files) instead of by timestamp.
+        playable: passed to :class:`VideoSink` (browser-playable codecs even when slow; a
+            live view has one frame interval to encode each frame).
     """
 
-    def __init__(self, path: str | Path, fps: float, *, by_index: bool):
-        self.path, self.fps, self.by_index = Path(path), float(fps), by_index
+    def __init__(self, path: str | Path, fps: float, *, by_index: bool, playable: bool = False):
+        self.path, self.fps, self.by_index, self.playable = Path(path), float(fps), by_index, playable
         self.sink: VideoSink | None = None
         self.first_slot: int | None = None
         self.t0: float | None = None
@@ -248,10 +275,20 @@ class RealTimeRecorder:
         """Frames written so far (repeats included)."""
         return 0 if self.sink is None else self.sink.frames
 
+    @property
+    def codec(self) -> str | None:
+        """The FourCC being written (see :attr:`VideoSink.codec`), or None before the first frame."""
+        return None if self.sink is None else self.sink.codec
+
+    @property
+    def note(self) -> str | None:
+        """:attr:`VideoSink.note`, or None before the first frame."""
+        return None if self.sink is None else self.sink.note
+
     def write(self, drawn: np.ndarray, frame) -> None:
         """Write ``drawn`` (H, W, 3) BGR uint8 for ``frame`` (a :class:`runtime.frames.sources.Frame`)."""
         if self.sink is None:
-            self.sink = VideoSink(self.path, self.fps, (drawn.shape[1], drawn.shape[0]))
+            self.sink = VideoSink(self.path, self.fps, (drawn.shape[1], drawn.shape[0]), playable=self.playable)
             self.t0 = frame.timestamp
         slot = frame.index if self.by_index else int(round((frame.timestamp - self.t0) * self.fps))
         if self.first_slot is None:

@@ -27,6 +27,7 @@ from attnmap.runtime.fronts.video import VideoProgress, explain_video
 from attnmap.runtime.methods import explain as run_method
 
 TILES = ("none", "layers", "heads")
+VIDEO_FORMATS = ("mp4", "webm", "avi")
 
 
 @dataclass(frozen=True)
@@ -38,15 +39,21 @@ class FolderOutput:
         save_maps: an ``.npz`` per image (``grid``, ``heatmap``) or per video.
         tiles: ``"none"``, ``"layers"`` or ``"heads"``: an extra tiled image of raw attention
             of every layer, or of every head of the method's ``layer`` (default the last).
+        video_format: the container of annotated videos: ``"mp4"`` (H.264 where this OpenCV
+            has an encoder for it, else MPEG-4 Part 2, fast but not played by browsers),
+            ``"webm"`` (VP8: browsers play it; encoding costs more) or ``"avi"`` (Motion JPEG).
     """
 
     out_dir: Path
     save_maps: bool = False
     tiles: str = "none"
+    video_format: str = "mp4"
 
     def __post_init__(self) -> None:
         if self.tiles not in TILES:
             raise OptionError(f"tiles must be one of {', '.join(TILES)}; got {self.tiles!r}")
+        if self.video_format not in VIDEO_FORMATS:
+            raise OptionError(f"video_format must be one of {', '.join(VIDEO_FORMATS)}; got {self.video_format!r}")
 
 
 @dataclass
@@ -202,7 +209,7 @@ def explain_inputs(engine: FrameEngine, specs: Sequence[str], output: FolderOutp
 def _video(engine: FrameEngine, ref: SourceRef, output: FolderOutput, names: StemNames, report: OfflineReport,
            on_record, fail, on_video) -> None:
     stem = names.stem(ref.target if ref.kind == "video" else ref.spec.replace("%", "_"), engine.job.method)
-    out_path = output.out_dir / f"{stem}.mp4"
+    out_path = output.out_dir / f"{stem}.{output.video_format}"
     maps = output.out_dir / f"{stem}.npz" if output.save_maps else None
     progress = None if on_video is None else (lambda p: on_video(ref.spec, p))
     try:
@@ -215,11 +222,14 @@ def _video(engine: FrameEngine, ref: SourceRef, output: FolderOutput, names: Ste
         return
     record = {"source": ref.spec, "video": str(r.out), "frames": r.frames, "fps": r.fps, "size": list(r.size),
               "codec": r.codec, "throughput_fps": round(r.throughput_fps, 2)}
+    if r.codec_note:
+        record["codec_note"] = r.codec_note
     if r.maps is not None:
         record["maps"] = str(r.maps)
     if r.failed:
         record["failed_frames"] = [{"index": i, "error": e} for i, e in r.failed]
-    on_record(record, f"{ref.spec}: {r.frames} frames explained at {r.throughput_fps:.1f} frames/s -> {r.out}")
+    on_record(record, f"{ref.spec}: {r.frames} frames explained at {r.throughput_fps:.1f} frames/s -> {r.out} "
+                      f"({r.codec}{'; ' + r.codec_note if r.codec_note else ''})")
     if not r.failed:
         report.done += 1
     else:

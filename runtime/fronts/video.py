@@ -87,7 +87,8 @@ class VideoReport:
         stage_s: seconds spent per stage of the engine's clock (summed over its threads).
         failed: ``(frame index, reason)`` of frames that could not be explained; they were
             written as plain input frames.
-        codec: the codec the video was written with.
+        codec: the codec the video was written with (a FourCC such as ``mp4v`` or ``VP80``).
+        codec_note: why the file may not play in a browser, when that is so ("" otherwise).
     """
 
     source: str
@@ -100,6 +101,7 @@ class VideoReport:
     stage_s: dict[str, float] = field(default_factory=dict)
     failed: list[tuple[int, str]] = field(default_factory=list)
     codec: str = ""
+    codec_note: str = ""
 
     @property
     def throughput_fps(self) -> float:
@@ -112,6 +114,7 @@ class VideoReport:
                 "size": list(self.size), "elapsed_s": round(self.elapsed_s, 4),
                 "throughput_fps": round(self.throughput_fps, 3),
                 "maps": None if self.maps is None else str(self.maps), "codec": self.codec,
+                "codec_note": self.codec_note,
                 "failed": [{"index": i, "error": e} for i, e in self.failed],
                 "stage_s": {k: round(v, 4) for k, v in self.stage_s.items()}}
 
@@ -222,6 +225,9 @@ def explain_video(engine: FrameEngine, src: "str | Path | Source", out_path: str
         except BaseException:
             sink.video.close(commit=False)
             raise
+        if done == 0:
+            sink.video.close(commit=False)
+            raise SourceError(f"video {source.spec!r} holds no frames that can be decoded")
         sink.video.close(commit=True)
         if progress is not None and reported != done:
             progress(VideoProgress(done, source.frame_count, clock.now() - t_start))
@@ -229,4 +235,4 @@ def explain_video(engine: FrameEngine, src: "str | Path | Source", out_path: str
         maps_path = sink.write_maps(save_maps, out_fps, engine.job.method) if save_maps is not None else None
         return VideoReport(source.spec, Path(out_path), sink.video.frames, out_fps, source.size, elapsed,
                            maps_path, clock.totals(), failed=[(i.index, i.reason()) for i in sink.failed],
-                           codec=getattr(sink.video, "codec", sink.video.fourcc))
+                           codec=sink.video.codec, codec_note=sink.video.note or "")

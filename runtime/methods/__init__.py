@@ -93,8 +93,14 @@ def check_options(method: str, options: Mapping[str, Any], meta: ModelMeta | Non
     """
     m = get_method(method)
     owner = f"method {m.name!r}"
+    fused = None if meta is None or meta.head_fusion == "none" else meta.head_fusion
     try:
         check_names(dict(options), m.options, owner)
+        if fused is not None and options.get("head") is not None:
+            raise OptionError(
+                f"option 'head' of {owner} does not apply: this file's heads were fused at export "
+                f"(`attnmap export --heads {fused}`), so it has one head output; re-export without --heads "
+                "to see single heads")
         out = {}
         for name, value in options.items():
             spec = m.options[name]
@@ -102,19 +108,12 @@ def check_options(method: str, options: Mapping[str, Any], meta: ModelMeta | Non
             if meta is not None and spec.axis is not None:
                 size = meta.num_layers if spec.axis == "layers" else meta.output_heads
             out[name] = spec.check(value, owner=owner, size=size)
-    except OptionError as exc:
-        raise MethodOptionError(str(exc)) from exc
-    if meta is not None and meta.head_fusion != "none":
-        fused = meta.head_fusion
-        if out.get("head") is not None:
-            raise MethodOptionError(
-                f"option 'head' of {owner} does not apply: this file's heads were fused at export "
-                f"(`attnmap export --heads {fused}`), so it has one head output; re-export without --heads "
-                "to see single heads")
-        if out.get("head_fusion", fused) != fused:
-            raise MethodOptionError(
+        if fused is not None and out.get("head_fusion", fused) != fused:
+            raise OptionError(
                 f"option head_fusion={out['head_fusion']!r} of {owner} cannot apply: this file's heads were "
                 f"already fused by {fused!r} at export; re-export without --heads to choose the fusion")
+    except OptionError as exc:
+        raise MethodOptionError(str(exc)) from exc
     return out
 
 

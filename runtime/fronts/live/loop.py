@@ -307,7 +307,7 @@ class _Loop:
 
     def _hud_lines(self) -> list[str]:
         index, prob = self.top
-        label = self.ex.meta.label(index)
+        label = self.meta.label(index)
         fps = (len(self.fps_times) - 1) / (self.fps_times[-1] - self.fps_times[0]) if len(self.fps_times) > 1 else 0.0
         lat = self.stats.records[-1].latency * 1e3 if self.stats.records else 0.0
         ms = {s: v * 1e3 for s, v in self.stage_ema.items()}
