@@ -39,9 +39,9 @@ def test_every_method_is_described_and_runs_through_explain(name):
     # Options are exactly the function's keyword-only parameters, with the same defaults.
     params = {p.name: p.default for p in inspect.signature(m.fn).parameters.values()
               if p.kind is inspect.Parameter.KEYWORD_ONLY and p.name != "grads"}
-    assert dict(m.options) == params
-    for opt, allowed in m.choices.items():
-        assert opt in m.options and m.options[opt] in allowed
+    assert m.defaults == params
+    for opt, spec in m.options.items():
+        assert spec.name == opt and (not spec.choices or spec.default in spec.choices)
     maps = explain(name, A, LAYOUT, grads=G)
     assert maps.shape == (2, 3, 5) and maps.dtype == np.float32
     assert maps.min() == 0.0 and maps.max() == 1.0
@@ -50,8 +50,9 @@ def test_every_method_is_described_and_runs_through_explain(name):
 
 def test_option_defaults_have_cli_friendly_types():
     for m in EXPLAINERS.values():
-        for opt, default in m.options.items():
-            assert default is None or type(default) in (bool, int, float, str), (m.name, opt)
+        for opt, spec in m.options.items():
+            assert spec.default is None or type(spec.default) is spec.kind, (m.name, opt)
+            assert spec.kind in (bool, int, float, str), (m.name, opt)
 
 
 def test_non_gradient_methods_ignore_grads():
@@ -65,7 +66,7 @@ def test_unknown_method_suggests_a_close_name():
 
 
 def test_unknown_method_lists_the_known_ones():
-    with pytest.raises(ExplainError, match=r"expected one of \['attention', 'chefer'"):
+    with pytest.raises(ExplainError, match=r"expected one of rollout, attention, flow, chefer"):
         explain("lime", A, LAYOUT)
 
 
@@ -78,27 +79,27 @@ def test_unknown_option_names_the_method_and_suggests():
     ("rollout", {"discard_ratio": 0.5}, does_not_raise()),
     ("rollout", {"discard_ratio": 0}, does_not_raise()),
     ("rollout", {"discard_ratio": np.float32(0.25)}, does_not_raise()),
-    ("rollout", {"discard_ratio": "0.5"}, pytest.raises(ExplainError, match="must be float; got '0.5'")),
+    ("rollout", {"discard_ratio": "0.5"}, pytest.raises(ExplainError, match=r"must be a number in \[0, 1\); got '0.5' \(str\)")),
     ("rollout", {"discard_ratio": 1.0},
-     pytest.raises(ExplainError, match=r"discard_ratio must be in \[0, 1\); got 1.0")),
+     pytest.raises(ExplainError, match=r"'discard_ratio' of method 'rollout' must be a number in \[0, 1\); got 1.0")),
     ("rollout", {"discard_ratio": -0.1}, pytest.raises(ExplainError, match="discard_ratio")),
     ("rollout", {"head_fusion": "avg"},
-     pytest.raises(ExplainError, match=r"one of \('mean', 'max', 'min'\); got 'avg'")),
+     pytest.raises(ExplainError, match=r"one of mean, max, min; got 'avg'")),
     ("rollout", {"head_fusion": "maxx"}, pytest.raises(ExplainError, match="Did you mean 'max'")),
-    ("rollout", {"residual": 1}, pytest.raises(ExplainError, match="must be bool")),
+    ("rollout", {"residual": 1}, pytest.raises(ExplainError, match="must be true or false; got 1")),
     ("rollout", {"residual": np.bool_(False)}, does_not_raise()),
     ("rollout", {"start_layer": 2}, does_not_raise()),
     ("rollout", {"start_layer": -3}, does_not_raise()),
     ("rollout", {"start_layer": 3},
      pytest.raises(ExplainError, match=r"start_layer must be in \[-3, 3\) for 3 layers; got 3")),
-    ("rollout", {"start_layer": 1.0}, pytest.raises(ExplainError, match="must be int")),
-    ("rollout", {"start_layer": True}, pytest.raises(ExplainError, match="must be int")),
+    ("rollout", {"start_layer": 1.0}, pytest.raises(ExplainError, match="must be a layer index.*got 1.0")),
+    ("rollout", {"start_layer": True}, pytest.raises(ExplainError, match="must be a layer index.*got True")),
     ("attention", {"layer": -4}, pytest.raises(ExplainError, match="layer must be in")),
     ("attention", {"head": 1}, does_not_raise()),
     ("attention", {"head": 2}, pytest.raises(ExplainError, match=r"head must be in \[-2, 2\) for 2 heads; got 2")),
-    ("attention", {"head": "0"}, pytest.raises(ExplainError, match="head must be an integer")),
-    ("product", {"eps": 0.0}, pytest.raises(ExplainError, match="eps must be a positive")),
-    ("product", {"eps": float("nan")}, pytest.raises(ExplainError, match="eps must be a positive")),
+    ("attention", {"head": "0"}, pytest.raises(ExplainError, match="'head' of method 'attention' must be a head index")),
+    ("product", {"eps": 0.0}, pytest.raises(ExplainError, match=r"'eps' of method 'product' must be a number in \(0, inf\]")),
+    ("product", {"eps": float("nan")}, pytest.raises(ExplainError, match=r"must be a number in \(0, inf\]; got nan")),
     ("grad_rollout", {"discard_ratio": 0.99}, does_not_raise()),
 ])
 def test_option_values_are_checked(method, opts, expectation):

@@ -24,132 +24,22 @@ CPU, two single-threaded model runs at once keep the cores busier than one run o
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import queue
-from dataclasses import dataclass, field
-from typing import Any, Iterator, Mapping, Protocol, Sequence
+from dataclasses import dataclass
+from typing import Iterator, Sequence
 
 import numpy as np
 
-from attnmap.runtime.core.errors import AttnmapError, ExplainError, OptionError, SourceError
-from attnmap.runtime.draw.style import OverlayStyle
+from attnmap.runtime.core.errors import OptionError, SourceError
 from attnmap.runtime.engine.clock import StageClock
-from attnmap.runtime.engine.explainer import Explanation
+from attnmap.runtime.engine.job import ItemResult, Job, Sink
 from attnmap.runtime.engine.threads import BackgroundWorker, prefetch, run_ahead
 from attnmap.runtime.frames.frame import Frame, Source, SourceRef
 from attnmap.runtime.frames.sources import open_source
-from attnmap.runtime.image.preprocess import FITS
-from attnmap.runtime.methods import METHODS, check_options, get_method
 from attnmap.runtime.model.session import Outputs
 
-
-@dataclass(frozen=True)
-class Job:
-    """What the engine computes for every frame.
-
-    Attributes:
-        method: an explanation method, a key of :data:`~attnmap.runtime.methods.METHODS`.
-        options: the method's options (checked against its specs and the model).
-        fit: how frames enter the model: ``"crop"``, ``"squash"`` or ``"letterbox"``.
-        topk: predictions kept per frame.
-        target: for class-specific methods, the class every frame is explained for (an
-            index); None explains each frame's predicted class.
-        top_classes: for class-specific methods, explain each frame's N most probable classes
-            (N explanations per item: ``ItemResult.alternatives``); None for one map.
-        style: draw each explained frame with this style (``ItemResult.drawn``); None draws
-            nothing.
-    """
-
-    method: str = "rollout"
-    options: Mapping[str, Any] = field(default_factory=dict)
-    fit: str = "crop"
-    topk: int = 5
-    target: int | None = None
-    top_classes: int | None = None
-    style: OverlayStyle | None = None
-
-    def checked(self, meta) -> "Job":
-        """This job with its options converted and checked against the model ``meta``.
-
-        Raises:
-            OptionError: an unknown fit or method, bad options (MethodOptionError), a target
-                or top classes for a class-agnostic method or a model without gradients, or
-                a class index out of range.
-        """
-        if self.fit not in FITS:
-            raise OptionError(f"fit must be one of {', '.join(FITS)}; got {self.fit!r}")
-        if isinstance(self.topk, bool) or not isinstance(self.topk, (int, np.integer)) or self.topk < 1:
-            raise OptionError(f"topk must be an integer >= 1; got {self.topk!r}")
-        m = get_method(self.method)
-        if m.needs_gradients and not meta.has_gradients:
-            raise ExplainError(f"method {m.name!r} needs attention gradients, and this model has none; "
-                               "re-export it with `attnmap export --gradients`")
-        if (self.target is not None or self.top_classes is not None) and not m.needs_gradients:
-            raise OptionError(f"method {m.name!r} is class-agnostic, so a class to explain does not apply; use a "
-                              "class-specific method (" + ", ".join(n for n, x in METHODS.items() if x.needs_gradients)
-                              + ")")
-        if self.target is not None and self.top_classes is not None:
-            raise OptionError("give a target class or a number of top classes, not both")
-        if self.target is not None and not 0 <= int(self.target) < meta.num_classes:
-            raise OptionError(f"class index {self.target} is out of range; the model has {meta.num_classes} classes")
-        if self.top_classes is not None and not 1 <= int(self.top_classes):
-            raise OptionError(f"top_classes must be >= 1; got {self.top_classes}")
-        if self.style is not None and not isinstance(self.style, OverlayStyle):
-            raise OptionError(f"style must be an OverlayStyle; got {type(self.style).__name__}")
-        return dataclasses.replace(self, options=check_options(self.method, self.options, meta))
-
-
-@dataclass(eq=False)
-class ItemResult:
-    """One input frame after the engine: its explanation, or why it has none.
-
-    Attributes:
-        source: where it came from (a file path, or the source spec of a video frame).
-        index: the frame's index in its source.
-        frame: the decoded frame (None when decoding failed).
-        explanation: prediction and map (None on failure).
-        outputs: this item's model outputs with a batch axis of 1 (views into the batch).
-        alternatives: with ``Job.top_classes``, one explanation per class, best first.
-        drawn: the overlay (BGR uint8 at the frame's size) when the job has a style.
-        error: why this item failed (an attnmap error, or an unexpected exception), else None.
-        extra: what a sink recorded about the item (written file paths ...).
-    """
-
-    source: str
-    index: int
-    frame: Frame | None = None
-    explanation: Explanation | None = None
-    outputs: Outputs | None = None
-    alternatives: list[Explanation] = field(default_factory=list)
-    drawn: np.ndarray | None = None
-    error: BaseException | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def ok(self) -> bool:
-        """True when the item was explained (and drawn and written, where asked)."""
-        return self.error is None
-
-    def reason(self) -> str:
-        """The error as one line (an unexpected exception says its type)."""
-        if self.error is None:
-            return ""
-        text = str(self.error).strip().splitlines()[0] if str(self.error).strip() else ""
-        if isinstance(self.error, AttnmapError):
-            return text or type(self.error).__name__
-        return f"{type(self.error).__name__}: {text}" if text else type(self.error).__name__
-
-
-class Sink(Protocol):
-    """Where finished items go (a folder of overlays, a video file ...).
-
-    ``write`` is called once per item, in order, in the engine's finisher thread; it may set
-    ``item.error`` (this item could not be written) or raise (the whole run must stop: the
-    output video cannot be written). It is never called concurrently.
-    """
-
-    def write(self, item: ItemResult) -> None: ...
+__all__ = ["FrameEngine", "ItemResult", "Job", "Sink", "check_batching"]
 
 
 @dataclass

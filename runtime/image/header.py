@@ -14,6 +14,8 @@ BigTIFF), PNM/PAM/PFM, Sun raster, Radiance HDR, JPEG 2000 (JP2 or raw codestrea
 
 from __future__ import annotations
 
+import zlib
+
 from dataclasses import dataclass
 from collections.abc import Iterator
 
@@ -125,27 +127,55 @@ def _int(buf: memoryview, off: int, n: int, order: str = "big", signed: bool = F
     return int.from_bytes(buf[off:off + n], order, signed=signed)
 
 
+# Valid (colour type -> bit depths) of the PNG specification, section 11.2.2.
+_PNG_DEPTHS = {0: (1, 2, 4, 8, 16), 2: (8, 16), 3: (1, 2, 4, 8), 4: (8, 16), 6: (8, 16)}
+
+
 def _png(buf: memoryview) -> Header:
-    if bytes(buf[12:16]) != b"IHDR":
+    """The PNG's size and what decoding needs, after checking its chunk structure.
+
+    libpng reports broken files by printing to the process's stderr before OpenCV returns its
+    error, and no log level reaches it. So the structure is checked here first, cheaply (a
+    CRC-32 per chunk): the IHDR fields against the specification, every chunk's length and
+    CRC, a PLTE chunk for palette images, and the IEND chunk at the end. A file that fails
+    is refused with the reason, and libpng never sees it.
+    """
+    if bytes(buf[12:16]) != b"IHDR" or _int(buf, 8, 4) != 13:
         raise HeaderError("PNG without an IHDR chunk first")
     w, h, depth, ctype = _int(buf, 16, 4), _int(buf, 20, 4), _int(buf, 24, 1), _int(buf, 25, 1)
+    compression, filtering, interlace = _int(buf, 26, 1), _int(buf, 27, 1), _int(buf, 28, 1)
+    if depth not in _PNG_DEPTHS.get(ctype, ()):
+        raise HeaderError(f"PNG header has colour type {ctype} with bit depth {depth}, which PNG does not allow")
+    if compression != 0 or filtering != 0 or interlace not in (0, 1):
+        raise HeaderError(f"PNG header has unknown compression {compression}, filter {filtering} or "
+                          f"interlace {interlace} method")
     trns: bytes | None = None
     exif: bytes | None = None
+    seen: set[bytes] = set()
     keep = ctype in (4, 6) or depth == 16
-    pos = 33  # signature 8 + IHDR (length 4, type 4, data 13, CRC 4)
-    while pos + 8 <= len(buf):
+    pos = 8
+    while True:
+        if pos + 12 > len(buf):
+            raise HeaderError(f"PNG is truncated: it ends after {len(buf)} bytes without its IEND chunk")
         n, kind = _int(buf, pos, 4), bytes(buf[pos + 4:pos + 8])
-        if kind == b"IDAT":
-            keep = keep or trns is not None
-            if not keep:
-                break  # IMREAD_COLOR applies any orientation itself; nothing else to look for
-        elif kind == b"tRNS" and trns is None:
+        if n > 0x7FFFFFFF or pos + 12 + n > len(buf):
+            raise HeaderError(f"PNG is truncated: its {kind.decode('latin-1')!r} chunk runs past the end of the "
+                              f"file ({len(buf)} bytes)")
+        if zlib.crc32(buf[pos + 4:pos + 8 + n]) != _int(buf, pos + 8 + n, 4):
+            raise HeaderError(f"PNG is damaged: the CRC of its {kind.decode('latin-1')!r} chunk at byte {pos} "
+                              "does not match")
+        if kind == b"IDAT" and ctype == 3 and b"PLTE" not in seen:
+            raise HeaderError("PNG palette image without a PLTE chunk before its pixel data")
+        if kind == b"tRNS" and trns is None:
             trns = bytes(buf[pos + 8:pos + 8 + n])
         elif kind == b"eXIf":
             exif = bytes(buf[pos + 8:pos + 8 + n])
-        elif kind == b"IEND":
-            break
+        seen.add(kind)
         pos += 12 + n
+        if kind == b"IEND":
+            break
+    if b"IDAT" not in seen:
+        raise HeaderError("PNG without pixel data (no IDAT chunk)")
     keep = keep or trns is not None
     key = None
     if ctype == 0 and trns is not None and len(trns) >= 2:
