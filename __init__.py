@@ -43,6 +43,11 @@ _EXPORTS = {
     "ModelError": "attnmap.runtime.core.errors",
     "OptionError": "attnmap.runtime.core.errors",
     "ProviderError": "attnmap.runtime.core.errors",
+    "OutputError": "attnmap.runtime.core.errors",
+    "DisplayError": "attnmap.runtime.core.errors",
+    "InputError": "attnmap.runtime.core.errors",
+    "GraphMismatchError": "attnmap.runtime.core.errors",
+    "MethodOptionError": "attnmap.runtime.core.errors",
     "SourceError": "attnmap.runtime.core.errors",
 }
 

@@ -1,4 +1,4 @@
-"""Build the :class:`runtime.core.meta.ModelMeta` an export embeds, from the timm model itself."""
+"""Build the :class:`attnmap.runtime.core.meta.ModelMeta` an export embeds, from the timm model itself."""
 
 from __future__ import annotations
 

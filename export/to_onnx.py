@@ -2,7 +2,7 @@
 
 The graph takes ``input`` float32 ``[B, 3, H, W]`` (only B dynamic) and emits ``logits``
 ``[B, C]`` and ``attentions`` ``[B, L, H, N, N]`` (softmax probabilities of every block), with a
-:class:`runtime.core.meta.ModelMeta` stored as JSON under the ``"attnmap"`` metadata key. With
+:class:`attnmap.runtime.core.meta.ModelMeta` stored as JSON under the ``"attnmap"`` metadata key. With
 ``gradients=True`` it also takes ``target`` int64 ``[B]`` (negative = the predicted class) and
 emits ``attention_grads`` ``[B, L, H, N, N]``, d logit[target] / d attentions, for the
 class-specific methods (see :mod:`attnmap.export.gradients` for how the backward gets into the graph).
@@ -15,7 +15,7 @@ batch axis dynamic through ``dynamic_shapes`` (``Dim("batch")``) rather than the
 every call, so it is not used.
 
 Files are written to a temporary name in the target folder, checked for parity with torch
-(:mod:`attnmap.export.parity`), and only then moved into place (:mod:`runtime.core.files`); a failed export
+(:mod:`attnmap.export.parity`), and only then moved into place (:mod:`attnmap.runtime.core.files`); a failed export
 leaves nothing behind.
 """
 

@@ -3,7 +3,7 @@
 Run ``python -m export.train --help``. The recipe that made ``models/shapes_vit.onnx`` is
 recorded in ``models/registry.json`` (``command``) and ``models/README.md``.
 
-Data is generated on the fly by :mod:`runtime.frames.synth` (the generator *is* the augmentation),
+Data is generated on the fly by :mod:`attnmap.runtime.frames.synth` (the generator *is* the augmentation),
 one fresh batch per step, in the training process: on a 2-core machine a DataLoader with
 workers only steals the cores the matmuls need. Training batch ``step`` of run seed ``s`` is
 ``make_batch((s, step, _TRAIN_TAG), ...)``; a held-out set is ``make_batch(int_seed, ...)``.

@@ -4,7 +4,7 @@ Tests of timing behaviour run on a :class:`FakeClock`: the model's delay moves i
 (``FakeExplainer(clock=...)``) and a :class:`FakeCamera` exposes frame i at fake time
 t0 + i / fps, so counts, ages and latencies are exact and the machine's load cannot change them.
 
-``FakeExplainer`` has the methods of :class:`runtime.Explainer` that the frame pipelines call
+``FakeExplainer`` has the methods of :class:`attnmap.Explainer` that the frame pipelines call
 (``meta``, ``preprocess``, ``infer``, ``infer_plain``, ``maps``, ``package``). Preprocessing,
 the explanation methods and packaging are the real ones; only the forward pass is replaced by
 a function whose delay the test controls and whose answer is known: in head 0 the class token

@@ -63,6 +63,10 @@ class OutputError(AttnmapError):
     """A result (overlay, map, video, model file) cannot be written where it was asked to go."""
 
 
+class DisplayError(AttnmapError):
+    """No window can be shown here (no display, or an OpenCV build without a GUI)."""
+
+
 class ExportError(AttnmapError):
     """A model cannot be exported (outside the ViT family, bad checkpoint, parity failure)."""
 

@@ -41,7 +41,7 @@ def prefetch(items: Iterable[T], batch_size: int, prepare: Callable[[list[T]], P
     """Read and prepare batches in a background thread, ``depth`` batches ahead.
 
     Args:
-        items: any iterable (e.g. a :class:`runtime.frames.sources.Source`); it is iterated in the
+        items: any iterable (e.g. a :class:`attnmap.runtime.frames.sources.Source`); it is iterated in the
             background thread only.
         batch_size: items per batch (the last batch may be shorter).
         prepare: called on each batch in the background thread, e.g. ``lambda frames:

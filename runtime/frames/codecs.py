@@ -104,7 +104,7 @@ def working_codecs(ext: str, playable: bool = False) -> tuple[Codec, ...]:
 
     Each candidate of a container is probed once per process (cached): three 64 x 48 frames
     written to a temp folder and read back. What FFmpeg prints meanwhile (a missing H.264
-    encoder's errors) is held back (see :func:`runtime.core.logs.captured_stderr`).
+    encoder's errors) is held back (see :func:`attnmap.runtime.core.logs.captured_stderr`).
 
     Args:
         ext: the container's extension, with its dot (``".mp4"``).

@@ -1,6 +1,6 @@
 """The types every frame source shares: :class:`Frame`, :class:`SourceRef` and :class:`Source`.
 
-:mod:`runtime.frames.sources` parses specs and opens the concrete sources; anything else that yields
+:mod:`attnmap.runtime.frames.sources` parses specs and opens the concrete sources; anything else that yields
 frames (a test's synthetic camera, an application's own feed) subclasses :class:`Source` and
 works with the live loop, the video pipeline and the benchmark alike.
 """

@@ -15,7 +15,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from attnmap.runtime.core.errors import AttnmapError, OutputError
+from attnmap.runtime.core.errors import DisplayError, OptionError, OutputError
 from attnmap.runtime.core.files import commit as commit_file, discard, temp_path
 from attnmap.runtime.frames.codecs import candidates, codec_note, open_writer, working_codecs
 
@@ -73,11 +73,11 @@ def check_display() -> None:
     """Raise unless an OpenCV window can be opened here.
 
     Raises:
-        AttnmapError: naming the reason and suggesting headless output.
+        DisplayError: naming the reason and suggesting headless output.
     """
     problem = display_problem()
     if problem is not None:
-        raise AttnmapError(f"cannot show a window: {problem}; run headless with --no-show --out FILE.mp4")
+        raise DisplayError(f"cannot show a window: {problem}; run headless with --no-show --out FILE.mp4")
 
 
 def _qt_platform_plugins() -> set[str] | None:
@@ -100,7 +100,7 @@ class Window:
         name: the window title.
 
     Raises:
-        AttnmapError: no display here (checked before any OpenCV GUI call).
+        DisplayError: no display here (checked before any OpenCV GUI call).
     """
 
     def __init__(self, name: str = "attnmap"):
@@ -143,7 +143,7 @@ class VideoSink:
 
     Frames go to a hidden temp file in the output's folder (same extension, so the same
     container); :meth:`close` finalises the container and moves it into place
-    (:mod:`runtime.core.files`). Closing with ``commit=False`` deletes it instead.
+    (:mod:`attnmap.runtime.core.files`). Closing with ``commit=False`` deletes it instead.
 
     Unless ``fourcc`` is given, the codec is the first of the container's
     :func:`~attnmap.runtime.frames.codecs.working_codecs` (probed once per process) whose
@@ -173,14 +173,14 @@ class VideoSink:
                  *, playable: bool = False):
         self.path = Path(path)
         if not fps or fps <= 0:
-            raise AttnmapError(f"output video {str(self.path)!r} needs fps > 0; got {fps!r}")
+            raise OutputError(f"output video {str(self.path)!r} needs fps > 0; got {fps!r}")
         self.fps = float(fps)
         self.size = (int(size[0]), int(size[1]))
         ext = self.path.suffix.lower()
         if not ext:
-            raise AttnmapError(f"output video {str(self.path)!r} has no extension; expected e.g. .mp4, .webm or .avi")
+            raise OutputError(f"output video {str(self.path)!r} has no extension; expected e.g. .mp4, .webm or .avi")
         if fourcc is not None and (not isinstance(fourcc, str) or len(fourcc) != 4):
-            raise AttnmapError(f"fourcc must be 4 characters such as 'mp4v'; got {fourcc!r}")
+            raise OptionError(f"fourcc must be 4 characters such as 'mp4v'; got {fourcc!r}")
         tries = [fourcc] if fourcc is not None else [c.fourcc for c in working_codecs(ext, playable)]
         self._tmp = temp_path(self.path, suffix=f".partial{ext}")  # the extension picks the container
         self._writer, complaint = None, ""
@@ -207,7 +207,7 @@ class VideoSink:
         """Append one (height, width, 3) BGR uint8 frame of the sink's size."""
         h, w = image_bgr.shape[:2]
         if (w, h) != self.size or image_bgr.dtype != np.uint8 or image_bgr.ndim != 3:
-            raise AttnmapError(f"frames for {str(self.path)!r} must be {self.size[1]}x{self.size[0]}x3 uint8; "
+            raise OutputError(f"frames for {str(self.path)!r} must be {self.size[1]}x{self.size[0]}x3 uint8; "
                                f"got shape {image_bgr.shape} {image_bgr.dtype}")
         self._writer.write(image_bgr)
         self.frames += 1
@@ -286,7 +286,7 @@ class RealTimeRecorder:
         return None if self.sink is None else self.sink.note
 
     def write(self, drawn: np.ndarray, frame) -> None:
-        """Write ``drawn`` (H, W, 3) BGR uint8 for ``frame`` (a :class:`runtime.frames.sources.Frame`)."""
+        """Write ``drawn`` (H, W, 3) BGR uint8 for ``frame`` (a :class:`attnmap.runtime.frames.sources.Frame`)."""
         if self.sink is None:
             self.sink = VideoSink(self.path, self.fps, (drawn.shape[1], drawn.shape[0]), playable=self.playable)
             self.t0 = frame.timestamp

@@ -47,7 +47,7 @@ def run_bench(explainer, source: "str | Path | Source | None" = None, *, runs: i
     """Time every stage of explaining frames, and plain inference of the same model.
 
     Args:
-        explainer: a :class:`runtime.Explainer`.
+        explainer: a :class:`attnmap.Explainer`.
         source: frames to use: any source spec (a video is read onward and reopened at its
             end; a folder is cycled), an open source, or None for a synthetic 640x480 frame
             stored as JPEG in memory (so that decode still decodes).
@@ -177,7 +177,7 @@ class _Feed:
             first = next(self._iter).image_bgr
         except StopIteration:
             self._source.close()
-            raise SourceError(f"source {self._source.spec!r} yielded no frames to benchmark") from None
+            raise SourceError(f"source {self._source.spec!r} yielded no frames to benchmark") from None  # noqa: B904 (StopIteration says nothing)
         self._first = first
         self.name = self._source.spec
         self.size = (first.shape[1], first.shape[0])

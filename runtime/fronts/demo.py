@@ -8,7 +8,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from attnmap.runtime.core.errors import AttnmapError
+from attnmap.runtime.core.errors import SourceError
 from attnmap.runtime.core.files import write_image
 from attnmap.runtime.engine.engine import FrameEngine
 from attnmap.runtime.frames.synth import write_demo_inputs
@@ -40,7 +40,7 @@ def run_demo(engine: FrameEngine, out_dir: Path, *, seed: int = 0,
     report = explain_inputs(engine, [str(p) for p in images] + [str(video)], FolderOutput(overlays),
                             on_record=on_record, on_fail=lambda src, why: failures.append(f"{src}: {why}"))
     if report.failed:
-        raise AttnmapError(f"{len(report.failed)} demo inputs failed: {'; '.join(failures)}")
+        raise SourceError(f"{len(report.failed)} demo inputs failed: {'; '.join(failures)}")
     pngs = sorted(overlays.glob("*.png"))
     sheet = write_image(out_dir / "overview.png", contact_sheet([read_image(p) for p in pngs], cols=3))
     return DemoReport(overlays, pngs, overlays / f"{video.stem}_{engine.job.method}.mp4", sheet)
@@ -49,7 +49,7 @@ def run_demo(engine: FrameEngine, out_dir: Path, *, seed: int = 0,
 def contact_sheet(tiles: list[np.ndarray], cols: int) -> np.ndarray:
     """Tiles of one size in rows of ``cols`` (the last row padded with black)."""
     if not tiles:
-        raise AttnmapError("no images to tile")
+        raise SourceError("no images to tile")
     blank = np.zeros_like(tiles[0])
     rows = [np.hstack(tiles[i:i + cols] + [blank] * (cols - len(tiles[i:i + cols])))
             for i in range(0, len(tiles), cols)]

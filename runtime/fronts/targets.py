@@ -48,7 +48,7 @@ def measure_targets(explainer, video: str | Path, *, batch_size: int = 8, plain_
     overhead of the explanation alone.
 
     Args:
-        explainer: a :class:`runtime.Explainer`.
+        explainer: a :class:`attnmap.Explainer`.
         video: a video file with a known fps (it is played paced, like a camera, for the
             live figures, and explained frame by frame for the offline figure).
         batch_size: batch of the offline run and of its plain baseline.
@@ -151,7 +151,7 @@ def throughput_explainer(explainer, batch_size: int | None = None) -> tuple[Any,
     the plan's threads.
 
     Args:
-        explainer: a :class:`runtime.Explainer`.
+        explainer: a :class:`attnmap.Explainer`.
         batch_size: the batch size asked for (None: the plan's default).
     """
     from attnmap.runtime.engine.explainer import Explainer

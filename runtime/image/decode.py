@@ -1,6 +1,6 @@
 """Image arrays and files: validate user arrays, decode files, as BGR uint8 (H, W, 3).
 
-Decoding is OpenCV's, behind a header check (:mod:`runtime.image.header`): the declared
+Decoding is OpenCV's, behind a header check (:mod:`attnmap.runtime.image.header`): the declared
 width x height is read from the header alone and checked against a pixel limit before any
 decoder allocates memory, so a decompression bomb (a few hundred bytes that declare
 60000 x 60000 pixels) is refused cheaply. Files OpenCV's ``IMREAD_COLOR`` reads as intended

@@ -2,7 +2,7 @@
 
 Every method reads attention probabilities ``attentions`` of shape (B, L, H, N, N) and
 returns saliency maps (B, gh, gw) float32 in [0, 1]. The helpers here hold what they all
-share: checking shapes against a :class:`~runtime.core.meta.TokenLayout`, fusing heads, building
+share: checking shapes against a :class:`~attnmap.runtime.core.meta.TokenLayout`, fusing heads, building
 the start vector of the target row, cutting the patch columns out and min-max normalising.
 """
 

@@ -92,7 +92,7 @@ def product_rule(attentions: np.ndarray, layout: TokenLayout, *, grads: np.ndarr
     blocks say about it. A block that does not vary (all zero, e.g. no gradient reached it)
     carries no ranking and counts as a factor of 1; when no block varies, the map is the
     blocks' mean score, all ones if positive and all zeros if not (as for a constant map in
-    :func:`~runtime.methods.base.normalize_maps`). Because a block's scale only rescales the
+    :func:`~attnmap.runtime.methods.base.normalize_maps`). Because a block's scale only rescales the
     product, which is min-max normalised anyway, the range division changes nothing else.
     The product is summed in log space (float64) and exponentiated after subtracting each
     image's maximum, so 12, 24 or more blocks of factors near eps never underflow.

@@ -7,7 +7,7 @@
   fraction of the image the box covers. 1 is what a map blind to the object scores on average
   (e.g. a uniform map); higher means the mass concentrates on the object.
 
-Boxes are ``(x0, y0, x1, y1)`` in pixels, half-open like slices (as :mod:`runtime.frames.synth` makes
+Boxes are ``(x0, y0, x1, y1)`` in pixels, half-open like slices (as :mod:`attnmap.runtime.frames.synth` makes
 them): a pixel ``(y, x)`` is inside when ``x0 <= x < x1`` and ``y0 <= y < y1``. Maps are at the
 image's own size; :func:`resize_maps` brings a patch-grid map there.
 """

@@ -7,7 +7,7 @@
   one ``attentions`` output ``[B, L, H, N, N]`` (a ``Concat`` over the layers' ``Unsqueeze``).
   That stack is a full copy of every attention probability after the forward pass: for
   DeiT-Tiny 5.6 MB per image, about 0.6 ms of a 15 ms run on the 2-core box. The rewrite makes
-  the per-layer tensors graph outputs instead, so that :class:`runtime.model.session.OnnxModel` can
+  the per-layer tensors graph outputs instead, so that :class:`attnmap.runtime.model.session.OnnxModel` can
   bind each one straight into its slice of one preallocated ``[L, B, H, N, N]`` array: the
   softmax writes its result where the explanation reads it, and nothing is copied.
 * :func:`prune_to_outputs`: drop the nodes no graph output needs (the logits-only baseline).

@@ -140,7 +140,7 @@ class OnnxModel:
         MetadataError: the file has no attnmap metadata (it was not written by ``attnmap
             export``), or metadata that does not parse; a GraphMismatchError (also a
             ModelError) where the metadata does not describe the graph (see
-            :func:`runtime.model.graph.check_against_graph`).
+            :func:`attnmap.runtime.model.graph.check_against_graph`).
         ProviderError: the provider is unknown or unavailable.
     """
 

@@ -2,7 +2,7 @@
 
 Real-time rules, in the order they matter:
 
-1. Never explain an old frame. A :class:`~runtime.frames.capture.LatestFrameGrabber` reads the source
+1. Never explain an old frame. A :class:`~attnmap.runtime.frames.capture.LatestFrameGrabber` reads the source
    in its own thread and keeps only the newest frame; frames the model had no time for are
    dropped and counted, never queued.
 2. Spend the model only where it shows: ``every=k`` runs the model on one processed frame in

@@ -1,6 +1,6 @@
 """What a live run reports: per-frame timings, run statistics, and the view handed to ``on_frame``.
 
-All times are on the ``time.perf_counter()`` clock, the one :class:`runtime.frames.sources.Frame`
+All times are on the ``time.perf_counter()`` clock, the one :class:`attnmap.runtime.frames.sources.Frame`
 timestamps use, so that capture-to-display latency is one subtraction.
 """
 
