@@ -98,7 +98,9 @@ def test_soak_counts_frames_samples_memory_and_leaves_only_the_video(soak_mod, t
     else:
         # An unpaced file-like source hands every frame over (no drops), and the source is
         # closed when the loop stops at max_frames.
-        assert r.extra["ended"] == "max_frames" and r.extra["frames_dropped"] == 0
+        # An unpaced generated source hands over every frame; the only one that can go untaken
+        # is the one the reader had ready when the loop stopped at max_frames.
+        assert r.extra["ended"] == "max_frames" and r.extra["frames_dropped"] <= 1
         assert r.extra["frames_explained"] == FRAMES and r.extra["source_closed"] is True
         assert r.extra["records_kept"] == FRAMES
     assert r.failures() == []

@@ -94,6 +94,9 @@ class LatestFrameGrabber:
             frame, self._slot = self._slot, None
             if frame is not None:
                 self.taken += 1
+                # A reader that hands over every frame (no dropping) waits for the slot to be
+                # free: wake it now, not at its next poll.
+                self._cond.notify_all()
             return frame
 
     @property

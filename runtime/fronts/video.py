@@ -142,7 +142,7 @@ class VideoFileSink:
         self.index: list[int] = []
         self.top1: list[int] = []
         self.prob: list[float] = []
-        self.failed: list[ItemResult] = []
+        self.failed: list[tuple[int, str]] = []  # (index, reason): never the item, which holds pooled buffers
 
     def write(self, item: ItemResult) -> None:
         if item.ok:
@@ -154,7 +154,7 @@ class VideoFileSink:
                 self.top1.append(exp.topk[0].index)
                 self.prob.append(exp.topk[0].prob)
             return
-        self.failed.append(item)
+        self.failed.append((item.index, item.reason()))
         if item.frame is not None and item.frame.image_bgr is not None:
             self.video.write(item.frame.image_bgr)
 
@@ -234,5 +234,5 @@ def explain_video(engine: FrameEngine, src: "str | Path | Source", out_path: str
         elapsed = clock.now() - t_start
         maps_path = sink.write_maps(save_maps, out_fps, engine.job.method) if save_maps is not None else None
         return VideoReport(source.spec, Path(out_path), sink.video.frames, out_fps, source.size, elapsed,
-                           maps_path, clock.totals(), failed=[(i.index, i.reason()) for i in sink.failed],
+                           maps_path, clock.totals(), failed=list(sink.failed),
                            codec=sink.video.codec, codec_note=sink.video.note or "")
