@@ -201,8 +201,8 @@ def codec_note(ext: str, codec: Codec | str, playable: bool = False) -> str | No
     if c is None or c.playable or ext not in WEB_CONTAINERS:
         return None
     note = (f"{c.name} ({c.fourcc!r}) in {ext} does not play in web browsers (this OpenCV has no "
-            f"H.264 encoder); write .webm (VP8) for one that does")
+            f"H.264 encoder); write .webm (VP8: `attnmap explain --video-format webm`) for one that does")
     slow = [s for s in working_codecs(ext, True) if s.playable and s.slow]
     if slow and not playable:
-        note += f", or ask for playable codecs to get {slow[0].name} in {ext} (tens of times slower to encode)"
+        note += f", or VideoSink(playable=True) for {slow[0].name} in {ext} (tens of times slower to encode)"
     return note

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from attnmap.runtime.engine.clock import StageClock
+from attnmap.runtime.engine.clock import StageClock, summarize_ms as clock_summary
 from attnmap.runtime.frames.frame import Frame
 
 STAGES = ("preprocess", "inference", "explanation", "overlay", "output")
@@ -138,12 +138,7 @@ class LiveStats:
         }
 
 
-
-
 def summarize_ms(values) -> dict[str, float]:
-    """Median, p90 and max in milliseconds (and the count) of durations given in seconds."""
-    v = np.asarray(list(values), dtype=np.float64) * 1e3
-    if v.size == 0:
-        return {"median": 0.0, "p90": 0.0, "max": 0.0, "n": 0}
-    return {"median": round(float(np.median(v)), 3), "p90": round(float(np.percentile(v, 90)), 3),
-            "max": round(float(v.max()), 3), "n": int(v.size)}
+    """Median, p90 and max in milliseconds (and the count) of durations given in seconds,
+    keyed ``median``, ``p90``, ``max``, ``n`` (the stage clock's summary, in this report's keys)."""
+    return {key.removesuffix("_ms"): value for key, value in clock_summary(values).items()}
