@@ -472,6 +472,57 @@ def bench(source: str | None, source_opt: str | None, model: str | None, provide
         click.echo(format_targets(targets))
 
 
+# ---------------------------------------------------------------------------- evaluate
+@main.command()
+@click.argument("sources", nargs=-1, required=True)
+@model_option
+@click.option("--methods", "methods_", default="rollout,attention", show_default=True,
+              help="Comma-separated methods to score (a random map is always scored beside them).")
+@click.option("--baseline", type=click.Choice(["mean", "black", "blur"]), default="mean", show_default=True,
+              help="What a removed patch takes: the model's mean colour, black, or the blurred image.")
+@click.option("--sigma", type=click.FloatRange(0, None, min_open=True), default=10.0, show_default=True,
+              help="Sigma of the blur baseline, in input pixels.")
+@click.option("--steps", type=click.IntRange(1, 1000), default=16, show_default=True,
+              help="Deletion / insertion steps.")
+@click.option("--fit", type=click.Choice(FITS), default="crop", show_default=True, help="Preprocessing fit mode.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@handle_errors
+def evaluate(sources: tuple[str, ...], model: str | None, provider: str, threads: int | None, methods_: str,
+             baseline: str, sigma: float, steps: int, fit: str, as_json: bool) -> None:
+    """Score how faithful each method's map is (perturbation and deletion / insertion AUCs).
+
+    SOURCE is an image file, a directory or a glob. Each map's patches are removed, most (or least)
+    relevant first, and the model is run again: positive / negative perturbation (Chefer et al.
+    2021) and deletion / insertion (Petsiuk et al. 2018), with a random map as the floor.
+    """
+    from attnmap.runtime.frames.sources import open_files, plan_inputs
+    from attnmap.runtime.fronts.evaluate import evaluate as run_evaluate, format_evaluation
+
+    names = [m.strip() for m in methods_.split(",") if m.strip()]
+    unknown = [m for m in names if m not in METHODS]
+    if unknown:
+        raise click.BadParameter(f"unknown method {unknown[0]!r}; choose from {', '.join(METHODS)}",
+                                 param_hint="--methods")
+    refs, missing = plan_inputs(sources)
+    for spec, exc in missing:
+        _err(f"error: {spec}: {exc}")
+    images = [r.target for r in refs if r.kind == "image"]
+    for r in refs:
+        if r.kind != "image":
+            _err(f"error: {r.spec}: evaluate takes still images; {r.spec!r} is a {r.kind}")
+    if not images:
+        raise click.ClickException("no images to evaluate")
+    explainer = _explainer(model, provider, threads)
+    with open_files(images, errors="yield") as frames:
+        result = run_evaluate(explainer, list(frames), names, baseline=baseline, sigma=sigma, steps=steps, fit=fit)
+    for source, reason in result.failed:
+        _err(f"error: {source}: {reason}")
+    click.echo(json.dumps(result.to_dict()) if as_json else format_evaluation(result))
+    failed = len(result.failed) + len(missing) + sum(r.kind != "image" for r in refs)
+    if failed:
+        raise click.ClickException(f"{failed} inputs could not be evaluated (see above)")
+
+
 # ---------------------------------------------------------------------------- demo
 @main.command()
 @click.option("--out", "-o", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("runs/demo"),
