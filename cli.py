@@ -318,6 +318,7 @@ def explain(sources: tuple[str, ...], model: str | None, provider: str, threads:
     """
     from attnmap.runtime.engine.engine import FrameEngine, Job
     from attnmap.runtime.engine.explainer import parse_class_spec
+    from attnmap.runtime.frames.sources import plan_inputs
     from attnmap.runtime.fronts.offline import FolderOutput, count_inputs, explain_inputs
     from attnmap.runtime.model.plan import plan_for_inputs
 
@@ -330,7 +331,8 @@ def explain(sources: tuple[str, ...], model: str | None, provider: str, threads:
             f"--class needs a class-specific method ({', '.join(n for n, m in METHODS.items() if m.needs_gradients)});"
             f" {method!r} is class-agnostic", param_hint="--class")
     style = _style(colormap, alpha, blur, mode, not no_label)
-    images, videos = count_inputs(sources)
+    planned = plan_inputs(sources)
+    images, videos = count_inputs(planned)
     plan = plan_for_inputs(provider, images=images, videos=videos, threads=threads, workers=workers,
                            batch_size=batch_size)
     explainer = _explainer(model, provider, plan.threads)
@@ -350,7 +352,7 @@ def explain(sources: tuple[str, ...], model: str | None, provider: str, threads:
             _status.show(f"{spec}: {p.bar()}")
 
     output = FolderOutput(out_dir, save_maps=save_maps, tiles=tiles, video_format=video_format)
-    report = explain_inputs(engine, sources, output,
+    report = explain_inputs(engine, planned, output,
                             on_record=on_record, on_fail=on_fail, on_video=on_video)
     _status.end()
     if report.failed:
@@ -366,8 +368,9 @@ def _stderr_is_terminal() -> bool:
 
 # ---------------------------------------------------------------------------- live
 def _live_epilog() -> str:
-    return ("\b\nKeys in the window:\n  m method   [ ] layer   h head   c colours   f fit   space pause   "
-            "s snapshot   q quit")
+    from attnmap.runtime.fronts.live import KEY_HELP
+
+    return "\b\nKeys in the window:\n  " + KEY_HELP
 
 
 @main.command(epilog=_live_epilog())

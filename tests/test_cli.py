@@ -299,12 +299,12 @@ def test_a_missing_input_is_one_failure_and_the_valid_inputs_are_still_written(t
 
 
 def test_an_unexpected_exception_is_one_line_unless_debug(tiny_vit_onnx, photos, tmp_path, monkeypatch):
-    import attnmap.runtime.fronts.offline as offline
+    import attnmap.runtime.frames.sources as sources
 
     def broken(*args, **kwargs):
         raise KeyError("a bug")
 
-    monkeypatch.setattr(offline, "plan_inputs", broken)
+    monkeypatch.setattr(sources, "plan_inputs", broken)
     result = CliRunner().invoke(cli.main, ["explain", str(photos), "--model", str(tiny_vit_onnx), "--out",
                                            str(tmp_path)])
     assert result.exit_code == 1 and "Traceback" not in result.output

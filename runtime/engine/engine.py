@@ -133,7 +133,7 @@ class FrameEngine:
                 for i, frame in enumerate(batch.frames):
                     one = _Batch([frame], None, [batch.geoms[i]], [])
                     try:
-                        items += self._explain_all(one, _slice(outputs, i * k, (i + 1) * k), k)
+                        items += self._explain_all(one, outputs.slice(i * k, (i + 1) * k), k)
                     except Exception as exc:  # noqa: BLE001
                         items.append(ItemResult(frame.source, frame.index, frame, error=exc))
         return sorted(items, key=lambda r: r.index)
@@ -285,14 +285,6 @@ def _timed_frames(src: Source, clock: StageClock) -> Iterator[Frame]:
             return
         clock.add("decode", clock.now() - t0)
         yield frame
-
-
-def _slice(outputs: Outputs, start: int, stop: int) -> Outputs:
-    pick = slice(start, stop)
-    return Outputs(outputs.logits[pick],
-                   None if outputs.attentions is None else outputs.attentions[pick],
-                   None if outputs.grads is None else outputs.grads[pick],
-                   None if outputs.targets is None else outputs.targets[pick])
 
 
 class _Finisher:

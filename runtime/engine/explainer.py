@@ -25,7 +25,7 @@ from typing import Any, NamedTuple, Sequence, Union
 import numpy as np
 
 from attnmap.runtime.core.errors import ExplainError, ImageError, suggest
-from attnmap.runtime.methods import METHODS, check_options, explain as run_method, get_method
+from attnmap.runtime.methods import METHODS, check_method_use, check_options, explain as run_method
 from attnmap.runtime.core.meta import ModelMeta
 from attnmap.runtime.model.registry import resolve_model
 from attnmap.runtime.draw.style import OverlayStyle
@@ -175,21 +175,14 @@ class Explainer:
         batch, single = _as_batch(images)
         if isinstance(topk, bool) or not isinstance(topk, (int, np.integer)) or topk < 1:
             raise ExplainError(f"topk must be an integer >= 1; got {topk!r}")
-        spec = get_method(method)
+        check_method_use(method, self.meta, class_given=target is not None, model=repr(self.path.name))
         options = check_options(method, options, self.meta)
         targets = None
         if target is not None:
-            if not spec.needs_gradients:
-                raise ExplainError(f"method {method!r} is class-agnostic, so a target class does not apply; "
-                                   "use a class-specific method ("
-                                   + ", ".join(n for n, m in METHODS.items() if m.needs_gradients) + ")")
             items = list(target) if isinstance(target, (list, tuple, np.ndarray)) else [target] * len(batch)
             if len(items) != len(batch):
                 raise ExplainError(f"target must give one class per image ({len(batch)}); got {len(items)}")
             targets = np.array([resolve_class(self.meta, t) for t in items], dtype=np.int64)
-        if spec.needs_gradients and not self.meta.has_gradients:
-            raise ExplainError(f"method {method!r} needs attention gradients, and {self.path.name!r} has none; "
-                               "re-export the model with `attnmap export --gradients`")
         x, geoms = self.preprocess(batch, fit=fit)
         outputs = self.infer(x, target=targets)
         grids = self.maps(outputs, method, **options)

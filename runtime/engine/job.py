@@ -9,12 +9,12 @@ from typing import Any, Mapping, Protocol
 
 import numpy as np
 
-from attnmap.runtime.core.errors import AttnmapError, ExplainError, OptionError
+from attnmap.runtime.core.errors import AttnmapError, OptionError
 from attnmap.runtime.draw.style import OverlayStyle
 from attnmap.runtime.engine.explainer import Explanation
 from attnmap.runtime.frames.frame import Frame
 from attnmap.runtime.image.preprocess import FITS
-from attnmap.runtime.methods import METHODS, check_options, get_method
+from attnmap.runtime.methods import check_method_use, check_options
 from attnmap.runtime.model.session import Outputs
 
 
@@ -55,14 +55,7 @@ class Job:
             raise OptionError(f"fit must be one of {', '.join(FITS)}; got {self.fit!r}")
         if isinstance(self.topk, bool) or not isinstance(self.topk, (int, np.integer)) or self.topk < 1:
             raise OptionError(f"topk must be an integer >= 1; got {self.topk!r}")
-        m = get_method(self.method)
-        if m.needs_gradients and not meta.has_gradients:
-            raise ExplainError(f"method {m.name!r} needs attention gradients, and this model has none; "
-                               "re-export it with `attnmap export --gradients`")
-        if (self.target is not None or self.top_classes is not None) and not m.needs_gradients:
-            raise OptionError(f"method {m.name!r} is class-agnostic, so a class to explain does not apply; use a "
-                              "class-specific method (" + ", ".join(n for n, x in METHODS.items() if x.needs_gradients)
-                              + ")")
+        check_method_use(self.method, meta, class_given=self.target is not None or self.top_classes is not None)
         if self.target is not None and self.top_classes is not None:
             raise OptionError("give a target class or a number of top classes, not both")
         if self.target is not None and not 0 <= int(self.target) < meta.num_classes:

@@ -195,15 +195,21 @@ def expand_sources(specs: Sequence[str | os.PathLike]) -> list[SourceRef]:
         SourceError: a spec names nothing, or a directory/glob holds no image files.
     """
     out: list[SourceRef] = []
-    seen: set[tuple[str, str]] = set()
     for spec in specs:
         ref = parse_source(spec)
-        items = ([SourceRef("image", p, p) for p in _list_images(ref)] if ref.is_multi_image else [ref])
-        for item in items:
-            key = (item.kind, os.path.abspath(item.target) if item.kind in ("image", "video") else item.target)
-            if key not in seen:
-                seen.add(key)
-                out.append(item)
+        out.extend([SourceRef("image", p, p) for p in _list_images(ref)] if ref.is_multi_image else [ref])
+    return _unique(out)
+
+
+def _unique(refs: list[SourceRef]) -> list[SourceRef]:
+    """``refs`` without repeats (the same file or target twice), keeping the first of each."""
+    out: list[SourceRef] = []
+    seen: set[tuple[str, str]] = set()
+    for ref in refs:
+        key = (ref.kind, os.path.abspath(ref.target) if ref.kind in ("image", "video") else ref.target)
+        if key not in seen:
+            seen.add(key)
+            out.append(ref)
     return out
 
 
@@ -222,14 +228,7 @@ def plan_inputs(specs: Sequence[str | os.PathLike]) -> tuple[list[SourceRef], li
             refs.extend(expand_sources([spec]))
         except SourceError as exc:
             failures.append((os.fspath(spec), exc))
-    seen: set[tuple[str, str]] = set()
-    unique = []
-    for ref in refs:
-        key = (ref.kind, os.path.abspath(ref.target) if ref.kind in ("image", "video") else ref.target)
-        if key not in seen:
-            seen.add(key)
-            unique.append(ref)
-    return unique, failures
+    return _unique(refs), failures
 
 
 class ImageFilesSource(Source):

@@ -107,22 +107,24 @@ def evaluate(explainer, frames: Sequence[Frame], methods: Sequence[str], *, base
     result = Evaluation(explainer.meta.model_name, "patch", baseline,
                         {m: {k: [] for k in METRICS} for m in (*methods, RANDOM)})
     grid = tuple(explainer.meta.grid_size)
+    first = next(iter(engines.values()))
     for frame in frames:
         try:
             if frame.error is not None:
                 raise frame.error
+            # One preprocess and one forward pass serve every method: the explained class is the
+            # unperturbed top-1 for all of them, and each method reads the same outputs.
+            batch = first.prepare([frame])
+            if batch.failed:
+                raise batch.failed[0].error
+            outputs = first.infer(batch)
+            x = batch.x[0]
             scores = {}
-            first = None
             for m, engine in engines.items():
-                batch = engine.prepare([frame])
-                if batch.failed:
-                    raise batch.failed[0].error
-                item = engine.explain(batch, engine.infer(batch))[0]
+                item = engine.explain(batch, outputs)[0]
                 if item.error is not None:
                     raise item.error
-                if first is None:
-                    first = (batch.x[0], item.explanation.topk[0].index)
-                x, target = first
+                target = item.explanation.topk[0].index
                 scores[m] = curves_of(explainer, x, item.explanation.grid, target, baseline=baseline, sigma=sigma,
                                       steps=steps, batch_size=batch_size).aucs()
             rng = np.random.default_rng(frame.index)

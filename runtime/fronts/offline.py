@@ -147,14 +147,15 @@ def record_of(item: ItemResult, topk: int) -> tuple[dict[str, Any], str]:
     return record, f"{item.source}: {preds}{explained}"
 
 
-def count_inputs(specs: Sequence[str]) -> tuple[int, int]:
-    """``(still images, videos and image sequences)`` that ``specs`` expand to (what the
+def count_inputs(planned: tuple[list[SourceRef], list]) -> tuple[int, int]:
+    """``(still images, videos and image sequences)`` among :func:`plan_inputs`' refs (what the
     throughput plan, :func:`~attnmap.runtime.model.plan.plan_for_inputs`, needs to know)."""
-    refs, _ = plan_inputs(specs)
+    refs, _ = planned
     return sum(r.kind == "image" for r in refs), sum(r.kind in ("video", "sequence") for r in refs)
 
 
-def explain_inputs(engine: FrameEngine, specs: Sequence[str], output: FolderOutput, *,
+def explain_inputs(engine: FrameEngine, specs: Sequence[str] | tuple[list[SourceRef], list],
+                   output: FolderOutput, *,
                    on_record: Callable[[dict[str, Any], str], None],
                    on_fail: Callable[[str, str], None],
                    on_image: Callable[[], None] | None = None,
@@ -163,8 +164,10 @@ def explain_inputs(engine: FrameEngine, specs: Sequence[str], output: FolderOutp
 
     Args:
         engine: the frame engine (explainer, job with the overlay style, batching).
-        specs: SOURCE arguments: image files, directories, globs, videos, image sequences.
-            Inputs that do not exist, cameras and streams are failures, reported in order.
+        specs: SOURCE arguments (image files, directories, globs, videos, image sequences), or
+            what :func:`~attnmap.runtime.frames.sources.plan_inputs` made of them (so a caller
+            that already listed the folders does not list them again). Inputs that do not
+            exist, cameras and streams are failures, reported in order.
         output: where and what to write.
         on_record: called as ``on_record(record, line)`` per written input (caller's thread).
         on_fail: called as ``on_fail(source, reason)`` per failed input.
@@ -182,7 +185,7 @@ def explain_inputs(engine: FrameEngine, specs: Sequence[str], output: FolderOutp
         report.failed.append((source, reason))
         on_fail(source, reason)
 
-    refs, missing = plan_inputs(specs)
+    refs, missing = specs if isinstance(specs, tuple) else plan_inputs(specs)
     for spec, exc in missing:
         fail(spec, str(exc))
     images = [r for r in refs if r.kind == "image"]

@@ -23,7 +23,7 @@ from attnmap.runtime.methods.flow import attention_flow, MAX_FLOW_TOKENS
 from attnmap.runtime.methods.gradient import chefer, gradsam, product_rule
 from attnmap.runtime.methods.rollout import attention_rollout, grad_rollout
 
-__all__ = ["EXPLAINERS", "METHODS", "MAX_FLOW_TOKENS", "Method", "check_options", "explain", "normalize_maps",
+__all__ = ["EXPLAINERS", "METHODS", "MAX_FLOW_TOKENS", "Method", "check_method_use", "check_options", "explain", "normalize_maps",
            "attention_flow", "attention_rollout", "grad_rollout", "raw_attention", "chefer", "gradsam",
            "product_rule"]
 
@@ -115,6 +115,30 @@ def check_options(method: str, options: Mapping[str, Any], meta: ModelMeta | Non
     except OptionError as exc:
         raise MethodOptionError(str(exc)) from exc
     return out
+
+
+def check_method_use(method: str, meta: ModelMeta, *, class_given: bool = False, model: str = "this model") -> Method:
+    """The registered method, after checking that it can run on ``meta``'s model as asked.
+
+    Args:
+        method: a key of :data:`METHODS`.
+        meta: the model's metadata.
+        class_given: a class to explain was given (only class-specific methods take one).
+        model: how messages name the model (``"'deit.onnx'"``).
+
+    Raises:
+        MethodOptionError: unknown method, or a class given to a class-agnostic method.
+        ExplainError: a class-specific method on a model exported without gradients.
+    """
+    m = get_method(method)
+    if class_given and not m.needs_gradients:
+        raise MethodOptionError(f"method {m.name!r} is class-agnostic, so a class to explain does not apply; use a "
+                                "class-specific method (" + ", ".join(n for n, x in METHODS.items()
+                                                                      if x.needs_gradients) + ")")
+    if m.needs_gradients and not meta.has_gradients:
+        raise ExplainError(f"method {m.name!r} needs attention gradients, and {model} has none; "
+                           "re-export the model with `attnmap export --gradients`")
+    return m
 
 
 def explain(method: str, attentions: np.ndarray, layout: TokenLayout, *,

@@ -58,7 +58,11 @@ class Outputs:
 
     def select(self, index: int) -> "Outputs":
         """The outputs of one item of the batch, keeping a batch axis of 1."""
-        pick = slice(index, index + 1)
+        return self.slice(index, index + 1)
+
+    def slice(self, start: int, stop: int) -> "Outputs":
+        """The outputs of items ``start`` to ``stop - 1`` of the batch (views, not copies)."""
+        pick = slice(start, stop)
         return Outputs(
             self.logits[pick],
             None if self.attentions is None else self.attentions[pick],

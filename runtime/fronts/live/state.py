@@ -25,10 +25,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from attnmap.runtime.draw.style import CYCLE_COLORMAPS, OverlayStyle  # noqa: F401  (CYCLE_COLORMAPS re-exported)
+from attnmap.runtime.fronts.live import KEY_HELP  # noqa: F401  (re-exported)
 from attnmap.runtime.image.preprocess import FITS
 from attnmap.runtime.methods import METHODS
-
-KEY_HELP = ("m method   [ ] layer   h head   c colours   f fit   space pause   s snapshot   q quit")
 
 _ESC = 27
 
