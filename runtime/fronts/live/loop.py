@@ -173,7 +173,7 @@ class _Loop:
 
     def __init__(self, engine: FrameEngine, state: LiveState, stats: LiveStats, config: LiveConfig, *,
                  win: Window | None, recorder: "RealTimeRecorder | None", on_frame):
-        self.engine, self.state, self.stats, self.config = engine, state, stats, config
+        self.engine, self.state, self.stats = engine, state, stats
         self.meta = engine.explainer.meta
         self.now = engine.clock.now
         self.smooth, self.every, self.hud = float(config.smooth), int(config.every), config.hud
@@ -194,8 +194,9 @@ class _Loop:
             self.message, self.message_until = "keys: m [ ] h c f space s q", self.now() + 5.0
 
     def _engine(self) -> FrameEngine:
-        """The engine for the state's current method, options and fit (rebuilt when keys change them)."""
-        if self.engine_version != self.state.version or self.engine.job.fit != self.state.fit:
+        """The engine for the state's current method, options and fit (rebuilt when keys change them:
+        every such change bumps the state's version)."""
+        if self.engine_version != self.state.version:
             job = Job(method=self.state.method, options=method_options(self.state), fit=self.state.fit, topk=1)
             self.engine = self.engine.with_job(job)
             self.engine_version = self.state.version
