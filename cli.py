@@ -15,6 +15,7 @@ import os
 # no process-wide state.
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
+import contextlib  # noqa: E402
 import functools  # noqa: E402
 import json  # noqa: E402
 import sys  # noqa: E402
@@ -234,8 +235,9 @@ def main(ctx: click.Context, debug: bool) -> None:
 @click.option("--no-attentions", is_flag=True,
               help="Export logits only (a plain-inference baseline for benchmarks).")
 @click.option("--gradients", is_flag=True,
-              help="Also emit attention_grads = d logit[target] / d attentions, with an int64 `target` input, "
-                   "for the class-specific methods (chefer, grad_rollout, gradsam, product).")
+              help="Also emit attention_grads = d logit[target] / d attentions, and the last block's normed "
+                   "tokens with their gradients (tokens, token_grads), with an int64 `target` input, for the "
+                   "class-specific methods (chefer, grad_rollout, gradsam, product, gradcam).")
 @click.option("--opset", type=click.IntRange(13, 30), default=None, help="ONNX opset (default: the exporter's).")
 @handle_errors
 def export(model_name: str, out: Path, checkpoint: Path | None, pretrained: bool, img_size: int | None,
@@ -301,7 +303,8 @@ def info(model: str | None, as_json: bool) -> None:
               help="Model runs at once, each on its own batch (default: 2 on a CPU with 2+ cores, each "
                    "on half of them, where there is more than one batch; else 1).")
 @click.option("--class", "target", default=None, metavar="CLASS", multiple=True,
-              help="For class-specific methods: a class index, a label name, or topk:N for the top N "
+              help="For class-specific methods (gradient methods, gradcam, occlusion, rise): a class index, a "
+                   "label name, or topk:N for the top N "
                    "classes' maps side by side (default: the predicted class). Give it once.")
 @click.option("--json", "as_json", is_flag=True,
               help="Print one JSON object per input: {source, topk: [{index, label, prob}], overlay}.")
@@ -326,9 +329,9 @@ def explain(sources: tuple[str, ...], model: str | None, provider: str, threads:
     if len(target) > 1:
         raise click.BadParameter(f"given {len(target)} times ({', '.join(map(repr, target))}); give one class, "
                                  "or topk:N for several side by side", param_hint="--class")
-    if target and not METHODS[method].needs_gradients:
+    if target and not METHODS[method].class_specific:
         raise click.BadParameter(
-            f"--class needs a class-specific method ({', '.join(n for n, m in METHODS.items() if m.needs_gradients)});"
+            f"--class needs a class-specific method ({', '.join(n for n, m in METHODS.items() if m.class_specific)});"
             f" {method!r} is class-agnostic", param_hint="--class")
     style = _style(colormap, alpha, blur, mode, not no_label)
     planned = plan_inputs(sources)
@@ -477,53 +480,101 @@ def bench(source: str | None, source_opt: str | None, model: str | None, provide
 
 # ---------------------------------------------------------------------------- evaluate
 @main.command()
-@click.argument("sources", nargs=-1, required=True)
+@click.argument("sources", nargs=-1)
 @model_option
 @click.option("--methods", "methods_", default="rollout,attention", show_default=True,
-              help="Comma-separated methods to score (a random map is always scored beside them).")
+              help="Comma-separated method specs to score, each a name or name:option=value:... "
+                   "(rollout:discard_ratio=0.9); 'all' for every method the model can run. A random map "
+                   "is always scored beside them.")
+@click.option("--unit", type=click.Choice(["patch", "pixel"]), default="patch", show_default=True,
+              help="What is removed: the token grid's patches, or pixels ranked by the map resized to the input.")
 @click.option("--baseline", type=click.Choice(["mean", "black", "blur"]), default="mean", show_default=True,
-              help="What a removed patch takes: the model's mean colour, black, or the blurred image.")
+              help="What a removed unit takes: the model's mean colour, black, or the blurred image.")
 @click.option("--sigma", type=click.FloatRange(0, None, min_open=True), default=10.0, show_default=True,
               help="Sigma of the blur baseline, in input pixels.")
 @click.option("--steps", type=click.IntRange(1, 1000), default=16, show_default=True,
               help="Deletion / insertion steps.")
+@click.option("--labels", type=click.Path(dir_okay=False), default=None,
+              help="CSV of source,class (index or label): explain each image's listed class, not its top-1.")
+@click.option("--masks", "masks_dir", type=click.Path(file_okay=False), default=None,
+              help="Folder of binary object masks named like the images (non-zero = object): localisation metrics.")
+@click.option("--boxes", type=click.Path(dir_okay=False), default=None,
+              help="CSV of source,x0,y0,x1,y1 object boxes in image pixels: localisation metrics.")
+@click.option("--synthetic", type=click.IntRange(1, 100000), default=None,
+              help="Also score N images of the shapes dataset, with their exact object masks.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Folder for per_image.csv and the curve plots (perturbation.png, deletion_insertion.png).")
+@click.option("--batch-size", type=click.IntRange(1, 1024), default=32, show_default=True,
+              help="Perturbed inputs per model run.")
 @click.option("--fit", type=click.Choice(FITS), default="crop", show_default=True, help="Preprocessing fit mode.")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object (schema in the README).")
 @handle_errors
 def evaluate(sources: tuple[str, ...], model: str | None, provider: str, threads: int | None, methods_: str,
-             baseline: str, sigma: float, steps: int, fit: str, as_json: bool) -> None:
-    """Score how faithful each method's map is (perturbation and deletion / insertion AUCs).
+             unit: str, baseline: str, sigma: float, steps: int, labels: str | None, masks_dir: str | None,
+             boxes: str | None, synthetic: int | None, out_dir: Path | None, batch_size: int, fit: str,
+             as_json: bool) -> None:
+    """Score how faithful each method's map is, and where ground truth is given, how well it localises.
 
-    SOURCE is an image file, a directory or a glob. Each map's patches are removed, most (or least)
+    SOURCE is an image file, a directory or a glob. Each map's units are removed, most (or least)
     relevant first, and the model is run again: positive / negative perturbation (Chefer et al.
-    2021) and deletion / insertion (Petsiuk et al. 2018), with a random map as the floor.
+    2021) and deletion / insertion (Petsiuk et al. 2018). With --masks, --boxes or --synthetic:
+    pointing game, mass ratio, and segmentation pixel accuracy, mIoU and AP. A random map is the floor.
     """
-    from attnmap.runtime.frames.sources import open_files, plan_inputs
-    from attnmap.runtime.fronts.evaluate import evaluate as run_evaluate, format_evaluation
+    import itertools
 
-    names = [m.strip() for m in methods_.split(",") if m.strip()]
-    unknown = [m for m in names if m not in METHODS]
-    if unknown:
-        raise click.BadParameter(f"unknown method {unknown[0]!r}; choose from {', '.join(METHODS)}",
-                                 param_hint="--methods")
-    refs, missing = plan_inputs(sources)
+    from attnmap.runtime.core.errors import MethodOptionError
+    from attnmap.runtime.frames.sources import open_files, plan_inputs
+    from attnmap.runtime.fronts import evaluate as ev
+    from attnmap.runtime.methods import runs_on
+
+    if not sources and synthetic is None:
+        raise click.UsageError("give images to evaluate (SOURCE...) or --synthetic N")
+    explainer = _explainer(model, provider, threads)
+    meta = explainer.meta
+    specs = [m.strip() for m in methods_.split(",") if m.strip()]
+    if specs == ["all"]:
+        specs = [n for n in METHODS if runs_on(n, meta)]
+    for spec in specs:
+        try:
+            ev.parse_method_spec(spec)
+        except MethodOptionError as exc:
+            raise click.BadParameter(str(exc), param_hint="--methods") from exc
+    truth = ev.GroundTruth(labels=ev.read_labels(labels, meta) if labels else {},
+                           boxes=ev.read_boxes(boxes) if boxes else {},
+                           mask_dir=ev.mask_folder(masks_dir) if masks_dir else None)
+    refs, missing = plan_inputs(sources) if sources else ([], [])
     for spec, exc in missing:
         _err(f"error: {spec}: {exc}")
     images = [r.target for r in refs if r.kind == "image"]
     for r in refs:
         if r.kind != "image":
             _err(f"error: {r.spec}: evaluate takes still images; {r.spec!r} is a {r.kind}")
-    if not images:
+    synth: list = []
+    if synthetic is not None:
+        synth, truth.masks = ev.synthetic_frames(synthetic, max(meta.input_size[1:]))
+    if not images and not synth:
         raise click.ClickException("no images to evaluate")
-    explainer = _explainer(model, provider, threads)
-    with open_files(images, errors="yield") as frames:
-        result = run_evaluate(explainer, list(frames), names, baseline=baseline, sigma=sigma, steps=steps, fit=fit)
+    total = len(images) + len(synth)
+    with open_files(images, errors="yield") if images else _nothing() as frames, \
+            click.progressbar(length=total, label="evaluating", file=sys.stderr) as bar:
+        result = ev.evaluate(explainer, itertools.chain(frames, synth), specs, baseline=baseline, sigma=sigma,
+                             steps=steps, unit=unit, fit=fit, batch_size=batch_size, truth=truth,
+                             on_image=lambda _: bar.update(1))
     for source, reason in result.failed:
         _err(f"error: {source}: {reason}")
-    click.echo(json.dumps(result.to_dict()) if as_json else format_evaluation(result))
+    click.echo(json.dumps(result.to_dict()) if as_json else ev.format_evaluation(result))
+    if out_dir is not None and result.images:
+        written = [ev.write_csv(result, out_dir / "per_image.csv"), *ev.write_plots(result, out_dir)]
+        _err("wrote " + ", ".join(str(p) for p in written))
     failed = len(result.failed) + len(missing) + sum(r.kind != "image" for r in refs)
     if failed:
         raise click.ClickException(f"{failed} inputs could not be evaluated (see above)")
+
+
+@contextlib.contextmanager
+def _nothing():
+    """An empty source, for --synthetic alone."""
+    yield iter(())
 
 
 # ---------------------------------------------------------------------------- demo
@@ -558,7 +609,8 @@ def demo(out_dir: Path, model: str | None, provider: str, threads: int | None, m
 def methods() -> None:
     """List the explanation methods, their options, allowed values and defaults."""
     for m in METHODS.values():
-        kind = "class-specific, needs an export with --gradients" if m.needs_gradients else "class-agnostic"
+        kind = ("class-specific, needs an export with --gradients" if m.needs_gradients else
+                "class-specific, runs the model on perturbed inputs" if m.kind == "perturbation" else "class-agnostic")
         click.echo(f"{m.name} ({kind})\n  {m.summary}")
         for name, spec in m.options.items():
             click.echo(f"  --{name.replace('_', '-')}: {spec.help} {spec.describe()}; default {spec.default}")

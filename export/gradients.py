@@ -2,12 +2,28 @@
 
 A file exported with ``gradients=True`` takes a second input ``target`` (int64 ``[B]``; a
 negative value means the predicted class, the argmax of the logits the graph itself computes)
-and emits ``attention_grads`` ``[B, L, H, N, N]`` beside ``logits`` and ``attentions``:
+and emits, beside ``logits`` and ``attentions``:
 
-    attention_grads[b, l] = d logit[b, t_b] / d A_l[b]
+    attention_grads[b, l] = d logit[b, t_b] / d A_l[b]        float32 [B, L, H, N, N]
+    tokens[b]             = T[b] = blocks[-1].norm1(x_{L-1})[b]  float32 [B, N, D]
+    token_grads[b]        = d logit[b, t_b] / d T[b]           float32 [B, N, D]
 
-the gradient of image b's own target logit with respect to block l's softmax probabilities,
-which Chefer et al. (2021), Grad-SAM and gradient rollout weight the attention with.
+``attention_grads`` is the gradient of image b's own target logit with respect to block l's
+softmax probabilities, which Chefer et al. (2021), Grad-SAM and gradient rollout weight the
+attention with. ``tokens`` and ``token_grads`` feed Grad-CAM (runtime/methods/gradcam.py).
+
+Which token tensor, and why. ``T`` is the OUTPUT of the last block's first LayerNorm
+(``blocks[-1].norm1``), every token (prefix tokens included), before the attention reads it:
+the tensor pytorch-grad-cam documents for ViTs (``target_layers = [model.blocks[-1].norm1]``;
+its forward hook keeps the layer's output, its backward hook the gradient at that output).
+The obvious "last feature map", the last block's output, does not work for a class-token
+model: the head reads only the class token (the final norm acts per token), so the gradient
+at every patch token of that output is exactly 0 and so would be every map. The last block's
+norm1 output is the last place where patch tokens still reach the class token, through the
+last attention; its gradient is the class evidence routed through that attention. The block's
+input (the residual stream before norm1) was not chosen: it is not normalised, so its scale
+differs from token to token and from channel to channel and the largest channels dominate
+the channel-weighted sum; and it is not the tensor pytorch-grad-cam users compare with.
 
 How the graph is built. :class:`AttentionGradients` runs the wrapped model once with a zero
 ``delta_l`` added to each block's probabilities (:meth:`ViTWithAttention.set_deltas`), so that
@@ -27,6 +43,10 @@ Two routes that look simpler do not work with torch 2.15, which is why this one 
 * ``make_fx`` of ``torch.func.vjp`` traces, but functorch's decomposition of ``linear`` reads
   concrete sizes and specialises the batch axis to the example's size.
 
+``T`` is captured by a forward hook on ``blocks[-1].norm1`` that records the output, and its
+gradient is taken with respect to that intermediate tensor in the same ``autograd.grad`` call
+(no extra forward, and no weight gradient). The hook lives only for one forward call.
+
 Head fusion is refused with gradients: the class-specific methods weight each head's attention
 by its own gradient before averaging (``mean_h((G ⊙ A)⁺)``), which fused heads cannot give back.
 """
@@ -41,10 +61,10 @@ from attnmap.runtime.core.errors import ExportError
 from .vit_attn import ViTWithAttention, describe_tokens
 
 __all__ = ["GRADIENT_INPUTS", "GRADIENT_OUTPUTS", "GRAD_RTOL", "AttentionGradients", "check_gradient_options",
-           "trace_gradients"]
+           "token_layer", "trace_gradients"]
 
 GRADIENT_INPUTS = ("input", "target")
-GRADIENT_OUTPUTS = ("logits", "attentions", "attention_grads")
+GRADIENT_OUTPUTS = ("logits", "attentions", "attention_grads", "tokens", "token_grads")
 # Parity tolerance of the exported gradients: |onnx - torch| <= GRAD_RTOL * max |torch grads|.
 GRAD_RTOL = 1e-4
 
@@ -68,7 +88,9 @@ def check_gradient_options(heads: str, attentions: bool) -> None:
 
 
 class AttentionGradients(nn.Module):
-    """``(input, target) -> (logits, attentions, attention_grads)`` around a :class:`ViTWithAttention`.
+    """``(input, target) -> (logits, attentions, attention_grads, tokens, token_grads)``.
+
+    Wraps a :class:`ViTWithAttention`; see the module docstring for what each output is.
 
     Every image's gradient is of ITS OWN target logit although one backward pass serves the
     whole batch: the pass differentiates ``s = Σ_b logit[b, t_b]``, and images never interact
@@ -80,7 +102,8 @@ class AttentionGradients(nn.Module):
         wrapper: the wrapped model, built with ``heads="none"`` and ``attentions=True``.
 
     Raises:
-        ExportError: the wrapper fuses heads or has no attention outputs.
+        ExportError: the wrapper fuses heads or has no attention outputs, or the model's last
+            block has no ``norm1``.
     """
 
     def __init__(self, wrapper: ViTWithAttention) -> None:
@@ -90,19 +113,28 @@ class AttentionGradients(nn.Module):
         self.wrapper = wrapper
         self.training = wrapper.training
         self.num_tokens = len(prefix) + grid[0] * grid[1]
+        # In a list: it is a submodule of wrapper.model already, and must not be registered twice.
+        self._token_layer = [token_layer(wrapper.model)]
 
     def forward(self, x: torch.Tensor, target: torch.Tensor):
-        """Forward pass and the attention gradients of each image's target logit.
+        """Forward pass, and the gradients of each image's target logit.
 
         Args:
             x: images, float32 ``[B, 3, H, W]``, normalised as the model expects.
             target: int64 ``[B]`` class per image; a negative value picks the predicted class.
 
         Returns:
-            ``(logits, attentions, attention_grads)``: float32 ``[B, C]``, ``[B, L, H, N, N]``
-            and ``[B, L, H, N, N]`` (``d logit[b, t_b] / d attentions[b]``), all detached.
+            ``(logits, attentions, attention_grads, tokens, token_grads)``: float32 ``[B, C]``,
+            ``[B, L, H, N, N]``, ``[B, L, H, N, N]`` (``d logit[b, t_b] / d attentions[b]``),
+            ``[B, N, D]`` (the last block's norm1 output) and ``[B, N, D]``
+            (``d logit[b, t_b] / d tokens[b]``), all detached.
+
+        Raises:
+            ExportError: the last block's norm1 did not run exactly once.
         """
         shape = (x.shape[0], self.wrapper.num_heads, self.num_tokens, self.num_tokens)
+        captured: list[torch.Tensor] = []
+        handle = self._token_layer[0].register_forward_hook(lambda _m, _i, out: captured.append(out))
         with torch.enable_grad():
             deltas = [x.new_zeros(shape).requires_grad_(True) for _ in range(self.wrapper.num_layers)]
             self.wrapper.set_deltas(deltas)
@@ -110,12 +142,38 @@ class AttentionGradients(nn.Module):
                 logits, attentions = self.wrapper(x)
             finally:
                 self.wrapper.set_deltas(None)
+                handle.remove()
+            if len(captured) != 1:
+                raise ExportError(f"the last block's norm1 ran {len(captured)} times in one forward; Grad-CAM's "
+                                  "token features need it to run exactly once")
+            tokens = captured[0]
             predicted = logits.detach().argmax(dim=-1)
             chosen = torch.where(target < 0, predicted, target)
             # Summing over the batch is exact per image: see the class docstring.
             selected = logits.gather(1, chosen[:, None]).sum()
-            grads = torch.autograd.grad(selected, deltas)
-        return logits.detach(), attentions.detach(), torch.stack(grads, dim=1)
+            *grads, token_grads = torch.autograd.grad(selected, [*deltas, tokens])
+        return (logits.detach(), attentions.detach(), torch.stack(grads, dim=1), tokens.detach(),
+                token_grads)
+
+
+def token_layer(model: nn.Module) -> nn.Module:
+    """The module whose output Grad-CAM reads: the last block's ``norm1``.
+
+    Args:
+        model: a timm ViT-family model (``model.blocks`` checked by :func:`describe_tokens`).
+
+    Returns:
+        ``model.blocks[-1].norm1``; its output is float32 ``[B, N, D]``.
+
+    Raises:
+        ExportError: the last block has no ``norm1`` module.
+    """
+    last = list(model.blocks.children())[-1]
+    norm = getattr(last, "norm1", None)
+    if not isinstance(norm, nn.Module):
+        raise ExportError(f"{type(model).__name__}: the last block ({type(last).__name__}) has no norm1 module, "
+                          "whose output attnmap exports as Grad-CAM's token features")
+    return norm
 
 
 def trace_gradients(module: AttentionGradients, example: torch.Tensor) -> torch.fx.GraphModule:
@@ -128,7 +186,8 @@ def trace_gradients(module: AttentionGradients, example: torch.Tensor) -> torch.
 
     Returns:
         A ``torch.fx.GraphModule`` in eval mode with ``forward(input, target)`` returning
-        ``(logits, attentions, attention_grads)``; the weights are its constants.
+        ``(logits, attentions, attention_grads, tokens, token_grads)``; the weights are its
+        constants.
 
     Raises:
         ExportError: the example batch is smaller than 2.

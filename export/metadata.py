@@ -95,7 +95,8 @@ def build_meta(model: nn.Module, *, model_name: str, heads: str, labels: str | P
         opset: ONNX opset of the written graph.
         data_config: preprocessing overrides (see :func:`resolve_data_config`).
         extra: free-form notes stored in ``ModelMeta.extra``.
-        gradients: whether the graph also takes ``target`` and emits ``attention_grads``.
+        gradients: whether the graph also takes ``target`` and emits ``attention_grads``,
+            ``tokens`` and ``token_grads``.
 
     Returns:
         The validated metadata.

@@ -6,7 +6,8 @@ absolute differences of the logits and of the attention probabilities are measur
 batch axis is exercised with a second, single-image run, and the attention rows of the file are
 checked to sum to 1. For a file with attention gradients, the gradients torch autograd gives
 (:class:`export.gradients.AttentionGradients` run eagerly) are compared too, with one image's
-target given explicitly and the others left to the predicted class (target -1).
+target given explicitly and the others left to the predicted class (target -1): the attention
+gradients, and Grad-CAM's token features (the last block's norm1 output) with their gradients.
 """
 
 from __future__ import annotations
@@ -68,6 +69,10 @@ class ParityResult:
             applicable: no attentions, or max/min head fusion).
         grads_max_abs: largest |torch - onnx| of the attention gradients (0.0 without them).
         grads_scale: largest |gradient| torch produced (0.0 without gradients).
+        tokens_max_abs: largest |torch - onnx| of the ``tokens`` output (0.0 without it).
+        tokens_scale: largest |token feature| torch produced (0.0 without them).
+        token_grads_max_abs: largest |torch - onnx| of ``token_grads`` (0.0 without it).
+        token_grads_scale: largest |token gradient| torch produced (0.0 without them).
     """
 
     logits_max_abs: float
@@ -76,6 +81,10 @@ class ParityResult:
     row_sum_max_err: float
     grads_max_abs: float = 0.0
     grads_scale: float = 0.0
+    tokens_max_abs: float = 0.0
+    tokens_scale: float = 0.0
+    token_grads_max_abs: float = 0.0
+    token_grads_scale: float = 0.0
 
 
 def _as_wrapper(model: nn.Module, meta: ModelMeta) -> tuple[ViTWithAttention, bool]:
@@ -119,7 +128,9 @@ def measure_parity(model: nn.Module, onnx_path: str | Path, meta: ModelMeta, *, 
     wrapper, owned = _as_wrapper(model, meta)
     was_training = wrapper.model.training
     wrapper.model.eval()
-    d_logits = d_attn = scale = row_err = d_grads = grads_scale = 0.0
+    d_logits = d_attn = scale = row_err = 0.0
+    # output name -> [largest |torch - onnx|, largest |torch|] for the outputs without extra checks
+    plain = {name: [0.0, 0.0] for name in ("attention_grads", "tokens", "token_grads")}
     try:
         for xb, tb in runs:
             feed = {"input": xb.numpy()}
@@ -142,9 +153,9 @@ def measure_parity(model: nn.Module, onnx_path: str | Path, meta: ModelMeta, *, 
                 if name == "logits":
                     d_logits = max(d_logits, diff)
                     scale = max(scale, float(np.abs(r).max()))
-                elif name == "attention_grads":
-                    d_grads = max(d_grads, diff)
-                    grads_scale = max(grads_scale, float(np.abs(r).max()))
+                elif name in plain:
+                    plain[name][0] = max(plain[name][0], diff)
+                    plain[name][1] = max(plain[name][1], float(np.abs(r).max()))
                 else:
                     d_attn = max(d_attn, diff)
                     expect = (xb.shape[0], meta.num_layers, meta.output_heads, meta.num_tokens, meta.num_tokens)
@@ -156,7 +167,8 @@ def measure_parity(model: nn.Module, onnx_path: str | Path, meta: ModelMeta, *, 
         wrapper.model.train(was_training)
         if owned:
             wrapper.close()
-    return ParityResult(d_logits, d_attn, scale, row_err, d_grads, grads_scale)
+    return ParityResult(d_logits, d_attn, scale, row_err, *plain["attention_grads"], *plain["tokens"],
+                        *plain["token_grads"])
 
 
 def check_parity(model: nn.Module, onnx_path: str | Path, meta: ModelMeta, *, batch: int = 2,

@@ -5,7 +5,9 @@ The graph takes ``input`` float32 ``[B, 3, H, W]`` (only B dynamic) and emits ``
 :class:`attnmap.runtime.core.meta.ModelMeta` stored as JSON under the ``"attnmap"`` metadata key. With
 ``gradients=True`` it also takes ``target`` int64 ``[B]`` (negative = the predicted class) and
 emits ``attention_grads`` ``[B, L, H, N, N]``, d logit[target] / d attentions, for the
-class-specific methods (see :mod:`attnmap.export.gradients` for how the backward gets into the graph).
+class-specific methods, and ``tokens`` / ``token_grads`` ``[B, N, D]`` (the last block's norm1
+output and d logit[target] / d it) for Grad-CAM (see :mod:`attnmap.export.gradients` for how the
+backward gets into the graph and why that tensor).
 
 Exporter route: ``torch.onnx.export(..., dynamo=True)``, the default since torch 2.9. It traces
 with ``torch.export`` (non-strict, so the Python forward hooks that collect the probabilities run
@@ -64,6 +66,8 @@ class ExportReport:
         seconds: wall time of the export, parity check included.
         grads_max_rel: largest |torch - onnxruntime| of the attention gradients, relative to the
             largest |gradient| torch gave (0.0 without gradients).
+        token_grads_max_rel: same for ``token_grads``, Grad-CAM's token gradients (0.0 without
+            gradients).
     """
 
     path: Path
@@ -73,6 +77,12 @@ class ExportReport:
     size_bytes: int
     seconds: float
     grads_max_rel: float = 0.0
+    token_grads_max_rel: float = 0.0
+
+
+def _relative(max_abs: float, scale: float) -> float:
+    """``max_abs`` relative to ``scale``; ``max_abs`` itself where the scale is 0."""
+    return max_abs / scale if scale > 0 else max_abs
 
 
 def _check_heads(heads: str) -> None:
@@ -190,9 +200,11 @@ def export_module(model: nn.Module, out: str | Path, *, model_name: str, heads: 
         data_config: preprocessing overrides (``mean``, ``std``, ``interpolation``, ``crop_pct``,
             ``crop_mode``) over what timm resolves for the model.
         gradients: also take a ``target`` input and emit ``attention_grads`` (d logit[target] /
-            d attentions, per image) for the class-specific methods; needs ``heads="none"``.
-            The parity gate then checks the gradients against torch autograd as well, within
-            :data:`export.gradients.GRAD_RTOL` of the largest gradient.
+            d attentions, per image) for the class-specific methods, and ``tokens`` and
+            ``token_grads`` (the last block's norm1 output and its gradient) for Grad-CAM;
+            needs ``heads="none"``. The parity gate then checks both gradients against torch
+            autograd as well, each within :data:`export.gradients.GRAD_RTOL` of its largest
+            value, and the tokens within ``atol`` scaled like the logits.
         log: receives progress lines.
 
     Returns:
@@ -231,10 +243,18 @@ def export_module(model: nn.Module, out: str | Path, *, model_name: str, heads: 
             failures.append(f"attentions max |torch - onnx| {result.attentions_max_abs:.2e} > {ATTN_ATOL:.0e}")
         if result.row_sum_max_err > ATTN_ATOL:
             failures.append(f"attention rows sum to 1 +- {result.row_sum_max_err:.2e}")
-        grads_rel = result.grads_max_abs / result.grads_scale if result.grads_scale > 0 else result.grads_max_abs
+        grads_rel = _relative(result.grads_max_abs, result.grads_scale)
+        token_grads_rel = _relative(result.token_grads_max_abs, result.token_grads_scale)
+        tokens_tol = atol * max(1.0, result.tokens_scale)
         if gradients and not grads_rel <= GRAD_RTOL:
             failures.append(f"attention_grads max |torch - onnx| {result.grads_max_abs:.2e} is {grads_rel:.2e} "
                             f"of the largest gradient {result.grads_scale:.2e} (> {GRAD_RTOL:.0e})")
+        if gradients and not result.tokens_max_abs <= tokens_tol:
+            failures.append(f"tokens max |torch - onnx| {result.tokens_max_abs:.2e} > {tokens_tol:.2e}")
+        if gradients and not token_grads_rel <= GRAD_RTOL:
+            failures.append(f"token_grads max |torch - onnx| {result.token_grads_max_abs:.2e} is "
+                            f"{token_grads_rel:.2e} of the largest gradient {result.token_grads_scale:.2e} "
+                            f"(> {GRAD_RTOL:.0e})")
         if failures:
             raise ExportError(f"parity check failed for {model_name}: {'; '.join(failures)}; no file written")
         commit(tmp, out)
@@ -243,11 +263,12 @@ def export_module(model: nn.Module, out: str | Path, *, model_name: str, heads: 
         discard(tmp)
     size = out.stat().st_size
     seconds = time.perf_counter() - started
-    grads_note = f", attention_grads max |d| {grads_rel:.2e} of the largest" if gradients else ""
+    grads_note = (f", attention_grads max |d| {grads_rel:.2e} and token_grads {token_grads_rel:.2e} of the largest"
+                  if gradients else "")
     log(f"wrote {out} ({size / 2**20:.1f} MiB, {seconds:.1f} s); parity: logits max |d| "
         f"{result.logits_max_abs:.2e}, attentions max |d| {result.attentions_max_abs:.2e}{grads_note}")
     return ExportReport(out, meta, result.logits_max_abs, result.attentions_max_abs, size, seconds,
-                        grads_rel if gradients else 0.0)
+                        grads_rel if gradients else 0.0, token_grads_rel if gradients else 0.0)
 
 
 def _build(model_name: str, kwargs: dict[str, Any]) -> nn.Module:
@@ -281,7 +302,8 @@ def export_onnx(model_name: str, out: str | Path, *, checkpoint: str | Path | No
         model_kwargs: extra ``timm.create_model`` arguments (``depth``, ``num_classes`` ...).
         opset: ONNX opset; None uses the exporter's default.
         atol: logits tolerance of the parity gate (scaled by the logit magnitude).
-        gradients: also emit ``attention_grads`` for a ``target`` input (see :func:`export_module`).
+        gradients: also emit ``attention_grads``, ``tokens`` and ``token_grads`` for a ``target``
+            input (see :func:`export_module`).
         log: receives progress lines (and the warning when weights are random).
         random_weights_hint: how the warning about random weights tells the caller to pass
             real ones (the CLI says ``--checkpoint FILE or --pretrained``).

@@ -46,7 +46,8 @@ def tiny_vit_onnx(tmp_path_factory) -> Path:
 def tiny_vit_grads_onnx(tmp_path_factory) -> Path:
     """The committed tiny ViT, same weights as ``tiny_vit_onnx``, exported with attention gradients.
 
-    Inputs ``input`` and ``target``; outputs ``logits``, ``attentions`` and ``attention_grads``.
+    Inputs ``input`` and ``target``; outputs ``logits``, ``attentions``, ``attention_grads``,
+    ``tokens`` and ``token_grads`` (Grad-CAM's token features and their gradients).
     """
     return _copy_committed(TINY_VIT_GRADS_FILE, tmp_path_factory)
 
@@ -69,7 +70,8 @@ def export_tiny_vit_as_written(out: Path, *, gradients: bool = False) -> Path:
 
     Args:
         out: the ``.onnx`` file to write.
-        gradients: also export ``attention_grads`` for a ``target`` input.
+        gradients: also export ``attention_grads``, ``tokens`` and ``token_grads`` for a ``target``
+            input.
 
     Returns:
         ``out``.

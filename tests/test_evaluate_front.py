@@ -14,7 +14,7 @@ from attnmap import Explainer
 from attnmap.runtime.core.errors import OptionError
 from attnmap.runtime.frames.frame import Frame
 from attnmap.runtime.frames.synth import make_sample
-from attnmap.runtime.fronts.evaluate import METRICS, RANDOM, evaluate
+from attnmap.runtime.fronts.evaluate import METRICS, PERTURBATION, RANDOM, evaluate
 from attnmap.runtime.methods.faithfulness import curves_of
 
 
@@ -37,11 +37,12 @@ def test_each_methods_scores_are_its_maps_curves_and_random_is_beside_them(shipp
         x, _ = shipped.preprocess([f.image_bgr], fit="squash")
         ref = shipped.explain(f.image_bgr, fit="squash", discard_ratio=0.5)
         want = curves_of(shipped, x[0], ref.grid, ref.topk[0].index, steps=4).aucs()
-        for k in METRICS:
+        for k in PERTURBATION:
             assert r.per_image["rollout"][k][i] == pytest.approx(want[k])
     s = r.summary()
     for method in s:
-        for k in METRICS:
+        assert all(s[method][k] is None for k in METRICS if k not in PERTURBATION)  # no ground truth given
+        for k in PERTURBATION:
             m = s[method][k]
             assert m["ci_low"] <= m["mean"] <= m["ci_high"]
             assert m["mean"] == pytest.approx(np.mean(r.per_image[method][k]), abs=1e-4)
@@ -65,10 +66,14 @@ def test_cli_prints_the_json_schema_and_fails_on_bad_inputs(tmp_path):
     assert res.exit_code == 0, res.output
     doc = json.loads(res.stdout)
     assert doc["images"] == 2 and doc["unit"] == "patch" and doc["baseline"] == "mean"
-    assert set(doc["methods"]) == {"rollout", RANDOM} and set(doc["methods"]["rollout"]) == set(METRICS)
+    assert set(doc["methods"]) == {"rollout", RANDOM}
+    assert set(doc["methods"]["rollout"]) == {*METRICS, *(k + "_ci" for k in METRICS), "curves"}
+    assert doc["methods"]["rollout"]["pointing_game"] is None  # no masks, boxes or synthetic images
+    curves = doc["methods"]["rollout"]["curves"]
+    assert curves["pn_fractions"] == [round(i / 10, 4) for i in range(10)] and len(curves["deletion"]) == 5
     (tmp_path / "bad.png").write_bytes(b"not an image")
     res = CliRunner().invoke(cli.main, ["evaluate", str(tmp_path), "--methods", "rollout", "--steps", "2"])
     assert res.exit_code == 1 and "bad.png" in res.output and "Traceback" not in res.output
     assert "rollout" in res.stdout  # the good images are still scored and printed
     res = CliRunner().invoke(cli.main, ["evaluate", str(tmp_path), "--methods", "rolout"])
-    assert res.exit_code == 2 and "unknown method 'rolout'" in res.output
+    assert res.exit_code == 2 and "unknown explanation method 'rolout'" in res.output

@@ -11,7 +11,9 @@ from attnmap.runtime.methods import EXPLAINERS, Method, explain, normalize_maps
 from attnmap.runtime.core.meta import TokenLayout
 
 LAYOUT = TokenLayout(2, (3, 5), 0)
-GRADIENT_METHODS = ["chefer", "grad_rollout", "gradsam", "product"]
+GRADIENT_METHODS = ["chefer", "grad_rollout", "gradsam", "product", "gradcam"]
+# The methods explain() runs: they read attentions (the others go through Explainer.maps).
+ATTENTION_METHODS = sorted(n for n, m in EXPLAINERS.items() if m.kind == "attention")
 
 
 def attentions(shape=(2, 3, 2, 17, 17), seed=0):
@@ -26,11 +28,24 @@ G = np.random.default_rng(1).standard_normal(A.shape).astype(np.float32)
 
 # --------------------------------------------------------------------------- registry
 def test_registry_holds_the_documented_methods():
-    assert set(EXPLAINERS) == {"rollout", "attention", "flow", "chefer", "grad_rollout", "gradsam", "product"}
+    assert set(EXPLAINERS) == {"rollout", "attention", "flow", "chefer", "grad_rollout", "gradsam", "product",
+                               "gradcam", "occlusion", "rise"}
     assert {k for k, m in EXPLAINERS.items() if m.needs_gradients} == set(GRADIENT_METHODS)
+    assert {k for k, m in EXPLAINERS.items() if m.kind == "perturbation"} == {"occlusion", "rise"}
+    assert {k for k, m in EXPLAINERS.items() if m.kind == "features"} == {"gradcam"}
+    assert {k for k, m in EXPLAINERS.items() if not m.class_specific} == {"rollout", "attention", "flow"}
 
 
-@pytest.mark.parametrize("name", sorted(EXPLAINERS))
+@pytest.mark.parametrize("name", sorted(set(EXPLAINERS) - set(ATTENTION_METHODS)))
+def test_other_kinds_are_described_and_refused_by_the_attention_entry_point(name):
+    m = EXPLAINERS[name]
+    assert m.summary and "\n" not in m.summary and len(m.summary) < 100
+    assert m.fn.__doc__ and "Returns:" in m.fn.__doc__
+    with pytest.raises(ExplainError, match="Explainer.maps"):
+        explain(name, A, LAYOUT, grads=G)
+
+
+@pytest.mark.parametrize("name", ATTENTION_METHODS)
 def test_every_method_is_described_and_runs_through_explain(name):
     m = EXPLAINERS[name]
     assert isinstance(m, Method) and m.name == name
@@ -115,7 +130,7 @@ def test_direct_calls_check_their_options_too():
         EXPLAINERS["attention"].fn(A, LAYOUT, head_fusion="sum")
 
 
-@pytest.mark.parametrize("method", GRADIENT_METHODS)
+@pytest.mark.parametrize("method", [m for m in GRADIENT_METHODS if m in ATTENTION_METHODS])
 def test_gradient_method_without_grads_says_how_to_get_them(method):
     msg = f"method '{method}' needs attention gradients; export the model with --gradients"
     with pytest.raises(ExplainError) as info:
@@ -135,7 +150,7 @@ def test_gradient_method_without_grads_says_how_to_get_them(method):
     (np.full(A.shape, "x"), "real numbers"),
 ])
 def test_wrong_attentions_are_rejected_with_their_shape(bad, pattern):
-    for method in EXPLAINERS:
+    for method in ATTENTION_METHODS:
         with pytest.raises(ExplainError, match=pattern):
             explain(method, bad, LAYOUT, grads=G)
 
@@ -156,7 +171,7 @@ def test_bad_layouts_are_rejected(layout, pattern):
         explain("rollout", A, layout)
 
 
-@pytest.mark.parametrize("method", sorted(EXPLAINERS))
+@pytest.mark.parametrize("method", ATTENTION_METHODS)
 def test_non_finite_inputs_raise_instead_of_drawing_nan(method):
     bad = A.copy()
     bad[0, 1, 0, 0, 5] = np.nan

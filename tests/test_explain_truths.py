@@ -13,7 +13,7 @@ from attnmap.runtime.core.meta import TokenLayout
 
 CLS_LAYOUTS = [TokenLayout(1, (4, 4), 0), TokenLayout(2, (3, 5), 0), TokenLayout(5, (4, 4), 0)]
 ALL_LAYOUTS = CLS_LAYOUTS + [TokenLayout(0, (4, 4), None), TokenLayout(4, (2, 3), None)]
-ALL_METHODS = sorted(EXPLAINERS)
+ALL_METHODS = sorted(n for n, m in EXPLAINERS.items() if m.kind == "attention")  # what explain() runs
 # Options that reach every code path of a method (fast and general rollout, discard ...).
 METHOD_OPTIONS = [
     ("rollout", {}), ("rollout", {"discard_ratio": 0.5}), ("rollout", {"head_fusion": "max"}),

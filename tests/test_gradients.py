@@ -77,7 +77,8 @@ def autograd_reference(model: torch.nn.Module, x: np.ndarray, targets) -> dict[s
 
 def run(path, x: np.ndarray, targets) -> dict[str, np.ndarray]:
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    logits, attentions, grads = sess.run(None, {"input": x, "target": np.asarray(targets, dtype=np.int64)})
+    logits, attentions, grads = sess.run(["logits", "attentions", "attention_grads"],
+                                         {"input": x, "target": np.asarray(targets, dtype=np.int64)})
     return {"logits": logits, "attentions": attentions, "grads": grads}
 
 
@@ -150,11 +151,13 @@ def test_graph_signature_metadata_and_a_single_forward(exported, tmp_path):
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     meta = ModelMeta.from_props(sess.get_modelmeta().custom_metadata_map, str(path))
     assert meta == report.meta
-    assert meta.outputs == ("logits", "attentions", "attention_grads") and meta.inputs == ("input", "target")
+    assert meta.outputs == ("logits", "attentions", "attention_grads", "tokens", "token_grads")
+    assert meta.inputs == ("input", "target")
     assert meta.has_gradients and meta.head_fusion == "none"
     ins = {i.name: i for i in sess.get_inputs()}
     outs = {o.name: o for o in sess.get_outputs()}
-    assert list(ins) == ["input", "target"] and list(outs) == ["logits", "attentions", "attention_grads"]
+    assert list(ins) == ["input", "target"]
+    assert list(outs) == ["logits", "attentions", "attention_grads", "tokens", "token_grads"]
     assert ins["target"].type == "tensor(int64)" and ins["input"].type == "tensor(float)"
     batch = ins["input"].shape[0]
     assert isinstance(batch, str) and ins["target"].shape == [batch]

@@ -80,7 +80,9 @@ class ModelMeta:
             (``"mean"``, ``"max"``, ``"min"``; the output's H axis is then 1).
         num_classes: size of the logits.
         label_names: one name per class (may be empty, then labels read ``"class_<i>"``).
-        outputs: graph output names, e.g. ``("logits", "attentions")``.
+        outputs: graph output names, e.g. ``("logits", "attentions")``; a gradient export adds
+            ``"attention_grads"``, ``"tokens"`` and ``"token_grads"`` (see
+            :attr:`has_gradients`, :attr:`has_token_grads`).
         inputs: graph input names, e.g. ``("input",)`` or ``("input", "target")``.
         exporter: versions of the tools that wrote the file (attnmap, torch, timm, onnx, opset).
         extra: free-form notes (e.g. how a shipped model was trained); never needed to run.
@@ -163,6 +165,17 @@ class ModelMeta:
     def has_gradients(self) -> bool:
         """True when the graph emits ``attention_grads`` (class-specific methods)."""
         return "attention_grads" in self.outputs
+
+    @property
+    def has_token_grads(self) -> bool:
+        """True when the graph emits ``tokens`` and ``token_grads`` (Grad-CAM's inputs).
+
+        Both are float32 ``[B, N, D]``: the output of the last block's ``norm1`` (every token,
+        prefix tokens first) and d logit[target] / d it. Files exported with gradients before
+        these outputs existed have ``has_gradients`` but not this; they load and run as before,
+        and Grad-CAM asks for a re-export.
+        """
+        return "tokens" in self.outputs and "token_grads" in self.outputs
 
     @property
     def image_size(self) -> tuple[int, int]:
@@ -295,6 +308,9 @@ class ModelMeta:
             fail("inputs must name the image input first; got ()")
         if self.has_gradients and "target" not in self.inputs:
             fail(f"outputs has 'attention_grads', so inputs needs 'target'; got {self.inputs}")
+        if "token_grads" in self.outputs and ("tokens" not in self.outputs or "target" not in self.inputs):
+            fail(f"outputs has 'token_grads', so outputs needs 'tokens' and inputs needs 'target'; got outputs "
+                 f"{self.outputs} and inputs {self.inputs}")
 
 
 # --------------------------------------------------------------------- JSON field types

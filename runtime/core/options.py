@@ -127,6 +127,27 @@ class OptionSpec:
                               f"{size} {what}; got {value}")
         return value
 
+    def parse(self, text: str, *, owner: str = "", size: int | None = None) -> Any:
+        """Convert command-line text (``"0.9"``, ``"true"``, ``"-1"``, ``"none"``) and :meth:`check` it.
+
+        Raises:
+            OptionError: text that is not of the option's kind, or a value :meth:`check` refuses.
+        """
+        where = f" of {owner}" if owner else ""
+        t = str(text).strip()
+        if t.lower() in ("none", "null", "") and self.nullable:
+            return None
+        try:
+            if self.kind is bool:
+                words = {"true": True, "1": True, "yes": True, "on": True,
+                         "false": False, "0": False, "no": False, "off": False}
+                value: Any = words[t.lower()]
+            else:
+                value = self.kind(t)
+        except (KeyError, ValueError) as exc:
+            raise OptionError(f"option {self.name!r}{where} must be {self.describe()}; got {t!r}") from exc
+        return self.check(value, owner=owner, size=size)
+
     def step(self, current: Any, delta: int = 1, *, size: int | None = None) -> Any:
         """The next value when a key cycles this option (the live view's ``[`` ``]`` and ``h``).
 

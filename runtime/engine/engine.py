@@ -13,6 +13,12 @@ refuses, a failure while explaining or drawing one frame becomes that item's ``e
 the run goes on. Only failures of the whole source (a video that breaks mid-stream) or of the
 sink (the output video cannot be written) end a run, after the items before them.
 
+Perturbation methods (``occlusion``, ``rise``) need no attentions and no gradients: the
+inference stage records the class each frame is explained for (the job's target, its top
+classes, or its prediction) as the outputs' ``targets``, and the explanation stage hands the
+batch's input to :meth:`~attnmap.runtime.engine.explainer.Explainer.maps`, which runs the
+perturbed copies through the logits-only model.
+
 Threads in :meth:`run`: a reader decodes and preprocesses whole batches ahead
 (:func:`~attnmap.runtime.engine.threads.prefetch`), ``workers`` inference threads run the model
 ahead (:func:`~attnmap.runtime.engine.threads.run_ahead`), the caller's thread computes the maps
@@ -24,6 +30,7 @@ CPU, two single-threaded model runs at once keep the cores busier than one run o
 
 from __future__ import annotations
 
+import functools
 import os
 import queue
 from dataclasses import dataclass
@@ -33,10 +40,12 @@ import numpy as np
 
 from attnmap.runtime.core.errors import OptionError, SourceError
 from attnmap.runtime.engine.clock import StageClock
+from attnmap.runtime.engine.explainer import perturbation_outputs
 from attnmap.runtime.engine.job import ItemResult, Job, Sink
 from attnmap.runtime.engine.threads import BackgroundWorker, prefetch, run_ahead
 from attnmap.runtime.frames.frame import Frame, Source, SourceRef
 from attnmap.runtime.frames.sources import open_source
+from attnmap.runtime.methods import get_method
 from attnmap.runtime.model.session import Outputs
 
 __all__ = ["FrameEngine", "ItemResult", "Job", "Sink", "check_batching"]
@@ -112,13 +121,18 @@ class FrameEngine:
             return None
         with self.clock.stage("inference"):
             job = self.job
+            # Perturbation methods run the model again in the explanation stage; here they need
+            # the prediction, with the classes to explain as the outputs' targets.
+            infer = self.explainer.infer
+            if get_method(job.method).kind == "perturbation":
+                infer = functools.partial(perturbation_outputs, self.explainer)
             if job.top_classes is not None:
                 logits = self.explainer.infer_plain(batch.x)
                 k = min(int(job.top_classes), logits.shape[1])
                 classes = np.argsort(-logits, axis=1, kind="stable")[:, :k].reshape(-1)
-                return self.explainer.infer(np.repeat(batch.x, k, axis=0), target=classes)
+                return infer(np.repeat(batch.x, k, axis=0), target=classes)
             targets = None if job.target is None else np.full(len(batch.frames), int(job.target), np.int64)
-            return self.explainer.infer(batch.x, target=targets)
+            return infer(batch.x, target=targets)
 
     def explain(self, batch: _Batch, outputs: Outputs | None) -> list[ItemResult]:
         """Maps and predictions of a batch, one :class:`ItemResult` per frame (failed ones included)."""
@@ -131,7 +145,7 @@ class FrameEngine:
                 items += self._explain_all(batch, outputs, k)
             except Exception:  # noqa: BLE001 - isolate the item that failed
                 for i, frame in enumerate(batch.frames):
-                    one = _Batch([frame], None, [batch.geoms[i]], [])
+                    one = _Batch([frame], batch.x[i:i + 1], [batch.geoms[i]], [])
                     try:
                         items += self._explain_all(one, outputs.slice(i * k, (i + 1) * k), k)
                     except Exception as exc:  # noqa: BLE001
@@ -140,7 +154,12 @@ class FrameEngine:
 
     def _explain_all(self, batch: _Batch, outputs: Outputs, k: int) -> list[ItemResult]:
         job, ex = self.job, self.explainer
-        grids = ex.maps(outputs, job.method, **job.options)
+        if get_method(job.method).kind == "perturbation":
+            # the frames' inputs, repeated as the outputs are when each frame has k classes
+            x = batch.x if k == 1 else np.repeat(batch.x, k, axis=0)
+            grids = ex.maps(outputs, job.method, x=x, **job.options)
+        else:
+            grids = ex.maps(outputs, job.method, **job.options)
         images = [f.image_bgr for f in batch.frames for _ in range(k)]
         geoms = [g for g in batch.geoms for _ in range(k)]
         results = ex.package(images, outputs, grids, geoms, job.method, job.topk)

@@ -11,11 +11,17 @@ Example::
     cv2.imwrite("dog_rollout.png", r.overlay(colormap="inferno"))
 
 The stages are public too (``preprocess`` -> ``infer`` -> ``maps``), so that video and live
-pipelines can overlap decoding with inference and batch frames.
+pipelines can overlap decoding with inference and batch frames. ``maps`` runs every kind of
+method: attention methods read the outputs' attentions, perturbation methods (``occlusion``,
+``rise``) run the logits-only model on perturbed copies of the input ``x``::
+
+    x, _ = ex.preprocess([img])
+    maps = ex.maps(ex.infer(x), "rise", x=x, classes=[207], masks=2000)
 """
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -25,7 +31,7 @@ from typing import Any, NamedTuple, Sequence, Union
 import numpy as np
 
 from attnmap.runtime.core.errors import ExplainError, ImageError, suggest
-from attnmap.runtime.methods import METHODS, check_method_use, check_options, explain as run_method
+from attnmap.runtime.methods import check_method_use, check_options, explain as run_method, get_method
 from attnmap.runtime.core.meta import ModelMeta
 from attnmap.runtime.model.registry import resolve_model
 from attnmap.runtime.draw.style import OverlayStyle
@@ -55,7 +61,8 @@ class Explanation:
         grid: (gh, gw) float32 map over the patch grid, min-max normalised to [0, 1].
         geometry: how the image was mapped into the model input.
         method: the explanation method's name.
-        target: the class the map explains (class-specific methods), else None.
+        target: the class the map explains (class-specific methods: gradient, perturbation and
+            feature methods), else None.
     """
 
     image: np.ndarray
@@ -147,10 +154,54 @@ class Explainer:
         """(B, C) logits from the same model without attention outputs (benchmark baseline)."""
         return self.model.run_plain(x_nchw)
 
-    def maps(self, outputs: Outputs, method: str = "rollout", **options) -> np.ndarray:
-        """(B, gh, gw) float32 maps in [0, 1] from one forward pass's outputs."""
+    def probabilities(self, x_nchw: np.ndarray) -> np.ndarray:
+        """(B, C) float32 softmax probabilities from the logits-only graph (the ``forward`` of
+        perturbation methods)."""
+        return softmax(self.infer_plain(x_nchw))
+
+    def maps(self, outputs: Outputs, method: str = "rollout", *, x: np.ndarray | None = None,
+             classes: np.ndarray | Sequence[int] | None = None, **options) -> np.ndarray:
+        """(B, gh, gw) float32 maps in [0, 1] from one forward pass's outputs.
+
+        What the method reads depends on its kind (``METHODS[method].kind``): attention
+        methods read ``outputs.attentions`` (and ``grads``), feature methods ``outputs.tokens``
+        and ``outputs.token_grads``, and perturbation methods run the logits-only model on
+        perturbed copies of ``x`` (:meth:`probabilities`, in chunks of the method's
+        ``forward_batch`` option).
+
+        Args:
+            outputs: the forward pass of ``x`` (:meth:`infer`).
+            method: a key of ``METHODS``.
+            x: (B, 3, H, W) float32 the preprocessed input; needed by perturbation methods.
+            classes: (B,) the class each perturbation map explains; default
+                ``outputs.targets`` (the classes a gradient model ran for), else each image's
+                predicted class (argmax of ``outputs.logits``).
+            **options: the method's options.
+
+        Raises:
+            ExplainError: the outputs lack what the method reads, or a perturbation method
+                without ``x`` (or with an ``x`` or ``classes`` whose batch differs).
+            MethodOptionError: unknown method or bad options.
+        """
+        m = get_method(method)
+        if m.kind == "perturbation":
+            if x is None:
+                raise ExplainError(f"method {m.name!r} runs the model on perturbed inputs, so it needs the "
+                                   "(B, 3, H, W) model input: maps(outputs, method, x=x_nchw)")
+            if np.shape(x)[:1] != (len(outputs),):
+                raise ExplainError(f"x must hold the {len(outputs)} inputs of these outputs; got shape {np.shape(x)}")
+            chosen = explained_classes(outputs) if classes is None else np.asarray(classes).reshape(-1)
+            if chosen.shape != (len(outputs),):
+                raise ExplainError(f"classes must give one class per image ({len(outputs)}); got {chosen.tolist()}")
+            opts = check_options(m.name, options)
+            return m.fn(x, self.probabilities, chosen, self.meta.layout, **opts)
+        if m.kind == "features":
+            opts = check_options(m.name, options)
+            return m.fn(getattr(outputs, "tokens", None), getattr(outputs, "token_grads", None),
+                        self.meta.layout, **opts)
         if outputs.attentions is None:
-            raise ExplainError("these outputs carry no attentions; run infer(), not infer_plain()")
+            raise ExplainError("these outputs carry no attentions; run infer(), not infer_plain(), on a model "
+                               "exported with attentions")
         return run_method(method, outputs.attentions, self.meta.layout, grads=outputs.grads, **options)
 
     # ------------------------------------------------------------------ all at once
@@ -165,8 +216,9 @@ class Explainer:
             method: a name from ``attnmap.runtime.methods.METHODS`` (``"rollout"``, ``"attention"`` ...).
             fit: ``"crop"`` (the model's eval transform), ``"squash"`` or ``"letterbox"``.
             topk: how many predictions to keep per image.
-            target: the class to explain for class-specific methods: an index, a label name,
-                or one per image; None explains the predicted class.
+            target: the class to explain for class-specific methods (gradient, perturbation and
+                feature methods): an index, a label name, or one per image; None explains the
+                predicted class. Perturbation methods need no gradients for it.
             **options: the method's options (see ``METHODS[method].options``).
 
         Returns:
@@ -184,8 +236,12 @@ class Explainer:
                 raise ExplainError(f"target must give one class per image ({len(batch)}); got {len(items)}")
             targets = np.array([resolve_class(self.meta, t) for t in items], dtype=np.int64)
         x, geoms = self.preprocess(batch, fit=fit)
-        outputs = self.infer(x, target=targets)
-        grids = self.maps(outputs, method, **options)
+        if get_method(method).kind == "perturbation":
+            outputs = perturbation_outputs(self, x, targets)
+            grids = self.maps(outputs, method, x=x, **options)
+        else:
+            outputs = self.infer(x, target=targets)
+            grids = self.maps(outputs, method, **options)
         results = self.package(batch, outputs, grids, geoms, method, topk)
         return results[0] if single else results
 
@@ -196,7 +252,8 @@ class Explainer:
         Args:
             image: one BGR uint8 image or a path.
             k: how many of the top classes to explain (best first).
-            method: a class-specific method (``chefer``, ``grad_rollout``, ``gradsam``, ``product``).
+            method: a class-specific method (``chefer``, ``grad_rollout``, ``gradsam``, ``product``,
+                ``occlusion``, ``rise`` ...).
             fit: as in :meth:`explain`.
             **options: the method's options.
 
@@ -222,10 +279,41 @@ class Explainer:
         results = []
         for i, image in enumerate(images):
             tk = [TopK(int(c), self.meta.label(int(c)), float(probs[i, c])) for c in order[i]]
-            tgt = None if outputs.targets is None or not METHODS[method].needs_gradients else int(outputs.targets[i])
+            tgt = None if outputs.targets is None or not get_method(method).class_specific else int(outputs.targets[i])
             results.append(Explanation(image, probs[i], tk, grids[i], geoms[i], method, tgt,
                                        None if tgt is None else self.meta.label(tgt)))
         return results
+
+
+def perturbation_outputs(explainer, x_nchw: np.ndarray, target: np.ndarray | Sequence[int] | None = None) -> Outputs:
+    """The forward pass of ``x_nchw`` for a perturbation method, ``targets`` set to the classes explained.
+
+    The model runs as for any method (attentions included, so the same outputs serve every
+    method, e.g. in ``evaluate``); ``target`` goes to the model only where it takes one (a
+    gradient model): perturbation methods need no gradients, so a plain model explains a
+    chosen class too.
+
+    Args:
+        explainer: an :class:`Explainer` (or anything with ``meta`` and ``infer``).
+        x_nchw: (B, 3, H, W) float32 preprocessed input.
+        target: (B,) class per image; None explains the predicted classes.
+
+    Returns:
+        The :class:`~attnmap.runtime.model.session.Outputs` with ``targets`` (B,) int64 the
+        classes the maps will explain.
+    """
+    given = None if target is None else np.asarray(target, dtype=np.int64).reshape(-1)
+    outputs = explainer.infer(x_nchw, target=given if explainer.meta.has_gradients else None)
+    if given is not None and given.shape != (len(outputs),):
+        raise ExplainError(f"target must give one class per image ({len(outputs)}); got {given.tolist()}")
+    return dataclasses.replace(outputs, targets=given if given is not None else explained_classes(outputs))
+
+
+def explained_classes(outputs: Outputs) -> np.ndarray:
+    """(B,) int64: ``outputs.targets`` where the model ran for chosen classes, else the argmax of the logits."""
+    if outputs.targets is not None:
+        return np.asarray(outputs.targets, dtype=np.int64)
+    return np.asarray(outputs.logits).argmax(axis=1).astype(np.int64)
 
 
 def top_indices(scores: np.ndarray, k: int) -> np.ndarray:

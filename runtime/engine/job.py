@@ -27,8 +27,9 @@ class Job:
         options: the method's options (checked against its specs and the model).
         fit: how frames enter the model: ``"crop"``, ``"squash"`` or ``"letterbox"``.
         topk: predictions kept per frame.
-        target: for class-specific methods, the class every frame is explained for (an
-            index); None explains each frame's predicted class.
+        target: for class-specific methods (gradient, perturbation and feature methods; see
+            ``Method.class_specific``), the class every frame is explained for (an index);
+            None explains each frame's predicted class.
         top_classes: for class-specific methods, explain each frame's N most probable classes
             (N explanations per item: ``ItemResult.alternatives``); None for one map.
         style: draw each explained frame with this style (``ItemResult.drawn``); None draws
@@ -48,8 +49,8 @@ class Job:
 
         Raises:
             OptionError: an unknown fit or method, bad options (MethodOptionError), a target
-                or top classes for a class-agnostic method or a model without gradients, or
-                a class index out of range.
+                or top classes for a class-agnostic method, a method that needs gradients on a
+                model without them, or a class index out of range.
         """
         if self.fit not in FITS:
             raise OptionError(f"fit must be one of {', '.join(FITS)}; got {self.fit!r}")

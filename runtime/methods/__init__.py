@@ -1,9 +1,13 @@
-"""Explanation methods: attention tensors in, (B, gh, gw) float32 saliency maps in [0, 1] out.
+"""Explanation methods: (B, gh, gw) float32 saliency maps in [0, 1] on the token grid.
 
-Every method is a plain function ``fn(attentions, layout, *, grads=None, **options)``
-registered in :data:`METHODS` with one typed spec per option; :func:`explain` looks one up by
-name and checks the options (:func:`check_options`) before calling it. The CLI's flags, the
-library's checks and the live view's keys all derive from those specs.
+Every method is a plain function registered in :data:`METHODS` with one typed spec per option
+and a kind (:class:`~attnmap.runtime.methods.base.Method`): attention methods
+``fn(attentions, layout, *, grads=None, **options)``, perturbation methods
+``fn(x, forward, classes, layout, **options)`` that run the model on perturbed inputs, and
+feature methods ``fn(tokens, token_grads, layout, **options)``. :func:`explain` runs an
+attention method by name after checking its options (:func:`check_options`);
+:meth:`attnmap.Explainer.maps` runs any kind. The CLI's flags, the library's checks and the
+live view's keys all derive from those specs.
 
     >>> maps = explain("rollout", attentions, meta.layout, discard_ratio=0.9)
 """
@@ -19,13 +23,15 @@ from attnmap.runtime.core.meta import ModelMeta, TokenLayout
 from attnmap.runtime.core.options import OptionSpec, check_names
 from attnmap.runtime.methods.attention import raw_attention
 from attnmap.runtime.methods.base import HEAD_FUSIONS, Method, make_method, normalize_maps
-from attnmap.runtime.methods.flow import attention_flow, MAX_FLOW_TOKENS
+from attnmap.runtime.methods.gradcam import gradcam
+from attnmap.runtime.methods.flow import attention_flow
 from attnmap.runtime.methods.gradient import chefer, gradsam, product_rule
+from attnmap.runtime.methods.perturbation import OCCLUSION_BASELINES, occlusion, rise
 from attnmap.runtime.methods.rollout import attention_rollout, grad_rollout
 
-__all__ = ["EXPLAINERS", "METHODS", "MAX_FLOW_TOKENS", "Method", "check_method_use", "check_options", "explain", "normalize_maps",
+__all__ = ["EXPLAINERS", "METHODS", "Method", "check_method_use", "check_options", "explain", "normalize_maps",
            "attention_flow", "attention_rollout", "grad_rollout", "raw_attention", "chefer", "gradsam",
-           "product_rule"]
+           "product_rule", "occlusion", "rise", "gradcam", "runs_on"]
 
 # One declaration per option; methods that share an option share its spec (the default comes
 # from each function's signature).
@@ -38,6 +44,20 @@ _START = OptionSpec("start_layer", int, None, "First layer of the propagation.",
 _LAYER = OptionSpec("layer", int, None, "Which layer's attention to show.", axis="layers")
 _HEAD = OptionSpec("head", int, None, "One head's attention (default: the heads fused).", axis="heads")
 _EPS = OptionSpec("eps", float, None, "Shift of the product rule's factors (stability).", low=0.0, low_open=True)
+_FORWARD_BATCH = OptionSpec("forward_batch", int, None, "Perturbed inputs per model run (memory vs speed).", low=1)
+_OCCLUSION = {
+    "window": OptionSpec("window", int, None, "Occluder side in input pixels (default: the patch size).", low=1),
+    "stride": OptionSpec("stride", int, None, "Occluder step in input pixels, <= window (default: the window).",
+                         low=1),
+    "baseline": OptionSpec("baseline", str, None, "What the occluder shows: the mean colour or the blurred input.",
+                           choices=OCCLUSION_BASELINES),
+    "forward_batch": _FORWARD_BATCH}
+_RISE = {
+    "masks": OptionSpec("masks", int, None, "Number of random RISE masks N (noise falls as 1/sqrt(N)).", low=1),
+    "p": OptionSpec("p", float, None, "Probability that a mask cell is kept.", low=0.0, low_open=True, high=1.0),
+    "cells": OptionSpec("cells", int, None, "Side s of the masks' low-resolution grid (s x s cells).", low=1),
+    "mask_seed": OptionSpec("mask_seed", int, None, "Seed of the RISE masks (same seed, same map).", low=0),
+    "forward_batch": _FORWARD_BATCH}
 
 METHODS: dict[str, Method] = {m.name: m for m in (
     make_method("rollout", attention_rollout,
@@ -48,7 +68,7 @@ METHODS: dict[str, Method] = {m.name: m for m in (
                 "Raw attention of one layer (default the last) from the class token, one head or fused.",
                 {"layer": _LAYER, "head": _HEAD, "head_fusion": _HEAD_FUSION}),
     make_method("flow", attention_flow,
-                f"Attention flow (Abnar & Zuidema 2020): max-flow per patch; slow, N <= {MAX_FLOW_TOKENS} tokens.",
+                "Attention flow (Abnar & Zuidema 2020): exact max-flow per patch, by SciPy (extra 'flow').",
                 {"head_fusion": _HEAD_FUSION, "residual": _RESIDUAL, "start_layer": _START}),
     make_method("chefer", chefer,
                 "Gradient-weighted relevance (Chefer et al. 2021): R += mean_h((G*A)+) R over layers.",
@@ -62,7 +82,17 @@ METHODS: dict[str, Method] = {m.name: m for m in (
     make_method("product", product_rule,
                 "Product rule: product over blocks of the shifted mean_h(A*G) of the class token.",
                 {"eps": _EPS, "start_layer": _START}, needs_gradients=True),
+    make_method("occlusion", occlusion,
+                "Occlusion: drop of the class probability as a patch-sized occluder slides over the input.",
+                _OCCLUSION, kind="perturbation"),
+    make_method("rise", rise,
+                "RISE (Petsiuk et al. 2018): class probability of N randomly masked inputs, weighting the masks.",
+                _RISE, kind="perturbation"),
 )}
+
+METHODS["gradcam"] = make_method(
+    "gradcam", gradcam, "Grad-CAM (Selvaraju et al. 2017) on the last block's patch tokens: relu(sum_k a_k A_k).",
+    {}, needs_gradients=True, kind="features")
 EXPLAINERS = METHODS  # the name earlier releases used
 
 
@@ -123,30 +153,47 @@ def check_method_use(method: str, meta: ModelMeta, *, class_given: bool = False,
     Args:
         method: a key of :data:`METHODS`.
         meta: the model's metadata.
-        class_given: a class to explain was given (only class-specific methods take one).
+        class_given: a class to explain was given (only class-specific methods take one:
+            gradient, perturbation and feature methods).
         model: how messages name the model (``"'deit.onnx'"``).
 
     Raises:
         MethodOptionError: unknown method, or a class given to a class-agnostic method.
-        ExplainError: a class-specific method on a model exported without gradients.
+        ExplainError: a method that needs gradients on a model exported without them
+            (perturbation methods need none).
     """
     m = get_method(method)
-    if class_given and not m.needs_gradients:
+    if class_given and not m.class_specific:
         raise MethodOptionError(f"method {m.name!r} is class-agnostic, so a class to explain does not apply; use a "
                                 "class-specific method (" + ", ".join(n for n, x in METHODS.items()
-                                                                      if x.needs_gradients) + ")")
+                                                                      if x.class_specific) + ")")
     if m.needs_gradients and not meta.has_gradients:
         raise ExplainError(f"method {m.name!r} needs attention gradients, and {model} has none; "
                            "re-export the model with `attnmap export --gradients`")
+    if m.kind == "features" and not meta.has_token_grads:
+        raise ExplainError(f"method {m.name!r} needs the token features and their gradients, and {model} has none "
+                           "(an export from before they were added); re-export with `attnmap export --gradients`")
     return m
+
+
+def runs_on(method: str, meta: ModelMeta) -> bool:
+    """Whether ``meta``'s model can run ``method`` (:func:`check_method_use` passes)."""
+    try:
+        check_method_use(method, meta)
+    except (ExplainError, MethodOptionError):
+        return False
+    return True
 
 
 def explain(method: str, attentions: np.ndarray, layout: TokenLayout, *,
             grads: np.ndarray | None = None, **options: Any) -> np.ndarray:
-    """Run the explanation method ``method`` with checked options.
+    """Run the attention method ``method`` with checked options.
+
+    Perturbation and feature methods read the model input or token features, not attentions:
+    run them with :meth:`attnmap.Explainer.maps` (or ``Explainer.explain``).
 
     Args:
-        method: a key of :data:`METHODS` (``"rollout"``, ``"attention"``, ``"chefer"`` ...).
+        method: an attention method of :data:`METHODS` (``"rollout"``, ``"attention"``, ``"chefer"`` ...).
         attentions: (B, L, H, N, N) float attention probabilities, N == ``layout.num_tokens``.
         layout: token layout (prefix count, grid, target row) of the model.
         grads: (B, L, H, N, N) float d y_c / d A, needed by gradient methods, else ignored.
@@ -158,10 +205,15 @@ def explain(method: str, attentions: np.ndarray, layout: TokenLayout, *,
     Raises:
         MethodOptionError: unknown method or option, or an option value of the wrong type or
             outside its choices or range.
-        ExplainError: wrong shapes, or a gradient method without ``grads``.
+        ExplainError: wrong shapes, a gradient method without ``grads``, or a method that is
+            not an attention method.
     """
     m = get_method(method)
     opts = check_options(method, options)
+    if m.kind != "attention":
+        call = "maps(outputs, method, x=x_nchw)" if m.kind == "perturbation" else "maps(outputs, method)"
+        raise ExplainError(f"method {m.name!r} is a {m.kind} method, not an attention method; run it with "
+                           f"Explainer.{call} or Explainer.explain")
     if m.needs_gradients and grads is None:
         raise ExplainError(f"method {m.name!r} needs attention gradients; export the model with --gradients")
     return m.fn(attentions, layout, grads=grads, **opts)

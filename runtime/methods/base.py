@@ -1,9 +1,12 @@
 """Shared pieces of the explanation methods: the Method record, input checks, normalisation.
 
-Every method reads attention probabilities ``attentions`` of shape (B, L, H, N, N) and
-returns saliency maps (B, gh, gw) float32 in [0, 1]. The helpers here hold what they all
-share: checking shapes against a :class:`~attnmap.runtime.core.meta.TokenLayout`, fusing heads, building
-the start vector of the target row, cutting the patch columns out and min-max normalising.
+Every method returns saliency maps (B, gh, gw) float32 in [0, 1] on the token grid. What it
+reads depends on its kind (:data:`KINDS`): attention methods read attention probabilities
+``attentions`` of shape (B, L, H, N, N), perturbation methods run the model on perturbed
+inputs, feature methods read token features and their gradients. The helpers here hold what
+they share: checking shapes against a :class:`~attnmap.runtime.core.meta.TokenLayout`, fusing
+heads, building the start vector of the target row, cutting the patch columns out and min-max
+normalising.
 """
 
 from __future__ import annotations
@@ -21,6 +24,12 @@ from attnmap.runtime.core.meta import TokenLayout
 
 HEAD_FUSIONS = ("mean", "max", "min")
 
+# What a method reads, hence how it is called (see Method.fn):
+#   attention:    fn(attentions, layout, *, grads=None, **options)
+#   perturbation: fn(x, forward, classes, layout, **options); forward(x_chunk) -> (b, C) probabilities
+#   features:     fn(tokens, token_grads, layout, **options); (B, N, D) token features and gradients
+KINDS = ("attention", "perturbation", "features")
+
 # A map whose spread is below this fraction of its magnitude is float32 rounding noise, not
 # signal: uniform attention pushed through 12 layers comes out uniform only to a few ulps,
 # and stretching those ulps to [0, 1] would draw a random checkerboard.
@@ -33,12 +42,22 @@ class Method:
 
     Attributes:
         name: registry key and CLI ``--method`` choice.
-        fn: ``fn(attentions, layout, *, grads=None, **options) -> (B, gh, gw) float32``.
-        needs_gradients: True when ``fn`` needs ``grads`` (d y_c / d A, same shape as
-            ``attentions``).
+        fn: returns (B, gh, gw) float32 in [0, 1]; how it is called depends on ``kind``:
+
+            * ``"attention"``: ``fn(attentions, layout, *, grads=None, **options)`` with
+              (B, L, H, N, N) attention probabilities (and their gradients).
+            * ``"perturbation"``: ``fn(x, forward, classes, layout, **options)`` with ``x`` the
+              (B, 3, H, W) float32 preprocessed input, ``forward(x_chunk)`` -> (b, C) float32
+              softmax probabilities of a chunk of inputs, ``classes`` (B,) int64 the class
+              explained per image.
+            * ``"features"``: ``fn(tokens, token_grads, layout, **options)`` with (B, N, D)
+              token features and d y_c / d tokens.
+        needs_gradients: True when the model must be exported with gradients (``grads`` for
+            attention methods, ``token_grads`` for feature methods).
         options: option name -> its :class:`~attnmap.runtime.core.options.OptionSpec` (type,
             default, range, choices, help): the one declaration every front derives from.
         summary: one line for ``--help``.
+        kind: one of :data:`KINDS`.
     """
 
     name: str
@@ -46,15 +65,22 @@ class Method:
     needs_gradients: bool
     options: Mapping[str, OptionSpec]
     summary: str = ""
+    kind: str = "attention"
 
     @property
     def defaults(self) -> dict[str, Any]:
         """Option name -> default value."""
         return {name: spec.default for name, spec in self.options.items()}
 
+    @property
+    def class_specific(self) -> bool:
+        """True when the map explains one class, which may be chosen: gradient methods (the
+        gradient of that class), perturbation methods (its probability) and feature methods."""
+        return self.needs_gradients or self.kind in ("perturbation", "features")
+
 
 def make_method(name: str, fn: Callable[..., np.ndarray], summary: str, specs: Mapping[str, OptionSpec], *,
-                needs_gradients: bool = False) -> Method:
+                needs_gradients: bool = False, kind: str = "attention") -> Method:
     """Build a :class:`Method` whose options are ``fn``'s keyword-only parameters.
 
     The defaults are read from ``fn``'s signature, so a default changed in the function is the
@@ -66,21 +92,24 @@ def make_method(name: str, fn: Callable[..., np.ndarray], summary: str, specs: M
         summary: one line for ``--help``.
         specs: option name -> spec (its ``default`` is replaced by the signature's); every
             option of ``fn`` must have one.
-        needs_gradients: whether ``fn`` needs ``grads``.
+        needs_gradients: whether the model must be exported with gradients.
+        kind: what ``fn`` reads, one of :data:`KINDS` (see :class:`Method`).
 
     Returns:
         The frozen :class:`Method`.
 
     Raises:
-        TypeError: an option of ``fn`` has no spec, or a spec names no option of ``fn`` (a
-            programming error, raised at import).
+        TypeError: an option of ``fn`` has no spec, a spec names no option of ``fn``, or an
+            unknown kind (a programming error, raised at import).
     """
+    if kind not in KINDS:
+        raise TypeError(f"method {name!r}: kind must be one of {KINDS}; got {kind!r}")
     params = {p.name: p.default for p in inspect.signature(fn).parameters.values()
               if p.kind is inspect.Parameter.KEYWORD_ONLY and p.name != "grads"}
     if set(params) != set(specs):
         raise TypeError(f"method {name!r}: options {sorted(params)} but specs for {sorted(specs)}")
     options = {p: dataclasses.replace(specs[p], name=p, default=default) for p, default in params.items()}
-    return Method(name=name, fn=fn, needs_gradients=needs_gradients, options=options, summary=summary)
+    return Method(name=name, fn=fn, needs_gradients=needs_gradients, options=options, summary=summary, kind=kind)
 
 
 # --------------------------------------------------------------------------- input checks

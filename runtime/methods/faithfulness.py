@@ -2,9 +2,11 @@
 
 Exact definitions (the pitfalls of public code are in ``../shared/METHODS.md``):
 
-* **Units.** The P patches of the token grid; each covers its ``patch_h x patch_w`` block of the
-  model input. Units are ranked by map value, descending, ties broken by index (a stable sort),
-  so the ranking of a map with equal values is defined.
+* **Units.** ``patch``: the P patches of the token grid, each covering its ``patch_h x patch_w``
+  block of the model input. ``pixel``: the P = H x W pixels of the model input, scored by the
+  map resized to the input with bilinear interpolation (pixel centres aligned,
+  :func:`~attnmap.runtime.methods.metrics.resize_maps`). Units are ranked by score, descending,
+  ties broken by index (a stable sort), so the ranking of a map with equal values is defined.
 * **Removal.** A removed unit takes the baseline's pixels: ``mean`` (0 in the normalised input,
   i.e. the model's mean colour; Chefer et al. 2021), ``black`` (pixel value 0) or ``blur`` (the
   same pixels of a Gaussian-blurred input).
@@ -18,8 +20,9 @@ Exact definitions (the pitfalls of public code are in ``../shared/METHODS.md``):
   every unit removed (insertion); the curve records the softmax probability of the explained
   class. AUC = trapezoid rule over f in [0, 1]. Lower deletion and higher insertion are better.
 
-Every perturbed input of an image goes through the model in batches (``infer_plain``: the
-logits-only graph), so the cost is the forward passes and nothing else.
+Every perturbed input of an image, for all its maps together, goes through the model in full
+batches (``infer_plain``: the logits-only graph), built batch by batch so memory stays at one
+batch of inputs; the cost is the forward passes and little else.
 """
 
 from __future__ import annotations
@@ -31,8 +34,10 @@ import numpy as np
 
 from attnmap.runtime.core.errors import OptionError
 from attnmap.runtime.core.meta import ModelMeta
+from attnmap.runtime.methods.metrics import resize_maps
 
 BASELINES = ("mean", "black", "blur")
+UNITS = ("patch", "pixel")
 _trapezoid = getattr(np, "trapezoid", None) or np.trapz  # NumPy 2 renamed np.trapz
 PN_FRACTIONS = np.round(np.arange(10) / 10.0, 10)  # 0, 0.1, ..., 0.9
 
@@ -142,43 +147,106 @@ def _softmax(logits: np.ndarray) -> np.ndarray:
     return z / z.sum(axis=1, keepdims=True)
 
 
-def curves_of(explainer, x_chw: np.ndarray, grid_map: np.ndarray, target: int, *, baseline: str = "mean",
-              sigma: float = 10.0, steps: int = 16, batch_size: int = 32) -> Curves:
-    """The four perturbation curves of one image's map (see the module docstring).
+def unit_scores(grid_map: np.ndarray, unit: str, input_size: tuple[int, int]) -> np.ndarray:
+    """The map as scores of the units: the (gh, gw) grid itself, or resized to the (H, W) input.
+
+    Raises:
+        OptionError: unknown unit.
+    """
+    if unit not in UNITS:
+        raise OptionError(f"unit must be one of {', '.join(UNITS)}; got {unit!r}")
+    m = np.asarray(grid_map, dtype=np.float64)
+    if unit == "patch":
+        return m
+    return resize_maps(m[None].astype(np.float32), input_size)[0].astype(np.float64)
+
+
+@dataclass(frozen=True)
+class _Series:
+    """One curve's perturbed inputs: the first ``counts[i]`` units of ``order`` removed (or restored)."""
+
+    order: np.ndarray
+    counts: np.ndarray
+    restore: bool
+
+
+def _series_of(scores: np.ndarray, steps: int) -> list[_Series]:
+    P = scores.size
+    most, least = unit_order(scores[None])[0], unit_order(scores[None], descending=False)[0]
+    k_pn = np.rint(PN_FRACTIONS * P).astype(np.int64)
+    k_di = np.rint(np.arange(steps + 1) / float(steps) * P).astype(np.int64)
+    return [_Series(most, k_pn, False), _Series(least, k_pn, False), _Series(most, k_di, False),
+            _Series(most, k_di, True)]
+
+
+def score_maps(explainer, x_chw: np.ndarray, grid_maps: list[np.ndarray], target: int, *, baseline: str = "mean",
+               sigma: float = 10.0, steps: int = 16, unit: str = "patch", batch_size: int = 32) -> list[Curves]:
+    """The four perturbation curves of each of one image's maps (see the module docstring).
+
+    All maps' perturbed inputs share the model runs: they are cut into full batches of
+    ``batch_size`` across maps and curves, each batch built just before it runs.
 
     Args:
         explainer: an :class:`~attnmap.runtime.engine.explainer.Explainer` (``meta``, ``infer_plain``).
         x_chw: (3, H, W) the image's normalised model input.
-        grid_map: (gh, gw) the map to score.
+        grid_maps: (gh, gw) maps to score.
         target: the explained class.
         baseline: what removed units take (:data:`BASELINES`).
         sigma: the blur baseline's sigma in input pixels.
         steps: S, the deletion / insertion steps (S + 1 points).
+        unit: ``"patch"`` or ``"pixel"`` (:data:`UNITS`).
         batch_size: perturbed inputs per model run.
 
     Returns:
-        :class:`Curves`.
+        One :class:`Curves` per map, in order.
     """
     if int(steps) < 1:
         raise OptionError(f"steps must be >= 1; got {steps}")
+    if int(batch_size) < 1:
+        raise OptionError(f"batch_size must be >= 1; got {batch_size}")
     meta = explainer.meta
-    gh, gw = meta.grid_size
-    m = np.asarray(grid_map, dtype=np.float64).reshape(1, gh, gw)
-    P = gh * gw
     x = np.asarray(x_chw, dtype=np.float32)
+    size = (x.shape[1], x.shape[2])
+    gh, gw = meta.grid_size
+    grid = (gh, gw) if unit == "patch" else size
     base = baseline_input(x[None], meta, baseline, sigma)[0]
+    series = []
+    for m in grid_maps:
+        scores = unit_scores(np.asarray(m).reshape(gh, gw), unit, size)
+        series += _series_of(scores, int(steps))
+    # Row r of the whole stack is step rows[r][1] of series rows[r][0].
+    rows = [(s, i) for s, ser in enumerate(series) for i in range(ser.counts.size)]
+    probs = np.empty(len(rows))
+    top1 = np.empty(len(rows), np.int64)
+    for lo in range(0, len(rows), int(batch_size)):
+        chunk = rows[lo:lo + int(batch_size)]
+        parts, start = [], 0
+        while start < len(chunk):
+            s = chunk[start][0]
+            stop = start
+            while stop < len(chunk) and chunk[stop][0] == s:
+                stop += 1
+            ser = series[s]
+            picks = ser.counts[[i for _, i in chunk[start:stop]]]
+            parts.append(perturbed_inputs(x, base, ser.order, picks, grid, restore=ser.restore))
+            start = stop
+        logits = explainer.infer_plain(np.concatenate(parts))
+        probs[lo:lo + len(chunk)] = _softmax(logits)[:, target]
+        top1[lo:lo + len(chunk)] = logits.argmax(axis=1)
+    out, at = [], 0
     di_f = np.arange(int(steps) + 1) / float(steps)
-    k_pn = np.rint(PN_FRACTIONS * P).astype(np.int64)
-    k_di = np.rint(di_f * P).astype(np.int64)
-    most, least = unit_order(m)[0], unit_order(m, descending=False)[0]
-    parts = [perturbed_inputs(x, base, most, k_pn, (gh, gw)), perturbed_inputs(x, base, least, k_pn, (gh, gw)),
-             perturbed_inputs(x, base, most, k_di, (gh, gw)),
-             perturbed_inputs(x, base, most, k_di, (gh, gw), restore=True)]
-    sizes = [len(p) for p in parts]
-    stack = np.concatenate(parts)
-    logits = np.concatenate([explainer.infer_plain(stack[i:i + batch_size]) for i in range(0, len(stack), batch_size)])
-    probs = _softmax(logits)
-    top1 = logits.argmax(axis=1)
-    pos, neg, dele, ins = np.split(np.arange(len(stack)), np.cumsum(sizes)[:-1])
-    return Curves(PN_FRACTIONS.copy(), (top1[pos] == target).astype(np.float64),
-                  (top1[neg] == target).astype(np.float64), di_f, probs[dele, target], probs[ins, target])
+    for _ in grid_maps:
+        n_pn, n_di = PN_FRACTIONS.size, di_f.size
+        pos = slice(at, at + n_pn)
+        neg = slice(at + n_pn, at + 2 * n_pn)
+        dele = slice(at + 2 * n_pn, at + 2 * n_pn + n_di)
+        ins = slice(at + 2 * n_pn + n_di, at + 2 * n_pn + 2 * n_di)
+        out.append(Curves(PN_FRACTIONS.copy(), (top1[pos] == target).astype(np.float64),
+                          (top1[neg] == target).astype(np.float64), di_f, probs[dele], probs[ins]))
+        at = ins.stop
+    return out
+
+
+def curves_of(explainer, x_chw: np.ndarray, grid_map: np.ndarray, target: int, **kwargs) -> Curves:
+    """The four perturbation curves of one map: :func:`score_maps` of that map alone."""
+    return score_maps(explainer, x_chw, [grid_map], target, **kwargs)[0]

@@ -12,6 +12,10 @@ A buffer is only handed out again once nothing outside the pool refers to it any
 NumPy view of a buffer (``outputs.attentions[0]``, ``Outputs.select``) holds a reference to it,
 so while a caller keeps any result of an earlier run, that run's buffers are left alone and
 the next run gets other ones. Results are never overwritten behind a caller's back.
+
+The pool does not care what an output is: Grad-CAM's ``tokens`` and ``token_grads``
+((B, N, D) float32, in files exported with gradients) are bound like the logits, one whole
+buffer each; a file without them simply has no such buffers.
 """
 
 from __future__ import annotations

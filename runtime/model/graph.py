@@ -27,6 +27,7 @@ from attnmap.runtime.core.errors import GraphMismatchError, ModelError
 from attnmap.runtime.core.meta import ModelMeta
 
 STACKED = ("attentions", "attention_grads")
+TOKEN_OUTPUTS = ("tokens", "token_grads")
 IMAGE_TYPES = ("tensor(float)", "tensor(float16)", "tensor(double)")
 
 
@@ -119,9 +120,31 @@ def check_against_graph(meta: ModelMeta, inputs: Sequence[Any], outputs: Sequenc
             problems += _dims(f"{name} output", outs[name][0],
                               [("L", "layers", meta.num_layers, layers), ("H", "heads", meta.output_heads, heads),
                                ("N", "tokens", meta.num_tokens, tokens), ("N", "tokens", meta.num_tokens, tokens)])
+    problems += _token_dims(meta, outs, tokens)
     if problems:
         raise GraphMismatchError(f"{str(path)}: the attnmap metadata does not match the ONNX graph: "
                                  + "; ".join(dict.fromkeys(problems)))
+
+
+def _token_dims(meta: ModelMeta, outs: Mapping[str, tuple], tokens: str) -> list[str]:
+    """Mismatches of the ``tokens`` and ``token_grads`` outputs (B, N, D): their rank, N against
+    the metadata's tokens, and the same channel count D in both (the metadata does not store D)."""
+    problems, widths = [], {}
+    for name in (n for n in TOKEN_OUTPUTS if n in outs and n in meta.outputs):
+        shape = outs[name][0]
+        if not shape:  # unknown rank
+            continue
+        if len(shape) != 3:
+            problems.append(f"{name} output has rank {len(shape)} (shape {list(shape)}) but must be rank 3 "
+                            "(batch, N, D)")
+            continue
+        if isinstance(shape[1], int) and shape[1] != meta.num_tokens:
+            problems.append(f"{name} output has N={shape[1]} tokens but {tokens}")
+        if isinstance(shape[2], int):
+            widths[name] = shape[2]
+    if len(set(widths.values())) > 1:
+        problems.append(f"the tokens and token_grads outputs must have the same channels D; got {widths}")
+    return problems
 
 
 def _spec(arg: Any) -> tuple[str, tuple[list | None, str | None]]:

@@ -36,8 +36,9 @@ def info_rows(model: OnnxModel) -> list[tuple[str, str]]:
         ("attention", f"{meta.num_layers} layers x {meta.num_heads} heads"
                       + (f", heads fused in graph ({meta.head_fusion}): one head output"
                          if meta.head_fusion != "none" else "")),
-        ("gradients", "yes (class-specific methods available)" if meta.has_gradients
-         else "no (export with --gradients for class-specific methods)"),
+        ("gradients", ("yes (class-specific methods available" + (", Grad-CAM too)" if meta.has_token_grads else
+                                                                  "; Grad-CAM needs a re-export)"))
+         if meta.has_gradients else "no (export with --gradients for class-specific methods)"),
         ("classes", f"{meta.num_classes}" + (f": {labels}" if labels else "")),
     ]
     rows += [(f"input {i['name']}", f"{i['type']} {i['shape']}") for i in d["inputs"]]

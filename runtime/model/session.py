@@ -46,12 +46,18 @@ class Outputs:
         grads: (B, L, H, N, N) float32 d logit[target] / d attentions, or None when the model
             was exported without gradients.
         targets: (B,) int64 classes the gradients were taken for, or None.
+        tokens: (B, N, D) float32 token features for Grad-CAM, the output of the last block's
+            ``norm1`` (prefix tokens first), or None when the file has no such output (exported
+            without gradients, or before attnmap exported them).
+        token_grads: (B, N, D) float32 d logit[target] / d tokens, or None likewise.
     """
 
     logits: np.ndarray
     attentions: np.ndarray | None = None
     grads: np.ndarray | None = None
     targets: np.ndarray | None = None
+    tokens: np.ndarray | None = None
+    token_grads: np.ndarray | None = None
 
     def __len__(self) -> int:
         return int(self.logits.shape[0])
@@ -68,6 +74,8 @@ class Outputs:
             None if self.attentions is None else self.attentions[pick],
             None if self.grads is None else self.grads[pick],
             None if self.targets is None else self.targets[pick],
+            None if self.tokens is None else self.tokens[pick],
+            None if self.token_grads is None else self.token_grads[pick],
         )
 
 
@@ -229,7 +237,8 @@ class OnnxModel:
             outputs: graph outputs to fetch (default: all the metadata names).
 
         Returns:
-            Outputs with logits, attentions and, for gradient models, grads and targets.
+            Outputs with logits, attentions and, for gradient models, grads and targets (and
+            tokens and token_grads where the file has them).
 
         Raises:
             InputError: ``x_nchw``, ``target`` or ``outputs`` is not what the model takes.
@@ -255,11 +264,12 @@ class OnnxModel:
             raise ModelError(f"onnxruntime failed on {self.path.name!r}: {first_line(exc)}") from exc
         logits = values["logits"]
         targets = None
-        if "attention_grads" in values:
+        if "attention_grads" in values or "token_grads" in values:
             targets = feed["target"].copy()
             unset = targets < 0
             targets[unset] = logits[unset].argmax(-1)
-        return Outputs(logits, values.get("attentions"), values.get("attention_grads"), targets)
+        return Outputs(logits, values.get("attentions"), values.get("attention_grads"), targets,
+                       values.get("tokens"), values.get("token_grads"))
 
     def _check_input(self, x_nchw: np.ndarray) -> np.ndarray:
         """``x_nchw`` checked against the graph input, as a contiguous array of its dtype."""

@@ -6,7 +6,8 @@ Writes, beside this script:
   width 32, the ten ``TINY_LABELS``), random weights drawn after ``torch.manual_seed(0)``, with
   the ``logits`` and ``attentions`` outputs.
 - ``tiny_vit_grads.onnx``: the same model and weights exported with ``gradients=True`` (a
-  ``target`` input and an ``attention_grads`` output), for the gradient methods.
+  ``target`` input; ``attention_grads``, ``tokens`` and ``token_grads`` outputs), for the
+  gradient methods and Grad-CAM.
 
 Needs torch and timm (the export side); the files it writes let the runtime tests run without
 them. The export is deterministic: run twice, it writes the same bytes.
@@ -41,8 +42,8 @@ def export_tiny_vit(out: str | Path, *, gradients: bool = False) -> Path:
 
     Args:
         out: the ``.onnx`` file to write (replaced atomically).
-        gradients: also export ``attention_grads`` (float32, (B, L, H, N, N)) for a ``target``
-            input (int64, (B,)).
+        gradients: also export ``attention_grads`` (float32, (B, L, H, N, N)), ``tokens`` and
+            ``token_grads`` (float32, (B, N, D)) for a ``target`` input (int64, (B,)).
 
     Returns:
         ``out`` as a :class:`~pathlib.Path`.

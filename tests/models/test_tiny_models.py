@@ -49,9 +49,10 @@ def test_the_committed_tiny_model_is_what_the_script_exports_today(tmp_path, com
     feed = {"input": x, **({"target": np.array([-1, 3, 9], np.int64)} if gradients else {})}
     got, want = old.run(None, feed), new.run(None, feed)
     names = [o.name for o in old.get_outputs()]
-    assert names == ["logits", "attentions"] + (["attention_grads"] if gradients else [])
+    assert names == ["logits", "attentions"] + (["attention_grads", "tokens", "token_grads"] if gradients else [])
     for name, g, w in zip(names, got, want):
-        scale = float(np.abs(w).max()) if name == "attention_grads" else 1.0  # gradients: relative to the largest
+        # gradients: relative to the largest
+        scale = float(np.abs(w).max()) if name in ("attention_grads", "token_grads") else 1.0
         np.testing.assert_allclose(g, w, rtol=0, atol=1e-5 * scale, err_msg=name)
     # Not vacuous: the three images get logits that differ by far more than the tolerance.
     assert np.ptp(got[0], axis=0).max() > 1e-2

@@ -36,7 +36,7 @@ from attnmap.runtime.frames.sinks import RealTimeRecorder, Window, check_display
 from attnmap.runtime.frames.sources import open_source
 from attnmap.runtime.fronts.live.state import KEY_HELP, LiveState, apply_key, method_options
 from attnmap.runtime.fronts.live.stats import STAGES, FrameRecord, LiveFrame, LiveStats
-from attnmap.runtime.methods import METHODS
+from attnmap.runtime.methods import METHODS, runs_on
 
 
 @dataclass(frozen=True)
@@ -117,7 +117,9 @@ def run_live(explainer, source: "str | Source" = "0", job: Job | None = None, co
     config = config or LiveConfig()
     try:
         meta = explainer.meta
-        methods = [n for n, m in METHODS.items() if not m.needs_gradients or meta.has_gradients]
+        # Perturbation methods take hundreds of model runs a frame: the method key cycles through
+        # them only when the session started with one.
+        methods = [n for n, m in METHODS.items() if runs_on(n, meta) and (m.kind != "perturbation" or n == job.method)]
         if job.method not in methods:
             raise OptionError(f"method {job.method!r} cannot run on this model; choose from {', '.join(methods)}."
                               + suggest(str(job.method), methods))
