@@ -191,3 +191,25 @@ def test_cli_synthetic_localisation_csv_and_plots(tmp_path):
         assert cv2.imread(str(out / name)).shape[0] > 100
     res = CliRunner().invoke(cli.main, ["evaluate", "--methods", "rollout"])
     assert res.exit_code == 2 and "--synthetic" in res.output
+
+
+def test_methods_all_is_what_the_file_can_run(shipped, tiny_vit_grads_onnx):
+    from attnmap.runtime.methods import METHODS, runs_on
+
+    plain = {n for n in METHODS if runs_on(n, shipped.meta)}
+    assert plain == {"rollout", "attention", "flow", "occlusion", "rise"}  # no gradients in the shipped file
+    grads = Explainer(tiny_vit_grads_onnx, provider="cpu").meta
+    assert {n for n in METHODS if runs_on(n, grads)} == set(METHODS)
+
+
+def test_option_text_is_parsed_by_the_options_kind():
+    from attnmap.runtime.core.errors import OptionError
+    from attnmap.runtime.methods import METHODS
+
+    rollout, attention = METHODS["rollout"].options, METHODS["attention"].options
+    assert rollout["residual"].parse("off") is False and rollout["residual"].parse("True") is True
+    assert attention["head"].parse("none") is None and attention["layer"].parse("-2", size=4) == -2
+    with pytest.raises(OptionError, match="must be a number"):
+        rollout["discard_ratio"].parse("lots")
+    with pytest.raises(OptionError, match=r"in \[-4, 4\)"):
+        attention["layer"].parse("7", size=4)
