@@ -243,10 +243,15 @@ def main(ctx: click.Context, debug: bool) -> None:
 def export(model_name: str, out: Path, checkpoint: Path | None, pretrained: bool, img_size: int | None,
            heads: str, labels: Path | None, num_classes: int | None, no_attentions: bool, gradients: bool,
            opset: int | None) -> None:
-    """Export a timm ViT-family model to ONNX with attention outputs and attnmap metadata.
+    """Export a timm or Hugging Face ViT to ONNX with attention outputs and attnmap metadata.
 
-    MODEL_NAME is a timm model name, e.g. deit_tiny_patch16_224. The export is checked against
-    torch (parity gate) before the file is written; its path is printed on stdout.
+    MODEL_NAME is a timm model name (e.g. deit_tiny_patch16_224), a transformers model folder
+    written by save_pretrained (config.json, model.safetensors or pytorch_model.bin,
+    preprocessor_config.json), or hf:ORG/NAME on the Hugging Face hub. Transformers classes:
+    ViT, DeiT (with or without teacher), BEiT, DINOv2 (with or without registers); their
+    weights, input size, preprocessing and labels come from their own files. The export is
+    checked against torch (against transformers itself for those) before the file is written;
+    its path is printed on stdout.
     """
     if checkpoint is not None and pretrained:
         raise click.UsageError("Use just one of --checkpoint or --pretrained.")

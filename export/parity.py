@@ -4,8 +4,10 @@ The same seeded random batch goes through the torch model (wrapped by
 :class:`export.vit_attn.ViTWithAttention`) and through onnxruntime on the CPU; the largest
 absolute differences of the logits and of the attention probabilities are measured, the dynamic
 batch axis is exercised with a second, single-image run, and the attention rows of the file are
-checked to sum to 1. For a file with attention gradients, the gradients torch autograd gives
-(:class:`export.gradients.AttentionGradients` run eagerly) are compared too, with one image's
+checked to sum to 1. For a transformers model the torch side is transformers itself: the
+model with eager attention called with ``output_attentions=True``. For a file with attention
+gradients, the gradients torch autograd gives (:class:`export.gradients.AttentionGradients`
+run eagerly) are compared too, with one image's
 target given explicitly and the others left to the predicted class (target -1): the attention
 gradients, and Grad-CAM's token features (the last block's norm1 output) with their gradients.
 """
@@ -26,7 +28,7 @@ from attnmap.runtime.core.meta import ModelMeta
 from .gradients import AttentionGradients
 from .vit_attn import ViTWithAttention
 
-__all__ = ["ROW_SUM_ATOL", "ParityResult", "ort_session", "measure_parity", "check_parity"]
+__all__ = ["ROW_SUM_ATOL", "ParityResult", "ort_session", "gradient_module", "measure_parity", "check_parity"]
 
 ROW_SUM_ATOL = 1e-5
 
@@ -87,8 +89,22 @@ class ParityResult:
     token_grads_scale: float = 0.0
 
 
-def _as_wrapper(model: nn.Module, meta: ModelMeta) -> tuple[ViTWithAttention, bool]:
-    if isinstance(model, ViTWithAttention):
+def gradient_module(wrapper: nn.Module) -> nn.Module:
+    """The ``(input, target) -> (logits, attentions, attention_grads, tokens, token_grads)`` module.
+
+    Args:
+        wrapper: :class:`ViTWithAttention`, or a wrapper with its own ``gradient_module()``
+            (:class:`export.hf.HFWithAttention`).
+
+    Returns:
+        :class:`export.gradients.AttentionGradients` (or the wrapper's subclass of it).
+    """
+    own = getattr(wrapper, "gradient_module", None)
+    return own() if callable(own) else AttentionGradients(wrapper)
+
+
+def _as_wrapper(model: nn.Module, meta: ModelMeta) -> tuple[nn.Module, bool]:
+    if isinstance(model, ViTWithAttention) or callable(getattr(model, "set_deltas", None)):
         return model, False
     return ViTWithAttention(model, heads=meta.head_fusion, attentions="attentions" in meta.outputs), True
 
@@ -98,7 +114,8 @@ def measure_parity(model: nn.Module, onnx_path: str | Path, meta: ModelMeta, *, 
     """Run torch and onnxruntime on the same random inputs and measure the differences.
 
     Args:
-        model: the timm model (or its :class:`ViTWithAttention` wrapper) the file came from.
+        model: the timm model or its :class:`ViTWithAttention` wrapper, or a transformers
+            model's :class:`export.hf.HFWithAttention`, that the file came from.
         onnx_path: the exported file.
         meta: the file's metadata (input size, outputs, head fusion).
         batch: size of the main batch; a batch of 1 is run as well to exercise the dynamic axis.
@@ -135,11 +152,14 @@ def measure_parity(model: nn.Module, onnx_path: str | Path, meta: ModelMeta, *, 
         for xb, tb in runs:
             feed = {"input": xb.numpy()}
             if meta.has_gradients:
-                ref = AttentionGradients(wrapper)(xb, tb)
+                ref = gradient_module(wrapper)(xb, tb)
                 feed["target"] = tb.numpy()
             else:
+                # A transformers model's reference is transformers itself (eager attention,
+                # output_attentions=True), not the wrapper's own capture.
+                reference = getattr(wrapper, "reference", None)
                 with torch.no_grad():
-                    ref = wrapper(xb)
+                    ref = reference(xb) if callable(reference) else wrapper(xb)
             ref = ref if isinstance(ref, tuple) else (ref,)
             got = session.run(None, feed)
             for name, r, g in zip(meta.outputs, ref, got):

@@ -38,15 +38,14 @@ from attnmap.runtime.core.errors import AttnmapError, ExportError, suggest
 from attnmap.runtime.core.files import commit, discard, temp_path
 from attnmap.runtime.core.meta import HEAD_FUSIONS, ModelMeta
 
-from .gradients import (GRAD_RTOL, GRADIENT_INPUTS, GRADIENT_OUTPUTS, AttentionGradients, check_gradient_options,
-                        trace_gradients)
+from .gradients import GRAD_RTOL, GRADIENT_INPUTS, GRADIENT_OUTPUTS, check_gradient_options, trace_gradients
 from .metadata import build_meta
-from .parity import check_parity, measure_parity
+from .parity import check_parity, gradient_module, measure_parity
 from .vit_attn import ViTWithAttention, describe_tokens
 from .weights import (checkpoint_num_classes, create_pretrained, head_classes, load_checkpoint,
                       load_state_dict_strict, read_state_dict)
 
-__all__ = ["ATTN_ATOL", "ExportReport", "export_onnx", "export_module", "check_parity"]
+__all__ = ["ATTN_ATOL", "ExportReport", "export_onnx", "export_module", "export_wrapped", "check_parity"]
 
 ATTN_ATOL = 1e-5
 # protobuf cannot serialise a message of 2 GiB or more; keep headroom for the graph itself.
@@ -116,7 +115,7 @@ def _unwrap_error(exc: BaseException) -> AttnmapError | None:
     return None
 
 
-def _trace(wrapper: ViTWithAttention, input_size: tuple[int, ...], opset: int | None, model_name: str,
+def _trace(wrapper: nn.Module, input_size: tuple[int, ...], opset: int | None, model_name: str,
            gradients: bool = False):
     """Trace ``wrapper`` (with its attention gradients) into an ``onnx.ModelProto``, dynamic batch."""
     # Batch 2, not 1: torch.export specialises a size-1 dimension to a constant.
@@ -129,7 +128,7 @@ def _trace(wrapper: ViTWithAttention, input_size: tuple[int, ...], opset: int | 
     folding_log.setLevel(logging.ERROR)
     try:
         if gradients:
-            module = trace_gradients(AttentionGradients(wrapper), example)
+            module = trace_gradients(gradient_module(wrapper), example)
             args = (example, torch.full((2,), -1, dtype=torch.int64))
             inputs, outputs = list(GRADIENT_INPUTS), list(GRADIENT_OUTPUTS)
             dynamic: Any = ({0: batch}, {0: batch})
@@ -223,18 +222,47 @@ def export_module(model: nn.Module, out: str | Path, *, model_name: str, heads: 
     _check_module(model, model_name)
     meta = build_meta(model, model_name=model_name, heads=heads, labels=labels, attentions=attentions,
                       opset=opset or 0, data_config=data_config, extra=extra, gradients=gradients)
+    with ViTWithAttention(model, heads=heads, attentions=attentions) as wrapper:
+        return export_wrapped(wrapper, meta, out, opset=opset, atol=atol, log=log, started=started)
+
+
+def export_wrapped(wrapper: nn.Module, meta: ModelMeta, out: str | Path, *, opset: int | None = None,
+                   atol: float = 1e-4, log: Callable[[str], None] = print,
+                   started: float | None = None) -> ExportReport:
+    """Trace, save, check parity and commit one wrapped model (timm's or transformers').
+
+    Args:
+        wrapper: :class:`ViTWithAttention` or :class:`export.hf.HFWithAttention` around a model
+            (its head fusion, attentions flag and layers agree with ``meta``).
+        meta: the metadata to embed (its ``outputs`` say whether gradients are exported).
+        out: path of the ``.onnx`` file.
+        opset: ONNX opset; None uses the exporter's default.
+        atol: logits tolerance of the parity gate (see :func:`export_module`).
+        log: receives progress lines and the parity figures.
+        started: ``time.perf_counter()`` when the export began (default: now).
+
+    Returns:
+        :class:`ExportReport`.
+
+    Raises:
+        ExportError: trace failure or parity failure (then no file is written).
+    """
+    started = time.perf_counter() if started is None else started
+    out = Path(out)
+    model_name, heads, attentions = meta.model_name, meta.head_fusion, "attentions" in meta.outputs
+    gradients = meta.has_gradients
+    model = wrapper.model
     tmp = temp_path(out)
     was_training = model.training
     model.eval()
     try:
-        with ViTWithAttention(model, heads=heads, attentions=attentions) as wrapper:
-            log(f"exporting {model_name} ({meta.num_layers} blocks, {meta.num_heads} heads, "
-                f"{meta.num_tokens} tokens, heads={heads}, attentions={attentions}, gradients={gradients})")
-            proto = _trace(wrapper, meta.input_size, opset, model_name, gradients)
-            meta = meta.replace(exporter={**meta.exporter, "opset": str(_opset_of(proto))})
-            _save(proto, meta, tmp)
-            del proto
-            result = measure_parity(wrapper, tmp, meta)
+        log(f"exporting {model_name} ({meta.num_layers} blocks, {meta.num_heads} heads, "
+            f"{meta.num_tokens} tokens, heads={heads}, attentions={attentions}, gradients={gradients})")
+        proto = _trace(wrapper, meta.input_size, opset, model_name, gradients)
+        meta = meta.replace(exporter={**meta.exporter, "opset": str(_opset_of(proto))})
+        _save(proto, meta, tmp)
+        del proto
+        result = measure_parity(wrapper, tmp, meta)
         logits_tol = atol * max(1.0, result.logits_scale)
         failures = []
         if not result.logits_max_abs <= logits_tol:
@@ -289,8 +317,12 @@ def export_onnx(model_name: str, out: str | Path, *, checkpoint: str | Path | No
                 random_weights_hint: str = "pass checkpoint=PATH or pretrained=True") -> ExportReport:
     """Build a timm model by name, load its weights and export it (see :func:`export_module`).
 
+    ``model_name`` may instead name a Hugging Face transformers model: a ``save_pretrained``
+    folder or ``hf:ORG/NAME`` (see :func:`export.hf_export.export_hf`); timm names win.
+
     Args:
-        model_name: timm model name, optionally with a pretrained tag (``"deit_tiny_patch16_224"``).
+        model_name: timm model name, optionally with a pretrained tag (``"deit_tiny_patch16_224"``),
+            a transformers model folder, or ``hf:ORG/NAME``.
         out: path of the ``.onnx`` file to write.
         checkpoint: local weights (``.safetensors``, ``.pth``/``.pt``/``.bin``, JAX ``.npz``), loaded
             strictly. When ``model_kwargs`` has no ``num_classes``, the checkpoint's head size is used.
@@ -317,12 +349,27 @@ def export_onnx(model_name: str, out: str | Path, *, checkpoint: str | Path | No
     """
     import timm
 
+    from .hf_load import is_hf_source
+
     started = time.perf_counter()
     _check_heads(heads)
     if gradients:
         check_gradient_options(heads, attentions)
+    if not timm.is_model(model_name) and is_hf_source(model_name):
+        given = [k for k, v in (("checkpoint=", checkpoint), ("pretrained=True", pretrained), ("img_size=", img_size),
+                                ("model_kwargs=", model_kwargs)) if v]
+        if given:
+            raise ExportError(f"{', '.join(given)} do not apply to the transformers model {model_name}: its "
+                              "weights, input size and head come from its own files")
+        from .hf_export import export_hf
+
+        report = export_hf(model_name, out, heads=heads, labels=labels, attentions=attentions, opset=opset,
+                           atol=atol, gradients=gradients, log=log)
+        return dataclasses.replace(report, seconds=time.perf_counter() - started)
     if not timm.is_model(model_name):
-        raise ExportError(f"timm has no model {model_name!r}.{suggest(model_name, timm.list_models())}")
+        raise ExportError(f"{model_name!r} is neither a timm model nor a folder holding a transformers model "
+                          f"(config.json); write hf:ORG/NAME for the Hugging Face hub."
+                          f"{suggest(model_name, timm.list_models())}")
     if checkpoint is not None and pretrained:
         raise ExportError("use just one of checkpoint= and pretrained=True")
     kwargs = dict(model_kwargs or {})
