@@ -77,3 +77,18 @@ def test_cli_prints_the_json_schema_and_fails_on_bad_inputs(tmp_path):
     assert "rollout" in res.stdout  # the good images are still scored and printed
     res = CliRunner().invoke(cli.main, ["evaluate", str(tmp_path), "--methods", "rolout"])
     assert res.exit_code == 2 and "unknown explanation method 'rolout'" in res.output
+
+
+def test_a_method_that_fails_on_an_image_is_named_and_the_next_image_is_scored(shipped, monkeypatch):
+    calls = {"n": 0}
+    real = shipped.maps
+
+    def flaky(outputs, method, **kw):
+        calls["n"] += 1
+        if method == "attention" and calls["n"] <= 2:  # the first image's attention map
+            raise ValueError("no attention here")
+        return real(outputs, method, **kw)
+
+    monkeypatch.setattr(shipped, "maps", flaky)
+    r = evaluate(shipped, _frames(2), ["rollout", "attention"], steps=2)
+    assert r.failed == [("img0", "method 'attention': no attention here")] and r.sources == ["img1"]

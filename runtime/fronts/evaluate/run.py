@@ -20,7 +20,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
-from attnmap.runtime.core.errors import MethodOptionError, OptionError
+from attnmap.runtime.core.errors import ExplainError, MethodOptionError, OptionError
 from attnmap.runtime.frames.frame import Frame
 from attnmap.runtime.fronts.evaluate.truth import GroundTruth
 from attnmap.runtime.methods import METHODS, check_method_use, check_options, get_method
@@ -244,7 +244,10 @@ def evaluate(explainer, frames: Iterable[Frame], methods: Sequence[str], *, base
             for m in methods:
                 extra = {} if getattr(METHODS[names[m]], "kind", "attention") == "attention" else \
                     {"x": x, "classes": np.array([target], np.int64)}
-                grids[m] = np.asarray(explainer.maps(outputs, names[m], **extra, **checked[m])[0])
+                try:
+                    grids[m] = np.asarray(explainer.maps(outputs, names[m], **extra, **checked[m])[0])
+                except Exception as exc:  # noqa: BLE001 - say which method failed on this image
+                    raise ExplainError(f"method {m!r}: {exc or type(exc).__name__}") from exc
             rng = np.random.default_rng(frame.index)
             randoms = [rng.random((gh, gw)) for _ in range(RANDOM_SEEDS)]
             curves = score_maps(explainer, x[0], [*grids.values(), *randoms], target, baseline=baseline,
