@@ -560,7 +560,7 @@ def evaluate(sources: tuple[str, ...], model: str | None, provider: str, threads
     if not images and not synth:
         raise click.ClickException("no images to evaluate")
     total = len(images) + len(synth)
-    with open_files(images, errors="yield") if images else _nothing() as frames, \
+    with open_files(images, errors="yield") if images else contextlib.nullcontext(()) as frames, \
             click.progressbar(length=total, label="evaluating", file=sys.stderr) as bar:
         result = ev.evaluate(explainer, itertools.chain(frames, synth), specs, baseline=baseline, sigma=sigma,
                              steps=steps, unit=unit, fit=fit, batch_size=batch_size, truth=truth,
@@ -574,12 +574,6 @@ def evaluate(sources: tuple[str, ...], model: str | None, provider: str, threads
     failed = len(result.failed) + len(missing) + sum(r.kind != "image" for r in refs)
     if failed:
         raise click.ClickException(f"{failed} inputs could not be evaluated (see above)")
-
-
-@contextlib.contextmanager
-def _nothing():
-    """An empty source, for --synthetic alone."""
-    yield iter(())
 
 
 # ---------------------------------------------------------------------------- demo

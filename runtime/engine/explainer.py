@@ -32,6 +32,7 @@ import numpy as np
 
 from attnmap.runtime.core.errors import ExplainError, ImageError, suggest
 from attnmap.runtime.methods import check_method_use, check_options, explain as run_method, get_method
+from attnmap.runtime.methods.base import softmax
 from attnmap.runtime.core.meta import ModelMeta
 from attnmap.runtime.model.registry import resolve_model
 from attnmap.runtime.draw.style import OverlayStyle
@@ -325,15 +326,6 @@ def top_indices(scores: np.ndarray, k: int) -> np.ndarray:
     part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
     order = np.lexsort((part, -np.take_along_axis(scores, part, axis=1)), axis=1)
     return np.take_along_axis(part, order, axis=1)
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    """Row-wise softmax of (B, C) logits, float32."""
-    z = logits.astype(np.float64)
-    z -= z.max(axis=1, keepdims=True)
-    np.exp(z, out=z)
-    z /= z.sum(axis=1, keepdims=True)
-    return z.astype(np.float32)
 
 
 def resolve_class(meta: ModelMeta, spec: int | str) -> int:

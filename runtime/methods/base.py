@@ -347,3 +347,12 @@ def normalize_maps(maps: np.ndarray) -> np.ndarray:
     out = (x - lo) / np.where(constant, 1.0, spread)
     out = np.where(constant, (hi > 0).astype(np.float64), out)
     return np.clip(out, 0.0, 1.0).astype(np.float32)
+
+
+def softmax(logits: np.ndarray, dtype: type = np.float32) -> np.ndarray:
+    """Row-wise softmax of (B, C) logits, computed in float64 and returned as ``dtype``."""
+    z = np.asarray(logits).astype(np.float64)
+    z -= z.max(axis=1, keepdims=True)
+    np.exp(z, out=z)
+    z /= z.sum(axis=1, keepdims=True)
+    return z if dtype is np.float64 else z.astype(dtype)

@@ -34,6 +34,7 @@ import numpy as np
 
 from attnmap.runtime.core.errors import OptionError
 from attnmap.runtime.core.meta import ModelMeta
+from attnmap.runtime.methods.base import softmax
 from attnmap.runtime.methods.metrics import resize_maps
 
 BASELINES = ("mean", "black", "blur")
@@ -140,13 +141,6 @@ def perturbed_inputs(x_chw: np.ndarray, base_chw: np.ndarray, order: np.ndarray,
     return np.where(pixels, fill[None], keep[None]).astype(np.float32)
 
 
-def _softmax(logits: np.ndarray) -> np.ndarray:
-    z = logits.astype(np.float64)
-    z -= z.max(axis=1, keepdims=True)
-    np.exp(z, out=z)
-    return z / z.sum(axis=1, keepdims=True)
-
-
 def unit_scores(grid_map: np.ndarray, unit: str, input_size: tuple[int, int]) -> np.ndarray:
     """The map as scores of the units: the (gh, gw) grid itself, or resized to the (H, W) input.
 
@@ -231,7 +225,7 @@ def score_maps(explainer, x_chw: np.ndarray, grid_maps: list[np.ndarray], target
             parts.append(perturbed_inputs(x, base, ser.order, picks, grid, restore=ser.restore))
             start = stop
         logits = explainer.infer_plain(np.concatenate(parts))
-        probs[lo:lo + len(chunk)] = _softmax(logits)[:, target]
+        probs[lo:lo + len(chunk)] = softmax(logits, np.float64)[:, target]
         top1[lo:lo + len(chunk)] = logits.argmax(axis=1)
     out, at = [], 0
     di_f = np.arange(int(steps) + 1) / float(steps)
