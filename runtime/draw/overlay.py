@@ -144,6 +144,21 @@ class HeatmapOverlay:
         if heat.shape != img.shape[:2]:
             raise ImageError(f"heatmap shape {heat.shape} must match the image's (H, W) {img.shape[:2]}; "
                              "map a patch grid with Geometry.to_image first")
+        return self.draw(img, heat)
+
+    def draw(self, img: np.ndarray, heat: np.ndarray) -> np.ndarray:
+        """:meth:`annotate` without its checks, for callers that made both arrays themselves.
+
+        Every pixel's colour depends on that pixel alone unless :attr:`blur` is set, so a
+        caller may draw a sub-rectangle of an image with the same rectangle of its map.
+
+        Args:
+            img: ``(H, W, 3)`` BGR uint8.
+            heat: ``(H, W)`` finite float32 map.
+
+        Returns:
+            A new ``(H, W, 3)`` BGR uint8 image.
+        """
         if self.blur > 0:
             heat = _blur(heat, self.blur * min(heat.shape))
         if self.mode == "blend":

@@ -98,15 +98,26 @@ class Explanation:
         if changes:
             style = style.replace(**changes)
         heat = self.heatmap
-        out = style.heatmap.annotate(self.image, heat)
-        # Pixels the model never saw (cut away by a crop) carry no evidence either way: show
-        # them dimmed rather than coloured as "no relevance".
+        # Pixels the model never saw (cut away by a crop) carry no evidence either way: they
+        # are shown dimmed (image // 2) rather than coloured as "no relevance". Every output
+        # pixel is written once: the seen rectangle drawn from its part of the map (drawing is
+        # per pixel unless blurred), the strips around it dimmed.
+        img = self.image
+        if img.dtype != np.uint8 or img.ndim != 3 or img.shape[2] != 3:
+            img = check_image(img, "Explanation.image")
         y0, y1, x0, x1 = self.geometry.seen_region(self.grid.shape)
-        h, w = out.shape[:2]
-        if (y0, y1, x0, x1) != (0, h, 0, w):
-            seen = out[y0:y1, x0:x1].copy()
-            out = (self.image // 2).astype(np.uint8)
-            out[y0:y1, x0:x1] = seen
+        h, w = img.shape[:2]
+        if (y0, y1, x0, x1) == (0, h, 0, w) or style.blur > 0 or y0 >= y1 or x0 >= x1:
+            out = style.heatmap.draw(img, heat)
+            if (y0, y1, x0, x1) != (0, h, 0, w):
+                seen = out[y0:y1, x0:x1].copy()
+                out = np.right_shift(img, 1)
+                out[y0:y1, x0:x1] = seen
+        else:
+            out = np.empty_like(img)
+            for (r0, r1), (c0, c1) in (((0, y0), (0, w)), ((y1, h), (0, w)), ((y0, y1), (0, x0)), ((y0, y1), (x1, w))):
+                np.right_shift(img[r0:r1, c0:c1], 1, out=out[r0:r1, c0:c1])
+            out[y0:y1, x0:x1] = style.heatmap.draw(img[y0:y1, x0:x1], heat[y0:y1, x0:x1])
         if style.label:
             out = style.caption.annotate(out, self.caption(), heatmap=heat)
         return out
@@ -184,7 +195,12 @@ class Explainer:
                 without ``x`` (or with an ``x`` or ``classes`` whose batch differs).
             MethodOptionError: unknown method or bad options.
         """
-        m = get_method(method)
+        return self._maps(outputs, get_method(method), x, classes, options)
+
+    def _maps(self, outputs: Outputs, m, x: np.ndarray | None, classes, options: dict,
+              checked: bool = False) -> np.ndarray:
+        """:meth:`maps` for the method record ``m``; ``checked``: ``options`` already passed
+        ``check_options`` (so :meth:`explain` checks them once, not twice)."""
         if m.kind == "perturbation":
             if x is None:
                 raise ExplainError(f"method {m.name!r} runs the model on perturbed inputs, so it needs the "
@@ -194,16 +210,20 @@ class Explainer:
             chosen = explained_classes(outputs) if classes is None else np.asarray(classes).reshape(-1)
             if chosen.shape != (len(outputs),):
                 raise ExplainError(f"classes must give one class per image ({len(outputs)}); got {chosen.tolist()}")
-            opts = check_options(m.name, options)
+            opts = options if checked else check_options(m.name, options)
             return m.fn(x, self.probabilities, chosen, self.meta.layout, **opts)
         if m.kind == "features":
-            opts = check_options(m.name, options)
+            opts = options if checked else check_options(m.name, options)
             return m.fn(getattr(outputs, "tokens", None), getattr(outputs, "token_grads", None),
                         self.meta.layout, **opts)
         if outputs.attentions is None:
             raise ExplainError("these outputs carry no attentions; run infer(), not infer_plain(), on a model "
                                "exported with attentions")
-        return run_method(method, outputs.attentions, self.meta.layout, grads=outputs.grads, **options)
+        if not checked:
+            return run_method(m.name, outputs.attentions, self.meta.layout, grads=outputs.grads, **options)
+        if m.needs_gradients and outputs.grads is None:
+            raise ExplainError(f"method {m.name!r} needs attention gradients; export the model with --gradients")
+        return m.fn(outputs.attentions, self.meta.layout, grads=outputs.grads, **options)
 
     # ------------------------------------------------------------------ all at once
     def explain(self, images: ImageLike | Sequence[ImageLike], method: str = "rollout", fit: str = "crop",
@@ -228,7 +248,7 @@ class Explainer:
         batch, single = _as_batch(images)
         if isinstance(topk, bool) or not isinstance(topk, (int, np.integer)) or topk < 1:
             raise ExplainError(f"topk must be an integer >= 1; got {topk!r}")
-        check_method_use(method, self.meta, class_given=target is not None, model=repr(self.path.name))
+        m = check_method_use(method, self.meta, class_given=target is not None, model=repr(self.path.name))
         options = check_options(method, options, self.meta)
         targets = None
         if target is not None:
@@ -237,12 +257,12 @@ class Explainer:
                 raise ExplainError(f"target must give one class per image ({len(batch)}); got {len(items)}")
             targets = np.array([resolve_class(self.meta, t) for t in items], dtype=np.int64)
         x, geoms = self.preprocess(batch, fit=fit)
-        if get_method(method).kind == "perturbation":
+        if m.kind == "perturbation":
             outputs = perturbation_outputs(self, x, targets)
-            grids = self.maps(outputs, method, x=x, **options)
+            grids = self._maps(outputs, m, x, None, options, checked=True)
         else:
             outputs = self.infer(x, target=targets)
-            grids = self.maps(outputs, method, **options)
+            grids = self._maps(outputs, m, None, None, options, checked=True)
         results = self.package(batch, outputs, grids, geoms, method, topk)
         return results[0] if single else results
 
@@ -276,13 +296,16 @@ class Explainer:
         """Bundle one batch's stage outputs into per-image :class:`Explanation` objects."""
         probs = softmax(outputs.logits)
         k = max(1, min(int(topk), probs.shape[1]))
-        order = top_indices(probs, k)
+        order = top_indices(probs, k).tolist()
+        top_probs = np.take_along_axis(probs, np.asarray(order, dtype=np.intp), axis=1).tolist()
+        targets = None if outputs.targets is None or not get_method(method).class_specific else outputs.targets
+        label = self.meta.label
         results = []
         for i, image in enumerate(images):
-            tk = [TopK(int(c), self.meta.label(int(c)), float(probs[i, c])) for c in order[i]]
-            tgt = None if outputs.targets is None or not get_method(method).class_specific else int(outputs.targets[i])
+            tk = [TopK(c, label(c), p) for c, p in zip(order[i], top_probs[i])]
+            tgt = None if targets is None else int(targets[i])
             results.append(Explanation(image, probs[i], tk, grids[i], geoms[i], method, tgt,
-                                       None if tgt is None else self.meta.label(tgt)))
+                                       None if tgt is None else label(tgt)))
         return results
 
 
@@ -323,9 +346,10 @@ def top_indices(scores: np.ndarray, k: int) -> np.ndarray:
     (which of several scores tied at the k-th place gets in is not specified)."""
     if k >= scores.shape[1]:
         return np.argsort(-scores, axis=1, kind="stable")
+    rows = np.arange(scores.shape[0])[:, None]
     part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
-    order = np.lexsort((part, -np.take_along_axis(scores, part, axis=1)), axis=1)
-    return np.take_along_axis(part, order, axis=1)
+    order = np.lexsort((part, -scores[rows, part]), axis=1)
+    return part[rows, order]
 
 
 def resolve_class(meta: ModelMeta, spec: int | str) -> int:

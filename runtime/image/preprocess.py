@@ -141,11 +141,13 @@ class Geometry:
         if not np.isfinite(grid).all():
             raise ImageError("grid_map must be finite; it holds NaN or inf")
         wy, wx_t = self._map_weights(grid.shape, interpolation)
-        out = wy @ (grid @ wx_t)
-        if interpolation == "cubic":
-            np.clip(out, grid.min(), grid.max(), out=out)
         y0, y1, x0, x1 = self.seen_region(grid.shape)
-        out[:y0], out[y1:], out[:, :x0], out[:, x1:] = 0, 0, 0, 0
+        out = np.zeros(self.image_size, np.float32)
+        if y0 < y1 and x0 < x1:  # only the rectangle the model saw is computed
+            seen = out[y0:y1, x0:x1]
+            np.matmul(wy[y0:y1], grid @ wx_t[:, x0:x1], out=seen)
+            if interpolation == "cubic":
+                np.clip(seen, grid.min(), grid.max(), out=seen)
         return out
 
     @functools.lru_cache(maxsize=16)

@@ -243,14 +243,18 @@ def fuse_heads(a: np.ndarray, how: str, axis: int = 1) -> np.ndarray:
         A new float32 array without the head axis.
     """
     check_choice("head_fusion", how, HEAD_FUSIONS)
-    if how == "mean":
-        # sum-then-scale: NumPy's mean(dtype=float32) takes a path several times slower.
-        fused = a.sum(axis=axis)
-        fused *= np.float32(1.0 / a.shape[axis])
-        return fused
-    if how == "max":
-        return a.max(axis=axis)
-    return a.min(axis=axis)
+    # Head by head over whole (N, N) planes rather than ``a.max(axis)``: NumPy's reduction over
+    # a middle axis walks the planes element by element, about twice the time. The mean is
+    # sum-then-scale (NumPy's mean(dtype=float32) takes a path several times slower still).
+    pick = {"mean": np.add, "max": np.maximum, "min": np.minimum}[how]
+    lead = (slice(None),) * (axis % a.ndim)
+    count = a.shape[axis]
+    fused = a[lead + (0,)].astype(np.float32, copy=True)
+    for h in range(1, count):
+        pick(fused, a[lead + (h,)], out=fused)
+    if how == "mean" and count > 1:
+        fused *= np.float32(1.0 / count)
+    return fused
 
 
 def start_vector(layout: TokenLayout, batch: int) -> np.ndarray:
@@ -313,10 +317,11 @@ def grid_maps(patches: np.ndarray, layout: TokenLayout, method: str) -> np.ndarr
     """
     gh, gw = layout.grid
     maps = patches.reshape(patches.shape[0], gh, gw)
-    if not np.isfinite(maps).all():
+    try:
+        return normalize_maps(maps)
+    except ExplainError as exc:
         raise ExplainError(f"method {method!r} produced NaN or inf; the attentions or grads "
-                           "contain non-finite values")
-    return normalize_maps(maps)
+                           "contain non-finite values") from exc
 
 
 def normalize_maps(maps: np.ndarray) -> np.ndarray:
@@ -336,17 +341,19 @@ def normalize_maps(maps: np.ndarray) -> np.ndarray:
     m = np.asarray(maps)
     if m.ndim < 2:
         raise ExplainError(f"maps must be (B, ...) with at least 2 axes; got shape {m.shape}")
-    x = m.astype(np.float64)
+    x = m.reshape(m.shape[0], -1).astype(np.float64)  # one row per map: the reductions run on axis 1
     if not np.isfinite(x).all():
         raise ExplainError(f"maps must be finite; got NaN or inf in an array of shape {m.shape}")
-    axes = tuple(range(1, x.ndim))
-    lo = x.min(axis=axes, keepdims=True)
-    hi = x.max(axis=axes, keepdims=True)
+    lo = x.min(axis=1, keepdims=True)
+    hi = x.max(axis=1, keepdims=True)
     spread = hi - lo
     constant = spread <= CONSTANT_RTOL * np.maximum(np.abs(hi), np.abs(lo))
-    out = (x - lo) / np.where(constant, 1.0, spread)
-    out = np.where(constant, (hi > 0).astype(np.float64), out)
-    return np.clip(out, 0.0, 1.0).astype(np.float32)
+    x -= lo
+    x /= np.where(constant, 1.0, spread)
+    if constant.any():
+        x[constant[:, 0]] = (hi[constant] > 0).astype(np.float64)[:, None]
+    np.clip(x, 0.0, 1.0, out=x)
+    return x.astype(np.float32).reshape(m.shape)
 
 
 def softmax(logits: np.ndarray, dtype: type = np.float32) -> np.ndarray:

@@ -1,0 +1,217 @@
+"""The fast paths of a full explanation equal the plain definitions they replace.
+
+Issue 18 made ``explain`` + ``overlay`` cheaper: rollout's layer step as one product over the
+stacked heads, head fusion plane by plane, the discard cut by OpenCV's to-zero threshold,
+float32 row sums as a product, one options check per call, top-k without lexsort
+bookkeeping, the heatmap computed on the seen rectangle only and the overlay drawn once at
+the output size. Each is checked here against a direct, slow transcription of what it
+computes, on real attentions (the committed tiny model torch-free, and the real DeiT-Tiny
+weights where ../shared and torch are present), within 1e-5.
+"""
+
+from __future__ import annotations
+
+import math
+
+import cv2
+import numpy as np
+import pytest
+
+from attnmap import Explainer, OverlayStyle
+from attnmap.runtime.core.meta import TokenLayout
+from attnmap.runtime.engine.explainer import top_indices
+from attnmap.runtime.methods import explain
+from attnmap.runtime.methods.base import fuse_heads, normalize_maps
+
+PHOTOS = ("pytorchhub_dog.jpg", "vitexplain_both.png", "hc_el4.jpg")
+
+
+# ------------------------------------------------------------------ plain definitions
+def plain_fuse(a: np.ndarray, how: str) -> np.ndarray:
+    """Head fusion of (H, N, N) in float32, heads combined in order (as a graph would)."""
+    if how == "mean":
+        return (a.astype(np.float32).sum(axis=0, dtype=np.float32) * np.float32(1.0 / a.shape[0])).astype(np.float32)
+    return a.max(axis=0) if how == "max" else a.min(axis=0)
+
+
+def plain_rollout(att: np.ndarray, layout: TokenLayout, how: str, ratio: float, residual: bool) -> np.ndarray:
+    """Rollout by its definition, one image at a time, full N x N matrices in float64.
+
+    Â_l = (F_l + I) (or F_l) with rows renormalised, R = Â_L ··· Â_1, the target's row of R
+    over the patch columns, min-max normalised. The discard (vit-explain's, made per image):
+    zero every unprotected entry of F_l strictly below the (k+1)-th smallest unprotected one,
+    k = floor(ratio N²); protected: the target's own entry, or the diagonal without a target.
+    """
+    b, layers, _, n, _ = att.shape
+    t = layout.target_row
+    protected = np.eye(n, dtype=bool) if t is None else np.zeros((n, n), bool)
+    if t is not None:
+        protected[t, t] = True
+    rows = []
+    for i in range(b):
+        r = np.eye(n)
+        for layer in range(layers):
+            f = plain_fuse(att[i, layer], how).astype(np.float64)
+            if ratio > 0:
+                k = min(int(ratio * n * n), n * n - int(protected.sum()))
+                cut = np.sort(f[~protected])[k] if k < f[~protected].size else np.inf
+                f[(f < cut) & ~protected] = 0.0
+            a_hat = f + np.eye(n) if residual else f
+            sums = a_hat.sum(axis=1, keepdims=True)
+            a_hat = a_hat / np.where(sums > 0, sums, 1.0)
+            r = a_hat @ r
+        rows.append(r.mean(axis=0) if t is None else r[t])
+    patches = np.array(rows)[:, layout.num_prefix:]
+    lo, hi = patches.min(axis=1, keepdims=True), patches.max(axis=1, keepdims=True)
+    return ((patches - lo) / (hi - lo)).reshape(b, *layout.grid)
+
+
+def plain_overlay(image: np.ndarray, heat: np.ndarray, seen: tuple[int, int, int, int], style: OverlayStyle,
+                  caption: list[str]) -> np.ndarray:
+    """The overlay by its definition: draw over the whole frame, then dim what was not seen."""
+    out = style.heatmap.annotate(image, heat)
+    y0, y1, x0, x1 = seen
+    if (y0, y1, x0, x1) != (0, image.shape[0], 0, image.shape[1]):
+        kept = out[y0:y1, x0:x1].copy()
+        out = (image // 2).astype(np.uint8)
+        out[y0:y1, x0:x1] = kept
+    if style.label:
+        out = style.caption.annotate(out, caption, heatmap=heat)
+    return out
+
+
+# ------------------------------------------------------------------ fixtures
+@pytest.fixture(scope="module")
+def photos(shared_data) -> list[np.ndarray]:
+    images = [cv2.imread(str(shared_data / "images" / name)) for name in PHOTOS]
+    assert all(img is not None for img in images)
+    return images
+
+
+@pytest.fixture(scope="module")
+def tiny_explainer(tiny_vit_onnx) -> Explainer:
+    return Explainer(tiny_vit_onnx, provider="cpu")
+
+
+def _frames(rng: np.random.Generator) -> list[np.ndarray]:
+    """A landscape, a portrait and a square frame, smooth enough to give structured attention."""
+    frames = []
+    for h, w in ((120, 160), (150, 90), (64, 64)):
+        small = rng.integers(0, 256, (h // 8, w // 8, 3), dtype=np.uint8)
+        frames.append(cv2.resize(small, (w, h), interpolation=cv2.INTER_CUBIC))
+    return frames
+
+
+CASES = [("mean", 0.0, True), ("mean", 0.5, True), ("max", 0.9, True), ("min", 0.3, True),
+         ("mean", 0.0, False), ("max", 0.6, False)]
+
+
+def _check_rollout(ex: Explainer, images: list[np.ndarray], atol: float) -> None:
+    x, _ = ex.preprocess(images, fit="squash")
+    out = ex.infer(x)
+    att = np.array(out.attentions)  # the runtime hands a [B, L, ...] view of an [L, B, ...] buffer
+    assert not out.attentions.flags.c_contiguous or len(images) == 1
+    for how, ratio, residual in CASES:
+        got = ex.maps(out, "rollout", head_fusion=how, discard_ratio=ratio, residual=residual)
+        ref = plain_rollout(att, ex.meta.layout, how, ratio, residual)
+        np.testing.assert_allclose(got, ref, atol=atol, err_msg=f"{how} {ratio} {residual}")
+        assert got.max() == 1.0 and got.min() == 0.0
+    # explain() (one options check, the method called directly) gives the same maps
+    for how, ratio, residual in CASES[:3]:
+        results = ex.explain(images, fit="squash", head_fusion=how, discard_ratio=ratio, residual=residual)
+        ref = plain_rollout(att, ex.meta.layout, how, ratio, residual)
+        np.testing.assert_allclose(np.stack([r.grid for r in results]), ref, atol=atol)
+
+
+def test_rollout_fast_paths_equal_the_definition_on_the_tiny_model(tiny_explainer):
+    # Random weights give nearly uniform attention: the map's spread is small, so the min-max
+    # normalisation magnifies float32 rounding (the runtime's vector is float32) about tenfold.
+    _check_rollout(tiny_explainer, _frames(np.random.default_rng(3)), atol=1e-4)
+
+
+@pytest.mark.export
+@pytest.mark.slow
+def test_rollout_fast_paths_equal_the_definition_on_real_deit_weights(deit_tiny_onnx, photos):
+    _check_rollout(Explainer(deit_tiny_onnx, provider="cpu"), photos, atol=1e-5)
+
+
+@pytest.mark.export
+@pytest.mark.slow
+def test_overlay_and_heatmap_equal_their_definitions_on_real_deit_weights(deit_tiny_onnx, photos):
+    ex = Explainer(deit_tiny_onnx, provider="cpu")
+    frame = cv2.resize(photos[0], (640, 480), interpolation=cv2.INTER_AREA)
+    for fit in ("crop", "squash", "letterbox"):
+        r = ex.explain(frame, fit=fit)
+        _check_overlay(r)
+
+
+def test_overlay_and_heatmap_equal_their_definitions(tiny_explainer):
+    for frame in _frames(np.random.default_rng(5)):
+        for fit in ("crop", "squash", "letterbox"):
+            _check_overlay(tiny_explainer.explain(frame, fit=fit))
+
+
+def _check_overlay(r) -> None:
+    g = r.geometry
+    wy, wx_t = g._map_weights(r.grid.shape, "linear")
+    full = wy @ (r.grid @ wx_t)
+    y0, y1, x0, x1 = seen = g.seen_region(r.grid.shape)
+    full[:y0], full[y1:], full[:, :x0], full[:, x1:] = 0, 0, 0, 0
+    np.testing.assert_allclose(r.heatmap, full, atol=1e-6)
+    for style in (OverlayStyle(), OverlayStyle(colormap="inferno", alpha=0.3, label=False),
+                  OverlayStyle(mode="mask", alpha=0.8), OverlayStyle(blur=0.05)):
+        want = plain_overlay(r.image, r.heatmap, seen, style, r.caption())
+        assert np.array_equal(r.overlay(style), want), (g.fit, style)
+
+
+# ------------------------------------------------------------------ the small pieces
+@pytest.mark.parametrize("how", ["mean", "max", "min"])
+@pytest.mark.parametrize("axis", [0, 1, 2])
+def test_fuse_heads_equals_the_numpy_reduction(how, axis):
+    a = np.random.default_rng(1).random((2, 3, 4, 5, 5)).astype(np.float32)
+    got = fuse_heads(a, how, axis=axis)
+    want = {"mean": np.mean, "max": np.max, "min": np.min}[how](a, axis=axis)
+    assert got.dtype == np.float32 and got.shape == want.shape
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+    if how != "mean":
+        assert np.array_equal(got, want)
+
+
+def test_normalize_maps_equals_min_max_with_constant_maps_as_documented():
+    rng = np.random.default_rng(2)
+    maps = rng.normal(size=(4, 3, 5)).astype(np.float32)
+    maps[1] = 0.25  # constant, positive -> ones
+    maps[2] = -1.0  # constant, negative -> zeros
+    maps[3] = 7.0 + rng.normal(size=(3, 5)) * 1e-7  # float32 noise on a constant -> ones
+    got = normalize_maps(maps)
+    x = maps[0].astype(np.float64)
+    np.testing.assert_allclose(got[0], (x - x.min()) / (x.max() - x.min()), atol=1e-7)
+    assert np.array_equal(got[1], np.ones((3, 5))) and np.array_equal(got[2], np.zeros((3, 5)))
+    assert np.array_equal(got[3], np.ones((3, 5)))
+    assert got.dtype == np.float32 and got.shape == maps.shape
+
+
+def test_top_indices_equal_a_stable_sort_with_ties_by_index():
+    rng = np.random.default_rng(4)
+    scores = np.round(rng.random((6, 50)) * 8) / 8  # many ties
+    for k in (1, 5, 17, 49, 50):
+        got = top_indices(scores, k)
+        want = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+        # equal scores may enter at the k-th place in either order; their values must agree,
+        # and within the block the order is best first, ties by index
+        assert np.array_equal(np.take_along_axis(scores, got, 1), np.take_along_axis(scores, want, 1))
+        for row, s in zip(got, scores):
+            keys = list(zip(-s[row], row))
+            assert keys == sorted(keys)
+
+
+def test_discard_cut_keeps_entries_equal_to_the_threshold():
+    # F's entries [0.1, 0.2, 0.2, 0.2, ...]: k = 1 lowest unprotected; the three 0.2s tie at the
+    # cut and all stay (ties are kept rather than split), as the definition says.
+    layout = TokenLayout(1, (1, 2), 0, stochastic=False)
+    f = np.array([[0.5, 0.1, 0.2], [0.2, 0.2, 0.2], [0.2, 0.2, 0.2]], np.float32)
+    att = np.broadcast_to(f, (1, 1, 1, 3, 3)).copy()
+    got = explain("rollout", att, layout, discard_ratio=1 / 9 + 1e-6, residual=False)
+    ref = plain_rollout(att, layout, "mean", 1 / 9 + 1e-6, False)
+    np.testing.assert_allclose(got, ref, atol=1e-6)
+    assert math.isclose(float(got[0, 0, 0]), 0.0, abs_tol=1e-7)  # 0.1 discarded -> the lowest patch
