@@ -215,6 +215,12 @@ class _Plan:
     fill: np.ndarray  # (3,) float32 normalised value of padded pixels
     vertical_first: bool
 
+    @property
+    def fill_free(self) -> bool:
+        """The image covers the whole input (no padded border)."""
+        return (self.rows.out0, self.cols.out0) == (0, 0) and \
+            (self.rows.out1, self.cols.out1) == self.geometry.input_size
+
 
 def _start(n_resized: int, n_out: int) -> int:
     # torchvision's CenterCrop and timm's CenterCropOrPad: pad (left-biased) or crop centred
@@ -267,6 +273,14 @@ def _plan(h0: int, w0: int, key: tuple) -> _Plan:
 
 def _run(plan: _Plan, img_bgr: np.ndarray, out_chw: np.ndarray) -> None:
     rows, cols = plan.rows, plan.cols
+    if rows.blocks is None and cols.blocks is None and plan.fill_free:
+        # No resampling (an image already at the input size): normalise the uint8 planes
+        # straight into the input, without the float copy the resampling passes read.
+        for c, plane in enumerate(cv2.split(img_bgr[rows.in0:rows.in1, cols.in0:cols.in1])):
+            dst = out_chw[2 - c]
+            np.multiply(plane, plan.gain[2 - c], out=dst)
+            dst += plan.bias[2 - c]
+        return
     # The pixels read, as B, G, R rows per image row (resample.py). cv2.split is fast on whole
     # rows (contiguous) and several times slower on a column window, so columns are cut after.
     planes = np.empty((rows.in1 - rows.in0, 3, cols.in1 - cols.in0), np.float32)
