@@ -30,6 +30,9 @@ POOLINGS = ("token", "avg")
 HEAD_FUSIONS = ("none", "mean", "max", "min")
 CROP_MODES = ("center", "squash", "border")
 INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "area", "lanczos")
+PRECISIONS = ("fp32", "fp16", "int8")
+# The fidelity record (runtime/precision/fidelity.py, Fidelity.to_dict) must hold these.
+FIDELITY_FIELDS = ("images", "source", "top1_agreement", "max_prob_diff", "maps", "thresholds")
 
 
 @dataclass(frozen=True)
@@ -86,6 +89,13 @@ class ModelMeta:
         inputs: graph input names, e.g. ``("input",)`` or ``("input", "target")``.
         exporter: versions of the tools that wrote the file (attnmap, torch, timm, onnx, opset).
         extra: free-form notes (e.g. how a shipped model was trained); never needed to run.
+        precision: ``"fp32"`` (as exported), ``"fp16"`` or ``"int8"`` (converted by
+            ``attnmap quantize`` / ``export --precision``; inputs and outputs stay float32,
+            except an fp16 file's attentions where it was asked for). Files from before this
+            field read as ``"fp32"``.
+        fidelity: for fp16 and int8 files, the fidelity gate's figures against the fp32 file
+            (:meth:`attnmap.runtime.precision.fidelity.Fidelity.to_dict`: ``images``, ``source``,
+            ``top1_agreement``, ``max_prob_diff``, ``maps``, ``thresholds``); empty for fp32.
         schema_version: version of this schema.
     """
 
@@ -109,6 +119,8 @@ class ModelMeta:
     inputs: tuple[str, ...] = ("input",)
     exporter: Mapping[str, str] = field(default_factory=dict)
     extra: Mapping[str, Any] = field(default_factory=dict)
+    precision: str = "fp32"
+    fidelity: Mapping[str, Any] = field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
 
     def __post_init__(self) -> None:
@@ -118,6 +130,7 @@ class ModelMeta:
             object.__setattr__(self, name, tuple(getattr(self, name)))
         object.__setattr__(self, "exporter", dict(self.exporter))
         object.__setattr__(self, "extra", dict(self.extra))
+        object.__setattr__(self, "fidelity", dict(self.fidelity))
         self._validate()
 
     # ----------------------------------------------------------------- derived values
@@ -308,6 +321,17 @@ class ModelMeta:
             fail("inputs must name the image input first; got ()")
         if self.has_gradients and "target" not in self.inputs:
             fail(f"outputs has 'attention_grads', so inputs needs 'target'; got {self.inputs}")
+        if self.precision not in PRECISIONS:
+            fail(f"precision must be one of {PRECISIONS}; got {self.precision!r}")
+        if self.fidelity:
+            lacking = [k for k in FIDELITY_FIELDS if k not in self.fidelity]
+            if lacking:
+                fail(f"fidelity lacks {lacking}; it must hold {list(FIDELITY_FIELDS)}")
+            for key in ("top1_agreement", "max_prob_diff"):
+                if not _is_number(self.fidelity[key]) or not 0.0 <= self.fidelity[key] <= 1.0:
+                    fail(f"fidelity {key} must be a number in [0, 1]; got {self.fidelity[key]!r}")
+            if not isinstance(self.fidelity["maps"], dict):
+                fail(f"fidelity maps must be an object (method -> figures); got {self.fidelity['maps']!r}")
         if "token_grads" in self.outputs and ("tokens" not in self.outputs or "target" not in self.inputs):
             fail(f"outputs has 'token_grads', so outputs needs 'tokens' and inputs needs 'target'; got outputs "
                  f"{self.outputs} and inputs {self.inputs}")
@@ -353,5 +377,7 @@ _JSON_TYPES: dict[str, tuple[str, Callable[[Any], bool]]] = {
     "inputs": ("a list of strings", _list_of(_is_str)),
     "exporter": ("an object", lambda v: isinstance(v, dict)),
     "extra": ("an object", lambda v: isinstance(v, dict)),
+    "precision": ("a string", _is_str),
+    "fidelity": ("an object", lambda v: isinstance(v, dict)),
     "schema_version": ("an int", _is_int),
 }

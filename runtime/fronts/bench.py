@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Iterator, Mapping, Sequence
 
 import cv2
 import numpy as np
@@ -151,6 +151,122 @@ def format_bench(result: Mapping[str, Any]) -> str:
     lines.append(f"(inference + explanation) / plain = {result['ratio']:.3f}")
     lines.append(f"frames/s: plain {fps['plain_inference']:.1f}, with explanation "
                  f"{fps['inference_and_explanation']:.1f}, whole serial pipeline {fps['serial_pipeline']:.1f}")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- compare
+COMPARE_STAGES = ("preprocess", "inference", "explanation", "overlay")
+
+
+def run_compare(explainers: Sequence, source: "str | Path | Source | None" = None, *, runs: int = 20,
+                warmup: int = 3, batch_size: int = 1, method: str = "rollout",
+                options: Mapping[str, Any] | None = None, fit: str = "crop") -> dict[str, Any]:
+    """The same frames through several files (precisions, head fusions), side by side.
+
+    Each run decodes ``batch_size`` frames once, then every file preprocesses, infers,
+    explains and draws them, the files taking turns (the order reverses every run, so that a
+    machine getting busier or quieter favours none of them).
+
+    Args:
+        explainers: one :class:`attnmap.Explainer` per file; the first is the reference.
+        source: frames (see :func:`run_bench`); None for a synthetic 640x480 frame.
+        runs, warmup, batch_size, method, options, fit: as :func:`run_bench`.
+
+    Returns:
+        A JSON-able dict: ``source``, ``batch_size``, ``runs``, ``method`` and ``files``, one
+        per explainer in order: ``file``, ``size_bytes``, ``precision``, ``provider``,
+        ``stages`` (each of :data:`COMPARE_STAGES`: ``{"median_ms", "p90_ms", "per_frame_ms"}``),
+        ``explain_ms`` (median of preprocess + inference + explanation per run),
+        ``explains_per_s``, ``speedup`` (the first file's explain_ms / this one's),
+        ``size_ratio`` (this size / the first's), ``stored_fidelity`` (the gate's figures from the
+        file's metadata, empty for fp32), and against the first file on the timed frames:
+        ``top1_agreement`` and ``map_pearson`` (mean Pearson r of the maps).
+
+    Raises:
+        OptionError: no explainers, or runs/batch/warmup out of range.
+    """
+    from attnmap.runtime.precision.fidelity import pearson
+
+    if not explainers:
+        raise OptionError("compare needs at least one model file")
+    if runs < 1 or warmup < 0 or batch_size < 1:
+        raise OptionError(f"runs and batch_size must be >= 1 and warmup >= 0; got runs={runs}, "
+                          f"warmup={warmup}, batch_size={batch_size}")
+    job = Job(method=method, options=dict(options or {}), fit=fit, topk=1, style=OverlayStyle())
+    engines = [FrameEngine(ex, job, batch_size=batch_size) for ex in explainers]
+    times = [{s: [] for s in (*COMPARE_STAGES, "explain")} for _ in engines]
+    agree = [[] for _ in engines]
+    corr = [[] for _ in engines]
+    feed = _Feed(source)
+    try:
+        for run in range(warmup + runs):
+            frames = [Frame(i, feed.next(), feed.name, 0.0) for i in range(batch_size)]
+            order = list(enumerate(engines))
+            results: dict[int, list] = {}
+            for k, engine in (order if run % 2 == 0 else order[::-1]):
+                t = StageClock()
+                with t.stage("preprocess"):
+                    batch = engine.prepare(frames)
+                if batch.failed:
+                    raise batch.failed[0].error
+                with t.stage("inference"):
+                    outputs = engine.infer(batch)
+                with t.stage("explanation"):
+                    items = engine.explain(batch, outputs)
+                with t.stage("overlay"):
+                    for item in items:
+                        if item.error is not None:
+                            raise item.error
+                        engine.draw(item)
+                results[k] = [item.explanation for item in items]
+                if run >= warmup:
+                    for stage in COMPARE_STAGES:
+                        times[k][stage].append(t.last(stage))
+                    times[k]["explain"].append(t.last("preprocess") + t.last("inference") + t.last("explanation"))
+            if run >= warmup:
+                first = results[0]
+                for k, got in results.items():
+                    agree[k] += [a.topk[0].index == b.topk[0].index for a, b in zip(first, got)]
+                    corr[k] += pearson(np.stack([a.grid for a in first]), np.stack([b.grid for b in got])).tolist()
+    finally:
+        feed.close()
+    files = []
+    for k, ex in enumerate(explainers):
+        path = Path(getattr(ex, "path", ""))
+        explain_ms = float(np.median(times[k]["explain"])) * 1e3
+        files.append({
+            "file": str(path), "size_bytes": path.stat().st_size if path.is_file() else 0,
+            "precision": ex.meta.precision, "provider": _provider(ex),
+            "stages": {s: _stats(times[k][s], batch_size) for s in COMPARE_STAGES},
+            "explain_ms": round(explain_ms, 4), "explains_per_s": _fps(explain_ms, batch_size),
+            "stored_fidelity": dict(ex.meta.fidelity),
+            "top1_agreement": round(float(np.mean(agree[k])), 4), "map_pearson": round(float(np.mean(corr[k])), 6)})
+    for f in files:
+        f["speedup"] = round(files[0]["explain_ms"] / f["explain_ms"], 4) if f["explain_ms"] > 0 else 0.0
+        f["size_ratio"] = round(f["size_bytes"] / files[0]["size_bytes"], 4) if files[0]["size_bytes"] else 0.0
+    return {"source": feed.name, "frame_size": list(feed.size), "batch_size": batch_size, "runs": runs,
+            "warmup": warmup, "method": method, "files": files}
+
+
+def format_compare(result: Mapping[str, Any]) -> str:
+    """Render a :func:`run_compare` result as a text table, the first file as the reference."""
+    lines = [f"source {result['source']} {result['frame_size'][0]}x{result['frame_size'][1]}  batch "
+             f"{result['batch_size']}  {result['runs']} runs  method {result['method']}  (medians; ms per batch)"]
+    head = (f"{'file':<28}{'prec':>5}{'MB':>7}{'size':>6}" + "".join(f"{s[:7]:>9}" for s in COMPARE_STAGES)
+            + f"{'expl/s':>8}{'speedup':>8}{'top1=':>7}{'map r':>8}{'gate top1':>10}{'gate r':>8}")
+    lines.append(head)
+    for f in result["files"]:
+        fid = f["stored_fidelity"]
+        rollout = fid.get("maps", {}).get("rollout", {}) if fid else {}
+        gate = (f"{fid['top1_agreement']:>10.3f}{rollout.get('pearson_mean', float('nan')):>8.4f}" if fid
+                else f"{'-':>10}{'-':>8}")
+        name = Path(f["file"]).name
+        lines.append(f"{name[-28:]:<28}{f['precision']:>5}{f['size_bytes'] / 1e6:>7.2f}{f['size_ratio']:>6.2f}"
+                     + "".join(f"{f['stages'][s]['median_ms']:>9.2f}" for s in COMPARE_STAGES)
+                     + f"{f['explains_per_s']:>8.1f}{f['speedup']:>8.2f}{f['top1_agreement']:>7.3f}"
+                     f"{f['map_pearson']:>8.4f}{gate}")
+    lines.append("expl/s: frames explained per second (preprocess + inference + explanation); speedup and "
+                 "top1= / map r: against the first file; gate: the fidelity figures stored in the file")
     return "\n".join(lines)
 
 

@@ -80,3 +80,94 @@ class BufferPool:
         """Drop every pooled set (arrays callers still hold stay valid: they are theirs now)."""
         with self._lock:
             self._sets.clear()
+
+
+class DeviceBuffers:
+    """Inputs and outputs bound on an accelerator (CUDA, TensorRT), kept from run to run.
+
+    With ``session.run`` onnxruntime copies the input to the device, allocates every output
+    there, and copies each back on return. Here the input lives in one device buffer per
+    (input, shape), refreshed in place (``OrtValue.update_inplace``), and each output whose
+    shape is known up to the batch axis is written into a device buffer kept per (outputs,
+    batch); the results then come to the host in one copy per output per batch
+    (``OrtValue.numpy()``). Outputs of unknown shape are left to onnxruntime to allocate on
+    the device and copied the same way. Nothing is allocated on the device after the first
+    batch of a given size.
+
+    Args:
+        device: onnxruntime's device name (``"cuda"``; tests use ``"cpu"``, where the same
+            calls run without a GPU).
+        device_id: the device's index.
+        keys: distinct (outputs, batch) keys kept; the least recently used goes first.
+    """
+
+    def __init__(self, device: str = "cuda", device_id: int = 0, keys: int = 2):
+        self.device, self.device_id, self.keys = device, int(device_id), int(keys)
+        self._inputs: dict[tuple, object] = {}
+        self._outputs: OrderedDict[tuple, dict[str, object]] = OrderedDict()
+        self._lock = threading.Lock()
+        self.allocations = 0  # device buffers allocated so far (tests check reuse)
+
+    def run(self, session, names: Sequence[str], feed: dict[str, np.ndarray],
+            specs: dict[str, tuple], run=None) -> dict[str, np.ndarray]:
+        """Run ``session`` with ``feed`` bound on the device; return the ``names`` outputs on the host.
+
+        Args:
+            session: an ``onnxruntime.InferenceSession``.
+            names: outputs to fetch.
+            feed: input name -> contiguous host array.
+            specs: output name -> (shape with the batch axis first, numpy dtype or None).
+            run: ``run(session, binding)`` runs the bound session (default
+                ``session.run_with_iobinding``); the model turns its failures into ModelErrors.
+
+        Returns:
+            Output name -> host array (a fresh copy each run: callers may keep it).
+        """
+        import onnxruntime as ort
+
+        batch = next(iter(feed.values())).shape[0]
+        with self._lock:  # one binding of these buffers at a time
+            binding = session.io_binding()
+            for name, value in feed.items():
+                key = (name, value.shape, value.dtype.str)
+                buf = self._inputs.get(key)
+                if buf is None:
+                    # its own memory: on "cpu", ortvalue_from_numpy would wrap the caller's array,
+                    # and the next update_inplace would write into it
+                    buf = self._inputs[key] = ort.OrtValue.ortvalue_from_shape_and_type(
+                        list(value.shape), value.dtype, self.device, self.device_id)
+                    self.allocations += 1
+                buf.update_inplace(value)
+                binding.bind_ortvalue_input(name, buf)
+            outs = self._output_buffers(tuple(names), batch, specs)
+            for name in names:
+                if name in outs:
+                    binding.bind_ortvalue_output(name, outs[name])
+                else:
+                    binding.bind_output(name, self.device, self.device_id)
+            (run or (lambda s, b: s.run_with_iobinding(b)))(session, binding)
+            got = binding.get_outputs()
+            # numpy() of a device OrtValue is a host copy; of a "cpu" one it is a view of the
+            # reused buffer, which the next run would overwrite under a caller's feet.
+            return {name: value.numpy() if self.device != "cpu" else value.numpy().copy()
+                    for name, value in zip(names, got)}
+
+    def _output_buffers(self, names: tuple[str, ...], batch: int, specs: dict[str, tuple]) -> dict[str, object]:
+        import onnxruntime as ort
+
+        key = (names, batch)
+        bufs = self._outputs.get(key)
+        if bufs is None:
+            bufs = {}
+            for name in names:
+                shape, dtype = specs.get(name, (None, None))
+                if dtype is None or not shape or not all(isinstance(d, int) and d > 0 for d in shape[1:]):
+                    continue
+                bufs[name] = ort.OrtValue.ortvalue_from_shape_and_type([batch, *shape[1:]], dtype, self.device,
+                                                                       self.device_id)
+                self.allocations += 1
+            self._outputs[key] = bufs
+            while len(self._outputs) > self.keys:
+                self._outputs.popitem(last=False)
+        self._outputs.move_to_end(key)
+        return bufs

@@ -11,6 +11,7 @@
   bind each one straight into its slice of one preallocated ``[L, B, H, N, N]`` array: the
   softmax writes its result where the explanation reads it, and nothing is copied.
 * :func:`prune_to_outputs`: drop the nodes no graph output needs (the logits-only baseline).
+* :func:`sort_nodes`: topological node order (for converted files, see runtime/precision/fp16.py).
 """
 
 from __future__ import annotations
@@ -246,6 +247,40 @@ def prune_to_outputs(model: onnx.ModelProto) -> onnx.ModelProto:
     del model.graph.input[:]
     model.graph.input.extend(inputs)
     onnx.checker.check_model(model)
+    return model
+
+
+def sort_nodes(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Put the graph's nodes in topological order, in place (ONNX requires it).
+
+    onnxruntime's float16 converter appends the ``Cast`` nodes it inserts at the end of the
+    node list; onnxruntime sorts a graph itself when it loads it, but ``onnx.checker`` (and so
+    :func:`prune_to_outputs`) refuses such a file. Nodes already in order keep their order.
+
+    Raises:
+        ModelError: the graph has a cycle or reads a tensor nothing produces.
+    """
+    g = model.graph
+    ready = {i.name for i in g.input} | {t.name for t in g.initializer} | {""}
+    pending, ordered = list(g.node), []
+    while pending:
+        left = []
+        for node in pending:
+            if all(i in ready for i in node.input):
+                ordered.append(node)
+                ready.update(node.output)
+            else:
+                left.append(node)
+        if len(left) == len(pending):
+            missing = sorted({i for n in left for i in n.input if i not in ready})[:3]
+            raise ModelError(f"the graph cannot be ordered: nodes read {missing}, which nothing produces")
+        pending = left
+    if [id(n) for n in ordered] != [id(n) for n in g.node]:
+        copies = [onnx.NodeProto() for _ in ordered]
+        for c, n in zip(copies, ordered):
+            c.CopyFrom(n)
+        del g.node[:]
+        g.node.extend(copies)
     return model
 
 

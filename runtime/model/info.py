@@ -43,8 +43,27 @@ def info_rows(model: OnnxModel) -> list[tuple[str, str]]:
     ]
     rows += [(f"input {i['name']}", f"{i['type']} {i['shape']}") for i in d["inputs"]]
     rows += [(f"output {o['name']}", f"{o['type']} {o['shape']}") for o in d["outputs"]]
+    rows += precision_rows(meta)
     rows.append(("exporter", ", ".join(f"{k} {v}" for k, v in meta.exporter.items()) or "unknown"))
     rows.append(("providers", ", ".join(d["available_providers"])))
+    return rows
+
+
+def precision_rows(meta) -> list[tuple[str, str]]:
+    """The precision row and, for converted files, the fidelity block (one row per map method)."""
+    rows = [("precision", meta.precision + ("" if meta.precision != "fp32" else " (as exported)"))]
+    fid = meta.fidelity
+    if not fid:
+        return rows
+    th = fid.get("thresholds", {})
+    rows.append(("fidelity", f"vs fp32 on {fid['images']} images ({fid['source']}, batch {fid.get('batch', 1)}): "
+                             f"top-1 agreement "
+                             f"{fid['top1_agreement']:.3f} (gate >= {th.get('min_top1', 0):g}), max |dp| "
+                             f"{fid['max_prob_diff']:.4f}"))
+    for name, m in fid.get("maps", {}).items():
+        gate = f" (gate >= {th.get('min_rollout_corr', 0):g})" if name == "rollout" else ""
+        rows.append((f"  {name}", f"Pearson r {m['pearson_mean']:.4f}{gate}, worst image {m['pearson_min']:.4f}, "
+                                  f"top-10% patch IoU {m['iou_top10_mean']:.3f}"))
     return rows
 
 

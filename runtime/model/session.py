@@ -8,6 +8,7 @@ off: spinning threads would otherwise fight NumPy (which runs the explanations) 
 from __future__ import annotations
 
 import os
+import weakref
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -17,15 +18,18 @@ import numpy as np
 import onnxruntime as ort
 from onnxruntime.capi import onnxruntime_pybind11_state as _ort_state
 
-from attnmap.runtime.core.errors import InputError, ModelError, ProviderError, suggest
+from attnmap.runtime.core.errors import InputError, ModelError, ProviderError
 from attnmap.runtime.core.meta import ModelMeta
-from attnmap.runtime.model.buffers import BufferPool
+from attnmap.runtime.model.buffers import BufferPool, DeviceBuffers
 from attnmap.runtime.model.graph import (check_against_graph, first_line, prune_to_outputs, read_model,
                                          split_stacked_outputs)
+# The provider choice lives in providers.py; its names stay importable from here (and tests
+# replace session.resolve_providers, which OnnxModel looks up here).
+from attnmap.runtime.model.providers import (AUTO_ORDER, PROVIDERS, TRT_CACHE_ENV, ORT_NAMES,  # noqa: F401
+                                             provider_options, resolve_providers)
 
-PROVIDERS = ("auto", "cpu", "cuda")
-_ORT_NAMES = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
-_DTYPES = {"tensor(float)": np.dtype(np.float32), "tensor(int64)": np.dtype(np.int64)}
+_DTYPES = {"tensor(float)": np.dtype(np.float32), "tensor(int64)": np.dtype(np.int64),
+           "tensor(float16)": np.dtype(np.float16)}
 _IMAGE_DTYPES = {"tensor(float)": np.dtype(np.float32), "tensor(float16)": np.dtype(np.float16),
                  "tensor(double)": np.dtype(np.float64)}
 # onnxruntime's own exceptions (Fail, InvalidArgument, RuntimeException, InvalidProtobuf ...):
@@ -106,26 +110,6 @@ def physical_cores() -> int:
     return max(1, os.cpu_count() or 1)
 
 
-def resolve_providers(provider: str) -> list[str]:
-    """Turn ``auto|cpu|cuda`` into an onnxruntime provider list.
-
-    ``auto`` takes CUDA when onnxruntime offers it, else CPU. ``cuda`` where onnxruntime has no
-    CUDA provider is an error, never a silent fallback to CPU.
-    """
-    name = str(provider).lower()
-    if name not in PROVIDERS:
-        raise ProviderError(f"provider must be one of {', '.join(PROVIDERS)}; got {provider!r}."
-                            + suggest(name, PROVIDERS))
-    available = ort.get_available_providers()
-    if name == "auto":
-        name = "cuda" if _ORT_NAMES["cuda"] in available else "cpu"
-    if _ORT_NAMES[name] not in available:
-        raise ProviderError(
-            f"provider {name!r} is not available in this onnxruntime (it offers {', '.join(available)}); "
-            "install onnxruntime-gpu with a matching CUDA for 'cuda', or use --provider cpu")
-    return [_ORT_NAMES[name]] + (["CPUExecutionProvider"] if name != "cpu" else [])
-
-
 def session_options(threads: int | None = None) -> ort.SessionOptions:
     """Session options: ``threads`` intra-op threads (default: physical cores), no spinning."""
     opts = ort.SessionOptions()
@@ -144,8 +128,14 @@ class OnnxModel:
 
     Args:
         path: the ``.onnx`` file written by ``attnmap export``.
-        provider: ``"auto"``, ``"cpu"`` or ``"cuda"``.
+        provider: a name of :data:`PROVIDERS` (``"auto"``, ``"cpu"``, ``"cuda"``, ``"tensorrt"`` ...).
         threads: intra-op threads on CPU (default: the physical cores).
+        trt_cache: TensorRT engine cache folder (see :func:`provider_options`).
+
+    Any precision attnmap writes loads: fp32, fp16 and int8 files all take the image in the
+    dtype their graph declares (float32 for every file ``attnmap quantize`` writes) and every
+    float16 output (an fp16 file's ``attentions`` with ``--attn-dtype fp16``) is returned as
+    float32, so maps are always computed in float32.
 
     Raises:
         ModelError: the file is missing, is not an ONNX model, or onnxruntime cannot load it.
@@ -153,17 +143,20 @@ class OnnxModel:
             export``), or metadata that does not parse; a GraphMismatchError (also a
             ModelError) where the metadata does not describe the graph (see
             :func:`attnmap.runtime.model.graph.check_against_graph`).
-        ProviderError: the provider is unknown or unavailable.
+        ProviderError: the provider is unknown or unavailable, or onnxruntime could not start it
+            (it would otherwise run the model on the CPU without saying so).
     """
 
-    def __init__(self, path: str | Path, provider: str = "auto", threads: int | None = None):
+    def __init__(self, path: str | Path, provider: str = "auto", threads: int | None = None,
+                 trt_cache: str | Path | None = None):
         self.path = Path(path)
         if not self.path.is_file():
             raise ModelError(f"model file {str(self.path)!r} does not exist; pass an .onnx file "
                              "written by `attnmap export`")
         self.providers = resolve_providers(provider)
         self.threads = threads
-        cpu = self.providers[0] == _ORT_NAMES["cpu"]
+        self.trt_cache = trt_cache
+        cpu = self.providers[0] == ORT_NAMES["cpu"]
         # On CPU the stacked attention outputs are split into per-layer outputs in memory
         # (runtime/model/graph.py) and every output is written into reused buffers
         # (runtime/model/buffers.py). Other providers run the file as it is, and session.run
@@ -193,18 +186,36 @@ class OnnxModel:
         self._batch = image.shape[0] if image.shape and isinstance(image.shape[0], int) else None
         self._plain: ort.InferenceSession | None = None
         self._pool = BufferPool() if cpu else None
+        # id(first array of a pooled set) -> (weak reference to that array, the IOBinding with
+        # the set's outputs bound): outputs are bound once per set, not once per run
+        self._bindings: dict[int, tuple[weakref.ref, ort.IOBinding]] = {}
         self._out_specs = {o.name: (o.shape, _DTYPES.get(o.type)) for o in self.session.get_outputs()}
+        # CUDA and TensorRT: inputs and outputs bound on the device (runtime/model/buffers.py's
+        # DeviceBuffers); other accelerators (OpenVINO, CoreML) go through session.run.
+        on_gpu = self.providers[0] in (ORT_NAMES["cuda"], ORT_NAMES["tensorrt"])
+        self._device = DeviceBuffers("cuda", 0) if on_gpu else None
 
     def _create_session(self, source: str | bytes) -> ort.InferenceSession:
         """The onnxruntime session; ModelError (cause kept) where onnxruntime refuses the file."""
+        options = provider_options(self.providers, self.trt_cache)
+        for opts in options:
+            if "trt_engine_cache_path" in opts:
+                Path(opts["trt_engine_cache_path"]).mkdir(parents=True, exist_ok=True)
         try:
-            return ort.InferenceSession(source, sess_options=session_options(self.threads),
-                                        providers=self.providers)
+            session = ort.InferenceSession(source, sess_options=session_options(self.threads),
+                                           providers=self.providers, provider_options=options)
         except ORT_ERRORS as exc:
             if isinstance(source, str):  # not parsed yet: a file that is not ONNX, or not attnmap's, says so
                 proto = read_model(self.path)
                 ModelMeta.from_props({p.key: p.value for p in proto.metadata_props}, str(self.path))
             raise ModelError(f"cannot load model {str(self.path)!r} with onnxruntime: {first_line(exc)}") from exc
+        started = session.get_providers()
+        if self.providers[0] not in started:
+            # onnxruntime-gpu without its CUDA/cuDNN libraries logs an error and runs on the CPU.
+            raise ProviderError(f"onnxruntime could not start {self.providers[0]} for {self.path.name!r} (the "
+                                f"session runs on {', '.join(started)}): check the CUDA/cuDNN (or TensorRT, "
+                                "OpenVINO) libraries it needs, or use --provider cpu")
+        return session
 
     @property
     def provider(self) -> str:
@@ -258,10 +269,15 @@ class OnnxModel:
             raise InputError(f"model {self.path.name!r} has no output {unknown[0]!r}; it has {list(self.output_names)}")
         try:
             values = self._run_bound(names, feed, x.shape[0])
+            if values is None and self._device is not None:
+                values = self._device.run(self.session, names, feed, self._out_specs,
+                                          run=lambda session, binding: _run_binding(session, binding, self.path))
             if values is None:
                 values = self._run_unbound(names, feed)
         except ORT_ERRORS as exc:
             raise ModelError(f"onnxruntime failed on {self.path.name!r}: {first_line(exc)}") from exc
+        # maps are computed in float32: an fp16 file's half attentions are widened here, once
+        values = {k: v.astype(np.float32) if v.dtype == np.float16 else v for k, v in values.items()}
         logits = values["logits"]
         targets = None
         if "attention_grads" in values or "token_grads" in values:
@@ -313,7 +329,7 @@ class OnnxModel:
         """Run with the outputs bound to pooled buffers; None where that cannot be done.
 
         It cannot where the provider is not the CPU, or an output's shape is not known up
-        to the batch axis (its first), or its dtype is not float32/int64. A split output's
+        to the batch axis (its first), or its dtype is not float32/int64/float16. A split output's
         layers are bound to the slices ``buf[l]`` of one ``[L, B, ...]`` buffer, returned as
         its ``[B, L, ...]`` view (C-contiguous at batch 1; each layer ``[:, l]`` always is).
         """
@@ -329,21 +345,40 @@ class OnnxModel:
                 return None
             specs.append((((len(parts),) if parts else ()) + (batch, *shape[1:]), dtype))
         arrays = self._pool.acquire((tuple(names), batch), specs)
-        binding = self.session.io_binding()
+        binding = self._binding_of(names, arrays)
         for name, value in feed.items():
             binding.bind_cpu_input(name, value)  # contiguous, and alive in `feed` until the run ends
         values = {}
         for name, arr in zip(names, arrays):
+            # np.moveaxis is the same view as swapaxes at 50x the overhead
+            values[name] = arr if name not in self._split else arr.swapaxes(0, 1)
+        _run_binding(self.session, binding, self.path)
+        return values
+
+    def _binding_of(self, names: list[str], arrays: tuple[np.ndarray, ...]) -> ort.IOBinding:
+        """The IOBinding with ``arrays`` (a pooled set) bound as the outputs ``names``.
+
+        Binding a dozen outputs costs about 0.1 ms, as much as rollout's arithmetic on a small
+        model, so it is done once per pooled set and kept; each run only binds its input. The
+        binding holds raw pointers, no reference, so it is kept beside a weak reference to the
+        set's first array and used only while that array is the one the pool handed out (a set
+        the pool let go of, whose memory may be reused, is bound afresh).
+        """
+        key = id(arrays[0])
+        kept = self._bindings.get(key)
+        if kept is not None and kept[0]() is arrays[0]:
+            return kept[1]
+        binding = self.session.io_binding()
+        for name, arr in zip(names, arrays):
             parts = self._split.get(name)
             if parts is None:
                 binding.bind_output(name, "cpu", 0, arr.dtype, arr.shape, arr.ctypes.data)
-                values[name] = arr
                 continue
             for part, layer in zip(parts, arr):
                 binding.bind_output(part, "cpu", 0, layer.dtype, layer.shape, layer.ctypes.data)
-            values[name] = arr.swapaxes(0, 1)  # np.moveaxis is the same view at 50x the overhead
-        self.session.run_with_iobinding(binding)
-        return values
+        self._bindings = {k: v for k, v in self._bindings.items() if v[0]() is not None}
+        self._bindings[key] = (weakref.ref(arrays[0]), binding)
+        return binding
 
     def run_plain(self, x_nchw: np.ndarray) -> np.ndarray:
         """Logits from a logits-only copy of the graph: the plain-inference baseline.
@@ -363,3 +398,11 @@ class OnnxModel:
         except ORT_ERRORS as exc:
             raise ModelError(f"onnxruntime failed on {self.path.name!r}: {first_line(exc)}") from exc
 
+
+def _run_binding(session: ort.InferenceSession, binding, path: Path) -> None:
+    """``session.run_with_iobinding``; its failures (plain RuntimeErrors from the binding
+    wrapper, not onnxruntime's own exception types) become a ModelError naming the file."""
+    try:
+        session.run_with_iobinding(binding)
+    except RuntimeError as exc:
+        raise ModelError(f"onnxruntime failed on {path.name!r}: {first_line(exc)}") from exc

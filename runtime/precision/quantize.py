@@ -1,0 +1,181 @@
+"""int8 attnmap files with onnxruntime's own quantiser (torch-free: onnx + onnxruntime only).
+
+Two modes, both keeping the graph's inputs and outputs float32:
+
+* ``dynamic`` (the default): the weights of every ``MatMul`` with a constant weight (the
+  linear layers: qkv, proj, fc1, fc2) are stored as int8; each run quantises the activations
+  on the fly (``DynamicQuantizeLinear`` + ``MatMulInteger``). No calibration data. The
+  activation scale is one per tensor, over the whole batch: an image's result depends a little
+  on the images batched with it (see :func:`attnmap.runtime.precision.fidelity.measure_fidelity`).
+* ``static``: QDQ (``QuantizeLinear``/``DequantizeLinear`` pairs) with activation ranges
+  measured on calibration images preprocessed by the runtime's own :func:`preprocess`.
+
+What stays in float, and why (measured on DeiT-Tiny and the 12 shared photos; the table is in
+``bench/precision.py``'s output and the README): the attention scores ``q @ k^T`` and
+``attn @ v`` (MatMuls between two activations) and the ``Softmax`` that produces the exported
+attention are never quantised: an 8-bit post-softmax tensor has 256 levels for values that
+mostly sit near 0 (1/197 on average), which is where PTQ4ViT locates ViT's PTQ losses, and the
+exported map would be the quantised one. ``LayerNormalization`` and ``Gelu`` stay float too
+(their inputs have the large outlier channels of ViTs). Static mode quantises the linear
+layers' inputs and weights (``MatMul``, ``Gemm``, the patch ``Conv``) and nothing else.
+
+Measured (DeiT-Tiny, the 12 shared photos, 2-core CPU; ``bench/precision.py --sweep``): dynamic
+int8 agrees on top-1 for 12/12 photos with rollout r 0.996 (worst 0.993) and explains about
+1.6x faster than fp32 at batch 1; static QDQ flips 1/12 (r 0.992) and is slower than dynamic;
+quantising the attention MatMuls too lowers rollout r to 0.993 (dynamic) / 0.986 (static),
+Softmax to 0.987, Softmax + LayerNorm to 0.979 with 2/12 top-1 flips. Dynamic is the default.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import onnx
+
+from attnmap.runtime.core.errors import ModelError
+
+INT8_MODES = ("dynamic", "static")
+# Node types quantised in each mode (everything else stays float: see the module docstring).
+DYNAMIC_OPS = ("MatMul",)
+STATIC_OPS = ("MatMul", "Gemm", "Conv")
+DEFAULT_CALIBRATION_IMAGES = 32
+# Parts kept in float by default that a measurement may quantise too (bench/precision.py):
+# the activation x activation MatMuls (both modes), Softmax and LayerNormalization (static).
+OPTIONAL_INT8 = ("attention_matmul", "softmax", "layernorm")
+
+
+class _QuietQuantiser(logging.Filter):
+    """Drops the quantiser's advice to run its pre-processing (printed on every call via the
+    root logger): its symbolic shape inference and graph fusions gave DeiT-Tiny nothing here."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Please consider")
+
+
+class _Reader:
+    """onnxruntime's CalibrationDataReader over a preprocessed batch, one image per read."""
+
+    def __init__(self, input_name: str, x_nchw: np.ndarray):
+        self.input_name = input_name
+        self._x = np.ascontiguousarray(x_nchw, dtype=np.float32)
+        self._it: Iterator[int] = iter(range(len(self._x)))
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        i = next(self._it, None)
+        return None if i is None else {self.input_name: self._x[i:i + 1]}
+
+    def rewind(self) -> None:
+        self._it = iter(range(len(self._x)))
+
+
+def _reader_class():
+    from onnxruntime.quantization import CalibrationDataReader
+
+    # CalibrationDataReader is an ABC with get_next; subclassing it late keeps the import
+    # of onnxruntime.quantization (slow: it imports onnx's reference tooling) off module load.
+    return type("CalibrationReader", (_Reader, CalibrationDataReader), {})
+
+
+def float_matmuls(model: onnx.ModelProto) -> list[str]:
+    """Names of the MatMul nodes whose inputs are both activations (attention scores, attn @ v).
+
+    Args:
+        model: the fp32 attnmap graph.
+
+    Returns:
+        Node names, in graph order; these stay float in every int8 mode.
+    """
+    consts = {i.name for i in model.graph.initializer}
+    consts.update(o for n in model.graph.node if n.op_type == "Constant" for o in n.output)
+    return [n.name for n in model.graph.node
+            if n.op_type == "MatMul" and not any(i in consts for i in n.input)]
+
+
+def quantize_int8(model: onnx.ModelProto, *, mode: str = "dynamic", calibration: np.ndarray | None = None,
+                  per_channel: bool = True, exclude: tuple[str, ...] = (),
+                  also: tuple[str, ...] = ()) -> onnx.ModelProto:
+    """Quantise an fp32 attnmap graph to int8.
+
+    Args:
+        model: the fp32 graph (its metadata_props are carried over unchanged).
+        mode: ``"dynamic"`` (weights only, activations quantised per run) or ``"static"`` (QDQ
+            with ranges calibrated on ``calibration``).
+        calibration: ``(B, 3, H, W)`` float32 preprocessed images; needed for ``static``.
+        per_channel: one scale per output channel of each weight (static mode; dynamic mode
+            uses per-tensor weights, which is what ``MatMulInteger`` runs fastest).
+        exclude: more node names to keep in float (on top of :func:`float_matmuls`).
+        also: parts of :data:`OPTIONAL_INT8` to quantise as well (for measurements; the
+            default, none, is what the measurements chose).
+
+    Returns:
+        The int8 graph, float32 at its inputs and outputs.
+
+    Raises:
+        ModelError: unknown mode, static mode without calibration images, or onnxruntime's
+            quantiser failed (its exception is the cause).
+    """
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_dynamic, quantize_static
+
+    if mode not in INT8_MODES:
+        raise ModelError(f"int8 mode must be one of {INT8_MODES}; got {mode!r}")
+    if mode == "static" and (calibration is None or len(calibration) == 0):
+        raise ModelError("static int8 needs calibration images: pass --calibration SOURCE (a folder or glob "
+                         "of images)")
+    unknown = [a for a in also if a not in OPTIONAL_INT8]
+    if unknown:
+        raise ModelError(f"unknown int8 parts {unknown}; expected some of {OPTIONAL_INT8}")
+    attention = "attention_matmul" in also
+    keep = list(dict.fromkeys([*([] if attention else float_matmuls(model)), *exclude]))
+    static_ops = [*STATIC_OPS, *(["Softmax"] if "softmax" in also else []),
+                  *(["LayerNormalization"] if "layernorm" in also else [])]
+    quiet = _QuietQuantiser()
+    logging.getLogger().addFilter(quiet)
+    with tempfile.TemporaryDirectory(prefix="attnmap-quant-") as tmp:
+        src, dst = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
+        onnx.save_model(_without_value_info(model), str(src))
+        try:
+            if mode == "dynamic":
+                quantize_dynamic(src, dst, op_types_to_quantize=list(DYNAMIC_OPS), per_channel=False,
+                                 weight_type=QuantType.QInt8, nodes_to_exclude=keep,
+                                 extra_options={"MatMulConstBOnly": not attention})
+            else:
+                image = model.graph.input[0].name
+                quantize_static(src, dst, _reader_class()(image, calibration), quant_format=QuantFormat.QDQ,
+                                op_types_to_quantize=static_ops, per_channel=per_channel,
+                                activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                                nodes_to_exclude=keep, calibrate_method=CalibrationMethod.MinMax,
+                                extra_options={"MatMulConstBOnly": not attention, "ActivationSymmetric": False})
+        except (ValueError, RuntimeError, KeyError, IndexError, onnx.checker.ValidationError,
+                onnx.shape_inference.InferenceError) as exc:
+            raise ModelError(f"onnxruntime could not quantise the model ({mode} int8): "
+                             f"{str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}"
+                             ) from exc
+        finally:
+            logging.getLogger().removeFilter(quiet)
+        out = onnx.load(str(dst))
+    _copy_props(model, out)
+    return out
+
+
+def _without_value_info(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy without intermediate shape annotations.
+
+    torch's dynamo exporter annotates initializers in ``value_info`` too, and onnx's strict
+    shape inference (which the quantiser runs first) rejects some of those annotations
+    ("Inferred shape and existing shape differ"); the quantiser infers every shape again anyway.
+    """
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    del copy.graph.value_info[:]
+    return copy
+
+
+def _copy_props(src: onnx.ModelProto, dst: onnx.ModelProto) -> None:
+    """The source's metadata_props on ``dst`` (the quantiser keeps them, but not in every version)."""
+    props = {p.key: p.value for p in src.metadata_props}
+    props.update({p.key: p.value for p in dst.metadata_props})
+    onnx.helper.set_model_props(dst, props)
