@@ -146,7 +146,7 @@ def run_live(explainer, source: "str | Source" = "0", job: Job | None = None, co
             fps = config.out_fps or src.fps or 30.0
             recorder = RealTimeRecorder(config.out, fps,
                                         by_index=not src.is_live and src.fps is not None and config.out_fps is None)
-        loop = _Loop(engine, state, stats, config, win=win, recorder=recorder, on_frame=on_frame)
+        loop = LiveLoop(engine, state, stats, config, win=win, recorder=recorder, on_frame=on_frame)
         loop.warm_up(src.size)
         grabber.start()
         try:
@@ -170,8 +170,12 @@ def run_live(explainer, source: "str | Source" = "0", job: Job | None = None, co
     return stats
 
 
-class _Loop:
-    """The per-frame work of :func:`run_live`, with the state it carries between frames."""
+class LiveLoop:
+    """The per-frame work of :func:`run_live`, with the state it carries between frames.
+
+    Public so that other fronts can drive the same loop with another "window": ``attnmap
+    serve`` (:mod:`attnmap.runtime.fronts.serve.stream`) subclasses it to hand each drawn
+    frame to its viewers instead of a screen."""
 
     def __init__(self, engine: FrameEngine, state: LiveState, stats: LiveStats, config: LiveConfig, *,
                  win: Window | None, recorder: "RealTimeRecorder | None", on_frame):

@@ -1,0 +1,252 @@
+"""The HTTP API's work, apart from the web framework: read an upload within limits, parse the
+explain fields, explain, and shape the JSON answers.
+
+Everything here raises :class:`HTTPProblem` (a status code and a one-line message) or the
+library's typed errors; ``app.py`` turns both into JSON error bodies. ``POST /v1/explain``
+returns exactly what :meth:`Explainer.explain` returns for the decoded upload: the same
+top-k probabilities, the same token-grid map (float32 values written as JSON numbers, which
+round-trip exactly), the same heatmap and overlay (as base64 PNG on request).
+"""
+
+from __future__ import annotations
+
+import base64
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+import cv2
+import numpy as np
+
+from attnmap.runtime.core.errors import ImageError, OptionError, suggest
+from attnmap.runtime.draw.style import OverlayStyle
+from attnmap.runtime.engine.explainer import Explanation, resolve_class
+from attnmap.runtime.fronts.serve.security import Limits
+from attnmap.runtime.image.decode import decode_image
+from attnmap.runtime.image.header import HeaderError, read_header
+from attnmap.runtime.image.preprocess import FITS
+from attnmap.runtime.methods import METHODS, check_method_use, runs_on
+from attnmap.runtime.model.info import describe_model
+
+IMAGE_FIELD = "image"
+PNG_KINDS = ("heatmap", "overlay")
+_PLAIN_FIELDS = ("method", "fit", "topk", "target", "png", "colormap", "alpha")
+
+
+class HTTPProblem(Exception):
+    """A request the server refuses: ``status`` (4xx) and a one-line ``message`` naming the input."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status, self.message = int(status), message
+
+
+@dataclass(frozen=True)
+class ExplainRequest:
+    """The checked fields of ``POST /v1/explain``.
+
+    Attributes:
+        method: explanation method (default: the server's).
+        fit: crop, squash or letterbox.
+        topk: predictions returned.
+        target: class index to explain (class-specific methods), or None for the prediction.
+        options: the method's options, converted to their types.
+        png: which images to return as base64 PNG: a subset of ``heatmap``, ``overlay``.
+        style: how the overlay PNG is drawn.
+    """
+
+    method: str = "rollout"
+    fit: str = "crop"
+    topk: int = 5
+    target: int | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+    png: tuple[str, ...] = ()
+    style: OverlayStyle = field(default_factory=OverlayStyle)
+
+
+# --------------------------------------------------------------------------- limits
+def check_content_length(headers: Mapping[str, str], limits: Limits) -> None:
+    """Refuse a declared body over the limit before reading any of it.
+
+    Raises:
+        HTTPProblem: 400 for a malformed Content-Length, 413 for one over ``max_upload_bytes``.
+    """
+    raw = headers.get("content-length")
+    if raw is None:
+        return
+    try:
+        length = int(raw)
+    except ValueError:
+        raise HTTPProblem(400, f"Content-Length must be a byte count; got {raw!r}") from None
+    if length < 0:
+        raise HTTPProblem(400, f"Content-Length must be a byte count; got {raw!r}")
+    if length > limits.max_upload_bytes:
+        raise HTTPProblem(413, f"the upload is {length:,} bytes, over the limit of {limits.max_upload_bytes:,} "
+                               "(the server's --max-upload-mb)")
+
+
+async def read_limited(chunks, limits: Limits) -> bytes:
+    """Collect a streamed body, stopping as soon as it passes the limit.
+
+    Args:
+        chunks: the body as an async iterator of bytes (Starlette's ``request.stream()``).
+        limits: the limits.
+
+    Raises:
+        HTTPProblem: 413 once more than ``max_upload_bytes`` arrived (whatever the headers said).
+    """
+    parts, size = [], 0
+    async for chunk in chunks:
+        size += len(chunk)
+        if size > limits.max_upload_bytes:
+            raise HTTPProblem(413, f"the upload is over the limit of {limits.max_upload_bytes:,} bytes "
+                                   "(the server's --max-upload-mb)")
+        parts.append(chunk)
+    return b"".join(parts)
+
+
+def decode_upload(data: bytes, name: str, limits: Limits) -> np.ndarray:
+    """Decode an uploaded image after checking its header: format and declared pixel count.
+
+    Returns:
+        (H, W, 3) uint8 BGR.
+
+    Raises:
+        HTTPProblem: 400 empty, not an image or corrupt (truncated data included); 413 a header
+            declaring more than ``max_pixels`` pixels (a decompression bomb is refused here,
+            before any decoder allocates it).
+    """
+    if not data:
+        raise HTTPProblem(400, f"field {IMAGE_FIELD!r} ({name}) is empty; expected an image file")
+    try:
+        header = read_header(data)
+    except HeaderError as exc:
+        raise HTTPProblem(400, f"field {IMAGE_FIELD!r} ({name}) is not an image this server reads: {exc}") from exc
+    if header.pixels > limits.max_pixels:
+        raise HTTPProblem(413, f"field {IMAGE_FIELD!r} ({name}): its {header.format} header declares "
+                               f"{header.width} x {header.height} = {header.pixels:,} pixels, over the limit of "
+                               f"{limits.max_pixels:,} (the server's --max-pixels)")
+    try:
+        return decode_image(np.frombuffer(data, np.uint8), name, max_pixels=limits.max_pixels)
+    except ImageError as exc:  # truncated or corrupt past the header
+        raise HTTPProblem(400, str(exc).splitlines()[0]) from exc
+
+
+# --------------------------------------------------------------------------- fields
+def parse_fields(fields: Mapping[str, str], meta, default_method: str = "rollout") -> ExplainRequest:
+    """Check the text fields of an explain request against the model and the method's specs.
+
+    Args:
+        fields: field name -> text (form fields or query parameters), the image excluded.
+        meta: the model's ModelMeta.
+        default_method: the method when none is given.
+
+    Raises:
+        OptionError: an unknown field (close names suggested), a method this model cannot run,
+            or a value out of its range or choices.
+    """
+    method = fields.get("method", default_method)
+    if method not in METHODS:
+        raise OptionError(f"method must be one of {', '.join(METHODS)}; got {method!r}." + suggest(method, METHODS))
+    spec = METHODS[method].options
+    for name in fields:
+        if name not in _PLAIN_FIELDS and name not in spec:
+            known = [IMAGE_FIELD, *_PLAIN_FIELDS, *spec]
+            raise OptionError(f"unknown field {name!r} for method {method!r}; fields: {', '.join(known)}."
+                              + suggest(name, known))
+    fit = fields.get("fit", "crop")
+    if fit not in FITS:
+        raise OptionError(f"fit must be one of {', '.join(FITS)}; got {fit!r}." + suggest(fit, FITS))
+    topk = _int_field(fields, "topk", 5, 1, meta.num_classes)
+    target = None
+    if fields.get("target", "").strip():
+        text = fields["target"].strip()
+        target = resolve_class(meta, int(text) if text.lstrip("-").isdigit() else text)
+    check_method_use(method, meta, class_given=target is not None)
+    owner = f"method {method!r}"
+    options = {}
+    for name, text in fields.items():
+        if name in spec:
+            size = None if spec[name].axis is None else \
+                meta.num_layers if spec[name].axis == "layers" else meta.output_heads
+            options[name] = spec[name].parse(text, owner=owner, size=size)
+    png = tuple(p.strip() for p in fields.get("png", "").split(",") if p.strip())
+    for p in png:
+        if p not in PNG_KINDS:
+            raise OptionError(f"png must list some of {', '.join(PNG_KINDS)} (comma-separated); got {p!r}."
+                              + suggest(p, PNG_KINDS))
+    style_changes: dict[str, Any] = {}
+    if "colormap" in fields:
+        style_changes["colormap"] = fields["colormap"]
+    if "alpha" in fields:
+        try:
+            style_changes["alpha"] = float(fields["alpha"])
+        except ValueError:
+            raise OptionError(f"alpha must be a number in [0, 1]; got {fields['alpha']!r}") from None
+    return ExplainRequest(method, fit, topk, target, options, tuple(dict.fromkeys(png)),
+                          OverlayStyle(**style_changes))
+
+
+def _int_field(fields: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
+    text = fields.get(name)
+    if text is None:
+        return default
+    try:
+        value = int(text)
+    except ValueError:
+        raise OptionError(f"{name} must be an integer in [{low}, {high}]; got {text!r}") from None
+    if not low <= value <= high:
+        raise OptionError(f"{name} must be an integer in [{low}, {high}]; got {value}")
+    return value
+
+
+# --------------------------------------------------------------------------- answers
+def explain_upload(explainer, img_bgr: np.ndarray, req: ExplainRequest) -> dict[str, Any]:
+    """Explain one decoded image as :meth:`Explainer.explain` does and shape the JSON answer.
+
+    Returns:
+        ``{"method", "fit", "options", "image": {"width", "height"}, "topk": [{index, label,
+        prob}], "predicted", "explained_class" (class-specific methods, else null), "grid":
+        {"shape": [gh, gw], "values": rows of float32 in [0, 1]}}`` plus ``heatmap_png``
+        (8-bit gray, round(255 * heatmap)) and ``overlay_png`` (base64) where asked.
+    """
+    ex: Explanation = explainer.explain(img_bgr, method=req.method, fit=req.fit, topk=req.topk,
+                                        target=req.target, **req.options)
+    topk = [{"index": t.index, "label": t.label, "prob": t.prob} for t in ex.topk]
+    answer: dict[str, Any] = {
+        "method": ex.method, "fit": req.fit, "options": req.options,
+        "image": {"width": int(img_bgr.shape[1]), "height": int(img_bgr.shape[0])},
+        "topk": topk, "predicted": topk[0],
+        "explained_class": None if ex.target is None else {"index": ex.target, "label": ex.label_of_target},
+        "grid": {"shape": list(ex.grid.shape), "values": ex.grid.astype(np.float32).tolist()},
+    }
+    if "heatmap" in req.png:
+        answer["heatmap_png"] = _png(np.rint(ex.heatmap * 255.0).astype(np.uint8))
+    if "overlay" in req.png:
+        answer["overlay_png"] = _png(ex.overlay(req.style))
+    return answer
+
+
+def _png(img: np.ndarray) -> str:
+    ok, buf = cv2.imencode(".png", img)
+    if not ok:
+        raise OptionError(f"OpenCV could not PNG-encode a {img.shape} image")
+    return base64.b64encode(buf.tobytes()).decode("ascii")
+
+
+def model_document(explainer) -> dict[str, Any]:
+    """``GET /v1/model``: the metadata, inputs and outputs (the file's name, not its server path)."""
+    doc = describe_model(explainer.model)
+    doc["path"] = explainer.path.name
+    return doc
+
+
+def methods_document(meta) -> dict[str, Any]:
+    """``GET /v1/methods``: every method, whether this model runs it, and its option specs."""
+    out = []
+    for name, m in METHODS.items():
+        opts = {o: {"kind": s.kind.__name__, "default": s.default, "help": s.help, "allowed": s.describe(),
+                    "choices": list(s.choices), "low": s.low, "high": s.high, "axis": s.axis}
+                for o, s in m.options.items()}
+        out.append({"name": name, "kind": m.kind, "summary": m.summary, "class_specific": m.class_specific,
+                     "runs_on_model": runs_on(name, meta), "options": opts})
+    return {"methods": out}

@@ -1,0 +1,364 @@
+"""The Starlette app of ``attnmap serve`` (``runner.py`` runs it on uvicorn).
+
+Routes (JSON unless said otherwise; ``/v1/`` is the API's version):
+
+=============================  ==========================================================
+``GET /``                      the page (``static/``: no CDN, works offline)
+``GET /v1/stream.mjpg``        the annotated stream, ``multipart/x-mixed-replace`` JPEGs
+``GET|POST /v1/stream/state``  the live state and loop status; POST changes the state
+``GET /v1/stream/snapshot``    the frame on show, as a PNG download
+``POST /v1/explain``           explain an uploaded image (multipart field ``image``, or
+                               the raw image as the body with fields as query parameters)
+``GET /v1/model``              the model's metadata
+``GET /v1/methods``            the methods and their option specs
+``GET /healthz``               liveness (no token needed)
+``GET /metrics``               Prometheus text
+=============================  ==========================================================
+
+Every error is a JSON body ``{"error": message, "status": code}``: 4xx for what the client
+sent, a 500 without a traceback for a fault of the server's own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from importlib import resources
+from typing import Any
+from urllib.parse import parse_qs
+
+import anyio
+import cv2
+from starlette.applications import Starlette
+from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, RedirectResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from attnmap.runtime.core.errors import AttnmapError, ExplainError, OptionError
+from attnmap.runtime.fronts.serve import ServeError
+from attnmap.runtime.fronts.serve import api, control
+from attnmap.runtime.fronts.serve.metrics import Registry, server_metrics
+from attnmap.runtime.fronts.serve.security import (OPEN_PATHS, Limits, presented_token, refusal, token_cookie,
+                                                   token_matches)
+from attnmap.runtime.fronts.serve.stream import StreamLoop
+
+_STATIC = {"/": ("index.html", "text/html; charset=utf-8"),
+           "/static/app.js": ("app.js", "text/javascript; charset=utf-8"),
+           "/static/style.css": ("style.css", "text/css; charset=utf-8")}
+_CSP = "default-src 'self'; img-src 'self' data: blob:; style-src 'self'; script-src 'self'; frame-ancestors 'none'"
+_STATE_BODY_LIMIT = 64 * 1024
+ROUTES = ("/", "/static/app.js", "/static/style.css", "/v1/stream.mjpg", "/v1/stream/state", "/v1/stream/snapshot",
+          "/v1/explain", "/v1/model", "/v1/methods", "/healthz", "/metrics")
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    """Who may call the server and what it accepts.
+
+    Attributes:
+        token: the bearer token every path but ``/healthz`` needs; None: no auth (loopback).
+        limits: upload limits.
+        cors_origins: origins allowed to call the API from a browser; empty: CORS off.
+        allowed_hosts: names a request's ``Host`` may carry; empty: any (the runner sets the
+            loopback names for a loopback bind).
+        api_workers: explanations computed at once (others wait their turn); on a small CPU
+            one keeps the stream loop's share of the cores.
+    """
+
+    token: str | None = None
+    limits: Limits = field(default_factory=Limits)
+    cors_origins: tuple[str, ...] = ()
+    allowed_hosts: tuple[str, ...] = ()
+    api_workers: int = 1
+
+    def __post_init__(self) -> None:
+        if isinstance(self.api_workers, bool) or not isinstance(self.api_workers, int) or self.api_workers < 1:
+            raise ServeError(f"api_workers must be an integer >= 1; got {self.api_workers!r}")
+
+
+class _Server:
+    """What the routes share: the explainer, the stream loop (or None), metrics, settings."""
+
+    def __init__(self, explainer, stream: StreamLoop | None, settings: ServerSettings, metrics: Registry,
+                 default_method: str):
+        self.explainer, self.stream, self.settings, self.metrics = explainer, stream, settings, metrics
+        self.default_method = default_method
+        self.viewers = 0
+        # API explanations run in threads of their own, at a lower CPU priority than the stream
+        # loop (Linux: per-thread nice), so a burst of uploads slows the API, not the stream.
+        self.pool = ThreadPoolExecutor(settings.api_workers, thread_name_prefix="attnmap-api",
+                                       initializer=_lower_priority)
+
+    # ------------------------------------------------------------------ pages and meta
+    async def static(self, request: Request) -> Response:
+        name, media = _STATIC[request.url.path]
+        body = resources.files("attnmap.runtime.fronts.serve").joinpath("static", name).read_bytes()
+        return Response(body, media_type=media, headers={"Content-Security-Policy": _CSP,
+                                                         "X-Content-Type-Options": "nosniff",
+                                                         "Cache-Control": "no-cache"})
+
+    async def healthz(self, request: Request) -> JSONResponse:
+        stream = "none" if self.stream is None else "running" if self.stream.running else \
+            (self.stream.ended or "starting")
+        failed = self.stream is not None and self.stream.ended == "error"
+        return JSONResponse({"status": "error" if failed else "ok", "stream": stream},
+                            status_code=503 if failed else 200)
+
+    async def model(self, request: Request) -> JSONResponse:
+        return JSONResponse(api.model_document(self.explainer))
+
+    async def methods(self, request: Request) -> JSONResponse:
+        return JSONResponse(api.methods_document(self.explainer.meta))
+
+    async def prometheus(self, request: Request) -> PlainTextResponse:
+        self.metrics.set("attnmap_stream_viewers", self.viewers)
+        return PlainTextResponse(self.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    # ------------------------------------------------------------------ stream
+    def _need_stream(self) -> StreamLoop:
+        if self.stream is None:
+            raise api.HTTPProblem(404, "this server runs the API only: start it with a SOURCE "
+                                       "(`attnmap serve 0`) for a live stream")
+        return self.stream
+
+    async def mjpeg(self, request: Request) -> StreamingResponse:
+        broadcaster = self._need_stream().broadcaster
+
+        async def parts():
+            self.viewers += 1
+            try:
+                async for version, jpeg, skipped in broadcaster.frames():
+                    if skipped:
+                        self.metrics.inc("attnmap_viewer_frames_skipped_total", skipped)
+                    yield (b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: %d\r\nX-Frame: %d\r\n\r\n"
+                           % (len(jpeg), version) + jpeg + b"\r\n")
+            finally:
+                self.viewers -= 1
+
+        return StreamingResponse(parts(), media_type="multipart/x-mixed-replace; boundary=frame",
+                                 headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
+
+    async def state(self, request: Request) -> JSONResponse:
+        stream = self._need_stream()
+        if request.method == "POST":
+            body = await api.read_limited(request.stream(), Limits(max_upload_bytes=_STATE_BODY_LIMIT))
+            try:
+                changes = _json(body)
+            except ValueError as exc:
+                raise api.HTTPProblem(400, f"the state change must be a JSON object; {exc}") from exc
+            new, smooth = control.apply_changes(stream.state, changes, self.explainer.meta, stream.smooth)
+            control.commit(stream.state, new)
+            stream.smooth = smooth
+        return JSONResponse({"state": control.describe(stream.state, stream.smooth), "status": stream.status()})
+
+    async def snapshot(self, request: Request) -> Response:
+        drawn = self._need_stream().last_drawn
+        if drawn is None:
+            raise api.HTTPProblem(409, "no frame has been drawn yet; try again in a moment")
+        ok, buf = cv2.imencode(".png", drawn)
+        if not ok:
+            raise RuntimeError("OpenCV could not PNG-encode the frame on show")
+        name = f"attnmap-{time.strftime('%Y%m%d-%H%M%S')}.png"
+        return Response(buf.tobytes(), media_type="image/png",
+                        headers={"Content-Disposition": f'attachment; filename="{name}"', "Cache-Control": "no-store"})
+
+    # ------------------------------------------------------------------ explain
+    async def explain(self, request: Request) -> JSONResponse:
+        limits = self.settings.limits
+        api.check_content_length(request.headers, limits)
+        body = await api.read_limited(request.stream(), limits)
+        ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if ctype == "multipart/form-data":
+            request._body = body  # Starlette's form parser then reads the bytes already checked
+            try:
+                form = await request.form(max_files=2, max_fields=32, max_part_size=limits.max_upload_bytes)
+            except HTTPException as exc:
+                raise api.HTTPProblem(400, f"cannot read the multipart body: {exc.detail}") from exc
+            upload = form.get(api.IMAGE_FIELD)
+            fields = {k: v for k, v in form.multi_items() if k != api.IMAGE_FIELD}
+            files = [k for k, v in fields.items() if not isinstance(v, str)]
+            if not isinstance(upload, UploadFile):
+                got = ", ".join(repr(k) for k in form.keys()) or "no fields"
+                what = "a text value" if upload is not None else got
+                raise api.HTTPProblem(422, f"expected the image as the file field {api.IMAGE_FIELD!r}; got {what}")
+            if files:
+                raise api.HTTPProblem(422, f"expected one file, in field {api.IMAGE_FIELD!r}; got another in "
+                                           f"{files[0]!r}")
+            data, name = await upload.read(), f"upload {upload.filename or api.IMAGE_FIELD!r}"
+            await form.close()
+        elif ctype.startswith("image/") or ctype == "application/octet-stream":
+            data, name = body, "the request body"
+            fields = {k: v[-1] for k, v in parse_qs(request.url.query, keep_blank_values=True).items()}
+        else:
+            raise api.HTTPProblem(415, "send the image as multipart/form-data (field 'image') or as the raw body "
+                                       f"with an image/* Content-Type; got Content-Type {ctype or 'none'!r}")
+        req = api.parse_fields(fields, self.explainer.meta, self.default_method)
+        img = api.decode_upload(data, name, limits)
+        answer = await asyncio.get_running_loop().run_in_executor(self.pool, api.explain_upload, self.explainer,
+                                                                  img, req)
+        return JSONResponse(answer)
+
+
+API_NICENESS = 10
+
+
+def _lower_priority() -> None:
+    """Lower the calling thread's CPU priority by :data:`API_NICENESS` where the OS allows it."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), API_NICENESS)
+    except (AttributeError, OSError):  # not Linux, or not permitted: same priority as the loop
+        pass
+
+
+def _json(body: bytes) -> Any:
+    try:
+        return json.loads(body.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(str(exc)) from exc
+
+
+# --------------------------------------------------------------------------- errors
+def _problem(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": message, "status": status}, status_code=status)
+
+
+async def _on_problem(request: Request, exc: Exception) -> JSONResponse:
+    return _problem(exc.status, exc.message)
+
+
+async def _on_attnmap(request: Request, exc: Exception) -> JSONResponse:
+    # Options, methods, classes: what the client asked for. Anything else of ours (the model
+    # failing on a run) is the server's.
+    status = 422 if isinstance(exc, (OptionError, ExplainError)) else 500
+    return _problem(status, str(exc).splitlines()[0] if str(exc).strip() else type(exc).__name__)
+
+
+async def _on_http(request: Request, exc: Exception) -> JSONResponse:
+    return JSONResponse({"error": exc.detail, "status": exc.status_code}, status_code=exc.status_code,
+                        headers=getattr(exc, "headers", None))
+
+
+async def _on_bug(request: Request, exc: Exception) -> JSONResponse:
+    return _problem(500, f"internal error ({type(exc).__name__}); the server's log has the details")
+
+
+# --------------------------------------------------------------------------- middleware
+class _Gate:
+    """Outermost ASGI layer: Host and Origin checks, bearer/cookie auth (when a token is set) and
+    per-route metrics."""
+
+    def __init__(self, app, settings: ServerSettings, metrics: Registry):
+        self.app, self.settings, self.token, self.metrics = app, settings, settings.token, metrics
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path = scope["path"]
+        route = path if path in ROUTES else "other"
+        started = time.perf_counter()
+
+        async def counted_send(message) -> None:
+            if message["type"] == "http.response.start":
+                self.metrics.inc("attnmap_http_requests_total", route=route, status=str(message["status"]))
+                self.metrics.observe("attnmap_http_request_seconds", time.perf_counter() - started, route=route)
+            await send(message)
+
+        denied = self._check(scope)
+        app = denied if denied is not None else self.app
+        await app(scope, receive, counted_send)
+
+    def end_streams(self) -> None:
+        """End every MJPEG response now (at shutdown, so uvicorn need not wait for them)."""
+        server = self.app.state.server
+        if server.stream is not None:
+            server.stream.broadcaster.close()
+
+    def _check(self, scope) -> Response | None:
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
+        why = refusal(scope["method"], headers, scope.get("scheme", "http"), self.settings.allowed_hosts,
+                      self.settings.cors_origins)
+        if why is not None:
+            return _problem(403, why)
+        if self.token is None or scope["path"] in OPEN_PATHS:
+            return None
+        query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+        if scope["path"] == "/" and "token" in query:
+            if token_matches(self.token, query["token"][-1]):
+                # The token leaves the address bar (and the history); the page's requests carry the cookie.
+                return RedirectResponse("/", status_code=303, headers={"Set-Cookie": token_cookie(self.token),
+                                                                       "Cache-Control": "no-store"})
+            return _denied("the token in the address is wrong")
+        if token_matches(self.token, presented_token(headers)):
+            return None
+        return _denied("this server needs a token: send 'Authorization: Bearer TOKEN', or open the page once "
+                       "as /?token=TOKEN")
+
+
+def _denied(message: str) -> JSONResponse:
+    return JSONResponse({"error": message, "status": 401}, status_code=401,
+                        headers={"WWW-Authenticate": 'Bearer realm="attnmap"'})
+
+
+# --------------------------------------------------------------------------- assembly
+def create_app(explainer, stream: StreamLoop | None = None, settings: ServerSettings | None = None,
+               metrics: Registry | None = None, default_method: str = "rollout"):
+    """The ASGI app: routes, JSON errors, auth and metrics.
+
+    Args:
+        explainer: the :class:`~attnmap.runtime.engine.explainer.Explainer` the API uses (the
+            stream loop's own, shared: onnxruntime sessions run concurrently).
+        stream: the stream loop, or None for an API-only server. The app starts it at start-up
+            and stops it at shutdown.
+        settings: :class:`ServerSettings`.
+        metrics: where counts go (the stream loop's registry; a new one by default).
+        default_method: the method of ``/v1/explain`` requests that name none.
+
+    Returns:
+        An ASGI application.
+    """
+    settings = settings or ServerSettings()
+    metrics = metrics or server_metrics()
+    server = _Server(explainer, stream, settings, metrics, default_method)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        if stream is not None:
+            stream.broadcaster.bind(asyncio.get_running_loop())
+            if not stream.running and not stream.ended:
+                stream.start()
+        try:
+            yield
+        finally:
+            if stream is not None:
+                await anyio.to_thread.run_sync(stream.stop)
+            server.pool.shutdown(wait=False, cancel_futures=True)
+
+    routes = [Route(p, server.static, methods=["GET"]) for p in _STATIC] + [
+        Route("/v1/stream.mjpg", server.mjpeg, methods=["GET"]),
+        Route("/v1/stream/state", server.state, methods=["GET", "POST"]),
+        Route("/v1/stream/snapshot", server.snapshot, methods=["GET"]),
+        Route("/v1/explain", server.explain, methods=["POST"]),
+        Route("/v1/model", server.model, methods=["GET"]),
+        Route("/v1/methods", server.methods, methods=["GET"]),
+        Route("/healthz", server.healthz, methods=["GET"]),
+        Route("/metrics", server.prometheus, methods=["GET"]),
+    ]
+    middleware = []
+    if settings.cors_origins:
+        middleware.append(Middleware(CORSMiddleware, allow_origins=list(settings.cors_origins),
+                                     allow_methods=["GET", "POST"], allow_headers=["Authorization", "Content-Type"]))
+    app = Starlette(routes=routes, middleware=middleware, lifespan=lifespan, exception_handlers={
+        api.HTTPProblem: _on_problem, AttnmapError: _on_attnmap, HTTPException: _on_http, Exception: _on_bug})
+    app.state.server = server
+    return _Gate(app, settings, metrics)

@@ -1,0 +1,161 @@
+"""What keeps ``attnmap serve`` safe by default: the bind rule, bearer tokens, upload limits.
+
+* The server binds to 127.0.0.1 unless told otherwise; any other address needs a token
+  (``--token`` or ``$ATTNMAP_TOKEN``), checked on every path except ``/healthz``.
+* A client proves it has the token with ``Authorization: Bearer TOKEN``. A browser cannot add
+  that header to an ``<img>`` stream, so the page is opened once as ``/?token=TOKEN``: the
+  server answers with an ``HttpOnly; SameSite=Strict`` cookie and a redirect to ``/`` (the token
+  leaves the address bar and the history), and later requests carry the cookie. Tokens are
+  compared with :func:`hmac.compare_digest` (constant time).
+* Requests that change something (POST) from a page of another origin are refused unless
+  that origin is allowed by ``--cors-origin`` (a cross-site form cannot drive the server), and a
+  server bound to loopback answers only requests addressed to a loopback name (a DNS-rebinding
+  page cannot read it through a name of its own).
+* Uploads are limited in bytes (``Content-Length`` first, then the body as it streams in) and
+  in pixels (read from the image header before any decoding).
+"""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import os
+import re
+from dataclasses import dataclass
+from http.cookies import SimpleCookie
+
+from attnmap.runtime.fronts.serve import ServeError
+
+TOKEN_ENV = "ATTNMAP_TOKEN"
+COOKIE = "attnmap_token"
+OPEN_PATHS = frozenset({"/healthz"})
+LOOPBACK_NAMES = ("127.0.0.1", "localhost", "::1")
+_MIN_TOKEN_CHARS = 16
+_TOKEN_CHARS = re.compile(r"[A-Za-z0-9._~+/=-]+")  # safe in a header, a cookie and a URL
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Upload limits of ``POST /v1/explain``.
+
+    Attributes:
+        max_upload_bytes: largest request body accepted (default 20 MiB).
+        max_pixels: largest width x height an image header may declare (default 40 megapixels,
+            about a 7700 x 5200 photo; a decoded image takes 3 bytes a pixel).
+
+    Raises:
+        ServeError: a limit that is not a positive integer.
+    """
+
+    max_upload_bytes: int = 20 * 1024 * 1024
+    max_pixels: int = 40_000_000
+
+    def __post_init__(self) -> None:
+        for name in ("max_upload_bytes", "max_pixels"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ServeError(f"{name} must be a positive integer; got {value!r}")
+
+
+def is_loopback(host: str) -> bool:
+    """True for ``localhost`` and addresses in 127.0.0.0/8 or ``::1``."""
+    if host.strip().lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve to anything
+
+
+def resolve_token(host: str, token: str | None, environ: dict[str, str] | None = None) -> str | None:
+    """The token in force for a bind to ``host``, or None (loopback without a token).
+
+    Args:
+        host: the address to bind.
+        token: ``--token``; None falls back to ``$ATTNMAP_TOKEN``.
+        environ: the environment to read (default ``os.environ``).
+
+    Raises:
+        ServeError: a bind beyond loopback without a token, a token shorter than 16
+            characters or with characters outside ``A-Za-z0-9._~+/=-`` (``python -c "import secrets; print(secrets.token_urlsafe())"`` makes one).
+    """
+    env = os.environ if environ is None else environ
+    if token is None:
+        token = env.get(TOKEN_ENV) or None
+    if token is not None and not _TOKEN_CHARS.fullmatch(token):
+        raise ServeError("the token may hold only letters, digits and . _ ~ + / = - (it travels in a header, "
+                         "a cookie and a URL); make one with: python -c \"import secrets; print(secrets.token_urlsafe())\"")
+    if token is not None and len(token) < _MIN_TOKEN_CHARS:
+        raise ServeError(f"the token must be at least {_MIN_TOKEN_CHARS} characters; got {len(token)}. "
+                         "Make one with: python -c \"import secrets; print(secrets.token_urlsafe())\"")
+    if token is None and not is_loopback(host):
+        raise ServeError(f"refusing to serve on {host!r} without a token: beyond loopback anyone who can reach "
+                         f"the port could use it. Pass --token or set ${TOKEN_ENV} (make one with "
+                         "`python -c \"import secrets; print(secrets.token_urlsafe())\"`), or bind to 127.0.0.1")
+    return token
+
+
+def token_matches(expected: str, given: str | None) -> bool:
+    """Constant-time comparison of a presented token with the expected one."""
+    if given is None:
+        return False
+    return hmac.compare_digest(expected.encode("utf-8"), given.encode("utf-8", "surrogateescape"))
+
+
+def presented_token(headers: dict[str, str]) -> str | None:
+    """The token a request presents: its ``Authorization: Bearer`` header, else its cookie.
+
+    Args:
+        headers: request headers with lower-case names.
+    """
+    auth = headers.get("authorization", "")
+    scheme, _, value = auth.partition(" ")
+    if scheme.lower() == "bearer" and value.strip():
+        return value.strip()
+    cookie = headers.get("cookie")
+    if cookie:
+        jar = SimpleCookie()
+        try:
+            jar.load(cookie)
+        except Exception:  # noqa: BLE001 - a malformed Cookie header presents no token
+            return None
+        if COOKIE in jar:
+            return jar[COOKIE].value
+    return None
+
+
+def token_cookie(token: str) -> str:
+    """The ``Set-Cookie`` value that lets the page's own requests (the ``<img>`` stream) through."""
+    return f"{COOKIE}={token}; Path=/; HttpOnly; SameSite=Strict"
+
+
+def host_name(host_header: str) -> str:
+    """The name of a ``Host`` header without its port: ``"[::1]:8000"`` -> ``"::1"``."""
+    h = host_header.strip().lower()
+    if h.startswith("["):
+        return h[1:h.find("]")] if "]" in h else h
+    return h.rsplit(":", 1)[0] if h.count(":") == 1 else h
+
+
+def refusal(method: str, headers: dict[str, str], scheme: str, allowed_hosts: tuple[str, ...],
+            cors_origins: tuple[str, ...]) -> str | None:
+    """Why a request must be refused before auth (403), or None.
+
+    Args:
+        method: the HTTP method.
+        headers: request headers with lower-case names.
+        scheme: ``http`` or ``https``.
+        allowed_hosts: names the ``Host`` header may carry (empty: any).
+        cors_origins: other origins allowed to send POSTs.
+    """
+    host = headers.get("host", "")
+    if allowed_hosts and host_name(host) not in allowed_hosts:
+        return (f"this server answers requests addressed to {', '.join(allowed_hosts)}; got Host {host!r} "
+                "(bind with --host to serve other names)")
+    origin = headers.get("origin")
+    if method not in ("GET", "HEAD", "OPTIONS") and origin is not None and origin != "null" \
+            and origin != f"{scheme}://{host}" and origin not in cors_origins:
+        return f"a {method} from a page of another origin ({origin}) is refused; allow it with --cors-origin"
+    if method not in ("GET", "HEAD", "OPTIONS") and origin == "null":
+        return f"a {method} from an opaque origin is refused"
+    return None
