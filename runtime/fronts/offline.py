@@ -75,20 +75,42 @@ class FolderSink:
         self.engine, self.output, self.names = engine, output, names
 
     def write(self, item: ItemResult) -> None:
-        if not item.ok:
-            return
-        out, job = self.output, self.engine.job
-        try:
-            stem = self.names.stem(item.source, job.method) + (f"_top{job.top_classes}" if job.top_classes else "")
-            item.extra["overlay"] = str(write_image(out.out_dir / f"{stem}.png", item.drawn))
-            if out.save_maps:
-                r = item.explanation
-                item.extra["maps"] = str(write_npz(out.out_dir / f"{stem}.npz", grid=r.grid, heatmap=r.heatmap))
-            if out.tiles != "none" and item.outputs is not None:
-                tiles = tile_image(self.engine, item, out.tiles)
-                item.extra["tiles"] = str(write_image(out.out_dir / f"{stem}_{out.tiles}.png", tiles))
-        except Exception as exc:  # noqa: BLE001 - one file that cannot be written fails its item
-            item.error = exc
+        if item.ok:
+            write_item(self.engine, item, self.output, self.names.stem(item.source, self.engine.job.method))
+
+
+def write_item(engine: FrameEngine, item: ItemResult, output: FolderOutput, stem: str) -> None:
+    """Write one drawn item's files into ``output.out_dir``, each whole or not at all.
+
+    The one writer of per-image outputs: :class:`FolderSink` (the local path) and the Ray
+    actors of :mod:`attnmap.runtime.fronts.distributed` both call it, so both write the same
+    files under the same names: ``{stem}.png`` (the overlay, ``item.drawn``), with
+    ``save_maps`` ``{stem}.npz`` (``grid`` (gh, gw) and ``heatmap`` (H0, W0), float32 in
+    [0, 1]), with ``tiles`` ``{stem}_{tiles}.png``. With ``Job.top_classes`` the stem gets
+    ``_topN``. The written paths go into ``item.extra`` (``overlay``, ``maps``, ``tiles``).
+
+    Args:
+        engine: the engine that explained the item (its job and model metadata).
+        item: an explained and drawn item; a failed one is left as it is.
+        output: where and what to write.
+        stem: the file stem, unique within the run (``dog_rollout``).
+
+    A file that cannot be written becomes the item's ``error``; it is never raised.
+    """
+    if not item.ok:
+        return
+    job = engine.job
+    try:
+        stem = stem + (f"_top{job.top_classes}" if job.top_classes else "")
+        item.extra["overlay"] = str(write_image(output.out_dir / f"{stem}.png", item.drawn))
+        if output.save_maps:
+            r = item.explanation
+            item.extra["maps"] = str(write_npz(output.out_dir / f"{stem}.npz", grid=r.grid, heatmap=r.heatmap))
+        if output.tiles != "none" and item.outputs is not None:
+            tiles = tile_image(engine, item, output.tiles)
+            item.extra["tiles"] = str(write_image(output.out_dir / f"{stem}_{output.tiles}.png", tiles))
+    except Exception as exc:  # noqa: BLE001 - one file that cannot be written fails its item
+        item.error = exc
 
 
 class StemNames:
@@ -154,6 +176,14 @@ def count_inputs(planned: tuple[list[SourceRef], list]) -> tuple[int, int]:
     return sum(r.kind == "image" for r in refs), sum(r.kind in ("video", "sequence") for r in refs)
 
 
+def drawing_engine(engine: FrameEngine) -> FrameEngine:
+    """``engine``, or one with the default :class:`OverlayStyle` where its job draws nothing
+    (offline explain always writes an overlay)."""
+    if engine.job.style is not None:
+        return engine
+    return engine.with_job(dataclasses.replace(engine.job, style=OverlayStyle()))
+
+
 def explain_inputs(engine: FrameEngine, specs: Sequence[str] | tuple[list[SourceRef], list],
                    output: FolderOutput, *,
                    on_record: Callable[[dict[str, Any], str], None],
@@ -177,8 +207,7 @@ def explain_inputs(engine: FrameEngine, specs: Sequence[str] | tuple[list[Source
     Returns:
         :class:`OfflineReport`.
     """
-    if engine.job.style is None:
-        engine = engine.with_job(dataclasses.replace(engine.job, style=OverlayStyle()))
+    engine = drawing_engine(engine)
     report = OfflineReport()
 
     def fail(source: str, reason: str) -> None:

@@ -135,6 +135,33 @@ class Evaluation:
             self.fractions = {"pn": c.pn_fractions, "di": c.di_fractions}
 
 
+def merge_evaluations(parts: Sequence[Evaluation]) -> Evaluation:
+    """One evaluation of parts scored apart (on several machines), in the order given.
+
+    Every part must come from the same model, unit, baseline and methods (the distributed
+    evaluate scores one image per part, on Ray actors, with :func:`evaluate` itself).
+
+    Raises:
+        OptionError: no parts, or parts that measured different things.
+    """
+    if not parts:
+        raise OptionError("no evaluations to merge")
+    first = parts[0]
+    out = Evaluation(first.model, first.unit, first.baseline, {m: {} for m in first.per_image})
+    for part in parts:
+        if (part.model, part.unit, part.baseline, list(part.per_image)) != (out.model, out.unit, out.baseline,
+                                                                             list(out.per_image)):
+            raise OptionError(f"cannot merge evaluations of different runs: {part.model}/{part.unit}/{part.baseline}"
+                              f" {list(part.per_image)} and {out.model}/{out.unit}/{out.baseline} {list(out.per_image)}")
+        out.failed.extend(part.failed)
+        for i, (source, target) in enumerate(zip(part.sources, part.targets)):
+            scores = {m: {k: v[i] for k, v in metrics.items()} for m, metrics in part.per_image.items()}
+            curves = {m: Curves(part.fractions["pn"], c["positive"][i], c["negative"][i], part.fractions["di"],
+                                c["deletion"][i], c["insertion"][i]) for m, c in part.curves.items()}
+            out._add(source, target, scores, curves)
+    return out
+
+
 def parse_method_spec(spec: str, meta=None) -> tuple[str, dict[str, Any]]:
     """``"rollout"`` or ``"rollout:discard_ratio=0.9:head_fusion=max"`` -> (method name, options).
 
@@ -271,4 +298,5 @@ def evaluate(explainer, frames: Iterable[Frame], methods: Sequence[str], *, base
     return result
 
 
-__all__ = ["CURVES", "LOCALISATION", "METRICS", "PERTURBATION", "RANDOM", "Evaluation", "evaluate", "parse_method_spec"]
+__all__ = ["CURVES", "LOCALISATION", "METRICS", "PERTURBATION", "RANDOM", "Evaluation", "evaluate", "merge_evaluations",
+           "parse_method_spec"]
