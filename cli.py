@@ -34,7 +34,9 @@ from attnmap.runtime.core.options import OptionSpec  # noqa: E402
 from attnmap.runtime.methods import METHODS  # noqa: E402
 
 FITS = ("crop", "squash", "letterbox")
-PROVIDERS = ("auto", "cpu", "cuda")
+# runtime.model.session.PROVIDERS, written out so that --help does not import onnxruntime
+# (tests/test_providers.py checks that the two agree).
+PROVIDERS = ("auto", "cpu", "cuda", "tensorrt", "openvino", "coreml")
 
 
 class _StatusLine:
@@ -103,7 +105,10 @@ def _debug() -> bool:
 def model_option(fn: Callable) -> Callable:
     """``--model``, ``--provider`` and ``--threads``."""
     fn = click.option("--provider", type=click.Choice(PROVIDERS), default="auto", show_default=True,
-                      help="onnxruntime execution provider; 'cuda' fails clearly where it is unavailable.")(fn)
+                      help="onnxruntime execution provider; auto takes CUDA, TensorRT, OpenVINO or CoreML "
+                           "where onnxruntime offers one, else the CPU; an unavailable one is an error, never "
+                           "a silent fallback. TensorRT caches engines in $ATTNMAP_TRT_CACHE "
+                           "(default ~/.cache/attnmap/tensorrt).")(fn)
     fn = click.option("--model", "-m", "model", default=None, metavar="MODEL",
                       help="An .onnx file from `attnmap export`, or a shipped model name "
                            "(default: the shipped demo model, or $ATTNMAP_MODEL).")(fn)
@@ -193,10 +198,88 @@ def _style(colormap: str, alpha: float, blur: float, mode: str, label: bool):
     return OverlayStyle(colormap=colormap, alpha=alpha, blur=blur, mode=mode, label=label)
 
 
+def precision_options(fn: Callable) -> Callable:
+    """The conversion and fidelity-gate options of ``export --precision`` and ``quantize``."""
+    fn = click.option("--attn-dtype", type=click.Choice(["fp32", "fp16"]), default="fp32", show_default=True,
+                      help="fp16 files: dtype of the attentions output (fp16 halves the transfer off a GPU; "
+                           "maps are computed in float32 either way).")(fn)
+    fn = click.option("--min-rollout-corr", type=click.FloatRange(-1, 1), default=0.98, show_default=True,
+                      help="Fidelity gate: lowest mean Pearson correlation of rollout maps with fp32's.")(fn)
+    fn = click.option("--min-top1", type=click.FloatRange(0, 1), default=0.98, show_default=True,
+                      help="Fidelity gate: lowest top-1 agreement with the fp32 file.")(fn)
+    fn = click.option("--check", default=None, metavar="SOURCE",
+                      help="Images for the fidelity gate (default: 64 synthetic images, plus the calibration "
+                           "images).")(fn)
+    fn = click.option("--calibration-images", type=click.IntRange(1, 10000), default=32, show_default=True,
+                      help="Calibration images read from --calibration at most.")(fn)
+    fn = click.option("--calibration", default=None, metavar="SOURCE",
+                      help="int8: static QDQ quantisation calibrated on these images (folder, glob, video); "
+                           "without it, dynamic int8 (weights only), which measured faster and closer on ViTs.")(fn)
+    return fn
+
+
+def _convert_options(precision: str, *, calibration: str | None, calibration_images: int, check: str | None,
+                     min_top1: float, min_rollout_corr: float, attn_dtype: str):
+    """The ConvertOptions of the precision flags; None for fp32 (which takes none of them)."""
+    if precision == "fp32":
+        given = [flag for flag, v in (("--calibration", calibration), ("--check", check),
+                                      ("--attn-dtype fp16", attn_dtype == "fp16")) if v]
+        if given:
+            raise click.UsageError(f"{', '.join(given)} apply to --precision fp16 or int8 only")
+        return None
+    if attn_dtype == "fp16" and precision != "fp16":
+        raise click.UsageError("--attn-dtype fp16 applies to --precision fp16 only")
+    if calibration and precision != "int8":
+        raise click.UsageError("--calibration applies to --precision int8 only (use --check for the gate's images)")
+    from attnmap.runtime.precision.convert import ConvertOptions
+    from attnmap.runtime.precision.fidelity import Thresholds
+
+    return ConvertOptions(precision, mode="static" if calibration else "dynamic", calibration=calibration,
+                          calibration_images=calibration_images, check=check, attn_dtype=attn_dtype,
+                          thresholds=Thresholds(min_top1=min_top1, min_rollout_corr=min_rollout_corr))
+
+
 def _explainer(model: str | None, provider: str, threads: int | None):
     from attnmap import Explainer
 
     return Explainer(model, provider=provider, threads=threads)
+
+
+def engine_options(fn: Callable) -> Callable:
+    """``--engine``, ``--address``, ``--actors`` and ``--gpus-per-actor`` (explain, evaluate)."""
+    fn = click.option("--gpus-per-actor", type=click.FloatRange(0, 64), default=0.0, show_default=True,
+                      help="Ray engine: GPUs each model actor takes (0: one CPU core each; 0.5 shares a GPU).")(fn)
+    fn = click.option("--actors", type=click.IntRange(1, 4096), default=None,
+                      help="Ray engine: model actors, each one onnxruntime session (default: one per CPU of "
+                           "the cluster, or per --gpus-per-actor of its GPUs).")(fn)
+    fn = click.option("--address", default=None, metavar="ADDR",
+                      help="Ray engine: 'auto' for the cluster this machine joined (`ray start`), or "
+                           "ray://HOST:10001; default: a local Ray instance on this machine's cores.")(fn)
+    fn = click.option("--engine", "engine_name", type=click.Choice(["local", "ray"]), default="local",
+                      show_default=True, help="local: this machine; ray: Ray Data, on a local instance or a "
+                                              "cluster (pip install 'attnmap[distributed]'). Still images only.")(fn)
+    return fn
+
+
+def _ray_options(address: str | None, actors: int | None, gpus_per_actor: float, provider: str,
+                 batch_size: int | None, **local_only: Any):
+    """The RayOptions of the engine flags; UsageError where a local-engine flag was given too."""
+    from attnmap.runtime.fronts.distributed import RayOptions
+
+    given = [f"--{name.replace('_', '-')}" for name, value in local_only.items() if value]
+    if given:
+        raise click.UsageError(f"{', '.join(given)} apply to --engine local; on Ray use --actors "
+                               "(each actor runs one model session on one CPU thread, or on its GPU)")
+    return RayOptions(address=address, actors=actors, gpus_per_actor=gpus_per_actor, provider=provider,
+                      **({"batch_size": batch_size} if batch_size else {}))
+
+
+def _check_local_engine(address: str | None, actors: int | None, gpus_per_actor: float) -> None:
+    """UsageError where a Ray flag was given to the local engine."""
+    given = [flag for flag, v in (("--address", address), ("--actors", actors), ("--gpus-per-actor", gpus_per_actor))
+             if v]
+    if given:
+        raise click.UsageError(f"{', '.join(given)} apply to --engine ray")
 
 
 # ---------------------------------------------------------------------------- group
@@ -239,10 +322,14 @@ def main(ctx: click.Context, debug: bool) -> None:
                    "tokens with their gradients (tokens, token_grads), with an int64 `target` input, for the "
                    "class-specific methods (chefer, grad_rollout, gradsam, product, gradcam).")
 @click.option("--opset", type=click.IntRange(13, 30), default=None, help="ONNX opset (default: the exporter's).")
+@click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default="fp32", show_default=True,
+              help="fp16 or int8: export fp32 (parity-checked), convert, and write only if the fidelity gate "
+                   "passes (see `attnmap quantize`).")
+@precision_options
 @handle_errors
 def export(model_name: str, out: Path, checkpoint: Path | None, pretrained: bool, img_size: int | None,
            heads: str, labels: Path | None, num_classes: int | None, no_attentions: bool, gradients: bool,
-           opset: int | None) -> None:
+           opset: int | None, precision: str, **gate: Any) -> None:
     """Export a timm or Hugging Face ViT to ONNX with attention outputs and attnmap metadata.
 
     MODEL_NAME is a timm model name (e.g. deit_tiny_patch16_224), a transformers model folder
@@ -257,16 +344,55 @@ def export(model_name: str, out: Path, checkpoint: Path | None, pretrained: bool
         raise click.UsageError("Use just one of --checkpoint or --pretrained.")
     if gradients and no_attentions:
         raise click.UsageError("Use just one of --gradients or --no-attentions.")
+    options = _convert_options(precision, **gate)
+    if options is not None and no_attentions:
+        raise click.UsageError("--precision fp16/int8 needs the attentions (the fidelity gate compares maps); "
+                               "drop --no-attentions")
     try:
         from attnmap.export.to_onnx import export_onnx
     except ImportError as exc:
         raise click.ClickException(
             f"`attnmap export` needs the export extra (torch and timm): pip install -e '.[export]' ({exc})") from None
-    report = export_onnx(model_name, out, checkpoint=checkpoint, pretrained=pretrained, img_size=img_size,
-                         heads=heads, labels=labels, attentions=not no_attentions, gradients=gradients, opset=opset,
-                         model_kwargs={"num_classes": num_classes} if num_classes else None, log=_err,
-                         random_weights_hint="pass --checkpoint FILE or --pretrained")
+    kwargs = dict(checkpoint=checkpoint, pretrained=pretrained, img_size=img_size, heads=heads, labels=labels,
+                  attentions=not no_attentions, gradients=gradients, opset=opset,
+                  model_kwargs={"num_classes": num_classes} if num_classes else None, log=_err,
+                  random_weights_hint="pass --checkpoint FILE or --pretrained")
+    if options is None:
+        report = export_onnx(model_name, out, **kwargs)
+    else:
+        from attnmap.export.precision import export_with_precision
+
+        report = export_with_precision(model_name, out, options, **kwargs)
     click.echo(str(report.path))  # the export's own log (stderr) has the parity figures and size
+
+
+# ---------------------------------------------------------------------------- quantize
+@main.command()
+@click.argument("model")
+@click.option("--out", "-o", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="Where to write the converted .onnx file.")
+@click.option("--precision", type=click.Choice(["fp16", "int8"]), default="int8", show_default=True,
+              help="int8: onnxruntime's quantiser (dynamic, or static QDQ with --calibration); fp16: half "
+                   "compute with float32 at the graph boundary.")
+@click.option("--threads", type=click.IntRange(1, 256), default=None,
+              help="CPU threads of the fidelity check (default: physical cores).")
+@precision_options
+@handle_errors
+def quantize(model: str, out: Path, precision: str, threads: int | None, **gate: Any) -> None:
+    """Convert an fp32 attnmap file to int8 or fp16, torch-free, behind a fidelity gate.
+
+    MODEL is an .onnx file from `attnmap export` (or a shipped model name). The converted
+    file is compared with MODEL on the --check images, else on 64 synthetic images (plus the
+    --calibration images): top-1 agreement, max probability difference, and per map method the
+    correlation and top-10% patch IoU of the maps. Below the thresholds it fails with a
+    non-zero exit and writes nothing; else the figures go into the file's metadata (`attnmap
+    info` shows them) and its path is printed on stdout.
+    """
+    from attnmap.runtime.model.registry import resolve_model
+    from attnmap.runtime.precision.convert import convert_file
+
+    report = convert_file(resolve_model(model), out, _convert_options(precision, **gate), log=_err, threads=threads)
+    click.echo(str(report.path))
 
 
 # ---------------------------------------------------------------------------- info
@@ -313,20 +439,24 @@ def info(model: str | None, as_json: bool) -> None:
                    "classes' maps side by side (default: the predicted class). Give it once.")
 @click.option("--json", "as_json", is_flag=True,
               help="Print one JSON object per input: {source, topk: [{index, label, prob}], overlay}.")
+@engine_options
 @handle_errors
 def explain(sources: tuple[str, ...], model: str | None, provider: str, threads: int | None, method: str,
             fit: str, colormap: str, alpha: float, blur: float, mode: str, no_label: bool, out_dir: Path,
             topk: int, save_maps: bool, tiles: str, video_format: str, batch_size: int | None,
-            workers: int | None, target: tuple[str, ...], as_json: bool, **kwargs: Any) -> None:
+            workers: int | None, target: tuple[str, ...], as_json: bool, engine_name: str, address: str | None,
+            actors: int | None, gpus_per_actor: float, **kwargs: Any) -> None:
     """Explain images, folders, globs and videos; write overlays to --out.
 
-    SOURCE is an image file, a directory, a glob ("photos/*.jpg"), a video file or an image
-    sequence (img_%04d.png). A bad or missing input is reported on its own line and skipped; the
-    exit code is then 1.
+    SOURCE is an image file, a directory, a glob ("photos/*.jpg"), a video file, an image
+    sequence (img_%04d.png) or a manifest (.csv / .parquet with a `path` column). A bad or
+    missing input is reported on its own line and skipped; the exit code is then 1. With
+    --engine ray (still images only) the run also writes run.parquet, and a rerun skips images
+    whose outputs are complete.
     """
     from attnmap.runtime.engine.engine import FrameEngine, Job
     from attnmap.runtime.engine.explainer import parse_class_spec
-    from attnmap.runtime.frames.sources import plan_inputs
+    from attnmap.runtime.fronts.distributed.manifest import plan_with_manifests
     from attnmap.runtime.fronts.offline import FolderOutput, count_inputs, explain_inputs
     from attnmap.runtime.model.plan import plan_for_inputs
 
@@ -339,14 +469,19 @@ def explain(sources: tuple[str, ...], model: str | None, provider: str, threads:
             f"--class needs a class-specific method ({', '.join(n for n, m in METHODS.items() if m.class_specific)});"
             f" {method!r} is class-agnostic", param_hint="--class")
     style = _style(colormap, alpha, blur, mode, not no_label)
-    planned = plan_inputs(sources)
-    images, videos = count_inputs(planned)
-    plan = plan_for_inputs(provider, images=images, videos=videos, threads=threads, workers=workers,
-                           batch_size=batch_size)
-    explainer = _explainer(model, provider, plan.threads)
+    if engine_name == "ray":
+        ray_options = _ray_options(address, actors, gpus_per_actor, provider, batch_size, threads=threads,
+                                   workers=workers)
+        explainer = _explainer(model, "cpu", 1)  # only checks the job here; the actors load their own copies
+    else:
+        _check_local_engine(address, actors, gpus_per_actor)
+        planned = plan_with_manifests(sources)
+        images, videos = count_inputs(planned)
+        plan = plan_for_inputs(provider, images=images, videos=videos, threads=threads, workers=workers,
+                               batch_size=batch_size)
+        explainer = _explainer(model, provider, plan.threads)
     fixed, top_n = parse_class_spec(explainer.meta, target[0]) if target else (None, None)
     job = Job(method=method, options=options, fit=fit, topk=topk, target=fixed, top_classes=top_n, style=style)
-    engine = FrameEngine(explainer, job, batch_size=plan.batch_size, workers=plan.workers)
     show = _stderr_is_terminal()
 
     def on_record(record: dict[str, Any], line: str) -> None:
@@ -360,8 +495,17 @@ def explain(sources: tuple[str, ...], model: str | None, provider: str, threads:
             _status.show(f"{spec}: {p.bar()}")
 
     output = FolderOutput(out_dir, save_maps=save_maps, tiles=tiles, video_format=video_format)
-    report = explain_inputs(engine, planned, output,
-                            on_record=on_record, on_fail=on_fail, on_video=on_video)
+    if engine_name == "ray":
+        from attnmap.runtime.fronts.distributed import explain_on_ray
+
+        report = explain_on_ray(FrameEngine(explainer, job), sources, output, ray_options,
+                                on_record=on_record, on_fail=on_fail)
+        if report.skipped:
+            _err(f"{report.skipped} images already done in {out_dir} (same content and settings): skipped")
+    else:
+        engine = FrameEngine(explainer, job, batch_size=plan.batch_size, workers=plan.workers)
+        report = explain_inputs(engine, planned, output,
+                                on_record=on_record, on_fail=on_fail, on_video=on_video)
     _status.end()
     if report.failed:
         raise click.ClickException(f"{len(report.failed)} of {len(report.failed) + report.done} inputs failed "
@@ -434,6 +578,57 @@ def live(source: str, model: str | None, provider: str, threads: int | None, met
                + (f"; wrote {stats.out}" if stats.out else ""))
 
 
+# ---------------------------------------------------------------------------- serve
+@main.command()
+@click.argument("source", required=False, default=None)
+@model_option
+@method_options
+@overlay_options(label=False)
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to bind; anything beyond loopback needs --token.")
+@click.option("--port", type=click.IntRange(1, 65535), default=8000, show_default=True, help="TCP port.")
+@click.option("--token", default=None, metavar="TOKEN",
+              help="Bearer token for every path but /healthz (default: $ATTNMAP_TOKEN). Open the page once "
+                   "as /?token=TOKEN.")
+@click.option("--smooth", type=click.FloatRange(0, 1, max_open=True), default=0.0, show_default=True,
+              help="Temporal smoothing: EMA weight of the previous heatmap (0 = off).")
+@click.option("--every", type=click.IntRange(1, None), default=1, show_default=True,
+              help="Explain every k-th frame and reuse the last heatmap in between.")
+@click.option("--no-hud", is_flag=True, help="Do not draw label, fps and stage timings on the stream.")
+@click.option("--no-loop", is_flag=True, help="Play a video file once instead of in a loop.")
+@click.option("--max-upload-mb", type=click.FloatRange(0, None, min_open=True), default=20.0, show_default=True,
+              help="Largest upload /v1/explain accepts.")
+@click.option("--max-pixels", type=click.IntRange(1, None), default=40_000_000, show_default=True,
+              help="Largest width x height an uploaded image may declare (checked before decoding).")
+@click.option("--cors-origin", "cors_origins", multiple=True, metavar="ORIGIN",
+              help="Allow browser pages from this origin to call the API (repeatable; default: CORS off).")
+@handle_errors
+def serve(source: str | None, model: str | None, provider: str, threads: int | None, method: str, fit: str,
+          colormap: str, alpha: float, blur: float, mode: str, host: str, port: int, token: str | None,
+          smooth: float, every: int, no_hud: bool, no_loop: bool, max_upload_mb: float, max_pixels: int,
+          cors_origins: tuple[str, ...], **kwargs: Any) -> None:
+    """Serve the live overlay to a browser and explanations over HTTP (extra 'serve').
+
+    SOURCE is as in `attnmap live` (camera index, stream URL, video file; a file plays in a loop);
+    without one only the API runs. Binds to 127.0.0.1 unless --host says otherwise.
+    """
+    from attnmap.runtime.fronts.serve import require_extra
+
+    require_extra()
+    from attnmap.runtime.engine.engine import Job
+    from attnmap.runtime.fronts.serve.app import ServerSettings
+    from attnmap.runtime.fronts.serve.runner import serve as run_serve
+    from attnmap.runtime.fronts.serve.security import Limits
+    from attnmap.runtime.fronts.serve.stream import StreamConfig
+
+    options = pop_method_options(kwargs, method)
+    job = Job(method=method, options=options, fit=fit, style=_style(colormap, alpha, blur, mode, False))
+    config = StreamConfig(smooth=smooth, every=every, hud=not no_hud, loop_file=not no_loop)
+    settings = ServerSettings(token=token, cors_origins=tuple(cors_origins),
+                              limits=Limits(max_upload_bytes=int(max_upload_mb * 1024 * 1024), max_pixels=max_pixels))
+    run_serve(_explainer(model, provider, threads), source, job, config, settings, host=host, port=port, log=_err)
+
+
 # ---------------------------------------------------------------------------- bench
 @main.command()
 @click.argument("source", required=False)
@@ -448,11 +643,15 @@ def live(source: str, model: str | None, provider: str, threads: int | None, met
 @click.option("--targets", "targets_video", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               default=None, help="Also measure live fps, offline fps and latency on this video against "
                                  "the real-time targets.")
+@click.option("--compare", "compare", multiple=True, metavar="FILE[,FILE...]",
+              help="Time these model files side by side on the same frames (give it again or comma-separate; "
+                   "--model, if given, comes first and is the reference): per-stage medians, explains/s, "
+                   "speedup over the first, sizes, top-1 and map agreement, and the stored fidelity figures.")
 @click.option("--json", "as_json", is_flag=True, help="Print the figures as one JSON object.")
 @handle_errors
 def bench(source: str | None, source_opt: str | None, model: str | None, provider: str, threads: int | None,
-          method: str, fit: str, runs: int, warmup: int, batch_size: int, targets_video: Path | None, as_json: bool,
-          **kwargs: Any) -> None:
+          method: str, fit: str, runs: int, warmup: int, batch_size: int, targets_video: Path | None,
+          compare: tuple[str, ...], as_json: bool, **kwargs: Any) -> None:
     """Time each stage (decode, preprocess, inference, explanation, overlay, output).
 
     Prints median and p90 per stage and the ratio of (inference with attentions + explanation)
@@ -466,6 +665,16 @@ def bench(source: str | None, source_opt: str | None, model: str | None, provide
     from attnmap.runtime.fronts.targets import format_targets, measure_targets, throughput_explainer
 
     options = pop_method_options(kwargs, method)
+    if compare:
+        if targets_video is not None:
+            raise click.UsageError("Use just one of --compare or --targets.")
+        from attnmap.runtime.fronts.bench import format_compare, run_compare
+
+        files = ([model] if model else []) + [f.strip() for spec in compare for f in spec.split(",") if f.strip()]
+        result = run_compare([_explainer(f, provider, threads) for f in files], source, runs=runs, warmup=warmup,
+                             batch_size=batch_size, method=method, options=options, fit=fit)
+        click.echo(json.dumps(result) if as_json else format_compare(result))
+        return
     explainer = _explainer(model, provider, threads)
     result = run_bench(explainer, source, runs=runs, warmup=warmup, batch_size=batch_size, method=method,
                        options=options, fit=fit)
@@ -513,14 +722,17 @@ def bench(source: str | None, source_opt: str | None, model: str | None, provide
               help="Perturbed inputs per model run.")
 @click.option("--fit", type=click.Choice(FITS), default="crop", show_default=True, help="Preprocessing fit mode.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object (schema in the README).")
+@engine_options
 @handle_errors
 def evaluate(sources: tuple[str, ...], model: str | None, provider: str, threads: int | None, methods_: str,
              unit: str, baseline: str, sigma: float, steps: int, labels: str | None, masks_dir: str | None,
              boxes: str | None, synthetic: int | None, out_dir: Path | None, batch_size: int, fit: str,
-             as_json: bool) -> None:
+             as_json: bool, engine_name: str, address: str | None, actors: int | None,
+             gpus_per_actor: float) -> None:
     """Score how faithful each method's map is, and where ground truth is given, how well it localises.
 
-    SOURCE is an image file, a directory or a glob. Each map's units are removed, most (or least)
+    SOURCE is an image file, a directory, a glob or a manifest (.csv / .parquet with a `path`
+    column); with --engine ray each image is scored on a Ray actor. Each map's units are removed, most (or least)
     relevant first, and the model is run again: positive / negative perturbation (Chefer et al.
     2021) and deletion / insertion (Petsiuk et al. 2018). With --masks, --boxes or --synthetic:
     pointing game, mass ratio, and segmentation pixel accuracy, mIoU and AP. A random map is the floor.
@@ -528,13 +740,17 @@ def evaluate(sources: tuple[str, ...], model: str | None, provider: str, threads
     import itertools
 
     from attnmap.runtime.core.errors import MethodOptionError
-    from attnmap.runtime.frames.sources import open_files, plan_inputs
+    from attnmap.runtime.frames.sources import open_files
     from attnmap.runtime.fronts import evaluate as ev
+    from attnmap.runtime.fronts.distributed.manifest import list_images, plan_with_manifests
     from attnmap.runtime.methods import runs_on
 
     if not sources and synthetic is None:
         raise click.UsageError("give images to evaluate (SOURCE...) or --synthetic N")
-    explainer = _explainer(model, provider, threads)
+    if engine_name == "ray" and synthetic is not None:
+        raise click.UsageError("--synthetic runs on the local engine; leave out --engine ray, or give image files")
+    # with Ray the driver's model only checks the methods; the actors load their own copies
+    explainer = _explainer(model, "cpu", 1) if engine_name == "ray" else _explainer(model, provider, threads)
     meta = explainer.meta
     specs = [m.strip() for m in methods_.split(",") if m.strip()]
     if specs == ["all"]:
@@ -547,10 +763,14 @@ def evaluate(sources: tuple[str, ...], model: str | None, provider: str, threads
     truth = ev.GroundTruth(labels=ev.read_labels(labels, meta) if labels else {},
                            boxes=ev.read_boxes(boxes) if boxes else {},
                            mask_dir=ev.mask_folder(masks_dir) if masks_dir else None)
-    refs, missing = plan_inputs(sources) if sources else ([], [])
+    if engine_name == "ray":
+        (images, missing), refs = list_images(sources), []
+    else:
+        _check_local_engine(address, actors, gpus_per_actor)
+        refs, missing = plan_with_manifests(sources) if sources else ([], [])
+        images = [r.target for r in refs if r.kind == "image"]
     for spec, exc in missing:
         _err(f"error: {spec}: {exc}")
-    images = [r.target for r in refs if r.kind == "image"]
     for r in refs:
         if r.kind != "image":
             _err(f"error: {r.spec}: evaluate takes still images; {r.spec!r} is a {r.kind}")
@@ -560,11 +780,19 @@ def evaluate(sources: tuple[str, ...], model: str | None, provider: str, threads
     if not images and not synth:
         raise click.ClickException("no images to evaluate")
     total = len(images) + len(synth)
-    with open_files(images, errors="yield") if images else contextlib.nullcontext(()) as frames, \
+    local = bool(images) and engine_name == "local"
+    with open_files(images, errors="yield") if local else contextlib.nullcontext(()) as frames, \
             click.progressbar(length=total, label="evaluating", file=sys.stderr) as bar:
-        result = ev.evaluate(explainer, itertools.chain(frames, synth), specs, baseline=baseline, sigma=sigma,
-                             steps=steps, unit=unit, fit=fit, batch_size=batch_size, truth=truth,
-                             on_image=lambda _: bar.update(1))
+        scoring = dict(baseline=baseline, sigma=sigma, steps=steps, unit=unit, fit=fit, batch_size=batch_size)
+        if engine_name == "ray":
+            from attnmap.runtime.fronts.distributed.evaluate import evaluate_on_ray
+
+            result = evaluate_on_ray(explainer, images, specs, _ray_options(address, actors, gpus_per_actor,
+                                                                            provider, None, threads=threads),
+                                     truth=truth, on_image=lambda _: bar.update(1), **scoring)
+        else:
+            result = ev.evaluate(explainer, itertools.chain(frames, synth), specs, truth=truth,
+                                 on_image=lambda _: bar.update(1), **scoring)
     for source, reason in result.failed:
         _err(f"error: {source}: {reason}")
     click.echo(json.dumps(result.to_dict()) if as_json else ev.format_evaluation(result))

@@ -135,15 +135,16 @@ def run(model: Path, plain: Path, rounds: int, warmup: int, threads: int) -> lis
     }
     med = measure(rows, rounds, warmup)
     base, base8 = med["plain"], med["plain_b8"]
+    small = f"img{img.shape[0]}" if img.shape[0] == img.shape[1] else f"img{img.shape[1]}x{img.shape[0]}"
     table = [
         ("plain inference (logits-only file, batch 1)", base, 1.0, None),
-        ('explain(img224, fit="squash")', med["explain224"], med["explain224"] / base, 1.05),
+        (f'explain({small}, fit="squash")', med["explain224"], med["explain224"] / base, 1.05),
         ("explain(frame640x480) (crop)", med["explain640"], med["explain640"] / base, 1.07),
-        ('explain(img224, "squash", head_fusion="max", discard_ratio=0.9)', med["explain224_max09"],
+        (f'explain({small}, "squash", head_fusion="max", discard_ratio=0.9)', med["explain224_max09"],
          med["explain224_max09"] / base, 1.10),
         ("explain(frame640x480).overlay()", med["explain640_overlay"], med["explain640_overlay"] / base, 1.12),
         ("plain inference, batch 8, per image", base8 / 8, 1.0, None),
-        ('explain(8 x img224, "squash"), per image', med["explain224_b8"] / 8, med["explain224_b8"] / base8, 1.05),
+        (f'explain(8 x {small}, "squash"), per image', med["explain224_b8"] / 8, med["explain224_b8"] / base8, 1.05),
     ]
     return [(row, ms * 1e3, ratio, goal) for row, ms, ratio, goal in table]
 

@@ -215,3 +215,30 @@ def test_discard_cut_keeps_entries_equal_to_the_threshold():
     ref = plain_rollout(att, layout, "mean", 1 / 9 + 1e-6, False)
     np.testing.assert_allclose(got, ref, atol=1e-6)
     assert math.isclose(float(got[0, 0, 0]), 0.0, abs_tol=1e-7)  # 0.1 discarded -> the lowest patch
+
+
+def test_kept_output_bindings_give_each_run_its_own_results(tiny_vit_onnx):
+    """Outputs are bound once per pooled buffer set; every run still gets its own input's
+    results, whether the caller drops them (the set and its binding are reused) or keeps them
+    (another set is bound)."""
+    import onnxruntime as ort
+
+    from attnmap.runtime.model.session import OnnxModel
+
+    model = OnnxModel(tiny_vit_onnx, provider="cpu")
+    reference = ort.InferenceSession(str(tiny_vit_onnx), providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(7)
+    xs = [rng.normal(size=(1, *model.meta.input_size)).astype(np.float32) for _ in range(3)]
+    want = [reference.run(["logits", "attentions"], {model.meta.inputs[0]: x}) for x in xs]
+    for round_ in range(3):
+        for x, (logits, att) in zip(xs, want):  # dropped at once: one set, one binding, reused
+            out = model.run(x)
+            np.testing.assert_allclose(out.logits, logits, atol=1e-6)
+            np.testing.assert_allclose(out.attentions, att, atol=1e-6)
+            del out
+    assert len(model._bindings) == 1
+    kept = [model.run(x) for x in xs]  # all kept: three sets, each bound once
+    for out, (logits, att) in zip(kept, want):
+        np.testing.assert_allclose(out.logits, logits, atol=1e-6)
+        np.testing.assert_allclose(out.attentions, att, atol=1e-6)
+    assert len(model._bindings) == 3

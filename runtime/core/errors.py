@@ -71,6 +71,20 @@ class ExportError(AttnmapError):
     """A model cannot be exported (outside the ViT family, bad checkpoint, parity failure)."""
 
 
+class FidelityError(AttnmapError):
+    """A reduced-precision (int8, fp16) file fails the fidelity gate against its fp32 original."""
+
+
+class ServeError(AttnmapError):
+    """``attnmap serve`` cannot start as asked: the ``serve`` extra is missing, a bind beyond
+    loopback without a token, or a bad limit."""
+
+
+class ClusterError(AttnmapError):
+    """Ray is not installed, a cluster cannot be reached or started, or a distributed run
+    failed as a whole (not one image: those are failed rows)."""
+
+
 def suggest(name: str, choices: Iterable[str]) -> str:
     """Return ``" Did you mean 'x'?"`` for the closest of ``choices``, or ``""``."""
     close = difflib.get_close_matches(name, list(choices), n=3, cutoff=0.5)

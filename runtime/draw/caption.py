@@ -201,9 +201,15 @@ class LabelOverlay:
             ImageError: bad image or heatmap.
         """
         img = check_image(image_bgr, "image_bgr").copy()
+        self.draw(img, lines, heatmap)
+        return img
+
+    def draw(self, img: np.ndarray, lines: Sequence[str] | str, heatmap: np.ndarray | None = None) -> None:
+        """:meth:`annotate` in place, on an image the caller owns: ``(H, W, 3)`` BGR uint8,
+        C-contiguous (the frame engine's own overlay, which a copy would only duplicate)."""
         placed = self._place(img.shape[:2], _texts(lines), heatmap)
         if placed is None:
-            return img
+            return
         lay, x0, y0 = placed
         if self.background is not None and self.opacity > 0:
             roi = img[y0:y0 + lay.box_h, x0:x0 + lay.box_w]
@@ -215,7 +221,6 @@ class LabelOverlay:
             x, y = x0 + lay.pad, y0 + lay.pad + lay.ascent + i * lay.line_h
             cv2.putText(img, text, (x + shadow, y + shadow), _FONT, lay.scale, (0, 0, 0), lay.thick, cv2.LINE_AA)
             cv2.putText(img, text, (x, y), _FONT, lay.scale, self.color, lay.thick, cv2.LINE_AA)
-        return img
 
     def _place(self, image_hw: tuple[int, int], texts: list[str],
                heatmap: np.ndarray | None) -> tuple[_Layout, int, int] | None:

@@ -146,7 +146,7 @@ class HeatmapOverlay:
                              "map a patch grid with Geometry.to_image first")
         return self.draw(img, heat)
 
-    def draw(self, img: np.ndarray, heat: np.ndarray) -> np.ndarray:
+    def draw(self, img: np.ndarray, heat: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         """:meth:`annotate` without its checks, for callers that made both arrays themselves.
 
         Every pixel's colour depends on that pixel alone unless :attr:`blur` is set, so a
@@ -155,19 +155,25 @@ class HeatmapOverlay:
         Args:
             img: ``(H, W, 3)`` BGR uint8.
             heat: ``(H, W)`` finite float32 map.
+            out: ``(H, W, 3)`` uint8 to draw into (a view into a larger image is fine); a new
+                array when None.
 
         Returns:
-            A new ``(H, W, 3)`` BGR uint8 image.
+            ``out``, or the new ``(H, W, 3)`` BGR uint8 image.
         """
         if self.blur > 0:
             heat = _blur(heat, self.blur * min(heat.shape))
+        if out is None:
+            out = np.empty_like(img)
         if self.mode == "blend":
             colour = _apply_colormap(_to_u8(heat), self.colormap)
-            return cv2.addWeighted(img, 1.0 - self.alpha, colour, self.alpha, 0.0)
+            cv2.addWeighted(img, 1.0 - self.alpha, colour, self.alpha, 0.0, dst=out)
+            return out
         # image * (1 - alpha * (1 - map)), with the gain in 1/255 steps: 255 keeps a pixel exactly
         clipped = _clip01(heat)
         gain = cv2.convertScaleAbs(clipped, alpha=255.0 * self.alpha, beta=255.0 * (1.0 - self.alpha))
-        return cv2.multiply(img, cv2.cvtColor(gain, cv2.COLOR_GRAY2BGR), scale=1 / 255)
+        cv2.multiply(img, cv2.cvtColor(gain, cv2.COLOR_GRAY2BGR), dst=out, scale=1 / 255)
+        return out
 
 
 def _blur(heat: np.ndarray, sigma: float) -> np.ndarray:

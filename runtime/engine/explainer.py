@@ -117,9 +117,9 @@ class Explanation:
             out = np.empty_like(img)
             for (r0, r1), (c0, c1) in (((0, y0), (0, w)), ((y1, h), (0, w)), ((y0, y1), (0, x0)), ((y0, y1), (x1, w))):
                 np.right_shift(img[r0:r1, c0:c1], 1, out=out[r0:r1, c0:c1])
-            out[y0:y1, x0:x1] = style.heatmap.draw(img[y0:y1, x0:x1], heat[y0:y1, x0:x1])
+            style.heatmap.draw(img[y0:y1, x0:x1], heat[y0:y1, x0:x1], out=out[y0:y1, x0:x1])
         if style.label:
-            out = style.caption.annotate(out, self.caption(), heatmap=heat)
+            style.caption.draw(out, self.caption(), heatmap=heat)
         return out
 
     def caption(self) -> list[str]:
@@ -139,12 +139,17 @@ class Explainer:
     Args:
         model: path to an attnmap ``.onnx`` file, a shipped model's name, or None for the
             shipped default (``$ATTNMAP_MODEL`` overrides it).
-        provider: ``"auto"`` (CUDA when onnxruntime offers it, else CPU), ``"cpu"`` or ``"cuda"``.
+        provider: ``"auto"`` (the first of CUDA, TensorRT, OpenVINO, CoreML and the CPU that
+            onnxruntime offers), or one of them by name (``"cpu"``, ``"cuda"``, ``"tensorrt"``,
+            ``"openvino"``, ``"coreml"``); an unavailable one is a ProviderError.
         threads: intra-op threads on CPU (default: physical cores).
+        trt_cache: TensorRT's engine cache folder (default ``$ATTNMAP_TRT_CACHE``, else
+            ``~/.cache/attnmap/tensorrt``).
     """
 
-    def __init__(self, model: str | Path | None = None, *, provider: str = "auto", threads: int | None = None):
-        self.model = OnnxModel(resolve_model(model), provider=provider, threads=threads)
+    def __init__(self, model: str | Path | None = None, *, provider: str = "auto", threads: int | None = None,
+                 trt_cache: str | Path | None = None):
+        self.model = OnnxModel(resolve_model(model), provider=provider, threads=threads, trt_cache=trt_cache)
         self.meta: ModelMeta = self.model.meta
 
     @property
