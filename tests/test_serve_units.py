@@ -269,3 +269,19 @@ def test_refusals_of_foreign_hosts_and_cross_origin_posts():
     assert security.refusal("POST", foreign, "http", (), ("http://evil.example",)) is None
     assert "opaque origin" in security.refusal("POST", {"host": "h", "origin": "null"}, "http", (), ())
     assert security.refusal("POST", {"host": "h"}, "http", (), ()) is None  # no Origin: not a browser page
+
+
+def test_the_api_beside_a_cpu_stream_gets_a_single_threaded_session_of_its_own():
+    """Uploads must not run in the stream's onnxruntime thread pool (the pool threads are not
+    the API's lowered ones): beside a stream, the API has its own one-thread session of the
+    same file, and it explains exactly as the stream's would."""
+    from attnmap.runtime.fronts.serve.runner import api_explainer
+
+    ex = Explainer(None, provider="cpu")
+    assert api_explainer(ex, None) is ex  # API only: one session
+    api = api_explainer(ex, object())  # any stream
+    assert api is not ex and api.path == ex.path and api.model.threads == 1
+    img = np.random.default_rng(3).integers(0, 256, (120, 160, 3), dtype=np.uint8)
+    a, b = ex.explain(img), api.explain(img)
+    np.testing.assert_allclose(a.probs, b.probs, atol=1e-6)
+    np.testing.assert_allclose(a.grid, b.grid, atol=1e-5)

@@ -120,6 +120,24 @@ class BackgroundServer:
         self.stop()
 
 
+def api_explainer(explainer, stream: StreamLoop | None):
+    """The explainer the API runs on: beside a stream on the CPU, a single-threaded session of
+    the same file of its own.
+
+    The API's threads run at a lower priority than the stream (``app.py``), but a session's
+    work runs in onnxruntime's intra-op thread pool, which is not theirs: on a shared
+    two-thread session every upload took pool time from the stream loop (DeiT-Tiny, 2 cores:
+    the loop kept 72-83% of its frames/s under 4 API clients). A one-thread session computes
+    on the calling thread, the lowered one, alone. On an accelerator, or with no stream, the
+    one session serves both.
+    """
+    if stream is None or explainer.model.provider != "CPUExecutionProvider":
+        return explainer
+    from attnmap.runtime.engine.explainer import Explainer
+
+    return Explainer(explainer.path, provider="cpu", threads=1)
+
+
 def serve(explainer, source, job, config=None, settings: ServerSettings | None = None, *,
           host: str = "127.0.0.1", port: int = 8000, log=print) -> None:
     """Check the bind, start the stream loop (when there is a source) and serve until Ctrl-C.
@@ -150,7 +168,7 @@ def serve(explainer, source, job, config=None, settings: ServerSettings | None =
     if source is not None:
         parse_source(source)  # a missing file fails now, with its suggestions, not in the loop thread
         stream = StreamLoop(explainer, source, job, config, metrics=metrics)
-    app = create_app(explainer, stream, settings, metrics, default_method=job.method)
+    app = create_app(api_explainer(explainer, stream), stream, settings, metrics, default_method=job.method)
     shown = f"[{host}]" if ":" in host else host
     log(f"attnmap serve: http://{shown}:{port}/" + ("" if source is not None else " (API only)")
         + (" (token required)" if settings.token else ""))
