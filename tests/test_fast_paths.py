@@ -242,3 +242,26 @@ def test_kept_output_bindings_give_each_run_its_own_results(tiny_vit_onnx):
         np.testing.assert_allclose(out.logits, logits, atol=1e-6)
         np.testing.assert_allclose(out.attentions, att, atol=1e-6)
     assert len(model._bindings) == 3
+
+
+def test_kept_bindings_are_safe_with_runs_on_two_threads(tiny_vit_onnx):
+    """The frame engine runs the model on two threads at once: each run, whichever pooled set
+    and binding it gets, returns its own input's results."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import onnxruntime as ort
+
+    from attnmap.runtime.model.session import OnnxModel
+
+    model = OnnxModel(tiny_vit_onnx, provider="cpu", threads=1)
+    reference = ort.InferenceSession(str(tiny_vit_onnx), providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(11)
+    xs = [rng.normal(size=(2, *model.meta.input_size)).astype(np.float32) for _ in range(6)]
+    want = [reference.run(["logits"], {model.meta.inputs[0]: x})[0] for x in xs]
+
+    def run(i: int) -> bool:
+        out = model.run(xs[i % len(xs)])
+        return bool(np.allclose(out.logits, want[i % len(xs)], atol=1e-6))
+
+    with ThreadPoolExecutor(2) as pool:
+        assert all(pool.map(run, range(120)))

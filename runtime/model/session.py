@@ -8,6 +8,7 @@ off: spinning threads would otherwise fight NumPy (which runs the explanations) 
 from __future__ import annotations
 
 import os
+import threading
 import weakref
 from dataclasses import dataclass
 from functools import lru_cache
@@ -188,7 +189,10 @@ class OnnxModel:
         self._pool = BufferPool() if cpu else None
         # id(first array of a pooled set) -> (weak reference to that array, the IOBinding with
         # the set's outputs bound): outputs are bound once per set, not once per run
+        # set: never changed in place but replaced whole under the lock, so a reader (a run on
+        # another thread: the frame engine runs the model on two at once) sees a whole dict
         self._bindings: dict[int, tuple[weakref.ref, ort.IOBinding]] = {}
+        self._bindings_lock = threading.Lock()
         self._out_specs = {o.name: (o.shape, _DTYPES.get(o.type)) for o in self.session.get_outputs()}
         # CUDA and TensorRT: inputs and outputs bound on the device (runtime/model/buffers.py's
         # DeviceBuffers); other accelerators (OpenVINO, CoreML) go through session.run.
@@ -376,8 +380,10 @@ class OnnxModel:
                 continue
             for part, layer in zip(parts, arr):
                 binding.bind_output(part, "cpu", 0, layer.dtype, layer.shape, layer.ctypes.data)
-        self._bindings = {k: v for k, v in self._bindings.items() if v[0]() is not None}
-        self._bindings[key] = (weakref.ref(arrays[0]), binding)
+        with self._bindings_lock:
+            kept_now = {k: v for k, v in self._bindings.items() if v[0]() is not None}
+            kept_now[key] = (weakref.ref(arrays[0]), binding)
+            self._bindings = kept_now
         return binding
 
     def run_plain(self, x_nchw: np.ndarray) -> np.ndarray:
