@@ -31,7 +31,7 @@ from attnmap.runtime.methods import explain  # noqa: E402
 from attnmap.runtime.model.session import OnnxModel, physical_cores  # noqa: E402
 
 
-def _export_pair(model_name: str, checkpoint: str | None, folder: Path, heads: str) -> tuple[Path, Path]:
+def export_pair(model_name: str, checkpoint: str | None, folder: Path, heads: str) -> tuple[Path, Path]:
     """Export the attention model and the logits-only model in a child process.
 
     The measuring process must look like a deployment: the runtime never imports torch, and a
@@ -118,7 +118,7 @@ def main() -> None:
         if args.model and args.plain:
             attn_path, plain_path = args.model, args.plain
         else:
-            attn_path, plain_path = _export_pair(args.model_name, args.checkpoint, Path(tmp), args.heads)
+            attn_path, plain_path = export_pair(args.model_name, args.checkpoint, Path(tmp), args.heads)
         r = measure(attn_path, plain_path, args.runs, args.warmup, args.threads)
     if args.json:
         print(json.dumps(r))

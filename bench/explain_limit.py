@@ -29,8 +29,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -43,35 +41,19 @@ import numpy as np  # noqa: E402
 import onnxruntime as ort  # noqa: E402
 
 from attnmap import Explainer  # noqa: E402
-from attnmap.runtime.model.graph import prune_to_outputs, read_model  # noqa: E402
+from attnmap.runtime.model.graph import logits_only, read_model  # noqa: E402
 from attnmap.runtime.model.registry import resolve_model  # noqa: E402
 from attnmap.runtime.model.session import physical_cores  # noqa: E402
+from bench_core import export_pair  # noqa: E402  (bench/ is this script's folder)
 
 ROOT = Path(__file__).resolve().parents[1]
 PHOTOS = ROOT.parent / "shared" / "data" / "images"
 
 
-def export_pair(model_name: str, checkpoint: str | None, folder: Path) -> tuple[Path, Path]:
-    """The attention file and the logits-only file, exported in a child process (the measuring
-    process never imports torch, as on an edge box)."""
-    attn, plain = folder / "attn.onnx", folder / "plain.onnx"
-    code = ("import sys; from attnmap.export.to_onnx import export_onnx; q = lambda m: None; "
-            "name, ckpt, attn, plain = sys.argv[1:5]; ckpt = ckpt or None; "
-            "export_onnx(name, attn, checkpoint=ckpt, log=q); "
-            "export_onnx(name, plain, checkpoint=ckpt, attentions=False, log=q)")
-    subprocess.run([sys.executable, "-c", code, model_name, checkpoint or "", str(attn), str(plain)],
-                   check=True, cwd=ROOT)
-    return attn, plain
-
-
 def pruned_plain(model: Path, folder: Path) -> Path:
     """A logits-only copy of ``model`` (what a file exported without attentions runs)."""
-    proto = read_model(model)
-    keep = [o for o in proto.graph.output if o.name == "logits"]
-    del proto.graph.output[:]
-    proto.graph.output.extend(keep)
     out = folder / "plain.onnx"
-    out.write_bytes(prune_to_outputs(proto).SerializeToString())
+    out.write_bytes(logits_only(read_model(model)).SerializeToString())
     return out
 
 
@@ -168,7 +150,7 @@ def main() -> None:
         elif args.model and args.plain:
             model, plain = args.model, args.plain
         else:
-            model, plain = export_pair(args.model_name, args.checkpoint, Path(tmp))
+            model, plain = export_pair(args.model_name, args.checkpoint, Path(tmp), "none")
         load = os.getloadavg()[0]
         table = run(model, plain, args.rounds, args.warmup, threads)
         load_after = os.getloadavg()[0]

@@ -31,7 +31,8 @@ from typing import Any, NamedTuple, Sequence, Union
 import numpy as np
 
 from attnmap.runtime.core.errors import ExplainError, ImageError, suggest
-from attnmap.runtime.methods import check_method_use, check_options, explain as run_method, get_method
+from attnmap.runtime.methods import (check_method_use, check_options, explain as run_method, get_method,
+                                    run_checked)
 from attnmap.runtime.methods.base import softmax
 from attnmap.runtime.core.meta import ModelMeta
 from attnmap.runtime.model.registry import resolve_model
@@ -226,9 +227,7 @@ class Explainer:
                                "exported with attentions")
         if not checked:
             return run_method(m.name, outputs.attentions, self.meta.layout, grads=outputs.grads, **options)
-        if m.needs_gradients and outputs.grads is None:
-            raise ExplainError(f"method {m.name!r} needs attention gradients; export the model with --gradients")
-        return m.fn(outputs.attentions, self.meta.layout, grads=outputs.grads, **options)
+        return run_checked(m, outputs.attentions, self.meta.layout, outputs.grads, options)
 
     # ------------------------------------------------------------------ all at once
     def explain(self, images: ImageLike | Sequence[ImageLike], method: str = "rollout", fit: str = "crop",

@@ -30,7 +30,7 @@ from attnmap.runtime.methods.perturbation import OCCLUSION_BASELINES, occlusion,
 from attnmap.runtime.methods.rollout import attention_rollout, grad_rollout
 
 __all__ = ["EXPLAINERS", "METHODS", "Method", "check_method_use", "check_options", "explain", "normalize_maps",
-           "attention_flow", "attention_rollout", "grad_rollout", "raw_attention", "chefer", "gradsam",
+           "run_checked", "attention_flow", "attention_rollout", "grad_rollout", "raw_attention", "chefer", "gradsam",
            "product_rule", "occlusion", "rise", "gradcam", "runs_on"]
 
 # One declaration per option; methods that share an option share its spec (the default comes
@@ -208,12 +208,17 @@ def explain(method: str, attentions: np.ndarray, layout: TokenLayout, *,
         ExplainError: wrong shapes, a gradient method without ``grads``, or a method that is
             not an attention method.
     """
-    m = get_method(method)
-    opts = check_options(method, options)
+    return run_checked(get_method(method), attentions, layout, grads, check_options(method, options))
+
+
+def run_checked(m: Method, attentions: np.ndarray, layout: TokenLayout, grads: np.ndarray | None,
+                options: Mapping[str, Any]) -> np.ndarray:
+    """:func:`explain` for a method record whose ``options`` already passed :func:`check_options`
+    (so :meth:`Explainer.explain` checks them once per call, not twice)."""
     if m.kind != "attention":
         call = "maps(outputs, method, x=x_nchw)" if m.kind == "perturbation" else "maps(outputs, method)"
         raise ExplainError(f"method {m.name!r} is a {m.kind} method, not an attention method; run it with "
                            f"Explainer.{call} or Explainer.explain")
     if m.needs_gradients and grads is None:
         raise ExplainError(f"method {m.name!r} needs attention gradients; export the model with --gradients")
-    return m.fn(attentions, layout, grads=grads, **opts)
+    return m.fn(attentions, layout, grads=grads, **options)

@@ -232,6 +232,15 @@ def split_stacked_outputs(model: onnx.ModelProto, names=STACKED) -> dict[str, tu
     return split
 
 
+def logits_only(model: onnx.ModelProto) -> onnx.ModelProto:
+    """``model`` with ``logits`` its only output and the nodes that only fed the others removed:
+    what a file exported without attentions runs (modified in place and returned)."""
+    keep = [o for o in model.graph.output if o.name == "logits"]
+    del model.graph.output[:]
+    model.graph.output.extend(keep)
+    return prune_to_outputs(model)
+
+
 def prune_to_outputs(model: onnx.ModelProto) -> onnx.ModelProto:
     """Remove the nodes that no graph output needs, and inputs (``target``) left unused."""
     needed = {o.name for o in model.graph.output}

@@ -22,7 +22,7 @@ from onnxruntime.capi import onnxruntime_pybind11_state as _ort_state
 from attnmap.runtime.core.errors import InputError, ModelError, ProviderError
 from attnmap.runtime.core.meta import ModelMeta
 from attnmap.runtime.model.buffers import BufferPool, DeviceBuffers
-from attnmap.runtime.model.graph import (check_against_graph, first_line, prune_to_outputs, read_model,
+from attnmap.runtime.model.graph import (check_against_graph, first_line, logits_only, read_model,
                                          split_stacked_outputs)
 # The provider choice lives in providers.py; its names stay importable from here (and tests
 # replace session.resolve_providers, which OnnxModel looks up here).
@@ -394,11 +394,7 @@ class OnnxModel:
         """
         x = self._check_input(x_nchw)
         if self._plain is None:
-            model = read_model(self.path)
-            keep = [o for o in model.graph.output if o.name == "logits"]
-            del model.graph.output[:]
-            model.graph.output.extend(keep)
-            self._plain = self._create_session(prune_to_outputs(model).SerializeToString())
+            self._plain = self._create_session(logits_only(read_model(self.path)).SerializeToString())
         try:
             return self._plain.run(["logits"], {self.meta.inputs[0]: x})[0]
         except ORT_ERRORS as exc:
