@@ -1,8 +1,8 @@
 """End to end: what a full explanation costs over the plain inference a user runs anyway.
 
 Every row is timed as a user calls it, in one torch-free process, interleaved round by round
-(plain, row 1, row 2, ..., plain, row 1, ...), so that a machine getting busier or quieter
-shifts every row alike. Figures are medians over ``--rounds`` after ``--warmup``; each ratio
+(every row once per round, in a new seeded order each round), so that a machine getting busier
+or quieter shifts every row alike, and no row always follows the same one. Figures are medians over ``--rounds`` after ``--warmup``; each ratio
 is a row's median over the baseline's median.
 
 The baseline is plain inference the way a user runs it: an ``onnxruntime.InferenceSession`` of
@@ -84,15 +84,24 @@ def images(size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, list[np.ndarr
 
 
 def measure(rows: dict[str, Callable[[], object]], rounds: int, warmup: int) -> dict[str, float]:
-    """Median seconds of each row, interleaved round by round."""
+    """Median seconds of each row, interleaved round by round, in a new order each round.
+
+    A call runs slower after one that swept the caches (an explanation reads megabytes of
+    attentions), so in a fixed order each row would carry the cost of the row before it: the
+    baseline, first in the round, would always follow the batch-8 explanation. A seeded
+    shuffle per round gives every row every predecessor alike.
+    """
     for _ in range(warmup):
         for fn in rows.values():
             fn()
+    keys = list(rows)
+    order = np.random.default_rng(18)
     times: dict[str, list[float]] = {k: [] for k in rows}
     for _ in range(rounds):
-        for key, fn in rows.items():
+        for i in order.permutation(len(keys)):
+            key = keys[i]
             t0 = time.perf_counter()
-            fn()
+            rows[key]()
             times[key].append(time.perf_counter() - t0)
     return {k: float(np.median(v)) for k, v in times.items()}
 

@@ -4,13 +4,15 @@ Issue 18 made ``explain`` + ``overlay`` cheaper: rollout's layer step as one pro
 stacked heads, head fusion plane by plane, the discard cut by OpenCV's to-zero threshold,
 float32 row sums as a product, one options check per call, top-k without lexsort
 bookkeeping, the heatmap computed on the seen rectangle only and the overlay drawn once at
-the output size. Each is checked here against a direct, slow transcription of what it
+the output size, the resize as banded products over interleaved uint8 pixels (the column
+pass on the image transposed) with the normalisation as a lookup. Each is checked here against a direct, slow transcription of what it
 computes, on real attentions (the committed tiny model torch-free, and the real DeiT-Tiny
 weights where ../shared and torch are present), within 1e-5.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import cv2
@@ -19,7 +21,10 @@ import pytest
 
 from attnmap import Explainer, OverlayStyle
 from attnmap.runtime.core.meta import TokenLayout
+from attnmap.runtime.draw.overlay import _APPLY_ABOVE, _apply_colormap
 from attnmap.runtime.engine.explainer import top_indices
+from attnmap.runtime.image.preprocess import _resized_size, _start, preprocess
+from attnmap.runtime.image.resample import resize_matrix, to_uint8
 from attnmap.runtime.methods import explain
 from attnmap.runtime.methods.base import fuse_heads, normalize_maps
 
@@ -78,6 +83,38 @@ def plain_overlay(image: np.ndarray, heat: np.ndarray, seen: tuple[int, int, int
     if style.label:
         out = style.caption.annotate(out, caption, heatmap=heat)
     return out
+
+
+def plain_preprocess(image: np.ndarray, meta, fit: str) -> np.ndarray:
+    """timm's eval transform by its definition, in float64: the whole image resized with the
+    dense Pillow weight matrices, each pass rounded and clipped to uint8 in Pillow's order
+    (vertical first when the height loses more than twice the pixels the width loses), then
+    the centre crop or pad (the mean colour for letterbox, ``round(255 mean)`` for a border
+    crop, black otherwise), then RGB ``(v / 255 - mean) / std``. Returns (3, H, W)."""
+    h, w = meta.image_size
+    h0, w0 = image.shape[:2]
+    hr, wr = _resized_size(h0, w0, h, w, float(meta.crop_pct), meta.crop_mode, fit)
+    my, mx = resize_matrix(h0, hr, meta.interpolation), resize_matrix(w0, wr, meta.interpolation)
+
+    def rows(x):
+        return np.clip(np.rint(np.einsum("oi,iwc->owc", my, x)), 0, 255)
+
+    def cols(x):
+        return np.clip(np.rint(np.einsum("oj,hjc->hoc", mx, x)), 0, 255)
+
+    x = image.astype(np.float64)
+    resized = cols(rows(x)) if hr < h0 and wr != w0 and (h0 - hr) > 2 * (w0 - wr) else rows(cols(x))
+    mean = np.array(meta.mean)
+    if fit == "letterbox":
+        pad = 255 * mean
+    else:
+        pad = np.round(255 * mean) if meta.crop_mode == "border" else np.zeros(3)
+    canvas = np.empty((h, w, 3))
+    canvas[:] = pad[::-1]  # BGR, like the image
+    top, left = _start(hr, h), _start(wr, w)
+    src = resized[max(0, top):max(0, top) + h, max(0, left):max(0, left) + w]
+    canvas[max(0, -top):max(0, -top) + src.shape[0], max(0, -left):max(0, -left) + src.shape[1]] = src
+    return ((canvas[..., ::-1] / 255 - mean) / np.array(meta.std)).transpose(2, 0, 1)
 
 
 # ------------------------------------------------------------------ fixtures
@@ -205,6 +242,55 @@ def test_top_indices_equal_a_stable_sort_with_ties_by_index():
             assert keys == sorted(keys)
 
 
+def test_preprocess_equals_its_definition(tiny_vit_onnx, shared_data):
+    """Every fit, both pass orders, shrinking and enlarging, a one-pixel-wide sliver and an
+    image already at the input size, for an area filter (the tiny model), the shipped model's
+    metadata, and DeiT's bicubic with crop_pct 0.9 and a border crop. Values agree within
+    float32 rounding except where the exact value lies on a rounding tie (x.5 grey levels),
+    which float32 and float64 sums may settle either way: those differ by a grey level (two
+    where the first pass's tie feeds a second one), and they are rare (the box filter of an
+    area resize makes ties common, so it is allowed 3%)."""
+    photo = cv2.imread(str(shared_data / "images" / PHOTOS[0]))
+    rng = np.random.default_rng(11)
+    tiny = Explainer(tiny_vit_onnx, provider="cpu").meta
+    shipped = Explainer(provider="cpu").meta
+    deit = dataclasses.replace(tiny, interpolation="bicubic", crop_pct=0.9, mean=(0.485, 0.456, 0.406),
+                               std=(0.229, 0.224, 0.225))
+    border = dataclasses.replace(deit, crop_mode="border", crop_pct=0.95)
+    for meta in (tiny, shipped, deit, border):
+        h, w = meta.image_size
+        images = [cv2.resize(photo, (640, 480), interpolation=cv2.INTER_AREA),
+                  cv2.resize(photo, (200, 900), interpolation=cv2.INTER_AREA),  # height first
+                  cv2.resize(photo, (w * 2 // 3, h // 2), interpolation=cv2.INTER_AREA),  # enlarged
+                  cv2.resize(photo, (w, h), interpolation=cv2.INTER_AREA),  # at the input size
+                  rng.integers(0, 256, (97, 301, 3), dtype=np.uint8), rng.integers(0, 256, (500, 1, 3), dtype=np.uint8)]
+        level = 1 / 255 / min(meta.std)
+        for image in images:
+            for fit in ("crop", "squash", "letterbox"):
+                got = preprocess([image], meta, fit=fit)[0][0]
+                diff = np.abs(got - plain_preprocess(image, meta, fit))
+                where = f"{meta.interpolation} {meta.crop_mode} {image.shape} {fit}"
+                assert diff.max() <= 2 * level + 1e-5, where
+                ties = (diff > 1e-5).mean()
+                assert ties <= (0.03 if meta.interpolation == "area" else 1e-3), f"{where}: {ties:.2%} differ"
+
+
+def test_to_uint8_is_clip_of_rint():
+    values = np.random.default_rng(2).normal(128, 150, (64, 333)).astype(np.float32)
+    values.flat[:10] = [0.5, 1.5, 2.5, -0.5, -0.49, 254.5, 255.5, 255.49, -300.0, 1e9]
+    want = np.clip(np.rint(values), 0, 255).astype(np.uint8)
+    assert np.array_equal(to_uint8(values.copy()), want)
+
+
+@pytest.mark.parametrize("colormap", [cv2.COLORMAP_JET, cv2.COLORMAP_INFERNO, cv2.COLORMAP_TURBO])
+def test_colormap_equals_opencv_below_and_above_the_size_switch(colormap):
+    rng = np.random.default_rng(colormap)
+    for shape in ((96, 128), (400, 400), (480, 640)):
+        u8 = rng.integers(0, 256, shape, dtype=np.uint8)
+        assert (u8.size > _APPLY_ABOVE) == (shape[0] >= 400)
+        assert np.array_equal(_apply_colormap(u8, colormap), cv2.applyColorMap(u8, colormap))
+
+
 def test_discard_cut_keeps_entries_equal_to_the_threshold():
     # F's entries [0.1, 0.2, 0.2, 0.2, ...]: k = 1 lowest unprotected; the three 0.2s tie at the
     # cut and all stay (ties are kept rather than split), as the definition says.
@@ -215,6 +301,36 @@ def test_discard_cut_keeps_entries_equal_to_the_threshold():
     ref = plain_rollout(att, layout, "mean", 1 / 9 + 1e-6, False)
     np.testing.assert_allclose(got, ref, atol=1e-6)
     assert math.isclose(float(got[0, 0, 0]), 0.0, abs_tol=1e-7)  # 0.1 discarded -> the lowest patch
+
+
+@pytest.mark.parametrize("kind", ["probabilities", "with zeros of both signs", "negative", "nan"])
+def test_discard_lowest_equals_the_sort_definition_on_both_partition_paths(kind):
+    """Non-negative matrices take the int32 view of the partition, others the float one;
+    both must zero exactly the entries strictly below the (k+1)-th smallest unprotected one
+    (NaN: NumPy sorts it last, so it is never below the cut and stays)."""
+    from attnmap.runtime.methods.rollout import discard_lowest
+
+    rng = np.random.default_rng(7)
+    n, ratio = 23, 0.9
+    f = rng.dirichlet(np.full(n, 0.3), size=(2, n)).astype(np.float32)
+    if kind == "with zeros of both signs":
+        f[0, :5, :5], f[1, :4, :6] = 0.0, -0.0
+    elif kind == "negative":
+        f -= np.float32(0.02)
+    elif kind == "nan":
+        f[1, 3, 4] = np.nan
+    for target in (0, None):
+        got = f.copy()
+        discard_lowest(got, ratio, target)
+        for i in range(2):
+            protected = np.eye(n, dtype=bool) if target is None else np.zeros((n, n), bool)
+            if target is not None:
+                protected[target, target] = True
+            k = min(int(ratio * n * n), n * n - int(protected.sum()))
+            cut = np.sort(f[i][~protected])[k]
+            want = f[i].copy()
+            want[(want < cut) & ~protected] = 0.0
+            np.testing.assert_array_equal(got[i], want, err_msg=f"{kind} target={target} image {i}")
 
 
 def test_kept_output_bindings_give_each_run_its_own_results(tiny_vit_onnx):

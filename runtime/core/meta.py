@@ -18,6 +18,7 @@ import dataclasses
 import json
 import math
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, Callable, Mapping
 
 from attnmap.runtime.core.errors import MetadataError
@@ -163,9 +164,9 @@ class ModelMeta:
         """
         return 0 if self.has_class_token else None
 
-    @property
+    @cached_property
     def layout(self) -> TokenLayout:
-        """The token layout explanation methods need."""
+        """The token layout explanation methods need (built once: every explanation reads it)."""
         return TokenLayout(self.num_prefix_tokens, (int(self.grid_size[0]), int(self.grid_size[1])),
                            self.target_row, stochastic=self.head_fusion in ("none", "mean"))
 

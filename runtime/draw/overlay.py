@@ -92,9 +92,17 @@ def _colormap_luts(cmap: int) -> tuple[np.ndarray, ...]:
     return tuple(np.ascontiguousarray(table[:, c]) for c in range(3))
 
 
+# Above this many pixels OpenCV's own applyColorMap is the faster of the two (measured: 0.29
+# against 0.48 ms on a 434 x 434 map, 0.35 against 0.86 ms on 640 x 480; below, the lookups win).
+_APPLY_ABOVE = 128 * 1024
+
+
 def _apply_colormap(u8: np.ndarray, cmap: int) -> np.ndarray:
-    """``cv2.applyColorMap`` as three single-channel lookups in its cached table, merged: the
-    same colours, at 0.075 ms against 0.18 ms on a 340 x 256 map."""
+    """``cv2.applyColorMap``; on maps of up to :data:`_APPLY_ABOVE` pixels as three
+    single-channel lookups in its cached table, merged: the same colours, at 0.06-0.11 ms
+    against 0.24-0.25 ms on a 224 x 224 to 340 x 256 map."""
+    if u8.size > _APPLY_ABOVE:
+        return cv2.applyColorMap(u8, cmap)
     return cv2.merge([cv2.LUT(u8, lut) for lut in _colormap_luts(cmap)])
 
 

@@ -300,8 +300,8 @@ class Explainer:
         """Bundle one batch's stage outputs into per-image :class:`Explanation` objects."""
         probs = softmax(outputs.logits)
         k = max(1, min(int(topk), probs.shape[1]))
-        order = top_indices(probs, k).tolist()
-        top_probs = np.take_along_axis(probs, np.asarray(order, dtype=np.intp), axis=1).tolist()
+        best = top_indices(probs, k)
+        order, top_probs = best.tolist(), probs[np.arange(len(best))[:, None], best].tolist()
         targets = None if outputs.targets is None or not get_method(method).class_specific else outputs.targets
         label = self.meta.label
         results = []

@@ -16,7 +16,7 @@ shrink factor), each pass rounded and clipped to uint8, in Pillow's order of pas
 ``INTER_CUBIC`` neither antialiases nor uses Pillow's cubic (a = -0.75 against -0.5), and
 ``INTER_AREA`` is a box filter, so the filters are built here as weight matrices, cached per
 image size, and applied as matrix products over the band of rows or columns each block of
-16 outputs reads.
+8 outputs reads.
 """
 
 from __future__ import annotations
@@ -210,16 +210,11 @@ class _Plan:
     geometry: Geometry
     rows: Axis
     cols: Axis
-    gain: np.ndarray  # (3,) float32 per RGB channel: normalised = value * gain + bias
-    bias: np.ndarray
-    fill: np.ndarray  # (3,) float32 normalised value of padded pixels
+    # (256,) float32 per input channel B, G, R: the normalised value of each uint8 level,
+    # v * gain + bias computed in float32 (what the model input holds for that level)
+    levels: tuple[np.ndarray, np.ndarray, np.ndarray]
+    fill: np.ndarray  # (3,) float32 normalised value of padded pixels, RGB
     vertical_first: bool
-
-    @property
-    def fill_free(self) -> bool:
-        """The image covers the whole input (no padded border)."""
-        return (self.rows.out0, self.cols.out0) == (0, 0) and \
-            (self.rows.out1, self.cols.out1) == self.geometry.input_size
 
 
 def _start(n_resized: int, n_out: int) -> int:
@@ -265,37 +260,26 @@ def _plan(h0: int, w0: int, key: tuple) -> _Plan:
     # Pillow 13 runs the vertical pass first when height shrinks by more than twice the
     # pixels width loses; the order decides how the uint8 rounding between passes falls
     vertical_first = hr < h0 and wr != w0 and (h0 - hr) > 2 * (w0 - wr)
-    return _Plan(geometry, plan_axis(h0, hr, top, h, interpolation, False),
-                 plan_axis(w0, wr, left, w, interpolation, True),
-                 (1 / (255 * std)).astype(np.float32), (-mean / std).astype(np.float32), fill.astype(np.float32),
-                 vertical_first)
+    gain, bias = (1 / (255 * std)).astype(np.float32), (-mean / std).astype(np.float32)
+    level = np.arange(256, dtype=np.float32)
+    levels = tuple(level * gain[c] + bias[c] for c in (2, 1, 0))  # B, G, R: the image's order
+    return _Plan(geometry, plan_axis(h0, hr, top, h, interpolation), plan_axis(w0, wr, left, w, interpolation),
+                 levels, fill.astype(np.float32), vertical_first)
 
 
 def _run(plan: _Plan, img_bgr: np.ndarray, out_chw: np.ndarray) -> None:
     rows, cols = plan.rows, plan.cols
-    if rows.blocks is None and cols.blocks is None and plan.fill_free:
-        # No resampling (an image already at the input size): normalise the uint8 planes
-        # straight into the input, without the float copy the resampling passes read.
-        for c, plane in enumerate(cv2.split(img_bgr[rows.in0:rows.in1, cols.in0:cols.in1])):
-            dst = out_chw[2 - c]
-            np.multiply(plane, plan.gain[2 - c], out=dst)
-            dst += plan.bias[2 - c]
-        return
-    # The pixels read, as B, G, R rows per image row (resample.py). cv2.split is fast on whole
-    # rows (contiguous) and several times slower on a column window, so columns are cut after.
-    planes = np.empty((rows.in1 - rows.in0, 3, cols.in1 - cols.in0), np.float32)
-    for c, plane in enumerate(cv2.split(img_bgr[rows.in0:rows.in1])):
-        planes[:, c] = plane[:, cols.in0:cols.in1]
+    # The pixels read, resampled pass by pass in Pillow's order (resample.py), uint8 throughout.
+    pixels = img_bgr[rows.in0:rows.in1, cols.in0:cols.in1]
     if plan.vertical_first:
-        res = resample_cols(cols, resample_rows(rows, planes, rows.in0), cols.in0)
+        pixels = resample_cols(cols, resample_rows(rows, pixels))
     else:
-        res = resample_rows(rows, resample_cols(cols, planes, cols.in0), rows.in0)
+        pixels = resample_rows(rows, resample_cols(cols, pixels))
     if (rows.out0, rows.out1, cols.out0, cols.out1) != (0, out_chw.shape[1], 0, out_chw.shape[2]):
-        out_chw[...] = plan.fill[:, None, None]
-    for c in range(3):  # BGR -> RGB while normalising
-        dst = out_chw[c, rows.out0:rows.out1, cols.out0:cols.out1]
-        np.multiply(res[:, 2 - c], plan.gain[c], out=dst)
-        dst += plan.bias[c]
+        out_chw[...] = plan.fill[:, None, None]  # a padded border
+    # BGR -> RGB and (v / 255 - mean) / std in one lookup per channel, written into the input
+    for c, plane in enumerate(cv2.split(pixels)):
+        cv2.LUT(plane, plan.levels[c], dst=out_chw[2 - c, rows.out0:rows.out1, cols.out0:cols.out1])
 
 
 # ----------------------------------------------------------------------------- public API

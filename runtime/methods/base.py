@@ -249,8 +249,13 @@ def fuse_heads(a: np.ndarray, how: str, axis: int = 1) -> np.ndarray:
     pick = {"mean": np.add, "max": np.maximum, "min": np.minimum}[how]
     lead = (slice(None),) * (axis % a.ndim)
     count = a.shape[axis]
-    fused = a[lead + (0,)].astype(np.float32, copy=True)
-    for h in range(1, count):
+    if a.dtype != np.float32 or count == 1:
+        a = a.astype(np.float32)  # a copy for one head too: the result is always a new array
+    if count == 1:
+        return a[lead + (0,)]
+    # the first two heads combined into a new array: no separate copy of the first head
+    fused = pick(a[lead + (0,)], a[lead + (1,)])
+    for h in range(2, count):
         pick(fused, a[lead + (h,)], out=fused)
     if how == "mean" and count > 1:
         fused *= np.float32(1.0 / count)
@@ -342,17 +347,23 @@ def normalize_maps(maps: np.ndarray) -> np.ndarray:
     if m.ndim < 2:
         raise ExplainError(f"maps must be (B, ...) with at least 2 axes; got shape {m.shape}")
     x = m.reshape(m.shape[0], -1).astype(np.float64)  # one row per map: the reductions run on axis 1
-    if not np.isfinite(x).all():
+    lo = x.min(axis=1)
+    hi = x.max(axis=1)
+    # a NaN anywhere makes its row's min and max NaN, and an infinity is a min or a max: the
+    # extremes alone tell whether the map is finite
+    if not (np.isfinite(lo).all() and np.isfinite(hi).all()):
         raise ExplainError(f"maps must be finite; got NaN or inf in an array of shape {m.shape}")
-    lo = x.min(axis=1, keepdims=True)
-    hi = x.max(axis=1, keepdims=True)
-    spread = hi - lo
-    constant = spread <= CONSTANT_RTOL * np.maximum(np.abs(hi), np.abs(lo))
-    x -= lo
-    x /= np.where(constant, 1.0, spread)
-    if constant.any():
-        x[constant[:, 0]] = (hi[constant] > 0).astype(np.float64)[:, None]
-    np.clip(x, 0.0, 1.0, out=x)
+    # map by map with Python floats (float64, as NumPy's): a handful of maps per call, and the
+    # scalar arithmetic costs less than NumPy's on one-element arrays
+    for row, low, high in zip(x, lo.tolist(), hi.tolist()):
+        spread = high - low
+        if spread <= CONSTANT_RTOL * max(abs(high), abs(low)):
+            row[:] = 1.0 if high > 0 else 0.0
+        else:
+            # (x - lo) / (hi - lo) lies in [0, 1] without a clip: x - lo >= 0, and correctly
+            # rounded subtraction and division are monotonic, so nothing exceeds 1
+            row -= low
+            row /= spread
     return x.astype(np.float32).reshape(m.shape)
 
 

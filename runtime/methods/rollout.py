@@ -131,8 +131,16 @@ def discard_lowest(fused: np.ndarray, ratio: float, target_row: int | None) -> N
     kept = flat[:, protected].copy()
     flat[:, protected] = np.inf
     # k <= N*N - len(protected), so index k exists; it is +inf only when every unprotected
-    # entry is to go.
-    threshold = np.partition(flat, k, axis=1)[:, k]
+    # entry is to go. Non-negative float32 values (attention probabilities and what rollout
+    # fuses from them; +inf included) order exactly as their bits read as int32, and NumPy
+    # partitions int32 about three times as fast as float32 (64 against 20 us for one
+    # DeiT-Tiny layer): the same k-th value, found on the integer view. A negative value or a
+    # NaN (min() is then NaN) takes the float path. -0.0 sorts below +0.0 as an integer; the
+    # two are equal as floats, so the cut below is the same either way.
+    if flat.min() >= 0.0:
+        threshold = np.partition(flat.view(np.int32), k, axis=1)[:, k].view(np.float32)
+    else:
+        threshold = np.partition(flat, k, axis=1)[:, k]
     for i in range(b):
         # keep x >= t, i.e. x > the largest float below t: OpenCV's to-zero threshold, which
         # does it in one pass (twice as fast as multiplying by a keep-mask, several times
