@@ -142,12 +142,16 @@ class Geometry:
             raise ImageError("grid_map must be finite; it holds NaN or inf")
         wy, wx_t = self._map_weights(grid.shape, interpolation)
         y0, y1, x0, x1 = self.seen_region(grid.shape)
-        out = np.zeros(self.image_size, np.float32)
+        out = np.empty(self.image_size, np.float32)
         if y0 < y1 and x0 < x1:  # only the rectangle the model saw is computed
             seen = out[y0:y1, x0:x1]
             np.matmul(wy[y0:y1], grid @ wx_t[:, x0:x1], out=seen)
             if interpolation == "cubic":
                 np.clip(seen, grid.min(), grid.max(), out=seen)
+            # and only the strips around it are zeroed: every pixel is written once
+            out[:y0], out[y1:], out[y0:y1, :x0], out[y0:y1, x1:] = 0.0, 0.0, 0.0, 0.0
+        else:
+            out.fill(0.0)
         return out
 
     @functools.lru_cache(maxsize=16)

@@ -194,6 +194,10 @@ class OnnxModel:
         self._bindings: dict[int, tuple[weakref.ref, ort.IOBinding]] = {}
         self._bindings_lock = threading.Lock()
         self._out_specs = {o.name: (o.shape, _DTYPES.get(o.type)) for o in self.session.get_outputs()}
+        # (output names, batch) -> the pooled buffers' specs, or None where they cannot be bound
+        self._bound_specs: dict[tuple[tuple[str, ...], int], list | None] = {}
+        # an fp16 file's half outputs are widened to float32 after each run
+        self._any_half = any(dtype == np.float16 for _, dtype in self._out_specs.values())
         # CUDA and TensorRT: inputs and outputs bound on the device (runtime/model/buffers.py's
         # DeviceBuffers); other accelerators (OpenVINO, CoreML) go through session.run.
         on_gpu = self.providers[0] in (ORT_NAMES["cuda"], ORT_NAMES["tensorrt"])
@@ -281,7 +285,8 @@ class OnnxModel:
         except ORT_ERRORS as exc:
             raise ModelError(f"onnxruntime failed on {self.path.name!r}: {first_line(exc)}") from exc
         # maps are computed in float32: an fp16 file's half attentions are widened here, once
-        values = {k: v.astype(np.float32) if v.dtype == np.float16 else v for k, v in values.items()}
+        if self._any_half:
+            values = {k: v.astype(np.float32) if v.dtype == np.float16 else v for k, v in values.items()}
         logits = values["logits"]
         targets = None
         if "attention_grads" in values or "token_grads" in values:
@@ -339,16 +344,13 @@ class OnnxModel:
         """
         if self._pool is None:
             return None
-        specs = []
-        for name in names:
-            parts = self._split.get(name, ())
-            shape, dtype = self._out_specs.get(parts[0] if parts else name, (None, None))
-            if dtype is None or not shape or not all(isinstance(d, int) and d > 0 for d in shape[1:]):
-                return None
-            if isinstance(shape[0], int) and shape[0] != batch:
-                return None
-            specs.append((((len(parts),) if parts else ()) + (batch, *shape[1:]), dtype))
-        arrays = self._pool.acquire((tuple(names), batch), specs)
+        key = (tuple(names), batch)
+        specs = self._bound_specs.get(key, False)
+        if specs is False:  # worked out once per set of outputs and batch size
+            specs = self._bound_specs[key] = self._specs(names, batch)
+        if specs is None:
+            return None
+        arrays = self._pool.acquire(key, specs)
         binding = self._binding_of(names, arrays)
         for name, value in feed.items():
             binding.bind_cpu_input(name, value)  # contiguous, and alive in `feed` until the run ends
@@ -358,6 +360,20 @@ class OnnxModel:
             values[name] = arr if name not in self._split else arr.swapaxes(0, 1)
         _run_binding(self.session, binding, self.path)
         return values
+
+    def _specs(self, names: list[str], batch: int) -> list[tuple[tuple[int, ...], np.dtype]] | None:
+        """(shape, dtype) of each pooled buffer for ``names`` at ``batch``; None where an output
+        cannot be bound (see :meth:`_run_bound`)."""
+        specs = []
+        for name in names:
+            parts = self._split.get(name, ())
+            shape, dtype = self._out_specs.get(parts[0] if parts else name, (None, None))
+            if dtype is None or not shape or not all(isinstance(d, int) and d > 0 for d in shape[1:]):
+                return None
+            if isinstance(shape[0], int) and shape[0] != batch:
+                return None
+            specs.append((((len(parts),) if parts else ()) + (batch, *shape[1:]), dtype))
+        return specs
 
     def _binding_of(self, names: list[str], arrays: tuple[np.ndarray, ...]) -> ort.IOBinding:
         """The IOBinding with ``arrays`` (a pooled set) bound as the outputs ``names``.
