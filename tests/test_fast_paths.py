@@ -5,9 +5,11 @@ stacked heads, head fusion plane by plane, the discard cut by OpenCV's to-zero t
 float32 row sums as a product, one options check per call, top-k without lexsort
 bookkeeping, the heatmap computed on the seen rectangle only and the overlay drawn once at
 the output size, the resize as banded products over interleaved uint8 pixels (the column
-pass on the image transposed) with the normalisation as a lookup. Each is checked here against a direct, slow transcription of what it
-computes, on real attentions (the committed tiny model torch-free, and the real DeiT-Tiny
-weights where ../shared and torch are present), within 1e-5.
+pass on the image transposed) with the normalisation as a lookup, and the discard threshold
+partitioned on the int32 view of non-negative values. Each is checked here against a
+direct, slow transcription of what it computes, on real attentions (the committed tiny
+model torch-free, and the real DeiT-Tiny weights where ../shared and torch are present),
+within 1e-5; the resize against the whole transform in float64 (equal but at rounding ties).
 """
 
 from __future__ import annotations
