@@ -2,8 +2,8 @@
 
 Every row is timed as a user calls it, in one torch-free process, interleaved round by round
 (every row once per round, in a new seeded order each round), so that a machine getting busier
-or quieter shifts every row alike, and no row always follows the same one. Figures are medians over ``--rounds`` after ``--warmup``; each ratio
-is a row's median over the baseline's median.
+or quieter shifts every row alike, and no row always follows the same one. Figures are medians
+over ``--rounds`` after ``--warmup``; each ratio is a row's median over the baseline's median.
 
 The baseline is plain inference the way a user runs it: an ``onnxruntime.InferenceSession`` of
 a logits-only file (``attnmap export --no-attentions``, or, for a shipped model, the file's
@@ -86,10 +86,10 @@ def images(size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, list[np.ndarr
 def measure(rows: dict[str, Callable[[], object]], rounds: int, warmup: int) -> dict[str, float]:
     """Median seconds of each row, interleaved round by round, in a new order each round.
 
-    A call runs slower after one that swept the caches (an explanation reads megabytes of
-    attentions), so in a fixed order each row would carry the cost of the row before it: the
-    baseline, first in the round, would always follow the batch-8 explanation. A seeded
-    shuffle per round gives every row every predecessor alike.
+    In a fixed order each row always follows the same one, so whatever its predecessor leaves
+    behind (caches, allocator, sleeping threads) is part of its figure: the baseline, first in
+    the round, always followed the batch-8 explanation. A seeded shuffle per round gives every
+    row every predecessor alike.
     """
     for _ in range(warmup):
         for fn in rows.values():
