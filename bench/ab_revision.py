@@ -35,10 +35,14 @@ import numpy as np  # noqa: E402
 from attnmap import Explainer  # noqa: E402
 from attnmap.runtime.model.registry import resolve_model  # noqa: E402
 from attnmap.runtime.model.session import physical_cores  # noqa: E402
-from explain_limit import images, pruned_plain, user_session  # noqa: E402  (bench/ is this script's folder)
+from explain_limit import explain_calls, images, pruned_plain, user_session  # noqa: E402  (bench/ is this script's folder)
 
 ROOT = Path(__file__).resolve().parents[1]
 REV_PACKAGE = "attnmap_rev"
+# explain_limit's calls, as this script's table names them
+LABELS = {"explain224": "explain(img, squash)", "explain640": "explain(frame640x480)",
+          "explain224_max09": "max fusion, discard 0.9", "explain640_overlay": "explain(frame).overlay()",
+          "explain224_b8": "batch 8, per image"}
 _IMPORTS = re.compile(r"\b(from|import)\s+attnmap\b|\battnmap\.(?=runtime|export|cli|fronts)")
 
 
@@ -86,13 +90,9 @@ def main() -> None:
         img, frame, eight = images(new.meta.image_size)
         x1 = new.preprocess([img], fit="squash")[0].copy()
         x8 = new.preprocess(eight, fit="squash")[0].copy()
-        calls: dict[str, tuple[Callable, int]] = {
-            "explain(img, squash)": (lambda e: e.explain(img, fit="squash"), 1),
-            "explain(frame640x480)": (lambda e: e.explain(frame), 1),
-            "max fusion, discard 0.9": (lambda e: e.explain(img, fit="squash", head_fusion="max", discard_ratio=0.9), 1),
-            "explain(frame).overlay()": (lambda e: e.explain(frame).overlay(), 1),
-            "batch 8, per image": (lambda e: e.explain(eight, fit="squash"), 8),
-        }
+        made = explain_calls(img, frame, eight)
+        calls: dict[str, tuple[Callable, int]] = {label: (made[key], 8 if key.endswith("_b8") else 1)
+                                                  for key, label in LABELS.items()}
         for _ in range(args.warmup):
             for fn, _ in calls.values():
                 fn(old), fn(new)

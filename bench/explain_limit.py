@@ -106,6 +106,18 @@ def measure(rows: dict[str, Callable[[], object]], rounds: int, warmup: int) -> 
     return {k: float(np.median(v)) for k, v in times.items()}
 
 
+def explain_calls(img: np.ndarray, frame: np.ndarray, eight: list[np.ndarray]) -> dict[str, Callable[[Explainer], object]]:
+    """Issue 18's calls, each given the explainer to make it with (bench/ab_revision.py makes
+    them with two); ``explain224_b8`` explains 8 images."""
+    return {
+        "explain224": lambda ex: ex.explain(img, fit="squash"),
+        "explain640": lambda ex: ex.explain(frame),
+        "explain224_max09": lambda ex: ex.explain(img, fit="squash", head_fusion="max", discard_ratio=0.9),
+        "explain640_overlay": lambda ex: ex.explain(frame).overlay(),
+        "explain224_b8": lambda ex: ex.explain(eight, fit="squash"),
+    }
+
+
 def run(model: Path, plain: Path, rounds: int, warmup: int, threads: int) -> list[tuple[str, float, float, float | None]]:
     """(row, median ms per image, ratio to its baseline, goal) for every row of the table."""
     ex = Explainer(model, provider="cpu", threads=threads)
@@ -117,13 +129,10 @@ def run(model: Path, plain: Path, rounds: int, warmup: int, threads: int) -> lis
     x1, x8 = x1.copy(), x8.copy()
     rows: dict[str, Callable[[], object]] = {
         "plain": lambda: sess.run(["logits"], {name: x1}),
-        "explain224": lambda: ex.explain(img, fit="squash"),
-        "explain640": lambda: ex.explain(frame),
-        "explain224_max09": lambda: ex.explain(img, fit="squash", head_fusion="max", discard_ratio=0.9),
-        "explain640_overlay": lambda: ex.explain(frame).overlay(),
         "plain_b8": lambda: sess.run(["logits"], {name: x8}),
-        "explain224_b8": lambda: ex.explain(eight, fit="squash"),
     }
+    for key, call in explain_calls(img, frame, eight).items():
+        rows[key] = lambda call=call: call(ex)
     med = measure(rows, rounds, warmup)
     base, base8 = med["plain"], med["plain_b8"]
     small = f"img{img.shape[0]}" if img.shape[0] == img.shape[1] else f"img{img.shape[1]}x{img.shape[0]}"

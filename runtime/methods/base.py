@@ -257,7 +257,7 @@ def fuse_heads(a: np.ndarray, how: str, axis: int = 1) -> np.ndarray:
     fused = pick(a[lead + (0,)], a[lead + (1,)])
     for h in range(2, count):
         pick(fused, a[lead + (h,)], out=fused)
-    if how == "mean" and count > 1:
+    if how == "mean":
         fused *= np.float32(1.0 / count)
     return fused
 
