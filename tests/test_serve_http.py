@@ -59,6 +59,19 @@ def _metric(client, sample: str) -> float:
     return 0.0
 
 
+def _settle(stream, quiet: float = 0.3) -> None:
+    """Wait (paused) until the frame that was in flight is finished: no new frame for ``quiet`` s."""
+    deadline = time.monotonic() + 30
+    seen = stream.stats.frames_processed
+    while True:
+        time.sleep(quiet)
+        now = stream.stats.frames_processed
+        if now == seen:
+            return
+        assert time.monotonic() < deadline, "the paused loop kept drawing frames"
+        seen = now
+
+
 # --------------------------------------------------------------------------- stream
 def test_the_stream_is_jpegs_that_decode_and_change(live):
     srv, stream, client = live
@@ -85,8 +98,13 @@ def test_each_frame_is_encoded_once_for_all_viewers(live, monkeypatch):
         encoded.append(1)
         real_publish(image_bgr)
 
+    # Paused, the loop draws nothing new: the count and the patch start together, with no frame
+    # caught half-way between them. The frame shown before the patch can still be a viewer's first.
+    client.post("/v1/stream/state", json={"paused": True})
+    _settle(stream)
     processed_before = stream.stats.frames_processed
     monkeypatch.setattr(stream, "publish", counting_publish)  # the loop's window calls stream.publish
+    client.post("/v1/stream/state", json={"paused": False})
     got: dict[int, dict[int, bytes]] = {}
 
     def view(i):
@@ -100,9 +118,9 @@ def test_each_frame_is_encoded_once_for_all_viewers(live, monkeypatch):
         t.join(60)
     client.post("/v1/stream/state", json={"paused": True})
     try:
-        time.sleep(0.5)  # the frame in flight is finished; paused, nothing new is drawn
+        _settle(stream)  # the frame in flight is finished; paused, nothing new is drawn
         processed = stream.stats.frames_processed - processed_before
-        assert processed >= 8 and len(encoded) == processed  # one encoding per frame, not per viewer
+        assert processed >= 7 and len(encoded) == processed  # one encoding per frame, not per viewer
     finally:
         client.post("/v1/stream/state", json={"paused": False})
     common = set(got[0]) & set(got[1]) & set(got[2])
@@ -177,7 +195,7 @@ def test_pause_stops_new_frames_and_resume_restarts_them(live):
     srv, stream, client = live
     assert client.post("/v1/stream/state", json={"paused": True}).json()["state"]["paused"] is True
     try:
-        time.sleep(0.5)  # let a frame that was in flight finish
+        _settle(stream)  # let a frame that was in flight finish
         v0 = stream.broadcaster.version
         time.sleep(1.0)
         assert stream.broadcaster.version == v0  # paused: nothing new (and the still frame is not re-encoded)
