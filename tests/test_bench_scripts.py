@@ -24,7 +24,7 @@ def test_explain_limit_prints_every_row_with_the_load():
     out = _run("bench/explain_limit.py", "--shipped", "--rounds", "2", "--warmup", "1")
     assert "interleaved rounds  load average" in out
     for row in ("plain inference (logits-only file, batch 1)", 'head_fusion="max", discard_ratio=0.9',
-                "explain(frame640x480).overlay()", *ROWS):
+                "explain(frame640x480).overlay()", "inference with attention outputs", "+ rollout map", *ROWS):
         assert row in out, row
 
 

@@ -37,8 +37,9 @@ from attnmap.runtime.methods.base import softmax
 from attnmap.runtime.core.meta import ModelMeta
 from attnmap.runtime.model.registry import resolve_model
 from attnmap.runtime.draw.style import OverlayStyle
+from attnmap.runtime.core.parts import in_parts, parts_for
 from attnmap.runtime.image.preprocess import Geometry, check_image, preprocess, read_image
-from attnmap.runtime.model.session import OnnxModel, Outputs
+from attnmap.runtime.model.session import OnnxModel, Outputs, physical_cores
 
 ImageLike = Union[np.ndarray, str, Path]
 _DEFAULT_STYLE = OverlayStyle()
@@ -146,12 +147,20 @@ class Explainer:
         threads: intra-op threads on CPU (default: physical cores).
         trt_cache: TensorRT's engine cache folder (default ``$ATTNMAP_TRT_CACHE``, else
             ``~/.cache/attnmap/tensorrt``).
+
+    Attributes:
+        map_threads: threads on which :meth:`explain` computes a batch's attention maps, each
+            thread a contiguous part of the batch (``threads``, else the physical cores:
+            onnxruntime's threads sit idle meanwhile; 1 computes them on the caller's thread).
+            Only batches whose attention tensors are large enough are split, never a single
+            image: see ``runtime/core/parts.py``.
     """
 
     def __init__(self, model: str | Path | None = None, *, provider: str = "auto", threads: int | None = None,
                  trt_cache: str | Path | None = None):
         self.model = OnnxModel(resolve_model(model), provider=provider, threads=threads, trt_cache=trt_cache)
         self.meta: ModelMeta = self.model.meta
+        self.map_threads = int(threads) if threads else physical_cores()
 
     @property
     def path(self) -> Path:
@@ -229,6 +238,21 @@ class Explainer:
             return run_method(m.name, outputs.attentions, self.meta.layout, grads=outputs.grads, **options)
         return run_checked(m, outputs.attentions, self.meta.layout, outputs.grads, options)
 
+    def _batch_maps(self, outputs: Outputs, m, options: dict) -> np.ndarray:
+        """:meth:`_maps` of checked options; a batch whose attention tensors are large enough
+        is split into contiguous parts computed at once on :attr:`map_threads` threads."""
+        parts = 1
+        if m.kind == "attention" and outputs.attentions is not None:
+            read = outputs.attentions.nbytes + (0 if outputs.grads is None else outputs.grads.nbytes)
+            parts = parts_for(read, len(outputs), self.map_threads)
+        if parts == 1:
+            return self._maps(outputs, m, None, None, options, checked=True)
+
+        def part(a: int, b: int) -> np.ndarray:
+            return self._maps(outputs.slice(a, b), m, None, None, options, checked=True)
+
+        return np.concatenate(in_parts(part, len(outputs), parts))
+
     # ------------------------------------------------------------------ all at once
     def explain(self, images: ImageLike | Sequence[ImageLike], method: str = "rollout", fit: str = "crop",
                 topk: int = 5, target: int | str | Sequence[int | str] | None = None,
@@ -266,7 +290,7 @@ class Explainer:
             grids = self._maps(outputs, m, x, None, options, checked=True)
         else:
             outputs = self.infer(x, target=targets)
-            grids = self._maps(outputs, m, None, None, options, checked=True)
+            grids = self._batch_maps(outputs, m, options)
         results = self.package(batch, outputs, grids, geoms, method, topk)
         return results[0] if single else results
 
