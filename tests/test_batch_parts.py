@@ -1,7 +1,7 @@
 """A batch explained in parts on several threads equals the batch explained on one.
 
 ``Explainer.explain`` computes a large batch's attention maps in contiguous parts on
-``map_threads`` threads (runtime/core/parts.py). Each image's map, prediction and geometry must
+``map_threads`` threads (runtime/engine/parts.py). Each image's map, prediction and geometry must
 be exactly what one thread computes, for every attention method, with images of different sizes
 in one batch (the tiny models' tensors are under the size worth a thread, so these tests lower
 it); ``parts_for`` must split only batches large enough; and ``in_parts`` itself must keep the
@@ -19,8 +19,8 @@ import numpy as np
 import pytest
 
 from attnmap import Explainer
-from attnmap.runtime.core import parts as parts_module
-from attnmap.runtime.core.parts import MIN_PART_BYTES, bounds, in_parts, parts_for
+from attnmap.runtime.engine import parts as parts_module
+from attnmap.runtime.engine.parts import MIN_PART_BYTES, bounds, in_parts, parts_for
 from attnmap.runtime.methods import METHODS, runs_on
 from frames_fakes import attnmap_threads
 

@@ -37,7 +37,7 @@ from attnmap.runtime.methods.base import softmax
 from attnmap.runtime.core.meta import ModelMeta
 from attnmap.runtime.model.registry import resolve_model
 from attnmap.runtime.draw.style import OverlayStyle
-from attnmap.runtime.core.parts import in_parts, parts_for
+from attnmap.runtime.engine.parts import in_parts, parts_for
 from attnmap.runtime.image.preprocess import Geometry, check_image, preprocess, read_image
 from attnmap.runtime.model.session import OnnxModel, Outputs, physical_cores
 
@@ -153,7 +153,7 @@ class Explainer:
             thread a contiguous part of the batch (``threads``, else the physical cores:
             onnxruntime's threads sit idle meanwhile; 1 computes them on the caller's thread).
             Only batches whose attention tensors are large enough are split, never a single
-            image: see ``runtime/core/parts.py``.
+            image: see ``runtime/engine/parts.py``.
     """
 
     def __init__(self, model: str | Path | None = None, *, provider: str = "auto", threads: int | None = None,

@@ -134,7 +134,7 @@ def discard_lowest(fused: np.ndarray, ratio: float, target_row: int | None) -> N
     protected = flat[:, ::n + 1] if t is None else flat[:, t * (n + 1):t * (n + 1) + 1]
     kept = protected.copy()
     protected[...] = np.inf
-    # k <= N*N - len(protected), so index k exists; it is +inf only when every unprotected
+    # k <= N*N minus the protected entries, so index k exists; it is +inf only when every unprotected
     # entry is to go. Non-negative float32 values (attention probabilities and what rollout
     # fuses from them; +inf included) order exactly as their bits read as int32, and NumPy
     # partitions int32 about three times as fast as float32 (64 against 20 us for one

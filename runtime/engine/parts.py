@@ -49,7 +49,8 @@ def in_parts(fn: Callable[[int, int], T], n: int, parts: int) -> list[T]:
     Every part is finished, and its thread ended, before this returns or raises (so nothing
     still reads the caller's arrays afterwards, and no thread is left behind); when parts fail,
     the error of the earliest failing part is raised, as a loop over the parts in order would
-    raise it. Starting a thread costs tens of microseconds: worth it for a batch's milliseconds.
+    raise it. Starting and joining the threads costs about 0.2 ms on the 2-core VM: worth it
+    only for milliseconds of work (see :func:`parts_for`).
 
     Args:
         fn: computes items ``[start, stop)``.
