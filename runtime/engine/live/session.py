@@ -54,7 +54,7 @@ def check_smooth(value) -> float:
         OptionError: not a number in [0, 1).
     """
     if isinstance(value, bool) or not isinstance(value, (int, float, np.floating)) or not 0.0 <= value < 1.0:
-        raise OptionError(f"smooth must be in [0, 1) (EMA weight of the previous map); got {value!r}")
+        raise OptionError(f"smooth must be a number in [0, 1) (EMA weight of the previous map); got {value!r}")
     return float(value)
 
 
@@ -178,9 +178,9 @@ class LiveSession:
 
     @property
     def job(self) -> Job:
-        """The job of the state's current method, options and fit (rebuilt when the state's
-        version moves: every key or control that alters the map bumps it)."""
-        return self._current_engine().job
+        """The job the last frame was explained with; the next frame's is rebuilt from the state
+        when its version moved (every key or control that alters the map bumps it)."""
+        return self._engine.job
 
     def _current_engine(self) -> FrameEngine:
         if self._engine_version != self.state.version:
