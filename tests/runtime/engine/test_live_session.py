@@ -183,3 +183,20 @@ def test_methods_a_session_cycles_through():
     assert "occlusion" in live_methods(meta, "occlusion")  # started with it: kept in the cycle
     with pytest.raises(OptionError, match="cannot run on this model"):
         LiveSession(FakeExplainer(), Job(method="chefer"))  # no gradients in the fake
+
+
+def test_live_and_serve_share_the_session_not_each_other():
+    """The fronts that drive a session import it from the engine, never from each other."""
+    import ast
+    from pathlib import Path
+
+    import attnmap
+
+    fronts = Path(attnmap.__file__).resolve().parent / "runtime" / "fronts"
+    for front, other in (("serve", "live"), ("live", "serve")):
+        for path in (fronts / front).glob("*.py"):
+            tree = ast.parse(path.read_text())
+            imported = [n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module] + \
+                [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
+            assert not [m for m in imported if m.startswith(f"attnmap.runtime.fronts.{other}")], path
+    assert "LiveSession" in (fronts / "serve" / "stream.py").read_text()
