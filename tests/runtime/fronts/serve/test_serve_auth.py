@@ -22,6 +22,7 @@ from click.testing import CliRunner
 from attnmap import Explainer
 from attnmap.cli import main
 from attnmap.runtime.core.errors import ServeError
+from attnmap.runtime.frames.synth import write_demo_inputs
 from attnmap.runtime.fronts.serve import runner, security
 from attnmap.runtime.fronts.serve.app import ServerSettings, create_app
 from attnmap.runtime.fronts.serve.runner import BackgroundServer, bind_settings
@@ -205,3 +206,30 @@ def test_a_loopback_bind_answers_requests_addressed_to_its_own_address(served):
     app = create_app(Explainer(SHIPPED), None, bind_settings(None, "127.0.0.2"))
     with BackgroundServer(app, host="127.0.0.2") as srv, httpx.Client(base_url=srv.url, timeout=30) as c:
         assert c.get("/v1/model").status_code == 200
+
+
+# --------------------------------------------------------------------------- behind a reverse proxy
+def test_the_documented_reverse_proxy_setup(demo_video):
+    """What nginx sends with the set-up in the docs (TLS at the proxy, ``proxy_pass`` to a loopback
+    bind): ``Host`` is the upstream's own (nginx's default ``$proxy_host``), ``X-Forwarded-Proto``
+    and ``X-Forwarded-For`` name the browser's side, and the page's POSTs carry the public origin."""
+    public = "https://attnmap.example.org"
+    settings = bind_settings(ServerSettings(token=TOKEN, cors_origins=(public,)), "127.0.0.1")
+    with running_server(str(demo_video), settings=settings) as (srv, _), \
+            httpx.Client(base_url=srv.url, timeout=30, follow_redirects=False) as c:
+        proxied = {"Host": f"127.0.0.1:{srv.port}", "X-Forwarded-Proto": "https", "X-Forwarded-For": "203.0.113.9"}
+        r = c.get("/?token=" + TOKEN, headers=proxied)
+        assert r.status_code == 303 and "; Secure" in r.headers["set-cookie"]  # the proxy's https counts
+        page = {**proxied, "Cookie": f"{security.COOKIE}={TOKEN}", "Origin": public}
+        r = c.post("/v1/stream/state", json={"paused": False}, headers=page)
+        assert r.status_code == 200, r.text
+        # without --cors-origin for the public name the page's POSTs are cross-origin to the server
+        # (it sees Host 127.0.0.1), and a Host passed through unchanged is refused by a loopback bind
+        r = c.post("/v1/stream/state", json={"paused": False}, headers={**page, "Origin": "https://other.example"})
+        assert r.status_code == 403
+        assert c.get("/v1/model", headers={**page, "Host": "attnmap.example.org"}).status_code == 403
+
+
+@pytest.fixture(scope="module")
+def demo_video(tmp_path_factory):
+    return write_demo_inputs(tmp_path_factory.mktemp("proxy"), seed=2, n_images=1, video_frames=12, size=96)[1]
