@@ -16,7 +16,8 @@ Routes (JSON unless said otherwise; ``/v1/`` is the API's version):
 =============================  ==========================================================
 
 Every error is a JSON body ``{"error": message, "status": code}``: 4xx for what the client
-sent, a 500 without a traceback for a fault of the server's own.
+sent, a 500 without a traceback for a fault of the server's own. A client that leaves before its
+request is read is neither: one line in the log and ``attnmap_http_client_disconnects_total``.
 """
 
 from __future__ import annotations
@@ -75,7 +76,7 @@ class ServerSettings:
         limits: upload limits.
         cors_origins: origins allowed to call the API from a browser; empty: CORS off.
         allowed_hosts: names a request's ``Host`` may carry; empty: any (the runner sets the
-            loopback names for a loopback bind).
+            loopback names and the bound address for a loopback bind).
         api_workers: explanations computed at once (others wait their turn); on a small CPU
             one keeps the stream loop's share of the cores.
     """

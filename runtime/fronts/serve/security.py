@@ -14,8 +14,9 @@
   (CVE-2024-7592: 8,000 backslashes in one cookie held the event loop for a second).
 * Requests that change something (POST) from a page of another origin are refused unless
   that origin is allowed by ``--cors-origin`` (a cross-site form cannot drive the server), and a
-  server bound to loopback answers only requests addressed to a loopback name (a DNS-rebinding
-  page cannot read it through a name of its own).
+  server bound to loopback answers only requests addressed to a loopback name or its own bound
+  address (a DNS-rebinding page cannot read it through a name of its own). With CORS on, a
+  browser's preflight (``OPTIONS``, sent without credentials) is answered before auth.
 * Uploads are limited in bytes (``Content-Length`` first, then the body as it streams in) and
   in pixels (read from the image header before any decoding).
 """
