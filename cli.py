@@ -585,7 +585,7 @@ def live(source: str, model: str | None, provider: str, threads: int | None, met
 @method_options
 @overlay_options(label=False)
 @click.option("--host", default="127.0.0.1", show_default=True,
-              help="Address to bind; anything beyond loopback needs --token.")
+              help="Address to bind; anything beyond loopback needs a token (--token-file or $ATTNMAP_TOKEN).")
 @click.option("--port", type=click.IntRange(1, 65535), default=8000, show_default=True, help="TCP port.")
 @click.option("--token", default=None, metavar="TOKEN",
               help="Bearer token for every path but /healthz. Prefer --token-file or $ATTNMAP_TOKEN: a token "
