@@ -105,11 +105,16 @@ def test_a_client_that_leaves_mid_upload_is_a_disconnect_not_a_500(demo):
     with running_server(None) as (srv, _), httpx.Client(base_url=srv.url, timeout=30) as c:
         log.addHandler(records)
         try:
-            gone = 5
-            for _ in range(gone):
-                with socket.create_connection((srv.host, srv.port), timeout=10) as s:
-                    s.sendall(b"POST /v1/explain HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: image/png\r\n"
-                              b"Content-Length: 1000000\r\n\r\n" + b"\x89PNG" + bytes(20_000))
+            heads = (b"Content-Type: image/png\r\n", b"Content-Type: multipart/form-data; boundary=xyz\r\n")
+            bodies = (b"", b"\x89PNG" + bytes(20_000),
+                      b'--xyz\r\nContent-Disposition: form-data; name="image"; filename="a.png"\r\n\r\n\x89PNG')
+            gone = 0
+            for head in heads:
+                for body in bodies:
+                    with socket.create_connection((srv.host, srv.port), timeout=10) as s:
+                        s.sendall(b"POST /v1/explain HTTP/1.1\r\nHost: 127.0.0.1\r\n" + head
+                                  + b"Content-Length: 1000000\r\n\r\n" + body)
+                    gone += 1
             deadline = time.monotonic() + 60  # hang guard only
             while _metric(c, 'attnmap_http_client_disconnects_total{route="/v1/explain"}') < gone:
                 assert time.monotonic() < deadline, c.get("/metrics").text
