@@ -318,7 +318,7 @@ class _Gate:
         if is_preflight(scope["method"], headers, self.settings.cors_origins):
             return None
         given = query_token(scope.get("query_string", b"")) if scope["path"] == "/" else None
-        if given is not None:
+        if given:  # an empty ?token= is no attempt: the cookie may still let the page through
             if token_matches(self.token, given):
                 # The token leaves the address bar (and the history); the page's requests carry the cookie.
                 cookie = token_cookie(self.token, secure=scope.get("scheme") == "https")
