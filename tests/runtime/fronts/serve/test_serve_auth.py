@@ -100,6 +100,7 @@ def test_a_token_with_plus_works_in_the_address_as_typed_and_percent_encoded():
             assert "Secure" not in r.headers["set-cookie"]  # plain HTTP: a Secure cookie would never come back
         assert c.get("/?token=" + token.replace("+", " ")).status_code == 401
         assert c.get("/v1/model", headers={"Cookie": f"{security.COOKIE}={token}"}).status_code == 200
+        assert c.get("/?token=", headers={"Cookie": f"{security.COOKIE}={token}"}).status_code == 200
     assert security.query_token("token=" + token) == token
     assert security.query_token("x=1&token=" + token.replace("+", "%2B")) == token
     assert security.query_token(b"tokenx=1") is None
