@@ -84,17 +84,18 @@ def apply_changes(state: LiveState, changes: Any, meta, smooth: float) -> tuple[
         name = "layer" if "layer" in spec else "start_layer" if "start_layer" in spec else None
         if name is None and changes["layer"] is not None:
             raise OptionError(f"layer: method {new.method!r} has no layer choice")
-        new.layer = None if name is None else spec[name].check(changes["layer"], owner=f"method {new.method!r}",
-                                                               size=state.num_layers)
+        # null is "the method's default" (the option left unset), whatever the option's own default.
+        new.layer = None if name is None or changes["layer"] is None else \
+            spec[name].check(changes["layer"], owner=f"method {new.method!r}", size=state.num_layers)
     if "head" in changes:
         if "head" not in spec and changes["head"] is not None:
             raise OptionError(f"head: method {new.method!r} has no head choice")
-        new.head = None if "head" not in spec else spec["head"].check(changes["head"], owner=f"method {new.method!r}",
-                                                                      size=state.num_heads)
+        new.head = None if "head" not in spec or changes["head"] is None else \
+            spec["head"].check(changes["head"], owner=f"method {new.method!r}", size=state.num_heads)
     if "head_fusion" in changes:
         if "head_fusion" not in spec and changes["head_fusion"] is not None:
             raise OptionError(f"head_fusion: method {new.method!r} has no head fusion choice")
-        new.head_fusion = None if "head_fusion" not in spec else \
+        new.head_fusion = None if "head_fusion" not in spec or changes["head_fusion"] is None else \
             spec["head_fusion"].check(changes["head_fusion"], owner=f"method {new.method!r}")
     if "fit" in changes:
         if changes["fit"] not in FITS:
