@@ -585,11 +585,17 @@ def live(source: str, model: str | None, provider: str, threads: int | None, met
 @method_options
 @overlay_options(label=False)
 @click.option("--host", default="127.0.0.1", show_default=True,
-              help="Address to bind; anything beyond loopback needs --token.")
+              help="Address to bind; anything beyond loopback needs a token (--token-file or $ATTNMAP_TOKEN).")
 @click.option("--port", type=click.IntRange(1, 65535), default=8000, show_default=True, help="TCP port.")
 @click.option("--token", default=None, metavar="TOKEN",
-              help="Bearer token for every path but /healthz (default: $ATTNMAP_TOKEN). Open the page once "
-                   "as /?token=TOKEN.")
+              help="Bearer token for every path but /healthz. Prefer --token-file or $ATTNMAP_TOKEN: a token "
+                   "on the command line is visible to every user in ps. Open the page once as /?token=TOKEN.")
+@click.option("--token-file", type=click.Path(dir_okay=False), default=None, metavar="FILE",
+              help="Read the bearer token from FILE (one line; default: $ATTNMAP_TOKEN).")
+@click.option("--tls-cert", type=click.Path(dir_okay=False), default=None, metavar="PEM",
+              help="Serve HTTPS with this certificate (chain); needs --tls-key.")
+@click.option("--tls-key", type=click.Path(dir_okay=False), default=None, metavar="PEM",
+              help="The unencrypted private key of --tls-cert.")
 @click.option("--smooth", type=click.FloatRange(0, 1, max_open=True), default=0.0, show_default=True,
               help="Temporal smoothing: EMA weight of the previous heatmap (0 = off).")
 @click.option("--every", type=click.IntRange(1, None), default=1, show_default=True,
@@ -605,7 +611,7 @@ def live(source: str, model: str | None, provider: str, threads: int | None, met
 @handle_errors
 def serve(source: str | None, model: str | None, provider: str, threads: int | None, method: str, fit: str,
           colormap: str, alpha: float, blur: float, mode: str, host: str, port: int, token: str | None,
-          smooth: float, every: int, no_hud: bool, no_loop: bool, max_upload_mb: float, max_pixels: int,
+          token_file: str | None, tls_cert: str | None, tls_key: str | None, smooth: float, every: int, no_hud: bool, no_loop: bool, max_upload_mb: float, max_pixels: int,
           cors_origins: tuple[str, ...], **kwargs: Any) -> None:
     """Serve the live overlay to a browser and explanations over HTTP (extra 'serve').
 
@@ -617,6 +623,7 @@ def serve(source: str | None, model: str | None, provider: str, threads: int | N
     require_extra()
     from attnmap.runtime.engine.engine import Job
     from attnmap.runtime.fronts.serve.app import ServerSettings
+    from attnmap.runtime.fronts.serve.runner import TLSFiles
     from attnmap.runtime.fronts.serve.runner import serve as run_serve
     from attnmap.runtime.fronts.serve.security import Limits
     from attnmap.runtime.fronts.serve.stream import StreamConfig
@@ -626,7 +633,9 @@ def serve(source: str | None, model: str | None, provider: str, threads: int | N
     config = StreamConfig(smooth=smooth, every=every, hud=not no_hud, loop_file=not no_loop)
     settings = ServerSettings(token=token, cors_origins=tuple(cors_origins),
                               limits=Limits(max_upload_bytes=int(max_upload_mb * 1024 * 1024), max_pixels=max_pixels))
-    run_serve(_explainer(model, provider, threads), source, job, config, settings, host=host, port=port, log=_err)
+    tls = TLSFiles.from_options(tls_cert, tls_key)
+    run_serve(_explainer(model, provider, threads), source, job, config, settings, host=host, port=port, log=_err,
+              token_file=token_file, tls=tls, token_in_argv=token is not None)
 
 
 # ---------------------------------------------------------------------------- bench

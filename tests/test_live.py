@@ -27,7 +27,8 @@ from attnmap.runtime.methods import explain as run_method
 from attnmap.runtime.draw.style import OverlayStyle
 from attnmap.runtime.engine.engine import Job
 from attnmap.runtime.fronts.live.loop import LiveConfig, LiveFrame, run_live
-from attnmap.runtime.fronts.live.state import CYCLE_COLORMAPS, LiveState, apply_key, method_options
+from attnmap.runtime.draw.style import CYCLE_COLORMAPS
+from attnmap.runtime.engine.live.state import LiveState, apply_key, method_options
 from attnmap.runtime.draw.overlay import COLORMAPS
 from attnmap.runtime.frames.sources import open_source
 

@@ -36,6 +36,7 @@ from attnmap.runtime.methods import (check_method_use, check_options, explain as
 from attnmap.runtime.methods.base import softmax
 from attnmap.runtime.core.meta import ModelMeta
 from attnmap.runtime.model.registry import resolve_model
+from attnmap.runtime.draw.annotate import ExplanationAnnotator
 from attnmap.runtime.draw.style import OverlayStyle
 from attnmap.runtime.engine.parts import in_parts, parts_for
 from attnmap.runtime.image.preprocess import Geometry, check_image, preprocess, read_image
@@ -99,30 +100,8 @@ class Explanation:
         style = style if style is not None else _DEFAULT_STYLE
         if changes:
             style = style.replace(**changes)
-        heat = self.heatmap
-        # Pixels the model never saw (cut away by a crop) carry no evidence either way: they
-        # are shown dimmed (image // 2) rather than coloured as "no relevance". Every output
-        # pixel is written once: the seen rectangle drawn from its part of the map (drawing is
-        # per pixel unless blurred), the strips around it dimmed.
-        img = self.image
-        if img.dtype != np.uint8 or img.ndim != 3 or img.shape[2] != 3:
-            img = check_image(img, "Explanation.image")
-        y0, y1, x0, x1 = self.geometry.seen_region(self.grid.shape)
-        h, w = img.shape[:2]
-        if (y0, y1, x0, x1) == (0, h, 0, w) or style.blur > 0 or y0 >= y1 or x0 >= x1:
-            out = style.heatmap.draw(img, heat)
-            if (y0, y1, x0, x1) != (0, h, 0, w):
-                seen = out[y0:y1, x0:x1].copy()
-                out = np.right_shift(img, 1)
-                out[y0:y1, x0:x1] = seen
-        else:
-            out = np.empty_like(img)
-            for (r0, r1), (c0, c1) in (((0, y0), (0, w)), ((y1, h), (0, w)), ((y0, y1), (0, x0)), ((y0, y1), (x1, w))):
-                np.right_shift(img[r0:r1, c0:c1], 1, out=out[r0:r1, c0:c1])
-            style.heatmap.draw(img[y0:y1, x0:x1], heat[y0:y1, x0:x1], out=out[y0:y1, x0:x1])
-        if style.label:
-            style.caption.draw(out, self.caption(), heatmap=heat)
-        return out
+        return ExplanationAnnotator(style).annotate(self.image, self.grid, self.geometry, self.caption(),
+                                                    heatmap=self.heatmap)
 
     def caption(self) -> list[str]:
         """Text lines describing the prediction (and the explained class)."""
