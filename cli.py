@@ -26,7 +26,7 @@ import click  # noqa: E402
 
 from attnmap import __version__  # noqa: E402
 from attnmap.runtime.core.errors import AttnmapError  # noqa: E402
-from attnmap.runtime.core.meta import HEAD_FUSIONS  # noqa: E402
+from attnmap.runtime.core.meta import EXPORT_HEAD_FUSIONS  # noqa: E402
 from attnmap.runtime.core.options import OptionSpec  # noqa: E402
 
 # Light on purpose: `attnmap --help` and `attnmap export` must not load onnxruntime or OpenCV,
@@ -309,7 +309,7 @@ def main(ctx: click.Context, debug: bool) -> None:
               help="Local weights: .safetensors, .pth/.pt (loaded with weights_only) or timm's .npz.")
 @click.option("--pretrained", is_flag=True, help="Download timm's pretrained weights (needs a model hub).")
 @click.option("--img-size", type=click.IntRange(8, 4096), default=None, help="Override the input size (square).")
-@click.option("--heads", type=click.Choice(HEAD_FUSIONS), default="none", show_default=True,
+@click.option("--heads", type=click.Choice(EXPORT_HEAD_FUSIONS), default="none", show_default=True,
               help="Fuse attention heads inside the graph (H becomes 1), shrinking the output H times.")
 @click.option("--labels", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Class names: a .txt with one per line or a class-index .json "

@@ -89,15 +89,27 @@ class StageClock:
         return {s: self.total(s) for s in self.stages()}
 
     def summary(self) -> dict[str, dict[str, float]]:
-        """Stage -> ``{"median_ms", "p90_ms", "max_ms", "n", "total_s"}`` (JSON-able)."""
+        """Stage -> :func:`summarize_ms` of its kept durations plus ``"total_s"`` (JSON-able)."""
         return {s: {**summarize_ms(self.durations(s)), "total_s": round(self.total(s), 6)}
                 for s in self.stages()}
 
 
-def summarize_ms(seconds) -> dict[str, float]:
-    """Median, p90 and max in milliseconds (and the count) of durations given in seconds."""
+def summarize_ms(seconds, frames: int = 1) -> dict[str, float]:
+    """The one timing summary every front reports: durations given in seconds, in milliseconds.
+
+    Args:
+        seconds: durations in seconds (each one run of a stage).
+        frames: frames each duration covers (a batch), for ``per_frame_ms``.
+
+    Returns:
+        ``{"median_ms", "p90_ms", "max_ms", "per_frame_ms", "n"}``: median, 90th percentile and
+        maximum in ms (rounded to 0.1 microsecond), the median per frame, and the count; all 0
+        for no durations.
+    """
     v = np.asarray(list(seconds), dtype=np.float64) * 1e3
     if v.size == 0:
-        return {"median_ms": 0.0, "p90_ms": 0.0, "max_ms": 0.0, "n": 0}
-    return {"median_ms": round(float(np.median(v)), 4), "p90_ms": round(float(np.percentile(v, 90)), 4),
-            "max_ms": round(float(v.max()), 4), "n": int(v.size)}
+        return {"median_ms": 0.0, "p90_ms": 0.0, "max_ms": 0.0, "per_frame_ms": 0.0, "n": 0}
+    med = float(np.median(v))
+    return {"median_ms": round(med, 4), "p90_ms": round(float(np.percentile(v, 90)), 4),
+            "max_ms": round(float(v.max()), 4), "per_frame_ms": round(med / max(1, int(frames)), 4),
+            "n": int(v.size)}

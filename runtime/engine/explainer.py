@@ -32,6 +32,7 @@ import numpy as np
 from attnmap.runtime.core.errors import ExplainError, ImageError, suggest
 from attnmap.runtime.methods import Method, check_options, get_method
 from attnmap.runtime.methods.base import softmax
+from attnmap.runtime.methods.kinds import explained_classes
 from attnmap.runtime.core.meta import ModelMeta
 from attnmap.runtime.model.registry import resolve_model
 from attnmap.runtime.draw.style import OverlayStyle
@@ -335,7 +336,8 @@ class Explainer:
         k = max(1, min(int(topk), probs.shape[1]))
         best = top_indices(probs, k)
         order, top_probs = best.tolist(), probs[np.arange(len(best))[:, None], best].tolist()
-        targets = None if outputs.targets is None or not get_method(method).class_specific else outputs.targets
+        # a class-specific map explains the class the model ran for, else the prediction
+        targets = explained_classes(outputs) if get_method(method).class_specific else None
         label = self.meta.label
         results = []
         for i, image in enumerate(images):
