@@ -36,6 +36,7 @@ from attnmap.runtime.methods.kinds import explained_classes
 from attnmap.runtime.core.meta import ModelMeta
 from attnmap.runtime.model.registry import resolve_model
 from attnmap.runtime.draw.style import OverlayStyle
+from attnmap.runtime.engine.clock import NullClock
 from attnmap.runtime.engine.engine import FrameEngine
 from attnmap.runtime.engine.job import Job
 from attnmap.runtime.engine.parts import in_parts, parts_for
@@ -44,6 +45,7 @@ from attnmap.runtime.image.preprocess import Geometry, check_image, preprocess, 
 from attnmap.runtime.model.session import OnnxModel, Outputs, physical_cores
 
 ImageLike = Union[np.ndarray, str, Path]
+_PLAIN = (int, float, str, bool, type(None))  # option values a cached job may be compared on
 _DEFAULT_STYLE = OverlayStyle()
 
 
@@ -163,6 +165,7 @@ class Explainer:
         self.model = OnnxModel(resolve_model(model), provider=provider, threads=threads, trt_cache=trt_cache)
         self.meta: ModelMeta = self.model.meta
         self.map_threads = int(threads) if threads else physical_cores()
+        self._last_engine: tuple[tuple, FrameEngine] | None = None
 
     @property
     def path(self) -> Path:
@@ -292,15 +295,28 @@ class Explainer:
             if len(items) != len(batch):
                 raise ExplainError(f"target must give one class per image ({len(batch)}); got {len(items)}")
             targets = np.array([resolve_class(self.meta, t) for t in items], dtype=np.int64)
-        job = Job(method=method, options=options, fit=fit, topk=topk,
-                  target=None if targets is None else int(targets[0]))
-        engine = FrameEngine(self, job.checked(self.meta, model=repr(self.path.name)))
+        engine = self._engine_for(method, fit, topk, None if targets is None else int(targets[0]), options)
         frames = [Frame(i, img, "image" if single else f"images[{i}]", 0.0) for i, img in enumerate(batch)]
         done = engine.explain_batch(frames, targets=targets, draw=False)
         for item in done:
             if item.error is not None:
                 raise item.error
         return done[0].explanation if single else [item.explanation for item in done]
+
+    def _engine_for(self, method: str, fit: str, topk: int, target: int | None, options: dict) -> FrameEngine:
+        """The engine of a checked job for these arguments: the last call's again when they are
+        the same (plain values only), so that a loop of calls checks its options once."""
+        plain = type(topk) is int and all(type(v) in _PLAIN for v in options.values())
+        # the values' types are compared too: True == 1 == 1.0, and the checks tell them apart
+        key = (method, fit, topk, target, sorted((k, type(v).__name__, v) for k, v in options.items())) if plain else None
+        last = self._last_engine
+        if plain and last is not None and last[0] == key:
+            return last[1]
+        job = Job(method=method, options=options, fit=fit, topk=topk, target=target)
+        engine = FrameEngine(self, job.checked(self.meta, model=repr(self.path.name)), clock=NullClock())
+        if plain:
+            self._last_engine = (key, engine)
+        return engine
 
     def explain_topk(self, image: ImageLike, k: int, method: str, fit: str = "crop",
                      **options) -> list[Explanation]:
