@@ -10,7 +10,9 @@ Example::
     print(r.topk[0].label, r.topk[0].prob)
     cv2.imwrite("dog_rollout.png", r.overlay(colormap="inferno"))
 
-The stages are public too (``preprocess`` -> ``infer`` -> ``maps``), so that video and live
+``explain`` runs the frame engine's one batch step
+(:meth:`~attnmap.runtime.engine.engine.FrameEngine.explain_batch`), as every front does. The
+stages are public too (``preprocess`` -> ``infer`` -> ``maps``), so that video and live
 pipelines can overlap decoding with inference and batch frames. ``maps`` runs every kind of
 method: attention methods read the outputs' attentions, perturbation methods (``occlusion``,
 ``rise``) run the logits-only model on perturbed copies of the input ``x``::
@@ -308,7 +310,8 @@ class Explainer:
         the same (plain values only), so that a loop of calls checks its options once."""
         plain = type(topk) is int and all(type(v) in _PLAIN for v in options.values())
         # the values' types are compared too: True == 1 == 1.0, and the checks tell them apart
-        key = (method, fit, topk, target, sorted((k, type(v).__name__, v) for k, v in options.items())) if plain else None
+        key = (method, fit, topk, target, sorted((k, type(v).__name__, v) for k, v in options.items())) \
+            if plain else None
         last = self._last_engine
         if plain and last is not None and last[0] == key:
             return last[1]
@@ -339,7 +342,8 @@ class Explainer:
         batch, _ = _as_batch(image)
         if len(batch) != 1:
             raise ExplainError(f"explain_topk takes one image; got {len(batch)}")
-        job = Job(method=method, options=options, fit=fit, top_classes=k).checked(self.meta, model=repr(self.path.name))
+        job = Job(method=method, options=options, fit=fit, top_classes=k)
+        job = job.checked(self.meta, model=repr(self.path.name))
         item = FrameEngine(self, job).explain_batch([Frame(0, batch[0], "image", 0.0)], draw=False)[0]
         if item.error is not None:
             raise item.error
