@@ -427,6 +427,8 @@ def _as_batch(images: ImageLike | Sequence[ImageLike]) -> tuple[list[np.ndarray]
         return [read_image(images)], True
     if isinstance(images, np.ndarray):
         if images.ndim == 4:
+            if not len(images):
+                raise ExplainError(f"no images to explain: got an empty batch of shape {images.shape}")
             return [check_image(img, f"images[{i}]") for i, img in enumerate(images)], False
         return [check_image(images)], True
     batch = []
