@@ -34,6 +34,7 @@ from attnmap.runtime.core.errors import ExplainError, ImageError, suggest
 from attnmap.runtime.methods import (check_method_use, check_options, explain as run_method, get_method,
                                     run_checked)
 from attnmap.runtime.methods.base import softmax
+from attnmap.runtime.methods.cost import LIBRARY_BUDGET, Budget, check_budget
 from attnmap.runtime.core.meta import ModelMeta
 from attnmap.runtime.model.registry import resolve_model
 from attnmap.runtime.draw.annotate import ExplanationAnnotator
@@ -126,6 +127,9 @@ class Explainer:
         threads: intra-op threads on CPU (default: physical cores).
         trt_cache: TensorRT's engine cache folder (default ``$ATTNMAP_TRT_CACHE``, else
             ``~/.cache/attnmap/tensorrt``).
+        budget: the most work :meth:`explain` takes on per image (model runs, memory at once;
+            :class:`~attnmap.runtime.methods.cost.Budget`), checked before any work starts;
+            default :data:`~attnmap.runtime.methods.cost.LIBRARY_BUDGET`.
 
     Attributes:
         map_threads: threads on which :meth:`explain` computes a batch's attention maps, each
@@ -136,8 +140,9 @@ class Explainer:
     """
 
     def __init__(self, model: str | Path | None = None, *, provider: str = "auto", threads: int | None = None,
-                 trt_cache: str | Path | None = None):
+                 trt_cache: str | Path | None = None, budget: Budget | None = None):
         self.model = OnnxModel(resolve_model(model), provider=provider, threads=threads, trt_cache=trt_cache)
+        self.budget = budget or LIBRARY_BUDGET
         self.meta: ModelMeta = self.model.meta
         self.map_threads = int(threads) if threads else physical_cores()
 
@@ -257,6 +262,7 @@ class Explainer:
             raise ExplainError(f"topk must be an integer >= 1; got {topk!r}")
         m = check_method_use(method, self.meta, class_given=target is not None, model=repr(self.path.name))
         options = check_options(method, options, self.meta)
+        check_budget(method, options, self.meta, self.budget)
         targets = None
         if target is not None:
             items = list(target) if isinstance(target, (list, tuple, np.ndarray)) else [target] * len(batch)

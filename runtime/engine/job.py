@@ -15,6 +15,7 @@ from attnmap.runtime.engine.explainer import Explanation
 from attnmap.runtime.frames.frame import Frame
 from attnmap.runtime.image.preprocess import FITS
 from attnmap.runtime.methods import check_method_use, check_options
+from attnmap.runtime.methods.cost import Budget, check_budget
 from attnmap.runtime.model.session import Outputs
 
 
@@ -34,6 +35,8 @@ class Job:
             (N explanations per item: ``ItemResult.alternatives``); None for one map.
         style: draw each explained frame with this style (``ItemResult.drawn``); None draws
             nothing.
+        budget: the most work one frame may take (:class:`~attnmap.runtime.methods.cost.Budget`),
+            checked with the options; None: the library's default.
     """
 
     method: str = "rollout"
@@ -43,12 +46,14 @@ class Job:
     target: int | None = None
     top_classes: int | None = None
     style: OverlayStyle | None = None
+    budget: Budget | None = None
 
     def checked(self, meta) -> "Job":
         """This job with its options converted and checked against the model ``meta``.
 
         Raises:
-            OptionError: an unknown fit or method, bad options (MethodOptionError), a target
+            OptionError: an unknown fit or method, bad options (MethodOptionError), options
+                that ask for more work than the budget (WorkLimitError), a target
                 or top classes for a class-agnostic method, a method that needs gradients on a
                 model without them, or a class index out of range.
         """
@@ -65,7 +70,9 @@ class Job:
             raise OptionError(f"top_classes must be >= 1; got {self.top_classes}")
         if self.style is not None and not isinstance(self.style, OverlayStyle):
             raise OptionError(f"style must be an OverlayStyle; got {type(self.style).__name__}")
-        return dataclasses.replace(self, options=check_options(self.method, self.options, meta))
+        options = check_options(self.method, self.options, meta)
+        check_budget(self.method, options, meta, self.budget)
+        return dataclasses.replace(self, options=options)
 
 
 @dataclass(eq=False)
