@@ -11,6 +11,7 @@ round-trip exactly), the same heatmap and overlay (as base64 PNG on request).
 from __future__ import annotations
 
 import base64
+import json
 import re
 from dataclasses import dataclass, field
 from typing import Any, Mapping
@@ -31,15 +32,20 @@ from attnmap.runtime.model.info import describe_model
 IMAGE_FIELD = "image"
 PNG_KINDS = ("heatmap", "overlay")
 MAX_TARGET_CHARS = 200  # a label name or an index; longer is neither (and int() refuses 4,300+ digits)
+# Longest text field: every field is a name, a number or a short list. A longer one is refused
+# before any other check, so no check (nor "did you mean") runs on megabytes, and no message
+# echoes them back.
+MAX_FIELD_BYTES = 8192
+MAX_FIELDS = 32
 _PLAIN_FIELDS = ("method", "fit", "topk", "target", "png", "colormap", "alpha")
 
 
 class HTTPProblem(Exception):
     """A request the server refuses: ``status`` (4xx) and a one-line ``message`` naming the input."""
 
-    def __init__(self, status: int, message: str):
+    def __init__(self, status: int, message: str, headers: Mapping[str, str] | None = None):
         super().__init__(message)
-        self.status, self.message = int(status), message
+        self.status, self.message, self.headers = int(status), message, dict(headers or {})
 
 
 @dataclass(frozen=True)
@@ -146,6 +152,7 @@ def parse_fields(fields: Mapping[str, str], meta, default_method: str = "rollout
         OptionError: an unknown field (close names suggested), a method this model cannot run,
             or a value out of its range or choices.
     """
+    check_field_sizes(fields)
     method = fields.get("method", default_method)
     if method not in METHODS:
         raise OptionError(f"method must be one of {', '.join(METHODS)}; got {method!r}." + suggest(method, METHODS))
@@ -192,6 +199,22 @@ def parse_fields(fields: Mapping[str, str], meta, default_method: str = "rollout
                           OverlayStyle(**style_changes))
 
 
+def check_field_sizes(fields: Mapping[str, str]) -> None:
+    """Refuse more than :data:`MAX_FIELDS` fields, or a name or value over :data:`MAX_FIELD_BYTES`.
+
+    Raises:
+        HTTPProblem: 413, naming the field (its first characters) and its length, not its value.
+    """
+    if len(fields) > MAX_FIELDS:
+        raise HTTPProblem(413, f"the request has {len(fields):,} fields; at most {MAX_FIELDS} are read")
+    for name, value in fields.items():
+        size = max(len(name), len(value) if isinstance(value, str) else 0)
+        if size > MAX_FIELD_BYTES:
+            shown = name if len(name) <= 40 else name[:40] + "..."
+            raise HTTPProblem(413, f"field {shown!r} is {size:,} characters long; text fields and their names are "
+                                   f"at most {MAX_FIELD_BYTES:,}")
+
+
 def _int_field(fields: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
     text = fields.get(name)
     if text is None:
@@ -206,6 +229,18 @@ def _int_field(fields: Mapping[str, str], name: str, default: int, low: int, hig
 
 
 # --------------------------------------------------------------------------- answers
+def answer_json(explainer, data: bytes, name: str, req: ExplainRequest, limits: Limits) -> bytes:
+    """Decode the upload, explain it and encode the answer: the whole of a request's heavy work,
+    for a worker thread (the event loop only moves bytes).
+
+    Returns:
+        The JSON answer of :func:`explain_upload`, encoded as Starlette's ``JSONResponse`` does.
+    """
+    img = decode_upload(data, name, limits)
+    answer = explain_upload(explainer, img, req)
+    return json.dumps(answer, ensure_ascii=False, allow_nan=False, indent=None, separators=(",", ":")).encode()
+
+
 def explain_upload(explainer, img_bgr: np.ndarray, req: ExplainRequest) -> dict[str, Any]:
     """Explain one decoded image as :meth:`Explainer.explain` does and shape the JSON answer.
 
