@@ -61,6 +61,7 @@ class WorkQueue:
         self.running = 0
         self._slots: asyncio.Semaphore | None = None  # made on the server's loop, at first use
         self._seconds: collections.deque[float] = collections.deque(maxlen=16)
+        self.active: set[threading.Event] = set()  # the cancel events of the requests at work
 
     @property
     def waiting(self) -> int:
@@ -116,12 +117,14 @@ class WorkQueue:
         self.running += 1
         loop = asyncio.get_running_loop()
         started = loop.time()
-        gone.add_done_callback(lambda _: cancel.set())
+        gone.add_done_callback(lambda f: None if f.cancelled() else cancel.set())
+        self.active.add(cancel)
         try:
             result = await execute(work, cancel)
         except WorkCancelled:
             raise ClientGone() from None
         finally:
+            self.active.discard(cancel)
             self.running -= 1
             self._slots.release()
             self._seconds.append(loop.time() - started)
