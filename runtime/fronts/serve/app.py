@@ -223,6 +223,8 @@ class _Server:
         try:
             self.queue.enter()  # before the body is read: a full queue costs no upload
         except QueueFull as exc:
+            if await request.is_disconnected():  # nobody to tell: a disconnect, not a 429
+                raise ClientDisconnect() from None
             raise api.HTTPProblem(429, str(exc), {"Retry-After": str(exc.retry_after)}) from None
         try:
             data, name, fields = await self._read_upload(request, limits)
