@@ -1,7 +1,8 @@
 """The bounded queue in front of the API's workers, and the watch for clients that leave.
 
-``POST /v1/explain`` takes a place (:meth:`WorkQueue.enter`) before it reads its body: at most
-``workers`` requests run and ``size`` more wait, each holding at most its upload's bytes (the
+``POST /v1/explain`` is refused at once when the queue is full, reads its body within a bound on
+the bytes all bodies hold (:meth:`WorkQueue.hold`), then takes a place (:meth:`WorkQueue.enter`):
+at most ``workers`` requests run and ``size`` more wait, each holding its upload's bytes (the
 image is decoded only once it runs). A request past that gets a 429 with ``Retry-After`` (the
 recent mean run time times the requests ahead, per worker), so a burst of uploads costs the
 server a bounded amount of memory and the stream loop its CPU share, and a small request never
@@ -41,22 +42,26 @@ class QueueFull(Exception):
         places: the queue's size (workers + waiting places).
     """
 
-    def __init__(self, retry_after: int, places: int):
-        super().__init__(f"the server is busy: {places} explain requests are running or waiting, the most it "
-                         f"takes (the server's --api-queue); retry in {retry_after} s")
+    def __init__(self, retry_after: int, places: int, why: str | None = None):
+        super().__init__(why or f"the server is busy: {places} explain requests are running or waiting, the most "
+                                f"it takes (the server's --api-queue); retry in {retry_after} s")
         self.retry_after, self.places = retry_after, places
 
 
 class WorkQueue:
     """At most ``workers`` requests at work and ``size`` waiting; beyond that, :class:`QueueFull`.
+    Bodies still arriving hold no place (a slow sender blocks nobody) but count, with the
+    bodies of the requests inside, against ``max_bytes``.
 
     Args:
         workers: requests computed at once (the API's thread pool).
         size: requests that may wait for a worker (their bodies read, not decoded).
+        max_bytes: request-body bytes held at once, over every request.
     """
 
-    def __init__(self, workers: int, size: int):
-        self.workers, self.size = int(workers), int(size)
+    def __init__(self, workers: int, size: int, max_bytes: int = 256 * 1024 ** 2):
+        self.workers, self.size, self.max_bytes = int(workers), int(size), int(max_bytes)
+        self.bytes = 0
         self.inside = 0  # requests holding a place: reading, waiting or running
         self.running = 0
         self._slots: asyncio.Semaphore | None = None  # made on the server's loop, at first use
@@ -74,9 +79,28 @@ class WorkQueue:
         mean = sum(self._seconds) / len(self._seconds) if self._seconds else 1.0
         return max(1, min(600, math.ceil(mean * (self.waiting + 1) / self.workers)))
 
+    @property
+    def full(self) -> bool:
+        """No place is free now (a request is refused before its body is read)."""
+        return self.inside >= self.workers + self.size
+
+    def hold(self, n: int) -> None:
+        """Count ``n`` more body bytes held, or raise :class:`QueueFull` past ``max_bytes``
+        (give them back with :meth:`drop`)."""
+        if self.bytes + n > self.max_bytes:
+            raise QueueFull(self.retry_after(), self.workers + self.size,
+                            f"the server is busy: it holds {self.bytes:,} bytes of uploads, and {n:,} more would pass "
+                            f"its limit of {self.max_bytes:,} (the server's --upload-memory-mb); retry in "
+                            f"{self.retry_after()} s")
+        self.bytes += n
+
+    def drop(self, n: int) -> None:
+        """Give back ``n`` body bytes."""
+        self.bytes -= n
+
     def enter(self) -> None:
         """Take a place, or raise :class:`QueueFull` (call :meth:`leave` once done)."""
-        if self.inside >= self.workers + self.size:
+        if self.full:
             raise QueueFull(self.retry_after(), self.workers + self.size)
         self.inside += 1
 

@@ -92,12 +92,13 @@ def check_content_length(headers: Mapping[str, str], limits: Limits) -> None:
                                "(the server's --max-upload-mb)")
 
 
-async def read_limited(chunks, limits: Limits) -> bytes:
+async def read_limited(chunks, limits: Limits, hold=None) -> bytes:
     """Collect a streamed body, stopping as soon as it passes the limit.
 
     Args:
         chunks: the body as an async iterator of bytes (Starlette's ``request.stream()``).
         limits: the limits.
+        hold: called with each chunk's size before it is kept (it may raise to refuse it).
 
     Raises:
         HTTPProblem: 413 once more than ``max_upload_bytes`` arrived (whatever the headers said).
@@ -108,6 +109,8 @@ async def read_limited(chunks, limits: Limits) -> bytes:
         if size > limits.max_upload_bytes:
             raise HTTPProblem(413, f"the upload is over the limit of {limits.max_upload_bytes:,} bytes "
                                    "(the server's --max-upload-mb)")
+        if hold is not None:
+            hold(len(chunk))
         parts.append(chunk)
     return b"".join(parts)
 

@@ -90,6 +90,8 @@ class ServerSettings:
             ``Retry-After`` (a waiting request holds its upload's bytes, undecoded).
         budget: the most work one explain request may ask for (model runs, memory at once),
             checked before it waits for a worker: 422 with the figures past it.
+        upload_memory: request-body bytes all explain requests may hold at once (bodies arriving
+            and bodies waiting); past it a 429.
         body_timeout: seconds a client has to send a request's body (slow senders get a 408).
         header_timeout: seconds a connection has to send a request's headers (the runner
             closes it then: slowloris).
@@ -103,13 +105,15 @@ class ServerSettings:
     allowed_hosts: tuple[str, ...] = ()
     api_workers: int = 1
     api_queue: int = 4
+    upload_memory: int = 256 * 1024 ** 2
     budget: Budget = SERVER_BUDGET
     body_timeout: float = 30.0
     header_timeout: float = 10.0
     max_connections: int = 512
 
     def __post_init__(self) -> None:
-        for name, low in (("api_workers", 1), ("api_queue", 0), ("max_connections", 1)):
+        for name, low in (("api_workers", 1), ("api_queue", 0), ("max_connections", 1),
+                          ("upload_memory", 1)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ServeError(f"{name} must be an integer >= {low}; got {value!r}")
@@ -133,7 +137,7 @@ class _Server:
         # loop (Linux: per-thread nice), so a burst of uploads slows the API, not the stream.
         self.pool = ThreadPoolExecutor(settings.api_workers, thread_name_prefix="attnmap-api",
                                        initializer=_lower_priority)
-        self.queue = WorkQueue(settings.api_workers, settings.api_queue)
+        self.queue = WorkQueue(settings.api_workers, settings.api_queue, settings.upload_memory)
 
     # ------------------------------------------------------------------ pages and meta
     async def static(self, request: Request) -> Response:
@@ -220,14 +224,17 @@ class _Server:
     async def explain(self, request: Request) -> Response:
         limits = self.settings.limits
         api.check_content_length(request.headers, limits)
+        held = 0
+
+        def hold(n: int) -> None:
+            nonlocal held
+            self.queue.hold(n)
+            held += n
+
         try:
-            self.queue.enter()  # before the body is read: a full queue costs no upload
-        except QueueFull as exc:
-            if await request.is_disconnected():  # nobody to tell: a disconnect, not a 429
-                raise ClientDisconnect() from None
-            raise api.HTTPProblem(429, str(exc), {"Retry-After": str(exc.retry_after)}) from None
-        try:
-            data, name, fields = await self._read_upload(request, limits)
+            if self.queue.full:  # refused before the body is read: a full queue costs no upload
+                raise QueueFull(self.queue.retry_after(), self.queue.workers + self.queue.size)
+            data, name, fields = await self._read_upload(request, limits, hold)
             meta, budget = self.explainer.meta, self.settings.budget
 
             def check() -> api.ExplainRequest:
@@ -236,6 +243,16 @@ class _Server:
                 return req
 
             req = await anyio.to_thread.run_sync(check)  # refused before it waits for a worker
+            self.queue.enter()
+        except QueueFull as exc:
+            self.queue.drop(held)
+            if await request.is_disconnected():  # nobody to tell: a disconnect, not a 429
+                raise ClientDisconnect() from None
+            raise api.HTTPProblem(429, str(exc), {"Retry-After": str(exc.retry_after)}) from None
+        except BaseException:
+            self.queue.drop(held)
+            raise
+        try:
             loop = asyncio.get_running_loop()
 
             async def execute(work, cancel):
@@ -253,13 +270,14 @@ class _Server:
             return Response(body, media_type="application/json")
         finally:
             self.queue.leave()
+            self.queue.drop(held)
 
-    async def _read_upload(self, request: Request, limits: Limits) -> tuple[bytes, str, dict[str, str]]:
+    async def _read_upload(self, request: Request, limits: Limits, hold) -> tuple[bytes, str, dict[str, str]]:
         """The image's bytes, how messages name it, and the text fields: read within the body
         timeout and the size limits, nothing decoded."""
         try:
             with anyio.fail_after(self.settings.body_timeout):
-                body = await api.read_limited(request.stream(), limits)
+                body = await api.read_limited(request.stream(), limits, hold)
                 ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
                 if ctype == "multipart/form-data":
                     return await _read_form(request, body, limits)

@@ -278,3 +278,24 @@ def test_settings_are_checked():
                 {"budget": 5}):
         with pytest.raises(ServeError):
             ServerSettings(**bad)
+
+
+def test_slow_bodies_hold_no_place_but_count_against_upload_memory(png):
+    settings = ServerSettings(api_queue=0, upload_memory=100_000)
+    with running_server(settings=settings) as (srv, _), httpx.Client(base_url=srv.url, timeout=30) as c:
+        slow = [socket.create_connection((srv.host, srv.port)) for _ in range(5)]
+        for s in slow:  # five bodies begun, 15 KB each, never finished
+            s.sendall(b"POST /v1/explain HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: image/png\r\n"
+                      b"Content-Length: 90000\r\n\r\n" + bytes(15_000))
+        _wait(lambda: _queue(srv).bytes == 75_000, "the slow bodies' bytes held")
+        assert _queue(srv).inside == 0
+        big = bytes(40_000)
+        r = c.post("/v1/explain", content=big, headers={"Content-Type": "image/png"})
+        assert r.status_code == 429 and "the server's --upload-memory-mb" in r.json()["error"], r.text
+        assert int(r.headers["Retry-After"]) >= 1
+        r = c.post("/v1/explain", files={"image": ("a.png", png)})  # small enough: the one worker takes it
+        assert r.status_code == 200, r.text
+        for s in slow:
+            s.close()
+        _wait(lambda: _queue(srv).bytes == 0, "the slow bodies' bytes given back")
+        assert _server_errors(c) == 0
