@@ -623,6 +623,8 @@ def live(source: str, model: str | None, provider: str, threads: int | None, met
               help="Most memory one /v1/explain request may hold at once (from forward_batch and the model).")
 @click.option("--api-queue", type=click.IntRange(0, None), default=4, show_default=True,
               help="Explain requests that may wait for the worker; past them a 429 with Retry-After.")
+@click.option("--upload-memory-mb", type=click.FloatRange(0, None, min_open=True), default=256.0,
+              show_default=True, help="Upload bytes all explain requests may hold at once; past it a 429.")
 @click.option("--body-timeout", type=click.FloatRange(0, None, min_open=True), default=30.0, show_default=True,
               help="Seconds a client has to send a request body (408 past it).")
 @click.option("--header-timeout", type=click.FloatRange(0, None, min_open=True), default=10.0, show_default=True,
@@ -634,7 +636,8 @@ def serve(source: str | None, model: str | None, provider: str, threads: int | N
           colormap: str, alpha: float, blur: float, mode: str, host: str, port: int, token: str | None,
           token_file: str | None, tls_cert: str | None, tls_key: str | None, smooth: float, every: int, no_hud: bool, no_loop: bool, max_upload_mb: float, max_pixels: int,
           cors_origins: tuple[str, ...], max_forward_passes: int, max_batch_mb: float, api_queue: int,
-          body_timeout: float, header_timeout: float, max_connections: int, **kwargs: Any) -> None:
+          upload_memory_mb: float, body_timeout: float, header_timeout: float, max_connections: int,
+          **kwargs: Any) -> None:
     """Serve the live overlay to a browser and explanations over HTTP (extra 'serve').
 
     SOURCE is as in `attnmap live` (camera index, stream URL, video file; a file plays in a loop);
@@ -658,7 +661,8 @@ def serve(source: str | None, model: str | None, provider: str, threads: int | N
                               limits=Limits(max_upload_bytes=int(max_upload_mb * 1024 * 1024), max_pixels=max_pixels),
                               budget=Budget(max_forward_passes=max_forward_passes,
                                             max_batch_bytes=int(max_batch_mb * 1024 * 1024)),
-                              api_queue=api_queue, body_timeout=body_timeout, header_timeout=header_timeout,
+                              api_queue=api_queue, upload_memory=int(upload_memory_mb * 1024 * 1024),
+                              body_timeout=body_timeout, header_timeout=header_timeout,
                               max_connections=max_connections)
     tls = TLSFiles.from_options(tls_cert, tls_key)
     run_serve(_explainer(model, provider, threads), source, job, config, settings, host=host, port=port, log=_err,
