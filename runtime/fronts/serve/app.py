@@ -40,6 +40,7 @@ import cv2
 from starlette.applications import Starlette
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
+from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import ClientDisconnect, Request
@@ -295,12 +296,21 @@ class _Server:
 
 
 async def _read_form(request: Request, body: bytes, limits: Limits) -> tuple[bytes, str, dict[str, str]]:
-    request._body = body  # Starlette's form parser then reads the bytes already checked
+    # The parser scans every byte in Python: on a thread of its own (with an event loop of its
+    # own, as Starlette's parser is async), not on the server's loop.
+    return await anyio.to_thread.run_sync(asyncio.run, _parse_form(request.headers, body))
+
+
+async def _parse_form(headers, body: bytes) -> tuple[bytes, str, dict[str, str]]:
+    async def chunks():
+        yield body
+
     try:
-        form = await request.form(max_files=2, max_fields=api.MAX_FIELDS, max_part_size=api.MAX_FIELD_BYTES)
-    except HTTPException as exc:
-        raise api.HTTPProblem(413 if "exceeded maximum size" in str(exc.detail) else 400,
-                              f"cannot read the multipart body: {exc.detail} (text fields are at most "
+        form = await MultiPartParser(headers, chunks(), max_files=2, max_fields=api.MAX_FIELDS,
+                                     max_part_size=api.MAX_FIELD_BYTES).parse()
+    except MultiPartException as exc:
+        raise api.HTTPProblem(413 if "exceeded maximum size" in exc.message else 400,
+                              f"cannot read the multipart body: {exc.message} (text fields are at most "
                               f"{api.MAX_FIELD_BYTES:,} bytes)") from exc
     upload = form.get(api.IMAGE_FIELD)
     fields = {k: v for k, v in form.multi_items() if k != api.IMAGE_FIELD}
