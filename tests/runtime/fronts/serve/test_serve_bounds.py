@@ -299,3 +299,31 @@ def test_slow_bodies_hold_no_place_but_count_against_upload_memory(png):
             s.close()
         _wait(lambda: _queue(srv).bytes == 0, "the slow bodies' bytes given back")
         assert _server_errors(c) == 0
+
+
+def test_cli_bounds_reach_the_server_and_the_explain_job(monkeypatch, png, tmp_path):
+    from click.testing import CliRunner
+
+    from attnmap.cli import main
+    from attnmap.runtime.fronts.serve import runner
+    from serve_helpers import SHIPPED
+
+    seen = {}
+    monkeypatch.setattr(runner, "run_server", lambda app, host, port, **kw: seen.update(app=app))
+    r = CliRunner().invoke(main, ["serve", "--model", str(SHIPPED), "--max-forward-passes", "100", "--max-batch-mb",
+                                  "64", "--api-queue", "1", "--upload-memory-mb", "1", "--body-timeout", "3",
+                                  "--header-timeout", "2", "--max-connections", "7"])
+    assert r.exit_code == 0, r.output
+    settings = seen["app"].settings
+    assert (settings.budget.max_forward_passes, settings.budget.max_batch_bytes) == (100, 64 * 1024 ** 2)
+    assert (settings.api_queue, settings.upload_memory, settings.body_timeout, settings.header_timeout,
+            settings.max_connections) == (1, 1024 ** 2, 3.0, 2.0, 7)
+    with runner.BackgroundServer(seen["app"]) as srv, httpx.Client(base_url=srv.url, timeout=30) as c:
+        r = c.post("/v1/explain", files={"image": ("a.png", png)}, data={"method": "rise", "masks": "200"})
+        assert r.status_code == 422 and "201 times per image, over the limit of 100" in r.json()["error"]
+    image = tmp_path / "a.png"
+    image.write_bytes(png)
+    r = CliRunner().invoke(main, ["explain", str(image), "--model", str(SHIPPED), "--method", "rise", "--masks", "300",
+                                  "--max-forward-passes", "200", "-o", str(tmp_path / "out")])
+    assert r.exit_code != 0 and "301 times per image, over the limit of 200" in r.output
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
