@@ -26,7 +26,7 @@ import click  # noqa: E402
 
 from attnmap import __version__  # noqa: E402
 from attnmap.runtime.core.errors import AttnmapError  # noqa: E402
-from attnmap.runtime.core.meta import HEAD_FUSIONS  # noqa: E402
+from attnmap.runtime.core.meta import EXPORT_HEAD_FUSIONS  # noqa: E402
 from attnmap.runtime.core.options import OptionSpec  # noqa: E402
 
 # Light on purpose: `attnmap --help` and `attnmap export` must not load onnxruntime or OpenCV,
@@ -309,7 +309,7 @@ def main(ctx: click.Context, debug: bool) -> None:
               help="Local weights: .safetensors, .pth/.pt (loaded with weights_only) or timm's .npz.")
 @click.option("--pretrained", is_flag=True, help="Download timm's pretrained weights (needs a model hub).")
 @click.option("--img-size", type=click.IntRange(8, 4096), default=None, help="Override the input size (square).")
-@click.option("--heads", type=click.Choice(HEAD_FUSIONS), default="none", show_default=True,
+@click.option("--heads", type=click.Choice(EXPORT_HEAD_FUSIONS), default="none", show_default=True,
               help="Fuse attention heads inside the graph (H becomes 1), shrinking the output H times.")
 @click.option("--labels", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Class names: a .txt with one per line or a class-index .json "
@@ -702,7 +702,7 @@ def bench(source: str | None, source_opt: str | None, model: str | None, provide
         raise click.UsageError(f"two sources given: {source!r} and --source {source_opt!r}; give one")
     source = source if source is not None else source_opt
     from attnmap.runtime.fronts.bench import format_bench, run_bench
-    from attnmap.runtime.fronts.targets import format_targets, measure_targets, throughput_explainer
+    from attnmap.runtime.fronts.goals import format_goals, measure_goals, throughput_explainer
 
     options = pop_method_options(kwargs, method)
     if compare:
@@ -722,14 +722,14 @@ def bench(source: str | None, source_opt: str | None, model: str | None, provide
     if targets_video is not None:
         # At --batch-size when one was given, else at the batch `attnmap explain` would use.
         offline, plan = throughput_explainer(explainer, batch_size if batch_size > 1 else None)
-        targets = measure_targets(explainer, targets_video, batch_size=plan.batch_size, method=method,
+        targets = measure_goals(explainer, targets_video, batch_size=plan.batch_size, method=method,
                                   offline_explainer=offline, workers=plan.workers)
     if as_json:
         click.echo(json.dumps({"stages": result, "targets": targets}))
         return
     click.echo(format_bench(result))
     if targets is not None:
-        click.echo(format_targets(targets))
+        click.echo(format_goals(targets))
 
 
 # ---------------------------------------------------------------------------- evaluate

@@ -112,7 +112,7 @@ def live_methods(meta, method: str) -> tuple[str, ...]:
     Raises:
         OptionError: ``method`` cannot run on this model (close names suggested).
     """
-    methods = [n for n, m in METHODS.items() if runs_on(n, meta) and (m.kind != "perturbation" or n == method)]
+    methods = [n for n, m in METHODS.items() if runs_on(n, meta) and (not m.reruns_model or n == method)]
     if method not in methods:
         raise OptionError(f"method {method!r} cannot run on this model; choose from {', '.join(methods)}."
                           + suggest(str(method), methods))

@@ -174,4 +174,5 @@ def cancellable(explainer, cancel: threading.Event):
         return real(x)
 
     copied.probabilities = probabilities
+    copied._last_engine = None  # an engine the original cached runs the original's forward
     return copied

@@ -3,7 +3,8 @@ explain fields, explain, and shape the JSON answers.
 
 Everything here raises :class:`HTTPProblem` (a status code and a one-line message) or the
 library's typed errors; ``app.py`` turns both into JSON error bodies. ``POST /v1/explain``
-returns exactly what :meth:`Explainer.explain` returns for the decoded upload: the same
+runs the frame engine's batch step (``FrameEngine.explain_batch``) on the decoded upload, the
+step :meth:`Explainer.explain` runs, and returns exactly what that returns: the same
 top-k probabilities, the same token-grid map (float32 values written as JSON numbers, which
 round-trip exactly), the same heatmap and overlay (as base64 PNG on request).
 """
@@ -21,12 +22,15 @@ import numpy as np
 
 from attnmap.runtime.core.errors import ImageError, OptionError, suggest
 from attnmap.runtime.draw.style import OverlayStyle
-from attnmap.runtime.engine.explainer import Explanation, resolve_class
+from attnmap.runtime.engine.engine import FrameEngine, Job
+from attnmap.runtime.engine.explainer import resolve_class
+from attnmap.runtime.frames.frame import Frame
 from attnmap.runtime.fronts.serve.security import Limits
 from attnmap.runtime.image.decode import decode_image
 from attnmap.runtime.image.header import HeaderError, read_header
 from attnmap.runtime.image.preprocess import FITS
 from attnmap.runtime.methods import METHODS, check_method_use, runs_on
+from attnmap.runtime.methods.cost import Budget, check_budget
 from attnmap.runtime.model.info import describe_model
 
 IMAGE_FIELD = "image"
@@ -60,6 +64,8 @@ class ExplainRequest:
         options: the method's options, converted to their types.
         png: which images to return as base64 PNG: a subset of ``heatmap``, ``overlay``.
         style: how the overlay PNG is drawn.
+        job: the engine's :class:`~attnmap.runtime.engine.job.Job` of these fields, checked
+            against the model once, when the fields were parsed.
     """
 
     method: str = "rollout"
@@ -69,6 +75,7 @@ class ExplainRequest:
     options: dict[str, Any] = field(default_factory=dict)
     png: tuple[str, ...] = ()
     style: OverlayStyle = field(default_factory=OverlayStyle)
+    job: Job | None = None
 
 
 # --------------------------------------------------------------------------- limits
@@ -143,11 +150,14 @@ def decode_upload(data: bytes, name: str, limits: Limits) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------- fields
-def parse_fields(fields: Mapping[str, str], meta, default_method: str = "rollout") -> ExplainRequest:
+def parse_fields(fields: Mapping[str, str], meta, default_method: str = "rollout", budget: Budget | None = None,
+                 limit_names: Mapping[str, str] | None = None) -> ExplainRequest:
     """Check the text fields of an explain request against the model and the method's specs.
 
     Args:
         fields: field name -> text (form fields or query parameters), the image excluded.
+        budget: the most work the request may ask for (the job's budget; default the library's).
+        limit_names: how a refusal names the budget's limits (the server's flags).
         meta: the model's ModelMeta.
         default_method: the method when none is given.
 
@@ -198,8 +208,11 @@ def parse_fields(fields: Mapping[str, str], meta, default_method: str = "rollout
             style_changes["alpha"] = float(fields["alpha"])
         except ValueError:
             raise OptionError(f"alpha must be a number in [0, 1]; got {fields['alpha']!r}") from None
-    return ExplainRequest(method, fit, topk, target, options, tuple(dict.fromkeys(png)),
-                          OverlayStyle(**style_changes))
+    if budget is not None:  # first, so that a refusal names the server's limits
+        check_budget(method, options, meta, budget, limit_names=limit_names)
+    job = Job(method=method, options=options, fit=fit, topk=topk, target=target, budget=budget).checked(meta)
+    return ExplainRequest(method, fit, topk, target, job.options, tuple(dict.fromkeys(png)),
+                          OverlayStyle(**style_changes), job)
 
 
 def check_field_sizes(fields: Mapping[str, str]) -> None:
@@ -245,7 +258,7 @@ def answer_json(explainer, data: bytes, name: str, req: ExplainRequest, limits: 
 
 
 def explain_upload(explainer, img_bgr: np.ndarray, req: ExplainRequest) -> dict[str, Any]:
-    """Explain one decoded image as :meth:`Explainer.explain` does and shape the JSON answer.
+    """Explain one decoded image with the engine's batch step and shape the JSON answer.
 
     Returns:
         ``{"method", "fit", "options", "image": {"width", "height"}, "topk": [{index, label,
@@ -253,8 +266,11 @@ def explain_upload(explainer, img_bgr: np.ndarray, req: ExplainRequest) -> dict[
         {"shape": [gh, gw], "values": rows of float32 in [0, 1]}}`` plus ``heatmap_png``
         (8-bit gray, round(255 * heatmap)) and ``overlay_png`` (base64) where asked.
     """
-    ex: Explanation = explainer.explain(img_bgr, method=req.method, fit=req.fit, topk=req.topk,
-                                        target=req.target, **req.options)
+    job = req.job if req.job is not None else Job(req.method, req.options, req.fit, req.topk, req.target)
+    item = FrameEngine(explainer, job).explain_batch([Frame(0, img_bgr, "upload", 0.0)], draw=False)[0]
+    if item.error is not None:
+        raise item.error
+    ex = item.explanation
     topk = [{"index": t.index, "label": t.label, "prob": t.prob} for t in ex.topk]
     answer: dict[str, Any] = {
         "method": ex.method, "fit": req.fit, "options": req.options,
@@ -291,6 +307,6 @@ def methods_document(meta) -> dict[str, Any]:
         opts = {o: {"kind": s.kind.__name__, "default": s.default, "help": s.help, "allowed": s.describe(),
                     "choices": list(s.choices), "low": s.low, "high": s.high, "axis": s.axis}
                 for o, s in m.options.items()}
-        out.append({"name": name, "kind": m.kind, "summary": m.summary, "class_specific": m.class_specific,
+        out.append({"name": name, "kind": m.kind.name, "summary": m.summary, "class_specific": m.class_specific,
                      "runs_on_model": runs_on(name, meta), "options": opts})
     return {"methods": out}

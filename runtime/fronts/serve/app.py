@@ -55,7 +55,7 @@ from attnmap.runtime.fronts.serve.metrics import Registry, server_metrics
 from attnmap.runtime.fronts.serve.security import (OPEN_PATHS, Limits, is_preflight, presented_token, query_token,
                                                    refusal, token_cookie, token_matches)
 from attnmap.runtime.fronts.serve.stream import StreamLoop
-from attnmap.runtime.methods.cost import Budget, check_budget
+from attnmap.runtime.methods.cost import Budget
 
 _STATIC = {"/": ("index.html", "text/html; charset=utf-8"),
            "/static/app.js": ("app.js", "text/javascript; charset=utf-8"),
@@ -239,9 +239,7 @@ class _Server:
             meta, budget = self.explainer.meta, self.settings.budget
 
             def check() -> api.ExplainRequest:
-                req = api.parse_fields(fields, meta, self.default_method)
-                check_budget(req.method, req.options, meta, budget, limit_names=_BUDGET_NAMES)
-                return req
+                return api.parse_fields(fields, meta, self.default_method, budget, _BUDGET_NAMES)
 
             req = await anyio.to_thread.run_sync(check)  # refused before it waits for a worker
             self.queue.enter()
