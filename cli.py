@@ -439,12 +439,17 @@ def info(model: str | None, as_json: bool) -> None:
                    "classes' maps side by side (default: the predicted class). Give it once.")
 @click.option("--json", "as_json", is_flag=True,
               help="Print one JSON object per input: {source, topk: [{index, label, prob}], overlay}.")
+@click.option("--max-forward-passes", type=click.IntRange(1, None), default=200_000, show_default=True,
+              help="Most model runs per image a method's options may ask for (RISE: masks + 1); checked first.")
+@click.option("--max-batch-mb", type=click.FloatRange(0, None, min_open=True), default=4096.0, show_default=True,
+              help="Most memory a method may hold at once (estimated from forward_batch and the model).")
 @engine_options
 @handle_errors
 def explain(sources: tuple[str, ...], model: str | None, provider: str, threads: int | None, method: str,
             fit: str, colormap: str, alpha: float, blur: float, mode: str, no_label: bool, out_dir: Path,
             topk: int, save_maps: bool, tiles: str, video_format: str, batch_size: int | None,
-            workers: int | None, target: tuple[str, ...], as_json: bool, engine_name: str, address: str | None,
+            workers: int | None, target: tuple[str, ...], as_json: bool, max_forward_passes: int,
+            max_batch_mb: float, engine_name: str, address: str | None,
             actors: int | None, gpus_per_actor: float, **kwargs: Any) -> None:
     """Explain images, folders, globs and videos; write overlays to --out.
 
@@ -481,7 +486,11 @@ def explain(sources: tuple[str, ...], model: str | None, provider: str, threads:
                                batch_size=batch_size)
         explainer = _explainer(model, provider, plan.threads)
     fixed, top_n = parse_class_spec(explainer.meta, target[0]) if target else (None, None)
-    job = Job(method=method, options=options, fit=fit, topk=topk, target=fixed, top_classes=top_n, style=style)
+    from attnmap.runtime.methods.cost import Budget
+
+    budget = Budget(max_forward_passes=max_forward_passes, max_batch_bytes=int(max_batch_mb * 1024 * 1024))
+    job = Job(method=method, options=options, fit=fit, topk=topk, target=fixed, top_classes=top_n, style=style,
+              budget=budget)
     show = _stderr_is_terminal()
 
     def on_record(record: dict[str, Any], line: str) -> None:
@@ -608,11 +617,27 @@ def live(source: str, model: str | None, provider: str, threads: int | None, met
               help="Largest width x height an uploaded image may declare (checked before decoding).")
 @click.option("--cors-origin", "cors_origins", multiple=True, metavar="ORIGIN",
               help="Allow browser pages from this origin to call the API (repeatable; default: CORS off).")
+@click.option("--max-forward-passes", type=click.IntRange(1, None), default=4000, show_default=True,
+              help="Most model runs one /v1/explain request may ask for (RISE: masks + 1); past it a 422.")
+@click.option("--max-batch-mb", type=click.FloatRange(0, None, min_open=True), default=512.0, show_default=True,
+              help="Most memory one /v1/explain request may hold at once (from forward_batch and the model).")
+@click.option("--api-queue", type=click.IntRange(0, None), default=4, show_default=True,
+              help="Explain requests that may wait for the worker; past them a 429 with Retry-After.")
+@click.option("--upload-memory-mb", type=click.FloatRange(0, None, min_open=True), default=256.0,
+              show_default=True, help="Upload bytes all explain requests may hold at once; past it a 429.")
+@click.option("--body-timeout", type=click.FloatRange(0, None, min_open=True), default=30.0, show_default=True,
+              help="Seconds a client has to send a request body (408 past it).")
+@click.option("--header-timeout", type=click.FloatRange(0, None, min_open=True), default=10.0, show_default=True,
+              help="Seconds a connection has to send its request headers (closed past it).")
+@click.option("--max-connections", type=click.IntRange(1, None), default=512, show_default=True,
+              help="Open connections at most (lowered to fit ulimit -n); more are closed on accept.")
 @handle_errors
 def serve(source: str | None, model: str | None, provider: str, threads: int | None, method: str, fit: str,
           colormap: str, alpha: float, blur: float, mode: str, host: str, port: int, token: str | None,
           token_file: str | None, tls_cert: str | None, tls_key: str | None, smooth: float, every: int, no_hud: bool, no_loop: bool, max_upload_mb: float, max_pixels: int,
-          cors_origins: tuple[str, ...], **kwargs: Any) -> None:
+          cors_origins: tuple[str, ...], max_forward_passes: int, max_batch_mb: float, api_queue: int,
+          upload_memory_mb: float, body_timeout: float, header_timeout: float, max_connections: int,
+          **kwargs: Any) -> None:
     """Serve the live overlay to a browser and explanations over HTTP (extra 'serve').
 
     SOURCE is as in `attnmap live` (camera index, stream URL, video file; a file plays in a loop);
@@ -627,12 +652,18 @@ def serve(source: str | None, model: str | None, provider: str, threads: int | N
     from attnmap.runtime.fronts.serve.runner import serve as run_serve
     from attnmap.runtime.fronts.serve.security import Limits
     from attnmap.runtime.fronts.serve.stream import StreamConfig
+    from attnmap.runtime.methods.cost import Budget
 
     options = pop_method_options(kwargs, method)
     job = Job(method=method, options=options, fit=fit, style=_style(colormap, alpha, blur, mode, False))
     config = StreamConfig(smooth=smooth, every=every, hud=not no_hud, loop_file=not no_loop)
     settings = ServerSettings(token=token, cors_origins=tuple(cors_origins),
-                              limits=Limits(max_upload_bytes=int(max_upload_mb * 1024 * 1024), max_pixels=max_pixels))
+                              limits=Limits(max_upload_bytes=int(max_upload_mb * 1024 * 1024), max_pixels=max_pixels),
+                              budget=Budget(max_forward_passes=max_forward_passes,
+                                            max_batch_bytes=int(max_batch_mb * 1024 * 1024)),
+                              api_queue=api_queue, upload_memory=int(upload_memory_mb * 1024 * 1024),
+                              body_timeout=body_timeout, header_timeout=header_timeout,
+                              max_connections=max_connections)
     tls = TLSFiles.from_options(tls_cert, tls_key)
     run_serve(_explainer(model, provider, threads), source, job, config, settings, host=host, port=port, log=_err,
               token_file=token_file, tls=tls, token_in_argv=token is not None)

@@ -78,9 +78,12 @@ class OptionSpec:
             return noun
         lo = "(" if self.low_open else "["
         hi = ")" if self.high_open else "]"
-        low = "-inf" if self.low is None else f"{self.low:g}"
-        high = "inf" if self.high is None else f"{self.high:g}"
+        low = "-inf" if self.low is None else self._number(self.low)
+        high = "inf" if self.high is None else self._number(self.high)
         return f"{noun} in {lo}{low}, {high}{hi}"
+
+    def _number(self, value: float) -> str:
+        return f"{int(value):,}" if self.kind is int else f"{value:g}"  # 1,000,000, not 1e+06
 
     def check(self, value: Any, *, owner: str = "", size: int | None = None) -> Any:
         """Return ``value`` converted to the option's type, or raise :class:`OptionError`.

@@ -34,6 +34,7 @@ import numpy as np
 from attnmap.runtime.core.errors import ExplainError, ImageError, suggest
 from attnmap.runtime.methods import Method, check_options, get_method
 from attnmap.runtime.methods.base import softmax
+from attnmap.runtime.methods.cost import LIBRARY_BUDGET, Budget
 from attnmap.runtime.methods.kinds import explained_classes
 from attnmap.runtime.core.meta import ModelMeta
 from attnmap.runtime.model.registry import resolve_model
@@ -132,6 +133,9 @@ class Explainer:
         threads: intra-op threads on CPU (default: physical cores).
         trt_cache: TensorRT's engine cache folder (default ``$ATTNMAP_TRT_CACHE``, else
             ``~/.cache/attnmap/tensorrt``).
+        budget: the most work :meth:`explain` takes on per image (model runs, memory at once;
+            :class:`~attnmap.runtime.methods.cost.Budget`), checked before any work starts;
+            default :data:`~attnmap.runtime.methods.cost.LIBRARY_BUDGET`.
 
     Attributes:
         map_threads: threads on which :meth:`explain` computes a batch's attention maps, each
@@ -142,8 +146,9 @@ class Explainer:
     """
 
     def __init__(self, model: str | Path | None = None, *, provider: str = "auto", threads: int | None = None,
-                 trt_cache: str | Path | None = None):
+                 trt_cache: str | Path | None = None, budget: Budget | None = None):
         self.model = OnnxModel(resolve_model(model), provider=provider, threads=threads, trt_cache=trt_cache)
+        self.budget = budget or LIBRARY_BUDGET
         self.meta: ModelMeta = self.model.meta
         self.map_threads = int(threads) if threads else physical_cores()
         self._last_engine: tuple[tuple, FrameEngine] | None = None
@@ -289,12 +294,12 @@ class Explainer:
         the same (plain values only), so that a loop of calls checks its options once."""
         plain = type(topk) is int and all(type(v) in _PLAIN for v in options.values())
         # the values' types are compared too: True == 1 == 1.0, and the checks tell them apart
-        key = (method, fit, topk, target, sorted((k, type(v).__name__, v) for k, v in options.items())) \
-            if plain else None
+        key = (method, fit, topk, target, sorted((k, type(v).__name__, v) for k, v in options.items()),
+               self.budget) if plain else None
         last = self._last_engine
         if plain and last is not None and last[0] == key:
             return last[1]
-        job = Job(method=method, options=options, fit=fit, topk=topk, target=target)
+        job = Job(method=method, options=options, fit=fit, topk=topk, target=target, budget=self.budget)
         engine = FrameEngine(self, job.checked(self.meta, model=repr(self.path.name)), clock=NullClock())
         if plain:
             self._last_engine = (key, engine)
@@ -321,7 +326,7 @@ class Explainer:
         batch, _ = _as_batch(image)
         if len(batch) != 1:
             raise ExplainError(f"explain_topk takes one image; got {len(batch)}")
-        job = Job(method=method, options=options, fit=fit, top_classes=k)
+        job = Job(method=method, options=options, fit=fit, top_classes=k, budget=self.budget)
         job = job.checked(self.meta, model=repr(self.path.name))
         item = FrameEngine(self, job).explain_batch([Frame(0, batch[0], "image", 0.0)], draw=False)[0]
         if item.error is not None:

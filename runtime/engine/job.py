@@ -14,6 +14,7 @@ from attnmap.runtime.draw.style import OverlayStyle
 from attnmap.runtime.frames.frame import Frame
 from attnmap.runtime.image.preprocess import FITS
 from attnmap.runtime.methods import Method, check_method_use, check_options
+from attnmap.runtime.methods.cost import Budget, check_budget
 from attnmap.runtime.model.session import Outputs
 
 if TYPE_CHECKING:  # the explainer builds jobs, so it imports this module
@@ -36,6 +37,8 @@ class Job:
             (N explanations per item: ``ItemResult.alternatives``); None for one map.
         style: draw each explained frame with this style (``ItemResult.drawn``); None draws
             nothing.
+        budget: the most work one frame may take (:class:`~attnmap.runtime.methods.cost.Budget`),
+            checked with the options; None: the library's default.
     """
 
     method: str = "rollout"
@@ -45,6 +48,7 @@ class Job:
     target: int | None = None
     top_classes: int | None = None
     style: OverlayStyle | None = None
+    budget: Budget | None = None
 
     def checked(self, meta, *, model: str = "this model") -> "Job":
         """This job with its options converted and checked against the model ``meta``.
@@ -58,7 +62,8 @@ class Job:
             model: how messages name the model (``"'deit.onnx'"``).
 
         Raises:
-            OptionError: an unknown fit or method, bad options (MethodOptionError), a target
+            OptionError: an unknown fit or method, bad options (MethodOptionError), options
+                that ask for more work than the budget (WorkLimitError), a target
                 or top classes for a class-agnostic method, a method that needs gradients on a
                 model without them, or a class index out of range.
         """
@@ -78,7 +83,9 @@ class Job:
             raise OptionError(f"top_classes must be >= 1; got {self.top_classes}")
         if self.style is not None and not isinstance(self.style, OverlayStyle):
             raise OptionError(f"style must be an OverlayStyle; got {type(self.style).__name__}")
-        job = dataclasses.replace(self, options=check_options(self.method, self.options, meta))
+        options = check_options(self.method, self.options, meta)
+        check_budget(self.method, options, meta, self.budget)
+        job = dataclasses.replace(self, options=options)
         object.__setattr__(job, "_checked_for", meta)  # frozen: the mark is set once, here
         object.__setattr__(job, "_method", m)
         return job

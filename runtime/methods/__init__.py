@@ -46,18 +46,24 @@ _START = OptionSpec("start_layer", int, None, "First layer of the propagation.",
 _LAYER = OptionSpec("layer", int, None, "Which layer's attention to show.", axis="layers")
 _HEAD = OptionSpec("head", int, None, "One head's attention (default: the heads fused).", axis="heads")
 _EPS = OptionSpec("eps", float, None, "Shift of the product rule's factors (stability).", low=0.0, low_open=True)
-_FORWARD_BATCH = OptionSpec("forward_batch", int, None, "Perturbed inputs per model run (memory vs speed).", low=1)
+# Upper bounds are absolute (a value past them is absurd on any model); what a value costs on a
+# given model is checked against a budget before any work starts (methods/cost.py).
+_FORWARD_BATCH = OptionSpec("forward_batch", int, None, "Perturbed inputs per model run (memory vs speed).", low=1,
+                            high=4096)
 _OCCLUSION = {
-    "window": OptionSpec("window", int, None, "Occluder side in input pixels (default: the patch size).", low=1),
+    "window": OptionSpec("window", int, None, "Occluder side in input pixels (default: the patch size).", low=1,
+                          high=4096),
     "stride": OptionSpec("stride", int, None, "Occluder step in input pixels, <= window (default: the window).",
-                         low=1),
+                         low=1, high=4096),
     "baseline": OptionSpec("baseline", str, None, "What the occluder shows: the mean colour or the blurred input.",
                            choices=OCCLUSION_BASELINES),
     "forward_batch": _FORWARD_BATCH}
 _RISE = {
-    "masks": OptionSpec("masks", int, None, "Number of random RISE masks N (noise falls as 1/sqrt(N)).", low=1),
+    "masks": OptionSpec("masks", int, None, "Number of random RISE masks N (noise falls as 1/sqrt(N)).", low=1,
+                         high=1_000_000),
     "p": OptionSpec("p", float, None, "Probability that a mask cell is kept.", low=0.0, low_open=True, high=1.0),
-    "cells": OptionSpec("cells", int, None, "Side s of the masks' low-resolution grid (s x s cells).", low=1),
+    "cells": OptionSpec("cells", int, None, "Side s of the masks' low-resolution grid (s x s cells).", low=1,
+                         high=1024),
     "mask_seed": OptionSpec("mask_seed", int, None, "Seed of the RISE masks (same seed, same map).", low=0),
     "forward_batch": _FORWARD_BATCH}
 

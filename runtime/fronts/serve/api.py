@@ -12,6 +12,7 @@ round-trip exactly), the same heatmap and overlay (as base64 PNG on request).
 from __future__ import annotations
 
 import base64
+import json
 import re
 from dataclasses import dataclass, field
 from typing import Any, Mapping
@@ -29,20 +30,26 @@ from attnmap.runtime.image.decode import decode_image
 from attnmap.runtime.image.header import HeaderError, read_header
 from attnmap.runtime.image.preprocess import FITS
 from attnmap.runtime.methods import METHODS, check_method_use, runs_on
+from attnmap.runtime.methods.cost import Budget, check_budget
 from attnmap.runtime.model.info import describe_model
 
 IMAGE_FIELD = "image"
 PNG_KINDS = ("heatmap", "overlay")
 MAX_TARGET_CHARS = 200  # a label name or an index; longer is neither (and int() refuses 4,300+ digits)
+# Longest text field: every field is a name, a number or a short list. A longer one is refused
+# before any other check, so no check (nor "did you mean") runs on megabytes, and no message
+# echoes them back.
+MAX_FIELD_BYTES = 8192
+MAX_FIELDS = 32
 _PLAIN_FIELDS = ("method", "fit", "topk", "target", "png", "colormap", "alpha")
 
 
 class HTTPProblem(Exception):
     """A request the server refuses: ``status`` (4xx) and a one-line ``message`` naming the input."""
 
-    def __init__(self, status: int, message: str):
+    def __init__(self, status: int, message: str, headers: Mapping[str, str] | None = None):
         super().__init__(message)
-        self.status, self.message = int(status), message
+        self.status, self.message, self.headers = int(status), message, dict(headers or {})
 
 
 @dataclass(frozen=True)
@@ -92,12 +99,13 @@ def check_content_length(headers: Mapping[str, str], limits: Limits) -> None:
                                "(the server's --max-upload-mb)")
 
 
-async def read_limited(chunks, limits: Limits) -> bytes:
+async def read_limited(chunks, limits: Limits, hold=None) -> bytes:
     """Collect a streamed body, stopping as soon as it passes the limit.
 
     Args:
         chunks: the body as an async iterator of bytes (Starlette's ``request.stream()``).
         limits: the limits.
+        hold: called with each chunk's size before it is kept (it may raise to refuse it).
 
     Raises:
         HTTPProblem: 413 once more than ``max_upload_bytes`` arrived (whatever the headers said).
@@ -108,6 +116,8 @@ async def read_limited(chunks, limits: Limits) -> bytes:
         if size > limits.max_upload_bytes:
             raise HTTPProblem(413, f"the upload is over the limit of {limits.max_upload_bytes:,} bytes "
                                    "(the server's --max-upload-mb)")
+        if hold is not None:
+            hold(len(chunk))
         parts.append(chunk)
     return b"".join(parts)
 
@@ -140,11 +150,14 @@ def decode_upload(data: bytes, name: str, limits: Limits) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------- fields
-def parse_fields(fields: Mapping[str, str], meta, default_method: str = "rollout") -> ExplainRequest:
+def parse_fields(fields: Mapping[str, str], meta, default_method: str = "rollout", budget: Budget | None = None,
+                 limit_names: Mapping[str, str] | None = None) -> ExplainRequest:
     """Check the text fields of an explain request against the model and the method's specs.
 
     Args:
         fields: field name -> text (form fields or query parameters), the image excluded.
+        budget: the most work the request may ask for (the job's budget; default the library's).
+        limit_names: how a refusal names the budget's limits (the server's flags).
         meta: the model's ModelMeta.
         default_method: the method when none is given.
 
@@ -152,6 +165,7 @@ def parse_fields(fields: Mapping[str, str], meta, default_method: str = "rollout
         OptionError: an unknown field (close names suggested), a method this model cannot run,
             or a value out of its range or choices.
     """
+    check_field_sizes(fields)
     method = fields.get("method", default_method)
     if method not in METHODS:
         raise OptionError(f"method must be one of {', '.join(METHODS)}; got {method!r}." + suggest(method, METHODS))
@@ -194,9 +208,27 @@ def parse_fields(fields: Mapping[str, str], meta, default_method: str = "rollout
             style_changes["alpha"] = float(fields["alpha"])
         except ValueError:
             raise OptionError(f"alpha must be a number in [0, 1]; got {fields['alpha']!r}") from None
-    job = Job(method=method, options=options, fit=fit, topk=topk, target=target).checked(meta)
+    if budget is not None:  # first, so that a refusal names the server's limits
+        check_budget(method, options, meta, budget, limit_names=limit_names)
+    job = Job(method=method, options=options, fit=fit, topk=topk, target=target, budget=budget).checked(meta)
     return ExplainRequest(method, fit, topk, target, job.options, tuple(dict.fromkeys(png)),
                           OverlayStyle(**style_changes), job)
+
+
+def check_field_sizes(fields: Mapping[str, str]) -> None:
+    """Refuse more than :data:`MAX_FIELDS` fields, or a name or value over :data:`MAX_FIELD_BYTES`.
+
+    Raises:
+        HTTPProblem: 413, naming the field (its first characters) and its length, not its value.
+    """
+    if len(fields) > MAX_FIELDS:
+        raise HTTPProblem(413, f"the request has {len(fields):,} fields; at most {MAX_FIELDS} are read")
+    for name, value in fields.items():
+        size = max(len(name), len(value) if isinstance(value, str) else 0)
+        if size > MAX_FIELD_BYTES:
+            shown = name if len(name) <= 40 else name[:40] + "..."
+            raise HTTPProblem(413, f"field {shown!r} is {size:,} characters long; text fields and their names are "
+                                   f"at most {MAX_FIELD_BYTES:,}")
 
 
 def _int_field(fields: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
@@ -213,6 +245,18 @@ def _int_field(fields: Mapping[str, str], name: str, default: int, low: int, hig
 
 
 # --------------------------------------------------------------------------- answers
+def answer_json(explainer, data: bytes, name: str, req: ExplainRequest, limits: Limits) -> bytes:
+    """Decode the upload, explain it and encode the answer: the whole of a request's heavy work,
+    for a worker thread (the event loop only moves bytes).
+
+    Returns:
+        The JSON answer of :func:`explain_upload`, encoded as Starlette's ``JSONResponse`` does.
+    """
+    img = decode_upload(data, name, limits)
+    answer = explain_upload(explainer, img, req)
+    return json.dumps(answer, ensure_ascii=False, allow_nan=False, indent=None, separators=(",", ":")).encode()
+
+
 def explain_upload(explainer, img_bgr: np.ndarray, req: ExplainRequest) -> dict[str, Any]:
     """Explain one decoded image with the engine's batch step and shape the JSON answer.
 

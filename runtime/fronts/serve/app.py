@@ -33,13 +33,14 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
-from urllib.parse import parse_qs
+from urllib.parse import parse_qsl
 
 import anyio
 import cv2
 from starlette.applications import Starlette
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
+from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import ClientDisconnect, Request
@@ -49,16 +50,23 @@ from starlette.routing import Route
 from attnmap.runtime.core.errors import AttnmapError, ExplainError, OptionError
 from attnmap.runtime.fronts.serve import ServeError
 from attnmap.runtime.fronts.serve import api, control
+from attnmap.runtime.fronts.serve.admission import ClientGone, QueueFull, WorkQueue, cancellable
 from attnmap.runtime.fronts.serve.metrics import Registry, server_metrics
 from attnmap.runtime.fronts.serve.security import (OPEN_PATHS, Limits, is_preflight, presented_token, query_token,
                                                    refusal, token_cookie, token_matches)
 from attnmap.runtime.fronts.serve.stream import StreamLoop
+from attnmap.runtime.methods.cost import Budget
 
 _STATIC = {"/": ("index.html", "text/html; charset=utf-8"),
            "/static/app.js": ("app.js", "text/javascript; charset=utf-8"),
            "/static/style.css": ("style.css", "text/css; charset=utf-8")}
 _CSP = "default-src 'self'; img-src 'self' data: blob:; style-src 'self'; script-src 'self'; frame-ancestors 'none'"
 _STATE_BODY_LIMIT = 64 * 1024
+# The server's default work limit per explain request: RISE's default 1,000 masks and occlusion
+# down to 4-pixel steps on a 224 x 224 input pass; 4,000 DeiT-Tiny runs take about 25 s on 2 cores.
+SERVER_BUDGET = Budget(max_forward_passes=4000, max_batch_bytes=512 * 1024 ** 2)
+_BUDGET_NAMES = {"max_forward_passes": "the server's --max-forward-passes",
+                 "max_batch_bytes": "the server's --max-batch-mb"}
 # The status a request from a client that went away ends with (nginx's "client closed
 # request"); nobody receives it, and the metrics count it apart from the answered requests.
 CLIENT_GONE = 499
@@ -79,6 +87,17 @@ class ServerSettings:
             loopback names and the bound address for a loopback bind).
         api_workers: explanations computed at once (others wait their turn); on a small CPU
             one keeps the stream loop's share of the cores.
+        api_queue: explain requests that may wait for a worker; past that a 429 with
+            ``Retry-After`` (a waiting request holds its upload's bytes, undecoded).
+        budget: the most work one explain request may ask for (model runs, memory at once),
+            checked before it waits for a worker: 422 with the figures past it.
+        upload_memory: request-body bytes all explain requests may hold at once (bodies arriving
+            and bodies waiting); past it a 429.
+        body_timeout: seconds a client has to send a request's body (slow senders get a 408).
+        header_timeout: seconds a connection has to send a request's headers (the runner
+            closes it then: slowloris).
+        max_connections: open connections at most; the runner closes any past it at once, so
+            idle connections cannot take the process's last file descriptors.
     """
 
     token: str | None = None
@@ -86,10 +105,25 @@ class ServerSettings:
     cors_origins: tuple[str, ...] = ()
     allowed_hosts: tuple[str, ...] = ()
     api_workers: int = 1
+    api_queue: int = 4
+    upload_memory: int = 256 * 1024 ** 2
+    budget: Budget = SERVER_BUDGET
+    body_timeout: float = 30.0
+    header_timeout: float = 10.0
+    max_connections: int = 512
 
     def __post_init__(self) -> None:
-        if isinstance(self.api_workers, bool) or not isinstance(self.api_workers, int) or self.api_workers < 1:
-            raise ServeError(f"api_workers must be an integer >= 1; got {self.api_workers!r}")
+        for name, low in (("api_workers", 1), ("api_queue", 0), ("max_connections", 1),
+                          ("upload_memory", 1)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ServeError(f"{name} must be an integer >= {low}; got {value!r}")
+        for name in ("body_timeout", "header_timeout"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < float("inf"):
+                raise ServeError(f"{name} must be a number of seconds > 0; got {value!r}")
+        if not isinstance(self.budget, Budget):
+            raise ServeError(f"budget must be a Budget; got {type(self.budget).__name__}")
 
 
 class _Server:
@@ -104,6 +138,7 @@ class _Server:
         # loop (Linux: per-thread nice), so a burst of uploads slows the API, not the stream.
         self.pool = ThreadPoolExecutor(settings.api_workers, thread_name_prefix="attnmap-api",
                                        initializer=_lower_priority)
+        self.queue = WorkQueue(settings.api_workers, settings.api_queue, settings.upload_memory)
 
     # ------------------------------------------------------------------ pages and meta
     async def static(self, request: Request) -> Response:
@@ -157,7 +192,12 @@ class _Server:
     async def state(self, request: Request) -> JSONResponse:
         stream = self._need_stream()
         if request.method == "POST":
-            body = await api.read_limited(request.stream(), Limits(max_upload_bytes=_STATE_BODY_LIMIT))
+            try:
+                with anyio.fail_after(self.settings.body_timeout):
+                    body = await api.read_limited(request.stream(), Limits(max_upload_bytes=_STATE_BODY_LIMIT))
+            except TimeoutError:
+                raise api.HTTPProblem(408, f"the request body did not arrive within {self.settings.body_timeout:g} "
+                                           "s (the server's body timeout)") from None
             try:
                 changes = _json(body)
             except ValueError as exc:
@@ -182,40 +222,114 @@ class _Server:
                         headers={"Content-Disposition": f'attachment; filename="{name}"', "Cache-Control": "no-store"})
 
     # ------------------------------------------------------------------ explain
-    async def explain(self, request: Request) -> JSONResponse:
+    async def explain(self, request: Request) -> Response:
         limits = self.settings.limits
         api.check_content_length(request.headers, limits)
-        body = await api.read_limited(request.stream(), limits)
-        ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
-        if ctype == "multipart/form-data":
-            request._body = body  # Starlette's form parser then reads the bytes already checked
+        held = 0
+
+        def hold(n: int) -> None:
+            nonlocal held
+            self.queue.hold(n)
+            held += n
+
+        try:
+            if self.queue.full:  # refused before the body is read: a full queue costs no upload
+                raise QueueFull(self.queue.retry_after(), self.queue.workers + self.queue.size)
+            data, name, fields = await self._read_upload(request, limits, hold)
+            meta, budget = self.explainer.meta, self.settings.budget
+
+            def check() -> api.ExplainRequest:
+                return api.parse_fields(fields, meta, self.default_method, budget, _BUDGET_NAMES)
+
+            req = await anyio.to_thread.run_sync(check)  # refused before it waits for a worker
+            self.queue.enter()
+        except QueueFull as exc:
+            self.queue.drop(held)
+            if await request.is_disconnected():  # nobody to tell: a disconnect, not a 429
+                raise ClientDisconnect() from None
+            raise api.HTTPProblem(429, str(exc), {"Retry-After": str(exc.retry_after)}) from None
+        except BaseException:
+            self.queue.drop(held)
+            raise
+        try:
+            loop = asyncio.get_running_loop()
+
+            async def execute(work, cancel):
+                return await loop.run_in_executor(self.pool, work, cancel)
+
+            def work(cancel) -> bytes:
+                return api.answer_json(cancellable(self.explainer, cancel), data, name, req, limits)
+
             try:
-                form = await request.form(max_files=2, max_fields=32, max_part_size=limits.max_upload_bytes)
-            except HTTPException as exc:
-                raise api.HTTPProblem(400, f"cannot read the multipart body: {exc.detail}") from exc
-            upload = form.get(api.IMAGE_FIELD)
-            fields = {k: v for k, v in form.multi_items() if k != api.IMAGE_FIELD}
-            files = [k for k, v in fields.items() if not isinstance(v, str)]
-            if not isinstance(upload, UploadFile):
-                got = ", ".join(repr(k) for k in form.keys()) or "no fields"
-                what = "a text value" if upload is not None else got
-                raise api.HTTPProblem(422, f"expected the image as the file field {api.IMAGE_FIELD!r}; got {what}")
-            if files:
-                raise api.HTTPProblem(422, f"expected one file, in field {api.IMAGE_FIELD!r}; got another in "
-                                           f"{files[0]!r}")
-            data, name = await upload.read(), f"upload {upload.filename or api.IMAGE_FIELD!r}"
-            await form.close()
-        elif ctype.startswith("image/") or ctype == "application/octet-stream":
-            data, name = body, "the request body"
-            fields = {k: v[-1] for k, v in parse_qs(request.url.query, keep_blank_values=True).items()}
-        else:
-            raise api.HTTPProblem(415, "send the image as multipart/form-data (field 'image') or as the raw body "
-                                       f"with an image/* Content-Type; got Content-Type {ctype or 'none'!r}")
-        req = api.parse_fields(fields, self.explainer.meta, self.default_method)
-        img = api.decode_upload(data, name, limits)
-        answer = await asyncio.get_running_loop().run_in_executor(self.pool, api.explain_upload, self.explainer,
-                                                                  img, req)
-        return JSONResponse(answer)
+                body = await self.queue.run(work, execute, lambda: _disconnected(request))
+            except ClientGone:
+                _log.warning("client %s left before its explanation was ready; the work was dropped",
+                             _peer(request.scope))
+                return Response(status_code=CLIENT_GONE)
+            return Response(body, media_type="application/json")
+        finally:
+            self.queue.leave()
+            self.queue.drop(held)
+
+    async def _read_upload(self, request: Request, limits: Limits, hold) -> tuple[bytes, str, dict[str, str]]:
+        """The image's bytes, how messages name it, and the text fields: read within the body
+        timeout and the size limits, nothing decoded."""
+        try:
+            with anyio.fail_after(self.settings.body_timeout):
+                body = await api.read_limited(request.stream(), limits, hold)
+                ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+                if ctype == "multipart/form-data":
+                    return await _read_form(request, body, limits)
+        except TimeoutError:
+            raise api.HTTPProblem(408, f"the request body did not arrive within {self.settings.body_timeout:g} s "
+                                       "(the server's body timeout)") from None
+        if ctype.startswith("image/") or ctype == "application/octet-stream":
+            try:
+                pairs = parse_qsl(request.url.query, keep_blank_values=True, max_num_fields=api.MAX_FIELDS)
+            except ValueError:  # past max_num_fields
+                raise api.HTTPProblem(413, f"the query has more than {api.MAX_FIELDS} fields") from None
+            return body, "the request body", dict(pairs)
+        raise api.HTTPProblem(415, "send the image as multipart/form-data (field 'image') or as the raw body "
+                                   f"with an image/* Content-Type; got Content-Type {ctype or 'none'!r}")
+
+
+async def _read_form(request: Request, body: bytes, limits: Limits) -> tuple[bytes, str, dict[str, str]]:
+    # The parser scans every byte in Python: on a thread of its own (with an event loop of its
+    # own, as Starlette's parser is async), not on the server's loop.
+    return await anyio.to_thread.run_sync(asyncio.run, _parse_form(request.headers, body))
+
+
+async def _parse_form(headers, body: bytes) -> tuple[bytes, str, dict[str, str]]:
+    async def chunks():
+        yield body
+
+    try:
+        form = await MultiPartParser(headers, chunks(), max_files=2, max_fields=api.MAX_FIELDS,
+                                     max_part_size=api.MAX_FIELD_BYTES).parse()
+    except MultiPartException as exc:
+        raise api.HTTPProblem(413 if "exceeded maximum size" in exc.message else 400,
+                              f"cannot read the multipart body: {exc.message} (text fields are at most "
+                              f"{api.MAX_FIELD_BYTES:,} bytes)") from exc
+    upload = form.get(api.IMAGE_FIELD)
+    fields = {k: v for k, v in form.multi_items() if k != api.IMAGE_FIELD}
+    files = [k for k, v in fields.items() if not isinstance(v, str)]
+    try:
+        if not isinstance(upload, UploadFile):
+            got = ", ".join(repr(k[:40]) for k in form.keys()) or "no fields"
+            what = "a text value" if upload is not None else got
+            raise api.HTTPProblem(422, f"expected the image as the file field {api.IMAGE_FIELD!r}; got {what}")
+        if files:
+            raise api.HTTPProblem(422, f"expected one file, in field {api.IMAGE_FIELD!r}; got another in "
+                                       f"{files[0][:40]!r}")
+        return await upload.read(), f"upload {(upload.filename or api.IMAGE_FIELD)[:80]!r}", fields
+    finally:
+        await form.close()
+
+
+async def _disconnected(request: Request) -> None:
+    """Return once the client has gone (its body already read: the next ASGI message says so)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
 
 
 API_NICENESS = 10
@@ -242,7 +356,7 @@ def _problem(status: int, message: str) -> JSONResponse:
 
 
 async def _on_problem(request: Request, exc: Exception) -> JSONResponse:
-    return _problem(exc.status, exc.message)
+    return JSONResponse({"error": exc.message, "status": exc.status}, status_code=exc.status, headers=exc.headers)
 
 
 async def _on_attnmap(request: Request, exc: Exception) -> JSONResponse:

@@ -71,11 +71,88 @@ class TLSFiles:
 
 def uvicorn_config(app, host: str = "127.0.0.1", port: int = 8000, *, log_level: str = "warning",
                    tls: TLSFiles | None = None) -> uvicorn.Config:
-    """uvicorn's settings for ``app``: h11, no server header, requests cut after 2 s at shutdown,
-    HTTPS with ``tls``."""
+    """uvicorn's settings for ``app``: h11 with a header timeout and a connection cap (the app's
+    :class:`ServerSettings`), idle keep-alive connections closed after 5 s, no server header,
+    requests cut after 2 s at shutdown, HTTPS with ``tls``."""
     files = {} if tls is None else {"ssl_certfile": str(tls.cert), "ssl_keyfile": str(tls.key)}
-    return uvicorn.Config(app, host=host, port=port, log_level=log_level, lifespan="on", http="h11",
-                          server_header=False, timeout_graceful_shutdown=2, access_log=False, **files)
+    settings = getattr(app, "settings", None) or ServerSettings()
+    return uvicorn.Config(app, host=host, port=port, log_level=log_level, lifespan="on",
+                          http=bounded_protocol(settings.header_timeout, connection_cap(settings.max_connections)),
+                          timeout_keep_alive=5, server_header=False, timeout_graceful_shutdown=2, access_log=False,
+                          **files)
+
+
+def connection_cap(wanted: int) -> int:
+    """``wanted``, lowered to leave 64 of the process's file descriptors free (``ulimit -n``):
+    past the cap a connection is closed as soon as it is accepted, so accept() never runs out
+    of descriptors (which asyncio logs with a traceback per try)."""
+    try:
+        import resource
+
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    except (ImportError, OSError, ValueError):  # not POSIX
+        return wanted
+    return wanted if soft == resource.RLIM_INFINITY else max(1, min(wanted, soft - 64))
+
+
+def bounded_protocol(header_timeout: float, max_connections: int) -> type:
+    """uvicorn's h11 protocol with two bounds it lacks.
+
+    * A connection's request headers must arrive within ``header_timeout`` seconds of its
+      opening (or of the previous answer, on a kept-alive connection), however slowly they
+      trickle in: past it the connection is closed (slowloris).
+    * At most ``max_connections`` connections are open: one more is closed on accept, with one
+      log line per 10 s however many are closed.
+    """
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class BoundedH11(H11Protocol):
+        refused = 0
+        _last_warning = float("-inf")
+
+        def connection_made(self, transport) -> None:
+            super().connection_made(transport)
+            self._header_timer = None
+            if len(self.connections) > max_connections:
+                cls = type(self)
+                cls.refused += 1
+                if time.monotonic() - cls._last_warning > 10.0:
+                    cls._last_warning = time.monotonic()
+                    self.logger.warning("%d open connections, the most this server keeps (max_connections): "
+                                        "closing new ones (%d so far)", max_connections, cls.refused)
+                transport.abort()
+                return
+            self._arm_header_timer()
+
+        def _arm_header_timer(self) -> None:
+            self._cancel_header_timer()
+            self._header_timer = self.loop.call_later(header_timeout, self._headers_too_slow)
+
+        def _cancel_header_timer(self) -> None:
+            if getattr(self, "_header_timer", None) is not None:
+                self._header_timer.cancel()
+                self._header_timer = None
+
+        def handle_events(self) -> None:
+            cycle = self.cycle
+            super().handle_events()
+            if self.cycle is not cycle:  # a request's headers arrived
+                self._cancel_header_timer()
+
+        def on_response_complete(self) -> None:
+            self._arm_header_timer()  # first: the next request's headers may already be here
+            super().on_response_complete()
+
+        def connection_lost(self, exc) -> None:
+            self._cancel_header_timer()
+            super().connection_lost(exc)
+
+        def _headers_too_slow(self) -> None:
+            self._header_timer = None
+            if not self.transport.is_closing() and (self.cycle is None or self.cycle.response_complete):
+                self.transport.abort()
+
+    return BoundedH11
 
 
 class _Uvicorn(uvicorn.Server):
