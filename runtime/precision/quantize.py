@@ -9,6 +9,16 @@ Two modes, both keeping the graph's inputs and outputs float32:
   on the images batched with it (see :func:`attnmap.runtime.precision.fidelity.measure_fidelity`).
 * ``static``: QDQ (``QuantizeLinear``/``DequantizeLinear`` pairs) with activation ranges
   measured on calibration images preprocessed by the runtime's own :func:`preprocess`.
+  Activations and weights are both uint8 (U8U8), not the usual uint8 x int8 (U8S8): on an x86
+  CPU without VNNI (AVX2, or AVX-512 before Cascade Lake), onnxruntime's U8S8 kernels multiply
+  with ``VPMADDUBSW``, whose int16 sum of two products saturates (255 * 127 * 2 > 32767). The
+  patch ``Conv`` (a uint8 image of bright pixels against full-range int8 filters) hits it: on a
+  2-core AVX2 EPYC the shipped model's U8S8 file agreed on top-1 for 62/80 images (rollout r
+  0.83) while the same file run as float QDQ (graph optimisations off) agreed on 80/80, and on
+  a VNNI CPU it passed, so a file that passed the gate on one machine failed on another. U8U8
+  widens to int16 before multiplying (exact on every x86 CPU): 80/80, r 0.9987, its kernels
+  within 0.04 logits of its float QDQ. 7-bit weights (``reduce_range``) avoid it too, at twice
+  the weight rounding (float QDQ logits 0.77 from fp32 at worst, U8U8's 0.41).
 
 What stays in float, and why (measured on DeiT-Tiny and the 12 shared photos; the table is in
 ``bench/precision.py``'s output and the README): the attention scores ``q @ k^T`` and
@@ -146,7 +156,8 @@ def quantize_int8(model: onnx.ModelProto, *, mode: str = "dynamic", calibration:
                 image = model.graph.input[0].name
                 quantize_static(src, dst, _reader_class()(image, calibration), quant_format=QuantFormat.QDQ,
                                 op_types_to_quantize=static_ops, per_channel=per_channel,
-                                activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                                # U8U8, not U8S8: no int16 saturation on x86 without VNNI (module docstring)
+                                activation_type=QuantType.QUInt8, weight_type=QuantType.QUInt8,
                                 nodes_to_exclude=keep, calibrate_method=CalibrationMethod.MinMax,
                                 extra_options={"MatMulConstBOnly": not attention, "ActivationSymmetric": False})
         except (ValueError, RuntimeError, KeyError, IndexError, onnx.checker.ValidationError,
