@@ -69,6 +69,28 @@ def test_stored_fidelity_matches_an_independent_recomputation(converted):
     assert r >= 0.98 and top1 >= 0.98
 
 
+def test_a_dynamic_int8_explanation_does_not_depend_on_its_batch_companions(converted):
+    """DynamicQuantizeLinear takes one scale over the whole batch; the runtime runs such a file
+    one image at a time, so a batch explains each image exactly as it is explained alone."""
+    from attnmap import Explainer
+    from attnmap.runtime.frames.synth import make_batch
+
+    images = list(make_batch(5, 6, size=96)[0])
+    images[1] = np.full_like(images[1], 255)  # a companion that widens the batch's ranges
+    explainer = Explainer(converted["int8"].path, provider="cpu")
+    together = explainer.explain(images, method="rollout")
+    for i, image in enumerate(images):
+        alone = explainer.explain(image, method="rollout")
+        np.testing.assert_array_equal(together[i].grid, alone.grid)
+        np.testing.assert_array_equal(together[i].probs, alone.probs)
+    x = explainer.preprocess(images)[0]
+    plain = explainer.model.run_plain(x)
+    np.testing.assert_array_equal(plain[2:3], explainer.model.run_plain(x[2:3]))
+    # the graph itself does depend on the batch: run whole, the same images give other logits
+    whole = explainer.model.session.run(["logits"], {explainer.meta.inputs[0]: x})[0]
+    assert np.abs(whole - plain).max() > 1e-4
+
+
 def test_int8_keeps_attention_scores_and_softmax_in_float(converted):
     src, q = onnx.load(str(SHIPPED)), onnx.load(str(converted["int8"].path))
     ops = [n.op_type for n in q.graph.node]

@@ -5,8 +5,9 @@ Two modes, both keeping the graph's inputs and outputs float32:
 * ``dynamic`` (the default): the weights of every ``MatMul`` with a constant weight (the
   linear layers: qkv, proj, fc1, fc2) are stored as int8; each run quantises the activations
   on the fly (``DynamicQuantizeLinear`` + ``MatMulInteger``). No calibration data. The
-  activation scale is one per tensor, over the whole batch: an image's result depends a little
-  on the images batched with it (see :func:`attnmap.runtime.precision.fidelity.measure_fidelity`).
+  activation scale is one per tensor, over the whole batch: an image's result would depend a
+  little on the images batched with it (see :func:`attnmap.runtime.precision.fidelity.measure_fidelity`),
+  so the runtime runs such a file one image at a time (:class:`~attnmap.runtime.model.session.OnnxModel`).
 * ``static``: QDQ (``QuantizeLinear``/``DequantizeLinear`` pairs) with activation ranges
   measured on calibration images preprocessed by the runtime's own :func:`preprocess`.
   Activations and weights are both uint8 (U8U8), not the usual uint8 x int8 (U8S8): on an x86
