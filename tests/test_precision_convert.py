@@ -54,15 +54,41 @@ def test_converted_files_carry_precision_and_fidelity_in_their_metadata(converte
 def test_stored_fidelity_matches_an_independent_recomputation(converted):
     ref, cand = OnnxModel(SHIPPED, provider="cpu"), OnnxModel(converted["int8"].path, provider="cpu")
     x = synthetic_images(ref.meta)
-    a, b = ref.run(x), cand.run(x)
-    top1 = float(np.mean(a.logits.argmax(-1) == b.logits.argmax(-1)))
+    # one image per run, as the gate ran (its stored "batch"): a dynamic int8 file quantises each
+    # activation with one scale over the whole batch, so a batch of 64 gives other figures
+    assert converted["int8"].meta.fidelity["batch"] == 1
+    a, b = ref.run(x), [cand.run(x[i:i + 1]) for i in range(len(x))]
+    logits_b = np.concatenate([o.logits for o in b])
+    top1 = float(np.mean(a.logits.argmax(-1) == logits_b.argmax(-1)))
     ma = attention_maps("rollout", a.attentions, ref.meta.layout)
-    mb = attention_maps("rollout", b.attentions, ref.meta.layout)
+    mb = attention_maps("rollout", np.concatenate([o.attentions for o in b]), ref.meta.layout)
     r = np.mean([np.corrcoef(ma[i].ravel(), mb[i].ravel())[0, 1] for i in range(len(x))])
     fid = converted["int8"].meta.fidelity
     assert fid["top1_agreement"] == pytest.approx(top1)
     assert fid["maps"]["rollout"]["pearson_mean"] == pytest.approx(r, abs=1e-5)
     assert r >= 0.98 and top1 >= 0.98
+
+
+def test_a_dynamic_int8_explanation_does_not_depend_on_its_batch_companions(converted):
+    """DynamicQuantizeLinear takes one scale over the whole batch; the runtime runs such a file
+    one image at a time, so a batch explains each image exactly as it is explained alone."""
+    from attnmap import Explainer
+    from attnmap.runtime.frames.synth import make_batch
+
+    images = list(make_batch(5, 6, size=96)[0])
+    images[1] = np.full_like(images[1], 255)  # a companion that widens the batch's ranges
+    explainer = Explainer(converted["int8"].path, provider="cpu")
+    together = explainer.explain(images, method="rollout")
+    for i, image in enumerate(images):
+        alone = explainer.explain(image, method="rollout")
+        np.testing.assert_array_equal(together[i].grid, alone.grid)
+        np.testing.assert_array_equal(together[i].probs, alone.probs)
+    x = explainer.preprocess(images)[0]
+    plain = explainer.model.run_plain(x)
+    np.testing.assert_array_equal(plain[2:3], explainer.model.run_plain(x[2:3]))
+    # the graph itself does depend on the batch: run whole, the same images give other logits
+    whole = explainer.model.session.run(["logits"], {explainer.meta.inputs[0]: x})[0]
+    assert np.abs(whole - plain).max() > 1e-4
 
 
 def test_int8_keeps_attention_scores_and_softmax_in_float(converted):

@@ -197,6 +197,12 @@ class OnnxModel:
         self._bound_specs: dict[tuple[tuple[str, ...], int], list | None] = {}
         # an fp16 file's half outputs are widened to float32 after each run
         self._any_half = any(dtype == np.float16 for _, dtype in self._out_specs.values())
+        # A dynamic int8 file quantises each activation with one scale over the whole batch, so
+        # an image's logits and maps would shift with its batch companions (the shipped model:
+        # attentions by up to 0.1 between batch 1 and 64): it runs one image at a time, as its
+        # fidelity gate measured it (runtime/precision/fidelity.py).
+        self._per_image = (self._batch is None and self.meta.precision == "int8"
+                           and "dynamic int8" in str(self.meta.exporter.get("converter", "")))
         # CUDA and TensorRT: inputs and outputs bound on the device (runtime/model/buffers.py's
         # DeviceBuffers); other accelerators (OpenVINO, CoreML) go through session.run.
         on_gpu = self.providers[0] in (ORT_NAMES["cuda"], ORT_NAMES["tensorrt"])
@@ -269,6 +275,8 @@ class OnnxModel:
                 exception propagates as it is.
         """
         x = self._check_input(x_nchw)
+        if self._per_image and len(x) > 1:
+            return self._run_each(x, target, outputs)
         feed = {self.meta.inputs[0]: x}
         if "target" in self.input_names:
             feed["target"] = self._check_target(target, x.shape[0])
@@ -299,6 +307,14 @@ class OnnxModel:
             targets[unset] = logits[unset].argmax(-1)
         return Outputs(logits, values.get("attentions"), values.get("attention_grads"), targets,
                        values.get("tokens"), values.get("token_grads"))
+
+    def _run_each(self, x: np.ndarray, target, outputs) -> Outputs:
+        """:meth:`run` one image at a time, the results stacked (copies, not pooled buffers)."""
+        if target is not None:
+            target = self._check_target(target, len(x))
+        runs = [self.run(x[i:i + 1], None if target is None else target[i:i + 1], outputs) for i in range(len(x))]
+        return Outputs(*(None if getattr(runs[0], f) is None else np.concatenate([getattr(r, f) for r in runs])
+                         for f in ("logits", "attentions", "grads", "targets", "tokens", "token_grads")))
 
     def _check_input(self, x_nchw: np.ndarray) -> np.ndarray:
         """``x_nchw`` checked against the graph input, as a contiguous array of its dtype."""
@@ -416,6 +432,9 @@ class OnnxModel:
         if self._plain is None:
             self._plain = self._create_session(logits_only(read_model(self.path)).SerializeToString())
         try:
+            if self._per_image:  # one image per run, as in :meth:`run`
+                return np.concatenate([self._plain.run(["logits"], {self.meta.inputs[0]: x[i:i + 1]})[0]
+                                       for i in range(len(x))])
             return self._plain.run(["logits"], {self.meta.inputs[0]: x})[0]
         except ORT_ERRORS as exc:
             raise ModelError(f"onnxruntime failed on {self.path.name!r}: {first_line(exc)}") from exc

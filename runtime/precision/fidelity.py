@@ -181,7 +181,8 @@ def measure_fidelity(reference, candidate, x_nchw: np.ndarray, *, source: str = 
             (DeiT-Tiny, 12 photos: maps of an image alone and in a batch of 8 correlate at 0.996,
             and the one photo whose top-2 classes are 0.007 apart flips in some batches of 8:
             top-1 agreement 0.969 over random batches of 8, 1.000 alone). Batch 1 is what a
-            live or edge deployment runs, and it makes the figures reproducible.
+            live or edge deployment runs, and it makes the figures reproducible; the runtime
+            (``OnnxModel.run``) runs a dynamic int8 file one image at a time for the same reason.
         thresholds: recorded with the figures (default :class:`Thresholds`).
 
     Returns:

@@ -3,12 +3,28 @@
 Two modes, both keeping the graph's inputs and outputs float32:
 
 * ``dynamic`` (the default): the weights of every ``MatMul`` with a constant weight (the
-  linear layers: qkv, proj, fc1, fc2) are stored as int8; each run quantises the activations
+  linear layers: qkv, proj, fc1, fc2) are stored as 8-bit integers, one scale and zero point
+  per output channel; each run quantises the activations
   on the fly (``DynamicQuantizeLinear`` + ``MatMulInteger``). No calibration data. The
-  activation scale is one per tensor, over the whole batch: an image's result depends a little
-  on the images batched with it (see :func:`attnmap.runtime.precision.fidelity.measure_fidelity`).
+  activation scale is one per tensor, over the whole batch: an image's result would depend a
+  little on the images batched with it (see :func:`attnmap.runtime.precision.fidelity.measure_fidelity`),
+  so the runtime runs such a file one image at a time (:class:`~attnmap.runtime.model.session.OnnxModel`).
 * ``static``: QDQ (``QuantizeLinear``/``DequantizeLinear`` pairs) with activation ranges
   measured on calibration images preprocessed by the runtime's own :func:`preprocess`.
+
+Both modes store activations and weights as uint8 (U8U8), not the usual uint8 x int8 (U8S8):
+on an x86 CPU without VNNI (AVX2, or AVX-512 before Cascade Lake) onnxruntime's U8S8 kernels
+multiply with ``VPMADDUBSW``, whose int16 sum of two products saturates (255 * 127 * 2 >
+32767), so a U8S8 file's figures depend on the CPU: one that passed its gate on a VNNI machine
+can fail on an AVX2 one. U8U8 widens to int16 before multiplying, exact on every x86 CPU.
+Measured on a 2-core AVX2 EPYC (no VNNI): the shipped model's static U8S8 file agreed on top-1
+for 62/80 images (rollout r 0.83; the patch ``Conv`` alone does it) where the same file run as
+float QDQ (graph optimisations off) agreed on 80/80; static U8U8: 80/80, r 0.9987, kernels
+within 0.04 logits of its float QDQ (U8S8: 5.1). DeiT-Tiny's dynamic U8S8 file was 0.28 logits
+off its own exact integer arithmetic and flipped a near tie (11/12 photos; exact: 12/12);
+dynamic U8U8 per channel: kernels within 2e-6 of exact, 12/12, rollout r 0.9978 (worst 0.9959),
+about as fast. 7-bit weights (``reduce_range``) avoid saturation too, at twice the rounding
+(DeiT-Tiny dynamic: 11/12; shipped static: float QDQ logits 0.77 from fp32, U8U8's 0.41).
 
 What stays in float, and why (measured on DeiT-Tiny and the 12 shared photos; the table is in
 ``bench/precision.py``'s output and the README): the attention scores ``q @ k^T`` and
@@ -19,8 +35,8 @@ exported map would be the quantised one. ``LayerNormalization`` and ``Gelu`` sta
 (their inputs have the large outlier channels of ViTs). Static mode quantises the linear
 layers' inputs and weights (``MatMul``, ``Gemm``, the patch ``Conv``) and nothing else.
 
-Measured (DeiT-Tiny, the 12 shared photos, 2-core CPU; ``bench/precision.py --sweep``): dynamic
-int8 agrees on top-1 for 12/12 photos with rollout r 0.996 (worst 0.993) and explains about
+Measured before the switch to U8U8 (DeiT-Tiny, the 12 shared photos, the 2-core CPU of the
+time; ``bench/precision.py --sweep``): dynamic per-tensor U8S8 int8 agrees on top-1 for 12/12 photos with rollout r 0.996 (worst 0.993) and explains about
 1.6x faster than fp32 at batch 1; static QDQ flips 1/12 (r 0.992) and is slower than dynamic;
 quantising the attention MatMuls too lowers rollout r to 0.993 (dynamic) / 0.986 (static),
 Softmax to 0.987, Softmax + LayerNorm to 0.979 with 2/12 top-1 flips. Dynamic is the default.
@@ -105,8 +121,7 @@ def quantize_int8(model: onnx.ModelProto, *, mode: str = "dynamic", calibration:
         mode: ``"dynamic"`` (weights only, activations quantised per run) or ``"static"`` (QDQ
             with ranges calibrated on ``calibration``).
         calibration: ``(B, 3, H, W)`` float32 preprocessed images; needed for ``static``.
-        per_channel: one scale per output channel of each weight (static mode; dynamic mode
-            uses per-tensor weights, which is what ``MatMulInteger`` runs fastest).
+        per_channel: one scale and zero point per output channel of each weight (both modes).
         exclude: more node names to keep in float (on top of :func:`float_matmuls`).
         also: parts of :data:`OPTIONAL_INT8` to quantise as well (for measurements; the
             default, none, is what the measurements chose).
@@ -139,14 +154,16 @@ def quantize_int8(model: onnx.ModelProto, *, mode: str = "dynamic", calibration:
         onnx.save_model(_without_value_info(model), str(src))
         try:
             if mode == "dynamic":
-                quantize_dynamic(src, dst, op_types_to_quantize=list(DYNAMIC_OPS), per_channel=False,
-                                 weight_type=QuantType.QInt8, nodes_to_exclude=keep,
+                # U8U8 (uint8 weights) for the same reason as static mode: see the module docstring
+                quantize_dynamic(src, dst, op_types_to_quantize=list(DYNAMIC_OPS), per_channel=per_channel,
+                                 weight_type=QuantType.QUInt8, nodes_to_exclude=keep,
                                  extra_options={"MatMulConstBOnly": not attention})
             else:
                 image = model.graph.input[0].name
                 quantize_static(src, dst, _reader_class()(image, calibration), quant_format=QuantFormat.QDQ,
                                 op_types_to_quantize=static_ops, per_channel=per_channel,
-                                activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                                # U8U8, not U8S8: no int16 saturation on x86 without VNNI (module docstring)
+                                activation_type=QuantType.QUInt8, weight_type=QuantType.QUInt8,
                                 nodes_to_exclude=keep, calibrate_method=CalibrationMethod.MinMax,
                                 extra_options={"MatMulConstBOnly": not attention, "ActivationSymmetric": False})
         except (ValueError, RuntimeError, KeyError, IndexError, onnx.checker.ValidationError,
