@@ -8,7 +8,8 @@ where it helps, how to fix it.
 from __future__ import annotations
 
 import difflib
-from typing import Iterable
+import re
+from typing import Any, Callable, Iterable, Sequence
 
 
 class AttnmapError(Exception):
@@ -54,6 +55,32 @@ class OptionError(AttnmapError, ValueError):
     """An option value is not one of those allowed (a colormap, fit mode, method option ...)."""
 
 
+class OptionConflict(OptionError):
+    """Parameters given together that do not go together: each applies only with another
+    parameter's value (``workers`` with ``engine="local"``, ``calibration`` with ``precision="int8"``).
+
+    The message speaks of parameters; a front that spells them otherwise (the CLI's flags)
+    renders it with :meth:`text`.
+
+    Args:
+        given: ``(parameter, value)`` pairs given; value None for a parameter named alone.
+        needs: ``(parameter, value)`` that the given ones apply to.
+        hint: how to fix it; ``{name}`` in it is a parameter, spelled as the rest.
+    """
+
+    def __init__(self, given: Sequence[tuple[str, Any]], needs: tuple[str, Any], hint: str = ""):
+        self.given, self.needs, self.hint = list(given), needs, hint
+        super().__init__(self.text())
+
+    def text(self, spell: Callable[[str, Any], str] | None = None) -> str:
+        """The message with each ``(parameter, value)`` spelled by ``spell`` (default ``name value``)."""
+        spell = spell or (lambda name, value: name if value is None else f"{name} {value}")
+        names = ", ".join(spell(name, value) for name, value in self.given)
+        verb = "applies" if len(self.given) == 1 else "apply"
+        hint = re.sub(r"\{(\w+)\}", lambda m: spell(m[1], None), self.hint)
+        return f"{names} {verb} to {spell(*self.needs)} only" + (f" ({hint})" if hint else "")
+
+
 class MethodOptionError(OptionError, ExplainError):
     """A method option is unknown, of the wrong type or out of its range (both an OptionError
     and an ExplainError, so either catches it)."""
@@ -61,6 +88,10 @@ class MethodOptionError(OptionError, ExplainError):
 
 class OutputError(AttnmapError):
     """A result (overlay, map, video, model file) cannot be written where it was asked to go."""
+
+
+class EncodeError(OutputError):
+    """An image cannot be encoded (JPEG, PNG) for a response or a stream."""
 
 
 class DisplayError(AttnmapError):

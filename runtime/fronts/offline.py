@@ -21,6 +21,7 @@ from attnmap.runtime.core.files import write_image, write_npz
 from attnmap.runtime.draw.overlay import layer_head_grid
 from attnmap.runtime.draw.style import OverlayStyle
 from attnmap.runtime.engine.engine import FrameEngine, ItemResult
+from attnmap.runtime.engine.record import record_line, record_of, video_record
 from attnmap.runtime.frames.frame import SourceRef
 from attnmap.runtime.frames.sources import open_files, plan_inputs
 from attnmap.runtime.fronts.video import VideoProgress, explain_video
@@ -150,25 +151,6 @@ def tile_image(engine: FrameEngine, item: ItemResult, tiles: str) -> np.ndarray:
     return layer_head_grid(result.image, heatmaps, titles=titles, overlay=style.heatmap)
 
 
-def record_of(item: ItemResult, topk: int) -> tuple[dict[str, Any], str]:
-    """The JSON-able record and the one-line text summary of a written image item."""
-    r = item.explanation
-    record: dict[str, Any] = {"source": item.source,
-                              "topk": [{"index": t.index, "label": t.label, "prob": round(t.prob, 6)}
-                                       for t in r.topk[:topk]]}
-    explained = ""
-    if item.alternatives:
-        record["classes"] = [{"index": a.target, "label": a.label_of_target,
-                              "prob": round(float(a.probs[a.target]), 6)} for a in item.alternatives]
-        explained = "  [maps: " + ", ".join(c["label"] for c in record["classes"]) + "]"
-    elif r.target is not None:
-        record["target"] = {"index": r.target, "label": r.label_of_target}
-        explained = f"  [map: {r.label_of_target}]"
-    record.update(item.extra)
-    preds = ", ".join(f"{t.label} {t.prob:.3f}" for t in r.topk[:topk])
-    return record, f"{item.source}: {preds}{explained}"
-
-
 def count_inputs(planned: tuple[list[SourceRef], list]) -> tuple[int, int]:
     """``(still images, videos and image sequences)`` among :func:`plan_inputs`' refs (what the
     throughput plan, :func:`~attnmap.runtime.model.plan.plan_for_inputs`, needs to know)."""
@@ -199,7 +181,8 @@ def explain_inputs(engine: FrameEngine, specs: Sequence[str] | tuple[list[Source
             that already listed the folders does not list them again). Inputs that do not
             exist, cameras and streams are failures, reported in order.
         output: where and what to write.
-        on_record: called as ``on_record(record, line)`` per written input (caller's thread).
+        on_record: called as ``on_record(record, line)`` per written input (caller's thread): its
+            record (:mod:`attnmap.runtime.engine.record`) and the record's text line.
         on_fail: called as ``on_fail(source, reason)`` per failed input.
         on_image: called once per still image done (written or failed), for a progress bar.
         on_video: called with each video's progress.
@@ -227,7 +210,8 @@ def explain_inputs(engine: FrameEngine, specs: Sequence[str] | tuple[list[Source
         for item in engine.run(open_files([r.target for r in images], errors="yield"), sink=sink):
             if item.ok:
                 report.done += 1
-                on_record(*record_of(item, engine.job.topk))
+                record = record_of(item, engine.job.topk)
+                on_record(record, record_line(record))
             else:
                 fail(item.source, item.reason())
             if on_image is not None:
@@ -252,16 +236,8 @@ def _video(engine: FrameEngine, ref: SourceRef, output: FolderOutput, names: Ste
     except Exception as exc:  # noqa: BLE001 - an unexpected failure ends this video, not the run
         fail(ref.spec, f"{type(exc).__name__}: {exc}")
         return
-    record = {"source": ref.spec, "video": str(r.out), "frames": r.frames, "fps": r.fps, "size": list(r.size),
-              "codec": r.codec, "throughput_fps": round(r.throughput_fps, 2)}
-    if r.codec_note:
-        record["codec_note"] = r.codec_note
-    if r.maps is not None:
-        record["maps"] = str(r.maps)
-    if r.failed:
-        record["failed_frames"] = [{"index": i, "error": e} for i, e in r.failed]
-    on_record(record, f"{ref.spec}: {r.frames} frames explained at {r.throughput_fps:.1f} frames/s -> {r.out} "
-                      f"({r.codec}{'; ' + r.codec_note if r.codec_note else ''})")
+    record = video_record(ref.spec, r)
+    on_record(record, record_line(record))
     if not r.failed:
         report.done += 1
     else:

@@ -36,10 +36,11 @@ import numpy as np
 from attnmap.runtime.core.errors import AttnmapError, ImageError, OptionError
 from attnmap.runtime.core.files import write_bytes
 from attnmap.runtime.engine.engine import FrameEngine, ItemResult, Job
+from attnmap.runtime.engine.record import record_line
 from attnmap.runtime.frames.frame import Frame
 from attnmap.runtime.fronts.distributed.cluster import collect, ray_cluster
 from attnmap.runtime.fronts.distributed.manifest import list_images
-from attnmap.runtime.fronts.distributed.table import (TABLE_NAME, content_hash, finished_row, item_row,
+from attnmap.runtime.fronts.distributed.table import (TABLE_NAME, content_hash, finished_row, item_row, record_from_row,
                                                       settings_fingerprint, write_record, write_table)
 from attnmap.runtime.fronts.offline import FolderOutput, StemNames, drawing_engine, write_item
 from attnmap.runtime.image.decode import decode_image
@@ -48,8 +49,7 @@ DECODES = ("actor", "task")
 # providers that run on an NVIDIA GPU: Ray shows an actor only the GPUs it asked for
 GPU_PROVIDERS = ("cuda", "tensorrt")
 
-__all__ = ["DECODES", "ExplainActor", "ModelBytes", "RayOptions", "RayReport", "explain_on_ray", "frame_of", "read_batch",
-           "row_line"]
+__all__ = ["DECODES", "ExplainActor", "ModelBytes", "RayOptions", "RayReport", "explain_on_ray", "frame_of", "read_batch"]
 
 
 @dataclass(frozen=True)
@@ -146,8 +146,9 @@ def explain_on_ray(engine: FrameEngine, specs: Sequence[str], output: FolderOutp
             ``path`` column).
         output: the folder (reachable from every node) and what to write per image.
         options: Ray settings.
-        on_record: called as ``on_record(row, line)`` per image explained or resumed, as rows
-            arrive (driver thread).
+        on_record: called as ``on_record(record, line)`` per image explained or resumed, as rows
+            arrive (driver thread): the same record (:mod:`attnmap.runtime.engine.record`) and
+            line the local engine gives.
         on_fail: called as ``on_fail(source, reason)`` per failed image or SOURCE.
 
     Returns:
@@ -196,22 +197,14 @@ def explain_on_ray(engine: FrameEngine, specs: Sequence[str], output: FolderOutp
                 report.skipped += 1
             else:
                 report.done += 1
-            on_record(row, row_line(row))
+            record = record_from_row(row, engine.job)
+            on_record(record, record_line(record))
         report.seconds = time.perf_counter() - t0
     report.rows.sort(key=lambda r: r["index"])
     table = Path(output.out_dir) / TABLE_NAME
     write_table(report.rows, table)
     report.table = table
     return report
-
-
-def row_line(row: dict[str, Any]) -> str:
-    """The one-line text summary of a row, as the local path prints it."""
-    preds = ", ".join(f"{label} {prob:.3f}" for label, prob in zip(row["topk_label"], row["topk_prob"]))
-    labels = row.get("class_labels") or []
-    if len(labels) > 1:
-        return f"{row['source']}: {preds}  [maps: {', '.join(labels)}]"
-    return f"{row['source']}: {preds}" + (f"  [map: {labels[0]}]" if labels else "")
 
 
 # --------------------------------------------------------------------------- workers

@@ -17,7 +17,7 @@ from typing import Any, Mapping
 import cv2
 import numpy as np
 
-from attnmap.runtime.core.errors import ImageError, OptionError, suggest
+from attnmap.runtime.core.errors import EncodeError, ImageError, OptionError, suggest
 from attnmap.runtime.draw.style import OverlayStyle
 from attnmap.runtime.engine.explainer import Explanation, resolve_class
 from attnmap.runtime.fronts.serve.security import Limits
@@ -229,7 +229,7 @@ def explain_upload(explainer, img_bgr: np.ndarray, req: ExplainRequest) -> dict[
 def _png(img: np.ndarray) -> str:
     ok, buf = cv2.imencode(".png", img)
     if not ok:
-        raise OptionError(f"OpenCV could not PNG-encode a {img.shape} image")
+        raise EncodeError(f"OpenCV could not PNG-encode a {img.shape} image")
     return base64.b64encode(buf.tobytes()).decode("ascii")
 
 
