@@ -146,7 +146,7 @@ def _trace(wrapper: nn.Module, input_size: tuple[int, ...], opset: int | None, m
     except Exception as exc:  # torch.export and onnxscript raise many types; report the first line
         own = _unwrap_error(exc)
         if own is not None:
-            raise own from None
+            raise own from exc
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ExportError(f"torch.onnx could not export {model_name}: {first}") from exc
     finally:
@@ -172,7 +172,7 @@ def _save(proto, meta: ModelMeta, path: Path) -> None:
         onnx.checker.check_model(str(path))
     except onnx.checker.ValidationError as exc:
         raise ExportError(f"the exported graph of {meta.model_name} is not valid ONNX: "
-                          f"{str(exc).splitlines()[0]}") from None
+                          f"{str(exc).splitlines()[0]}") from exc
 
 
 def export_module(model: nn.Module, out: str | Path, *, model_name: str, heads: str = "none",
@@ -306,7 +306,7 @@ def _build(model_name: str, kwargs: dict[str, Any]) -> nn.Module:
         return timm.create_model(model_name, pretrained=False, **kwargs).eval()
     except (TypeError, ValueError, AssertionError, RuntimeError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ExportError(f"timm could not build {model_name} with {kwargs}: {first}") from None
+        raise ExportError(f"timm could not build {model_name} with {kwargs}: {first}") from exc
 
 
 def export_onnx(model_name: str, out: str | Path, *, checkpoint: str | Path | None = None,

@@ -24,7 +24,7 @@ from attnmap.runtime.frames.synth import make_sample
 from attnmap.runtime.fronts.distributed import ClusterError, RayOptions, list_images, read_manifest
 from attnmap.runtime.fronts.distributed.cluster import import_ray
 from attnmap.runtime.fronts.distributed.manifest import plan_with_manifests
-from attnmap.runtime.fronts.distributed.pipeline import frame_of, read_batch, row_line
+from attnmap.runtime.fronts.distributed.pipeline import frame_of, read_batch
 from attnmap.runtime.fronts.distributed.table import (COLUMNS, failed_row, finished_row, read_table,
                                                       settings_fingerprint, write_record, write_table)
 from attnmap.runtime.fronts.evaluate import evaluate
@@ -152,10 +152,23 @@ def test_the_table_is_written_in_input_order_once_and_not_again_unchanged(tmp_pa
     assert not list(tmp_path.glob(".*.tmp"))
 
 
-def test_row_line_reads_like_the_local_summary():
-    row = {"source": "a.png", "topk_label": ["cat", "dog"], "topk_prob": [0.75, 0.125], "class_labels": ["cat"]}
-    assert row_line(row) == "a.png: cat 0.750, dog 0.125  [map: cat]"
-    assert row_line({**row, "class_labels": []}) == "a.png: cat 0.750, dog 0.125"
+def test_a_row_gives_the_local_record_and_line():
+    from attnmap.runtime.engine.record import RECORD_SCHEMA_VERSION, record_line
+    from attnmap.runtime.fronts.distributed.table import record_from_row
+
+    row = {"source": "a.png", "topk_index": [3, 1], "topk_label": ["cat", "dog"], "topk_prob": [0.75, 0.125],
+           "classes": [3], "class_labels": ["cat"], "class_probs": [0.75], "overlay": "o/a.png", "maps": None,
+           "tiles": None}
+    record = record_from_row(row, Job())
+    assert record == {"schema_version": RECORD_SCHEMA_VERSION, "source": "a.png",
+                      "topk": [{"index": 3, "label": "cat", "prob": 0.75}, {"index": 1, "label": "dog", "prob": 0.125}],
+                      "target": {"index": 3, "label": "cat"}, "overlay": "o/a.png"}
+    assert record_line(record) == "a.png: cat 0.750, dog 0.125  [map: cat]"
+    side_by_side = record_from_row(row, Job(top_classes=1))
+    assert side_by_side["classes"] == [{"index": 3, "label": "cat", "prob": 0.75}] and "target" not in side_by_side
+    assert record_line(side_by_side) == "a.png: cat 0.750, dog 0.125  [maps: cat]"
+    bare = record_from_row({**row, "classes": [], "class_labels": [], "class_probs": []}, Job())
+    assert "target" not in bare and record_line(bare) == "a.png: cat 0.750, dog 0.125"
 
 
 # ----------------------------------------------------------------------------- options and set-up

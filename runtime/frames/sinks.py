@@ -77,7 +77,7 @@ def check_display() -> None:
     """
     problem = display_problem()
     if problem is not None:
-        raise DisplayError(f"cannot show a window: {problem}; run headless with --no-show --out FILE.mp4")
+        raise DisplayError(f"cannot show a window: {problem}; run headless, recording to a file instead (`attnmap live SOURCE --no-show --out FILE.mp4`)")
 
 
 def _qt_platform_plugins() -> set[str] | None:

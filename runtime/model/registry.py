@@ -50,11 +50,11 @@ def resolve_model(spec: str | Path | None = None) -> Path:
     if spec is None:
         defaults = [e for e in entries if e.get("default")] or entries[:1]
         if not defaults:
-            raise ModelError(f"no model given and no shipped default in {REGISTRY}; pass --model FILE.onnx")
+            raise ModelError(f"no model given and no shipped default in {REGISTRY}; give a model file (.onnx)")
         path = MODELS_DIR / defaults[0]["file"]
         if not path.is_file():
             raise ModelError(f"the shipped default model {str(path)!r} is missing; reinstall attnmap "
-                             "or pass --model FILE.onnx")
+                             "or give a model file (.onnx)")
         return path
     path = Path(spec).expanduser()
     if path.is_file():

@@ -222,7 +222,7 @@ class OnnxModel:
             # onnxruntime-gpu without its CUDA/cuDNN libraries logs an error and runs on the CPU.
             raise ProviderError(f"onnxruntime could not start {self.providers[0]} for {self.path.name!r} (the "
                                 f"session runs on {', '.join(started)}): check the CUDA/cuDNN (or TensorRT, "
-                                "OpenVINO) libraries it needs, or use --provider cpu")
+                                "OpenVINO) libraries it needs, or use the cpu provider")
         return session
 
     @property

@@ -54,7 +54,7 @@ def evaluate_on_ray(explainer, paths: Sequence[str], methods: Sequence[str], opt
     if not paths:
         return empty
     items = [{"index": i, "path": str(p), "stem": ""} for i, p in enumerate(paths)]
-    with ray_cluster(options.address, num_cpus=options.num_cpus) as ray:
+    with ray_cluster(options.address, num_cpus=options.num_cpus, verbose=options.verbose) as ray:
         data = explainer.path.read_bytes()
         model = ModelBytes(explainer.path.name, content_hash(data), ray.put(data))
         ds = ray.data.from_items(items)

@@ -140,7 +140,7 @@ def list_images(specs: Sequence[str | os.PathLike]) -> tuple[list[str], list[tup
 
 
 def _not_still(spec: str, kind: str) -> SourceError:
-    return SourceError(f"{spec!r} is a {kind}; the Ray engine explains still images (use --engine local for videos)")
+    return SourceError(f"{spec!r} is a {kind}; the Ray engine explains still images (the local engine explains videos)")
 
 
 def _read_csv(path: Path) -> tuple[list[str] | None, list[str]]:

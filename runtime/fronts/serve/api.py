@@ -81,7 +81,7 @@ def check_content_length(headers: Mapping[str, str], limits: Limits) -> None:
         raise HTTPProblem(400, f"Content-Length must be a byte count; got {raw!r}")
     if length > limits.max_upload_bytes:
         raise HTTPProblem(413, f"the upload is {length:,} bytes, over the limit of {limits.max_upload_bytes:,} "
-                               "(the server's --max-upload-mb)")
+                               "(the server's max_upload_bytes)")
 
 
 async def read_limited(chunks, limits: Limits) -> bytes:
@@ -99,7 +99,7 @@ async def read_limited(chunks, limits: Limits) -> bytes:
         size += len(chunk)
         if size > limits.max_upload_bytes:
             raise HTTPProblem(413, f"the upload is over the limit of {limits.max_upload_bytes:,} bytes "
-                                   "(the server's --max-upload-mb)")
+                                   "(the server's max_upload_bytes)")
         parts.append(chunk)
     return b"".join(parts)
 
@@ -124,7 +124,7 @@ def decode_upload(data: bytes, name: str, limits: Limits) -> np.ndarray:
     if header.pixels > limits.max_pixels:
         raise HTTPProblem(413, f"field {IMAGE_FIELD!r} ({name}): its {header.format} header declares "
                                f"{header.width} x {header.height} = {header.pixels:,} pixels, over the limit of "
-                               f"{limits.max_pixels:,} (the server's --max-pixels)")
+                               f"{limits.max_pixels:,} (the server's max_pixels)")
     try:
         return decode_image(np.frombuffer(data, np.uint8), name, max_pixels=limits.max_pixels)
     except ImageError as exc:  # truncated or corrupt past the header
