@@ -216,10 +216,10 @@ def test_merging_per_image_evaluations_gives_the_evaluation_of_all_images():
         merge_evaluations([])
 
 
-@pytest.mark.parametrize("args, needle", [(["--engine", "ray", "--workers", "2"], "--workers apply to --engine local"),
-                                          (["--actors", "2"], "--actors apply to --engine ray"),
+@pytest.mark.parametrize("args, needle", [(["--engine", "ray", "--workers", "2"], "--workers applies to --engine local only"),
+                                          (["--actors", "2"], "--actors applies to --engine ray only"),
                                           (["--address", "auto", "--gpus-per-actor", "1"],
-                                           "--address, --gpus-per-actor apply to --engine ray")])
+                                           "--address, --gpus-per-actor apply to --engine ray only")])
 def test_cli_refuses_flags_of_the_other_engine(tmp_path, args, needle):
     _images(tmp_path, 1)
     res = CliRunner().invoke(cli.main, ["explain", str(tmp_path), "--model", str(SHIPPED), "--out",

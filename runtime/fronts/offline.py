@@ -59,10 +59,12 @@ class FolderOutput:
 
 @dataclass
 class OfflineReport:
-    """What an offline run did: ``done`` inputs written, ``failed`` inputs with their reasons."""
+    """What an offline run did: ``done`` inputs written, ``failed`` inputs with their reasons,
+    ``skipped`` inputs whose outputs an earlier run completed (the Ray engine resumes)."""
 
     done: int = 0
     failed: list[tuple[str, str]] = dataclasses.field(default_factory=list)
+    skipped: int = 0
 
 
 class FolderSink:
