@@ -22,9 +22,8 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 import contextlib  # noqa: E402
 import json  # noqa: E402
 import sys  # noqa: E402
-import traceback  # noqa: E402
 from pathlib import Path  # noqa: E402
-from typing import Any, Callable  # noqa: E402
+from typing import Any  # noqa: E402
 
 import click  # noqa: E402
 
@@ -35,103 +34,15 @@ from attnmap.cli_options import (FITS, METHOD_FLAGS, PROVIDERS, debug, engine_op
                                  fit_option, flag, folder_options, json_option, live_options, method_options,
                                  model_options, overlay_options, precision_options, serve_options,
                                  throughput_options)
-from attnmap.runtime.core.errors import AttnmapError, OptionConflict  # noqa: E402
+from attnmap.cli_output import Group, err as _err, fail as _fail, out as _out, status as _status  # noqa: E402
 from attnmap.runtime.methods import METHODS  # noqa: E402
 
 __all__ = ["FITS", "METHOD_FLAGS", "PROVIDERS", "main"]
 
 
-class _StatusLine:
-    """One line on stderr that rewrites itself (a progress bar); other output ends it first."""
-
-    def __init__(self) -> None:
-        self.open = False  # the line is on stderr without its newline yet
-
-    def show(self, text: str) -> None:
-        # \x1b[K clears what a longer previous line left on the right (stderr is a terminal here)
-        click.echo(f"\r{text}\x1b[K", err=True, nl=False)
-        self.open = True
-
-    def end(self) -> None:
-        if self.open:
-            click.echo("", err=True)
-            self.open = False
-
-
-_status = _StatusLine()
-
-
-def _out(msg: str) -> None:
-    _status.end()
-    click.echo(msg)
-
-
-def _err(msg: str) -> None:
-    _status.end()
-    click.echo(msg, err=True)
-
-
-def _fail(source: str, reason: str) -> None:
-    """One failed input of a batch: one line, the batch goes on."""
-    _err(f"error: {source}: {reason}" if source not in reason else f"error: {reason}")
-
-
 def _stderr_is_terminal() -> bool:
     """Progress goes to stderr only where a person watches it, never into a log file."""
     return sys.stderr.isatty()
-
-
-class _Command(click.Command):
-    """A command whose library errors are one-line click errors, never a traceback.
-
-    A typed error is exit code 1 (a conflict of parameters exit 2, naming the flags); with
-    ``--debug`` its traceback and the chain of causes behind it are printed first. An
-    unexpected exception (a bug) is one line too, saying how to see it; ``--debug`` re-raises it.
-    """
-
-    def invoke(self, ctx: click.Context) -> Any:
-        try:
-            return super().invoke(ctx)
-        except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort, BrokenPipeError):
-            raise
-        except AttnmapError as exc:
-            if debug():
-                traceback.print_exception(exc, file=sys.stderr)
-            if isinstance(exc, OptionConflict):
-                raise click.UsageError(exc.text(flag), ctx=ctx) from exc
-            raise click.ClickException(str(exc)) from exc
-        except Exception as exc:  # noqa: BLE001 - a bug: one line unless --debug
-            if debug():
-                raise
-            raise click.ClickException(f"unexpected {type(exc).__name__}: {exc} (this is a bug in attnmap; "
-                                       "run with `attnmap --debug ...` for the traceback)") from exc
-
-
-class _Group(click.Group):
-    """The ``attnmap`` group: every error in one form (``error: ...``); a closed stdout (click
-    stops quietly on EPIPE) ends the run without a word."""
-
-    command_class = _Command
-
-    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):  # noqa: ANN001
-        if not standalone_mode:
-            return super().main(args, prog_name, complete_var, standalone_mode, **extra)
-        try:
-            code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
-        except click.ClickException as exc:
-            _status.end()
-            if type(exc).show not in (click.ClickException.show, click.UsageError.show):
-                exc.show()  # click's own forms (a bare `attnmap` shows its help)
-            else:
-                ctx = getattr(exc, "ctx", None)
-                if isinstance(exc, click.UsageError) and ctx is not None:
-                    click.echo(f"{ctx.get_usage()}\nTry '{ctx.command_path} --help' for help.\n", err=True)
-                click.echo(f"error: {exc.format_message()}", err=True)
-            code = exc.exit_code
-        except click.exceptions.Abort:
-            _err("Aborted!")
-            code = 1
-        sys.exit(code if isinstance(code, int) else 0)
 
 
 def _explainer(model: str | None, provider: str, threads: int | None):
@@ -141,7 +52,7 @@ def _explainer(model: str | None, provider: str, threads: int | None):
 
 
 # ---------------------------------------------------------------------------- group
-@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="attnmap")
 @click.option("--debug", is_flag=True, help="Show tracebacks (of any error, with its causes), Ray's own logs and "
                                             "OpenCV's own warnings.")
