@@ -31,8 +31,8 @@ from attnmap import __version__  # noqa: E402
 # Light on purpose: `attnmap --help` and `attnmap export` must not load onnxruntime or OpenCV,
 # so the method registry (pure NumPy) is the only runtime part the options import.
 from attnmap.cli_options import (FITS, METHOD_FLAGS, PROVIDERS, debug, engine_options, export_options,  # noqa: E402
-                                 fit_option, flag, folder_options, json_option, live_options, method_options,
-                                 model_options, overlay_options, precision_options, serve_options,
+                                 fit_option, flag, folder_options, job_options, json_option, live_options,
+                                 method_options, model_options, precision_options, serve_options,
                                  throughput_options)
 from attnmap.cli_output import Group, err as _err, fail as _fail, out as _out, status as _status  # noqa: E402
 from attnmap.runtime.methods import METHODS  # noqa: E402
@@ -150,10 +150,8 @@ def info(model: str | None, as_json: bool) -> None:
 @main.command()
 @click.argument("sources", nargs=-1, required=True)
 @model_options
-@method_options
-@overlay_options()
+@job_options(topk=True)
 @folder_options
-@click.option("--topk", type=click.IntRange(1, 1000), default=5, show_default=True, help="Predictions to print.")
 @throughput_options
 @click.option("--class", "target", default=None, metavar="CLASS", multiple=True,
               help="For class-specific methods (gradient methods, gradcam, occlusion, rise): a class index, a "
@@ -162,9 +160,8 @@ def info(model: str | None, as_json: bool) -> None:
 @json_option("Print one JSON object per input: {schema_version, source, topk: [{index, label, prob}], target or "
              "classes, overlay, ...}, the same on every engine.")
 @engine_options
-def explain(sources: tuple[str, ...], model: str | None, provider: str, threads: int | None, method: str,
-            options: dict[str, Any], fit: str, style: Any, output: Any, topk: int, batch_size: int | None,
-            workers: int | None, target: tuple[str, ...], as_json: bool, engine: Any) -> None:
+def explain(sources: tuple[str, ...], model: str | None, provider: str, threads: int | None, job: Any, output: Any,
+            batch_size: int | None, workers: int | None, target: tuple[str, ...], as_json: bool, engine: Any) -> None:
     """Explain images, folders, globs and videos; write overlays to --out.
 
     SOURCE is an image file, a directory, a glob ("photos/*.jpg"), a video file, an image
@@ -173,7 +170,6 @@ def explain(sources: tuple[str, ...], model: str | None, provider: str, threads:
     --engine ray (still images only) the run also writes run.parquet, and a rerun skips images
     whose outputs are complete.
     """
-    from attnmap.runtime.engine.job import Job
     from attnmap.runtime.fronts.collection import explain_collection
 
     if len(target) > 1:
@@ -181,7 +177,7 @@ def explain(sources: tuple[str, ...], model: str | None, provider: str, threads:
                                  "or topk:N for several side by side", param_hint="--class")
     show = _stderr_is_terminal()
     report = explain_collection(
-        model, sources, Job(method=method, options=options, fit=fit, topk=topk, style=style), output, engine,
+        model, sources, job, output, engine,
         class_spec=target[0] if target else None, provider=provider, threads=threads, workers=workers,
         batch_size=batch_size, on_record=lambda record, line: _out(json.dumps(record) if as_json else line),
         on_fail=_fail, on_video=lambda spec, p: _status.show(f"{spec}: {p.bar()}") if show else None)
@@ -205,23 +201,20 @@ def _live_epilog() -> str:
 @main.command(epilog=_live_epilog())
 @click.argument("source", required=False, default="0")
 @model_options
-@method_options
-@overlay_options(label_flag=False)
+@job_options(label_flag=False)
 @live_options
 @json_option("Print the run's statistics as one JSON object.")
-def live(source: str, model: str | None, provider: str, threads: int | None, method: str, options: dict[str, Any],
-         fit: str, style: Any, config: Any, as_json: bool) -> None:
+def live(source: str, model: str | None, provider: str, threads: int | None, job: Any, config: Any,
+         as_json: bool) -> None:
     """Explain a camera, stream or video live, in a window or recorded headless.
 
     SOURCE is a camera index (0, cam:1), a stream URL (rtsp://, http://) or a video file played at
     its own frame rate (default: camera 0). A capture thread keeps only the newest frame, so a slow
     model drops frames instead of falling behind.
     """
-    from attnmap.runtime.engine.engine import Job
     from attnmap.runtime.fronts.live.loop import run_live
 
-    stats = run_live(_explainer(model, provider, threads), source,
-                     Job(method=method, options=options, fit=fit, style=style), config)
+    stats = run_live(_explainer(model, provider, threads), source, job, config)
     summary = stats.to_dict()
     if as_json:
         click.echo(json.dumps(summary))
@@ -234,24 +227,21 @@ def live(source: str, model: str | None, provider: str, threads: int | None, met
 @main.command()
 @click.argument("source", required=False, default=None)
 @model_options
-@method_options
-@overlay_options(label=False, label_flag=False)
+@job_options(label=False, label_flag=False)
 @click.option("--host", default="127.0.0.1", show_default=True,
               help="Address to bind; anything beyond loopback needs --token.")
 @click.option("--port", type=click.IntRange(1, 65535), default=8000, show_default=True, help="TCP port.")
 @serve_options
-def serve(source: str | None, model: str | None, provider: str, threads: int | None, method: str,
-          options: dict[str, Any], fit: str, style: Any, host: str, port: int, config: Any, settings: Any) -> None:
+def serve(source: str | None, model: str | None, provider: str, threads: int | None, job: Any, host: str, port: int,
+          config: Any, settings: Any) -> None:
     """Serve the live overlay to a browser and explanations over HTTP (extra 'serve').
 
     SOURCE is as in `attnmap live` (camera index, stream URL, video file; a file plays in a loop);
     without one only the API runs. Binds to 127.0.0.1 unless --host says otherwise.
     """
-    from attnmap.runtime.engine.engine import Job
     from attnmap.runtime.fronts.serve.runner import serve as run_serve
 
-    run_serve(_explainer(model, provider, threads), source, Job(method=method, options=options, fit=fit, style=style),
-              config, settings, host=host, port=port, log=_err)
+    run_serve(_explainer(model, provider, threads), source, job, config, settings, host=host, port=port, log=_err)
 
 
 # ---------------------------------------------------------------------------- bench

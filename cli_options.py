@@ -1,9 +1,9 @@
 """What the ``attnmap`` commands take: click option groups that build the library's option objects.
 
 A group is one decorator; where it has a ``build``, the command receives the object built
-from the group's values (``style``: an OverlayStyle, ``engine``: an EngineChoice, ``output``:
-a FolderOutput, ``config``: a LiveConfig ...) instead of the flags one by one, so each object
-is made (and checked) once, at the edge. Method flags are derived from the methods' option
+from the group's values (``job``: a Job with its OverlayStyle, ``engine``: an EngineChoice,
+``output``: a FolderOutput, ``config``: a LiveConfig ...) instead of the flags one by one, so
+each object is made (and checked) once, at the edge. Method flags are derived from the methods' option
 specs. Importing this module loads neither onnxruntime nor OpenCV (``attnmap --help`` stays light).
 """
 
@@ -110,27 +110,33 @@ def _method(method: str, **flags: Any) -> dict[str, Any]:
     return {"method": method, "options": given}
 
 
-method_options = options(
+_METHOD_OPTIONS = (
     click.option("--method", default="rollout", show_default=True, type=click.Choice(list(METHODS)),
                  help="Explanation method (`attnmap methods` describes each one)."),
-    *[_method_flag(name, spec, users) for name, (spec, users) in sorted(METHOD_FLAGS.items())],
-    build=_method)
+    *[_method_flag(name, spec, users) for name, (spec, users) in sorted(METHOD_FLAGS.items())])
+# the command gets ``method`` and ``options`` (the method options the user set)
+method_options = options(*_METHOD_OPTIONS, build=_method)
 
 
 def fit_option(text: str = "Preprocessing fit mode.") -> Callable:
     return click.option("--fit", type=click.Choice(FITS), default="crop", show_default=True, help=text)
 
 
-def overlay_options(label: bool = True, label_flag: bool = True) -> Callable:
-    """``--fit`` and the overlay style flags; the command gets ``fit`` and ``style`` (an OverlayStyle)."""
+def job_options(label: bool = True, label_flag: bool = True, topk: bool = False) -> Callable:
+    """``--method`` with the method flags, ``--fit``, the overlay style flags (and ``--topk``); the
+    command gets ``job``: the engine's Job, its overlay style an OverlayStyle built here once."""
 
-    def build(fit: str, colormap: str, alpha: float, blur: float, mode: str, no_label: bool = False):
+    def build(method: str, fit: str, colormap: str, alpha: float, blur: float, mode: str, no_label: bool = False,
+              **more: Any) -> dict[str, Any]:
         from attnmap.runtime.draw.style import OverlayStyle
+        from attnmap.runtime.engine.job import Job
 
-        return {"fit": fit, "style": OverlayStyle(colormap=colormap, alpha=alpha, blur=blur, mode=mode,
-                                                  label=label and not no_label)}
+        style = OverlayStyle(colormap=colormap, alpha=alpha, blur=blur, mode=mode, label=label and not no_label)
+        counts = {"topk": more.pop("topk")} if topk else {}
+        return {"job": Job(**_method(method, **more), fit=fit, style=style, **counts)}
 
     return options(
+        *_METHOD_OPTIONS,
         fit_option("crop: the model's eval transform (the same in every command); squash: whole frame resized; "
                    "letterbox: whole frame padded."),
         click.option("--colormap", default="jet", show_default=True,
@@ -143,6 +149,8 @@ def overlay_options(label: bool = True, label_flag: bool = True) -> Callable:
                      help="blend: colour map over the image; mask: image multiplied by the map."),
         *([click.option("--no-label", is_flag=True, help="Do not draw the caption (label, method) on overlays.")]
           if label_flag else []),
+        *([click.option("--topk", type=click.IntRange(1, 1000), default=5, show_default=True,
+                        help="Predictions to print.")] if topk else []),
         build=build)
 
 
