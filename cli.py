@@ -30,7 +30,7 @@ import click  # noqa: E402
 from attnmap import __version__  # noqa: E402
 # Light on purpose: `attnmap --help` and `attnmap export` must not load onnxruntime or OpenCV,
 # so the method registry (pure NumPy) is the only runtime part the options import.
-from attnmap.cli_options import (FITS, METHOD_FLAGS, PROVIDERS, debug, engine_options, export_options,  # noqa: E402
+from attnmap.cli_options import (FITS, METHOD_FLAGS, PROVIDERS, engine_options, export_options,  # noqa: E402
                                  fit_option, flag, folder_options, job_options, json_option, live_options,
                                  method_options, model_options, precision_options, serve_options,
                                  throughput_options)
