@@ -19,6 +19,7 @@ from attnmap.runtime.core.errors import OptionConflict, OptionError
 from attnmap.runtime.engine.engine import FrameEngine, Job
 from attnmap.runtime.engine.explainer import Explainer, parse_class_spec
 from attnmap.runtime.fronts.offline import FolderOutput, OfflineReport, count_inputs, explain_inputs
+from attnmap.runtime.methods import METHODS
 
 ENGINES = ("local", "ray")
 # what the local engine takes and Ray does not: each Ray actor is one session on one CPU thread
@@ -112,9 +113,13 @@ def explain_collection(model: str | Path | None, sources: Sequence[str], job: Jo
         already complete from an earlier run) and failed.
 
     Raises:
-        OptionConflict: a parameter of the other engine.
+        OptionConflict: a parameter of the other engine, or a class for a class-agnostic method.
         AttnmapError: the model cannot be loaded, the job does not fit it, Ray cannot start.
     """
+    if class_spec is not None and not METHODS[job.method].class_specific:
+        takes = [name for name, m in METHODS.items() if m.class_specific]
+        raise OptionConflict([("class", None)], ("method", ", ".join(takes[:-1]) + f" or {takes[-1]}"),
+                             hint=f"{job.method!r} is class-agnostic")
     if engine.on_ray:
         options = engine.ray_options(provider, batch_size, threads=threads, workers=workers)
         explainer = Explainer(model, provider="cpu", threads=1)  # checks the job; the actors load their own
