@@ -15,7 +15,6 @@ import os
 # no process-wide state.
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
-import contextlib  # noqa: E402
 import functools  # noqa: E402
 import json  # noqa: E402
 import sys  # noqa: E402
@@ -456,7 +455,7 @@ def explain(sources: tuple[str, ...], model: str | None, provider: str, threads:
     """
     from attnmap.runtime.engine.engine import FrameEngine, Job
     from attnmap.runtime.engine.explainer import parse_class_spec
-    from attnmap.runtime.fronts.distributed.manifest import plan_with_manifests
+    from attnmap.runtime.frames.manifest import plan_with_manifests
     from attnmap.runtime.fronts.offline import FolderOutput, count_inputs, explain_inputs
     from attnmap.runtime.model.plan import plan_for_inputs
 
@@ -737,69 +736,44 @@ def evaluate(sources: tuple[str, ...], model: str | None, provider: str, threads
     2021) and deletion / insertion (Petsiuk et al. 2018). With --masks, --boxes or --synthetic:
     pointing game, mass ratio, and segmentation pixel accuracy, mIoU and AP. A random map is the floor.
     """
-    import itertools
-
-    from attnmap.runtime.core.errors import MethodOptionError
-    from attnmap.runtime.frames.sources import open_files
-    from attnmap.runtime.fronts import evaluate as ev
-    from attnmap.runtime.fronts.distributed.manifest import list_images, plan_with_manifests
-    from attnmap.runtime.methods import runs_on
+    from attnmap.runtime.core.errors import MethodOptionError, OptionError
+    from attnmap.runtime.evaluation import EvaluationPlan, evaluate_inputs
+    from attnmap.runtime.fronts import evaluate as report
 
     if not sources and synthetic is None:
         raise click.UsageError("give images to evaluate (SOURCE...) or --synthetic N")
-    if engine_name == "ray" and synthetic is not None:
-        raise click.UsageError("--synthetic runs on the local engine; leave out --engine ray, or give image files")
-    # with Ray the driver's model only checks the methods; the actors load their own copies
-    explainer = _explainer(model, "cpu", 1) if engine_name == "ray" else _explainer(model, provider, threads)
-    meta = explainer.meta
-    specs = [m.strip() for m in methods_.split(",") if m.strip()]
-    if specs == ["all"]:
-        specs = [n for n in METHODS if runs_on(n, meta)]
-    for spec in specs:
-        try:
-            ev.parse_method_spec(spec)
-        except MethodOptionError as exc:
-            raise click.BadParameter(str(exc), param_hint="--methods") from exc
-    truth = ev.GroundTruth(labels=ev.read_labels(labels, meta) if labels else {},
-                           boxes=ev.read_boxes(boxes) if boxes else {},
-                           mask_dir=ev.mask_folder(masks_dir) if masks_dir else None)
-    if engine_name == "ray":
-        (images, missing), refs = list_images(sources), []
-    else:
+    if engine_name == "local":
         _check_local_engine(address, actors, gpus_per_actor)
-        refs, missing = plan_with_manifests(sources) if sources else ([], [])
-        images = [r.target for r in refs if r.kind == "image"]
-    for spec, exc in missing:
-        _err(f"error: {spec}: {exc}")
-    for r in refs:
-        if r.kind != "image":
-            _err(f"error: {r.spec}: evaluate takes still images; {r.spec!r} is a {r.kind}")
-    synth: list = []
-    if synthetic is not None:
-        synth, truth.masks = ev.synthetic_frames(synthetic, max(meta.input_size[1:]))
-    if not images and not synth:
-        raise click.ClickException("no images to evaluate")
-    total = len(images) + len(synth)
-    local = bool(images) and engine_name == "local"
-    with open_files(images, errors="yield") if local else contextlib.nullcontext(()) as frames, \
-            click.progressbar(length=total, label="evaluating", file=sys.stderr) as bar:
-        scoring = dict(baseline=baseline, sigma=sigma, steps=steps, unit=unit, fit=fit, batch_size=batch_size)
+    plan = EvaluationPlan(methods=tuple(methods_.split(",")), baseline=baseline, sigma=sigma, steps=steps, unit=unit,
+                          fit=fit, batch_size=batch_size, labels=labels, masks=masks_dir, boxes=boxes,
+                          synthetic=synthetic, engine=engine_name)
+    # with Ray the driver's model only checks the plan; the actors load their own copies
+    explainer = _explainer(model, "cpu", 1) if engine_name == "ray" else _explainer(model, provider, threads)
+    try:
+        plan = plan.checked(explainer.meta, model=repr(explainer.path.name))
+    except MethodOptionError as exc:
+        raise click.BadParameter(str(exc), param_hint="--methods") from exc
+    except OptionError as exc:  # settings that do not go together (synthetic images on Ray)
+        raise click.UsageError(str(exc)) from exc
+    inputs = plan.inputs(sources)
+    for spec, reason in inputs.failures:
+        _err(f"error: {spec}: {reason}")
+    with click.progressbar(length=inputs.total, label="evaluating", file=sys.stderr) as bar:
         if engine_name == "ray":
             from attnmap.runtime.fronts.distributed.evaluate import evaluate_on_ray
 
-            result = evaluate_on_ray(explainer, images, specs, _ray_options(address, actors, gpus_per_actor,
-                                                                            provider, None, threads=threads),
-                                     truth=truth, on_image=lambda _: bar.update(1), **scoring)
+            result = evaluate_on_ray(explainer, plan, inputs, _ray_options(address, actors, gpus_per_actor, provider,
+                                                                           None, threads=threads),
+                                     on_image=lambda _: bar.update(1))
         else:
-            result = ev.evaluate(explainer, itertools.chain(frames, synth), specs, truth=truth,
-                                 on_image=lambda _: bar.update(1), **scoring)
+            result = evaluate_inputs(explainer, plan, inputs, on_image=lambda _: bar.update(1))
     for source, reason in result.failed:
         _err(f"error: {source}: {reason}")
-    click.echo(json.dumps(result.to_dict()) if as_json else ev.format_evaluation(result))
+    click.echo(json.dumps(result.to_dict()) if as_json else report.format_evaluation(result))
     if out_dir is not None and result.images:
-        written = [ev.write_csv(result, out_dir / "per_image.csv"), *ev.write_plots(result, out_dir)]
+        written = [report.write_csv(result, out_dir / "per_image.csv"), *report.write_plots(result, out_dir)]
         _err("wrote " + ", ".join(str(p) for p in written))
-    failed = len(result.failed) + len(missing) + sum(r.kind != "image" for r in refs)
+    failed = len(result.failed) + len(inputs.failures)
     if failed:
         raise click.ClickException(f"{failed} inputs could not be evaluated (see above)")
 

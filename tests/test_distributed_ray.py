@@ -31,7 +31,7 @@ from attnmap.runtime.frames.sources import open_files  # noqa: E402
 from attnmap.runtime.fronts.distributed import RayOptions, explain_on_ray  # noqa: E402
 from attnmap.runtime.fronts.distributed.evaluate import evaluate_on_ray  # noqa: E402
 from attnmap.runtime.fronts.distributed.table import TABLE_NAME, read_table, record_path  # noqa: E402
-from attnmap.runtime.fronts.evaluate import evaluate  # noqa: E402
+from attnmap.runtime.evaluation import evaluate  # noqa: E402
 from attnmap.runtime.fronts.offline import FolderOutput, explain_inputs  # noqa: E402
 from corpus.make_corpus import FAIL, image_cases, sample_image  # noqa: E402
 

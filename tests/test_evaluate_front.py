@@ -14,8 +14,8 @@ from attnmap import Explainer
 from attnmap.runtime.core.errors import OptionError
 from attnmap.runtime.frames.frame import Frame
 from attnmap.runtime.frames.synth import make_sample
-from attnmap.runtime.fronts.evaluate import METRICS, PERTURBATION, RANDOM, evaluate
-from attnmap.runtime.methods.faithfulness import curves_of
+from attnmap.runtime.evaluation import METRICS, PERTURBATION, RANDOM, evaluate
+from attnmap.runtime.evaluation.curves import curves_of
 
 
 @pytest.fixture(scope="module")

@@ -37,8 +37,8 @@ from attnmap.runtime.core.errors import AttnmapError, ImageError, OptionError
 from attnmap.runtime.core.files import write_bytes
 from attnmap.runtime.engine.engine import FrameEngine, ItemResult, Job
 from attnmap.runtime.frames.frame import Frame
+from attnmap.runtime.frames.manifest import list_images
 from attnmap.runtime.fronts.distributed.cluster import collect, ray_cluster
-from attnmap.runtime.fronts.distributed.manifest import list_images
 from attnmap.runtime.fronts.distributed.table import (TABLE_NAME, content_hash, finished_row, item_row,
                                                       settings_fingerprint, write_record, write_table)
 from attnmap.runtime.fronts.offline import FolderOutput, StemNames, drawing_engine, write_item
