@@ -661,7 +661,7 @@ def bench(source: str | None, source_opt: str | None, model: str | None, provide
         raise click.UsageError(f"two sources given: {source!r} and --source {source_opt!r}; give one")
     source = source if source is not None else source_opt
     from attnmap.runtime.fronts.bench import format_bench, run_bench
-    from attnmap.runtime.fronts.targets import format_targets, measure_targets, throughput_explainer
+    from attnmap.runtime.fronts.goals import format_goals, measure_goals, throughput_explainer
 
     options = pop_method_options(kwargs, method)
     if compare:
@@ -681,14 +681,14 @@ def bench(source: str | None, source_opt: str | None, model: str | None, provide
     if targets_video is not None:
         # At --batch-size when one was given, else at the batch `attnmap explain` would use.
         offline, plan = throughput_explainer(explainer, batch_size if batch_size > 1 else None)
-        targets = measure_targets(explainer, targets_video, batch_size=plan.batch_size, method=method,
+        targets = measure_goals(explainer, targets_video, batch_size=plan.batch_size, method=method,
                                   offline_explainer=offline, workers=plan.workers)
     if as_json:
         click.echo(json.dumps({"stages": result, "targets": targets}))
         return
     click.echo(format_bench(result))
     if targets is not None:
-        click.echo(format_targets(targets))
+        click.echo(format_goals(targets))
 
 
 # ---------------------------------------------------------------------------- evaluate

@@ -330,18 +330,8 @@ class ExplainActor:
                 "status": np.array([rows[i][1] for i in order], dtype=object)}
 
     def _explain(self, frames: list[Frame]) -> list[ItemResult]:
-        """The engine's stages on one batch (model failure fails the batch's items, not the run)."""
-        engine = self.engine
-        if not frames:
-            return []
-        prepared = engine.prepare(frames)
-        try:
-            outputs = engine.infer(prepared)
-        except Exception as exc:  # noqa: BLE001 - one batch's failure never ends the run
-            items = prepared.failed + [ItemResult(f.source, f.index, f, error=exc) for f in prepared.frames]
-        else:
-            items = engine.explain(prepared, outputs)
-        return [engine.draw(item) for item in items]
+        """The engine's batch step on one batch, drawn (a model failure fails the batch's items, not the run)."""
+        return self.engine.explain_batch(frames) if frames else []
 
 
 def frame_of(index: int, path: str, data: bytes, shape: str, error: str = "") -> Frame:
