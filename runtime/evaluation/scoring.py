@@ -1,6 +1,8 @@
 """The scoring loop: how faithful each method's map is, over a set of images.
 
-For every image one preprocess and one forward pass serve every method. Each map is scored
+Every method's map of an image comes from the frame engine's one batch step
+(:meth:`~attnmap.runtime.engine.engine.FrameEngine.explain_batch`, one engine per method spec,
+each job checked once), as ``attnmap explain`` computes it. Each map is scored
 with the four perturbation curves of :mod:`attnmap.runtime.evaluation.curves` (positive /
 negative perturbation, deletion / insertion), all maps of an image sharing full batches of
 perturbed inputs; where object masks or boxes are known, also with the localisation metrics of
@@ -27,6 +29,7 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 
 from attnmap.runtime.core.errors import ExplainError, SourceError
+from attnmap.runtime.engine.engine import FrameEngine, Job
 from attnmap.runtime.evaluation.curves import Curves, score_maps
 from attnmap.runtime.evaluation.localisation import mask_mass_ratio, mask_pointing_game, segmentation_scores
 from attnmap.runtime.evaluation.plan import EvaluationInputs, EvaluationPlan
@@ -34,7 +37,6 @@ from attnmap.runtime.evaluation.result import CURVES, LOCALISATION, PERTURBATION
 from attnmap.runtime.evaluation.truth import GroundTruth
 from attnmap.runtime.frames.frame import Frame
 from attnmap.runtime.frames.sources import open_files
-from attnmap.runtime.methods import METHODS
 
 RANDOM_SEEDS = 3
 POINTING_TOLERANCE_PX = 15.0
@@ -116,27 +118,29 @@ def score_frames(explainer, frames: Iterable[Frame], plan: EvaluationPlan, *,
     """
     plan = plan.checked(explainer.meta, model=repr(explainer.path.name))
     meta, truth, methods = explainer.meta, plan.truth, plan.specs
+    engines = _engines(explainer, plan)
     result = Evaluation(meta.model_name, plan.unit, plan.baseline, {m: {} for m in (*methods, RANDOM)})
     gh, gw = meta.grid_size
+    x = np.empty((1, *meta.input_size), np.float32)
     for frame in frames:
         try:
             if frame.error is not None:
                 raise frame.error
             label = truth.label_of(frame.source)
             mask = truth.mask_of(frame.source, frame.image_bgr.shape[:2])
-            x, geoms = explainer.preprocess([frame.image_bgr], fit=plan.fit)
-            given = None if label is None or not meta.has_gradients else [label]
-            outputs = explainer.infer(x, target=given)
-            target = int(outputs.logits[0].argmax()) if label is None else int(label)
-            grids = {}
-            for m in methods:
-                name, options = plan.checked_methods[m]
-                extra = {} if getattr(METHODS[name], "kind", "attention") == "attention" else \
-                    {"x": x, "classes": np.array([target], np.int64)}
-                try:
-                    grids[m] = np.asarray(explainer.maps(outputs, name, **extra, **options)[0])
-                except Exception as exc:  # noqa: BLE001 - say which method failed on this image
-                    raise ExplainError(f"method {m!r}: {exc or type(exc).__name__}") from exc
+            items = {}
+            for m, engine in engines.items():
+                # each method through the engine's batch step; every step preprocesses the frame
+                # into the same buffer, the input the curves then perturb
+                chosen = [label] if label is not None and engine.job.method_record.class_specific else None
+                item = engine.explain_batch([frame], targets=chosen, out=x)[0]
+                if not item.ok:
+                    raise ExplainError(f"method {m!r}: {item.error or type(item.error).__name__}") from item.error
+                items[m] = item
+            grids = {m: np.asarray(item.explanation.grid) for m, item in items.items()}
+            first = items[methods[0]]
+            geometry = first.explanation.geometry
+            target = int(first.outputs.logits[0].argmax()) if label is None else int(label)
             rng = np.random.default_rng(frame.index)
             randoms = [rng.random((gh, gw)) for _ in range(RANDOM_SEEDS)]
             curves = score_maps(explainer, x[0], [*grids.values(), *randoms], target, baseline=plan.baseline,
@@ -148,8 +152,8 @@ def score_frames(explainer, frames: Iterable[Frame], plan: EvaluationPlan, *,
             kept[RANDOM] = _mean_of(curves[len(methods):])
             if mask is not None:
                 for m, grid in grids.items():
-                    scores[m].update(_localisation(geoms[0], grid, mask))
-                loc = [_localisation(geoms[0], r.astype(np.float32), mask) for r in randoms]
+                    scores[m].update(_localisation(geometry, grid, mask))
+                loc = [_localisation(geometry, r.astype(np.float32), mask) for r in randoms]
                 scores[RANDOM].update({k: float(np.mean([r[k] for r in loc])) for k in LOCALISATION})
         except Exception as exc:  # noqa: BLE001 - one image that cannot be scored never ends the run
             result.failed.append((frame.source, str(exc) or type(exc).__name__))
@@ -158,6 +162,12 @@ def score_frames(explainer, frames: Iterable[Frame], plan: EvaluationPlan, *,
         if on_image is not None:
             on_image(frame.source)
     return result
+
+
+def _engines(explainer, plan: EvaluationPlan) -> dict[str, FrameEngine]:
+    """One engine per method spec, its job checked once here (top-1 only: the curves need no more)."""
+    return {m: FrameEngine(explainer, Job(method=name, options=options, fit=plan.fit, topk=1))
+            for m, (name, options) in plan.checked_methods.items()}
 
 
 def evaluate_inputs(explainer, plan: EvaluationPlan, inputs: EvaluationInputs, *,
