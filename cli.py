@@ -19,7 +19,6 @@ import os
 # no process-wide state.
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
-import contextlib  # noqa: E402
 import json  # noqa: E402
 import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -30,9 +29,9 @@ import click  # noqa: E402
 from attnmap import __version__  # noqa: E402
 # Light on purpose: `attnmap --help` and `attnmap export` must not load onnxruntime or OpenCV,
 # so the method registry (pure NumPy) is the only runtime part the options import.
-from attnmap.cli_options import (FITS, METHOD_FLAGS, PROVIDERS, engine_options, export_options,  # noqa: E402
-                                 fit_option, flag, folder_options, job_options, json_option, live_options,
-                                 method_options, model_options, precision_options, serve_options,
+from attnmap.cli_options import (FITS, METHOD_FLAGS, PROVIDERS, engine_options, evaluation_options,  # noqa: E402
+                                 export_options, fit_option, flag, folder_options, job_options, json_option,
+                                 live_options, method_options, model_options, precision_options, serve_options,
                                  throughput_options)
 from attnmap.cli_output import Group, err as _err, fail as _fail, out as _out, status as _status  # noqa: E402
 from attnmap.runtime.methods import METHODS  # noqa: E402
@@ -277,7 +276,7 @@ def bench(source: str | None, source_opt: str | None, model: str | None, provide
     if compare and targets_video is not None:
         raise click.UsageError("Use just one of --compare or --targets.")
     from attnmap.runtime.fronts import bench as b
-    from attnmap.runtime.fronts import targets as t
+    from attnmap.runtime.fronts import goals as t
 
     source = source if source is not None else source_opt
     run = dict(runs=runs, warmup=warmup, batch_size=batch_size, method=method, options=options, fit=fit)
@@ -291,49 +290,24 @@ def bench(source: str | None, source_opt: str | None, model: str | None, provide
     if targets_video is not None:
         # At --batch-size when one was given, else at the batch `attnmap explain` would use.
         offline, plan = t.throughput_explainer(explainer, batch_size if batch_size > 1 else None)
-        targets = t.measure_targets(explainer, targets_video, batch_size=plan.batch_size, method=method,
-                                    offline_explainer=offline, workers=plan.workers)
+        targets = t.measure_goals(explainer, targets_video, batch_size=plan.batch_size, method=method,
+                                  offline_explainer=offline, workers=plan.workers)
     if as_json:
         click.echo(json.dumps({"stages": result, "targets": targets}))
         return
-    click.echo(b.format_bench(result) + ("" if targets is None else "\n" + t.format_targets(targets)))
+    click.echo(b.format_bench(result) + ("" if targets is None else "\n" + t.format_goals(targets)))
 
 
 # ---------------------------------------------------------------------------- evaluate
 @main.command()
 @click.argument("sources", nargs=-1)
 @model_options
-@click.option("--methods", "methods_", default="rollout,attention", show_default=True,
-              help="Comma-separated method specs to score, each a name or name:option=value:... "
-                   "(rollout:discard_ratio=0.9); 'all' for every method the model can run. A random map "
-                   "is always scored beside them.")
-@click.option("--unit", type=click.Choice(["patch", "pixel"]), default="patch", show_default=True,
-              help="What is removed: the token grid's patches, or pixels ranked by the map resized to the input.")
-@click.option("--baseline", type=click.Choice(["mean", "black", "blur"]), default="mean", show_default=True,
-              help="What a removed unit takes: the model's mean colour, black, or the blurred image.")
-@click.option("--sigma", type=click.FloatRange(0, None, min_open=True), default=10.0, show_default=True,
-              help="Sigma of the blur baseline, in input pixels.")
-@click.option("--steps", type=click.IntRange(1, 1000), default=16, show_default=True,
-              help="Deletion / insertion steps.")
-@click.option("--labels", type=click.Path(dir_okay=False), default=None,
-              help="CSV of source,class (index or label): explain each image's listed class, not its top-1.")
-@click.option("--masks", "masks_dir", type=click.Path(file_okay=False), default=None,
-              help="Folder of binary object masks named like the images (non-zero = object): localisation metrics.")
-@click.option("--boxes", type=click.Path(dir_okay=False), default=None,
-              help="CSV of source,x0,y0,x1,y1 object boxes in image pixels: localisation metrics.")
-@click.option("--synthetic", type=click.IntRange(1, 100000), default=None,
-              help="Also score N images of the shapes dataset, with their exact object masks.")
+@evaluation_options
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Folder for per_image.csv and the curve plots (perturbation.png, deletion_insertion.png).")
-@click.option("--batch-size", type=click.IntRange(1, 1024), default=32, show_default=True,
-              help="Perturbed inputs per model run.")
-@fit_option()
 @json_option("Print one JSON object (schema in the README).")
-@engine_options
-def evaluate(sources: tuple[str, ...], model: str | None, provider: str, threads: int | None, methods_: str,
-             unit: str, baseline: str, sigma: float, steps: int, labels: str | None, masks_dir: str | None,
-             boxes: str | None, synthetic: int | None, out_dir: Path | None, batch_size: int, fit: str,
-             as_json: bool, engine: Any) -> None:
+def evaluate(sources: tuple[str, ...], model: str | None, provider: str, threads: int | None, plan: Any,
+             engine: Any, out_dir: Path | None, as_json: bool) -> None:
     """Score how faithful each method's map is, and where ground truth is given, how well it localises.
 
     SOURCE is an image file, a directory, a glob or a manifest (.csv / .parquet with a `path`
@@ -342,67 +316,38 @@ def evaluate(sources: tuple[str, ...], model: str | None, provider: str, threads
     2021) and deletion / insertion (Petsiuk et al. 2018). With --masks, --boxes or --synthetic:
     pointing game, mass ratio, and segmentation pixel accuracy, mIoU and AP. A random map is the floor.
     """
-    import itertools
+    from attnmap.runtime.core.errors import MethodOptionError, OptionError
+    from attnmap.runtime.evaluation import evaluate_inputs
+    from attnmap.runtime.fronts import evaluate as report
 
-    from attnmap.runtime.core.errors import MethodOptionError
-    from attnmap.runtime.frames.sources import open_files
-    from attnmap.runtime.fronts import evaluate as ev
-    from attnmap.runtime.fronts.distributed.manifest import list_images, plan_with_manifests
-    from attnmap.runtime.methods import runs_on
-
-    if not sources and synthetic is None:
+    if not sources and plan.synthetic is None:
         raise click.UsageError("give images to evaluate (SOURCE...) or --synthetic N")
-    if engine.on_ray and synthetic is not None:
-        raise click.UsageError("--synthetic runs on the local engine; leave out --engine ray, or give image files")
-    # with Ray the driver's model only checks the methods; the actors load their own copies
+    # with Ray the driver's model only checks the plan; the actors load their own copies
     explainer = _explainer(model, "cpu", 1) if engine.on_ray else _explainer(model, provider, threads)
-    meta = explainer.meta
-    specs = [m.strip() for m in methods_.split(",") if m.strip()]
-    if specs == ["all"]:
-        specs = [n for n in METHODS if runs_on(n, meta)]
-    for spec in specs:
-        try:
-            ev.parse_method_spec(spec)
-        except MethodOptionError as exc:
-            raise click.BadParameter(str(exc), param_hint="--methods") from exc
-    truth = ev.GroundTruth(labels=ev.read_labels(labels, meta) if labels else {},
-                           boxes=ev.read_boxes(boxes) if boxes else {},
-                           mask_dir=ev.mask_folder(masks_dir) if masks_dir else None)
-    if engine.on_ray:
-        (images, missing), refs = list_images(sources), []
-    else:
-        refs, missing = plan_with_manifests(sources) if sources else ([], [])
-        images = [r.target for r in refs if r.kind == "image"]
-    for spec, exc in missing:
-        _err(f"error: {spec}: {exc}")
-    for r in refs:
-        if r.kind != "image":
-            _err(f"error: {r.spec}: evaluate takes still images; {r.spec!r} is a {r.kind}")
-    synth: list = []
-    if synthetic is not None:
-        synth, truth.masks = ev.synthetic_frames(synthetic, max(meta.input_size[1:]))
-    if not images and not synth:
-        raise click.ClickException("no images to evaluate")
-    total = len(images) + len(synth)
-    local = bool(images) and not engine.on_ray
-    with open_files(images, errors="yield") if local else contextlib.nullcontext(()) as frames, \
-            click.progressbar(length=total, label="evaluating", file=sys.stderr) as bar:
-        scoring = dict(baseline=baseline, sigma=sigma, steps=steps, unit=unit, fit=fit, batch_size=batch_size)
+    try:
+        plan = plan.checked(explainer.meta, model=repr(explainer.path.name))
+    except MethodOptionError as exc:
+        raise click.BadParameter(str(exc), param_hint="--methods") from exc
+    except OptionError as exc:  # settings that do not go together (synthetic images on Ray)
+        raise click.UsageError(str(exc)) from exc
+    inputs = plan.inputs(sources)
+    for spec, reason in inputs.failures:
+        _fail(spec, reason)
+    with click.progressbar(length=inputs.total, label="evaluating", file=sys.stderr) as bar:
         if engine.on_ray:
             from attnmap.runtime.fronts.distributed.evaluate import evaluate_on_ray
 
-            result = evaluate_on_ray(explainer, images, specs, engine.ray_options(provider, threads=threads),
-                                     truth=truth, on_image=lambda _: bar.update(1), **scoring)
+            result = evaluate_on_ray(explainer, plan, inputs, engine.ray_options(provider, threads=threads),
+                                     on_image=lambda _: bar.update(1))
         else:
-            result = ev.evaluate(explainer, itertools.chain(frames, synth), specs, truth=truth,
-                                 on_image=lambda _: bar.update(1), **scoring)
+            result = evaluate_inputs(explainer, plan, inputs, on_image=lambda _: bar.update(1))
     for source, reason in result.failed:
-        _err(f"error: {source}: {reason}")
-    click.echo(json.dumps(result.to_dict()) if as_json else ev.format_evaluation(result))
+        _fail(source, reason)
+    click.echo(json.dumps(result.to_dict()) if as_json else report.format_evaluation(result))
     if out_dir is not None and result.images:
-        written = [ev.write_csv(result, out_dir / "per_image.csv"), *ev.write_plots(result, out_dir)]
+        written = [report.write_csv(result, out_dir / "per_image.csv"), *report.write_plots(result, out_dir)]
         _err("wrote " + ", ".join(str(p) for p in written))
-    failed = len(result.failed) + len(missing) + sum(r.kind != "image" for r in refs)
+    failed = len(result.failed) + len(inputs.failures)
     if failed:
         raise click.ClickException(f"{failed} inputs could not be evaluated (see above)")
 
@@ -437,7 +382,7 @@ def methods() -> None:
     """List the explanation methods, their options, allowed values and defaults."""
     for m in METHODS.values():
         kind = ("class-specific, needs an export with --gradients" if m.needs_gradients else
-                "class-specific, runs the model on perturbed inputs" if m.kind == "perturbation" else "class-agnostic")
+                "class-specific, runs the model on perturbed inputs" if m.reruns_model else "class-agnostic")
         click.echo(f"{m.name} ({kind})\n  {m.summary}")
         for name, spec in m.options.items():
             click.echo(f"  {flag(name)}: {spec.help} {spec.describe()}; default {spec.default}")

@@ -224,7 +224,7 @@ def _engine(engine_name: str, address: str | None, actors: int | None, gpus_per_
                                    verbose=debug())}
 
 
-engine_options = options(
+_ENGINE_FLAGS = (
     click.option("--engine", "engine_name", type=click.Choice(["local", "ray"]), default="local", show_default=True,
                  help="local: this machine; ray: Ray Data, on a local instance or a cluster "
                       "(pip install 'attnmap[distributed]'). Still images only."),
@@ -235,8 +235,49 @@ engine_options = options(
                  help="Ray engine: model actors, each one onnxruntime session (default: one per CPU of "
                       "the cluster, or per --gpus-per-actor of its GPUs)."),
     click.option("--gpus-per-actor", type=click.FloatRange(0, 64), default=0.0, show_default=True,
-                 help="Ray engine: GPUs each model actor takes (0: one CPU core each; 0.5 shares a GPU)."),
-    build=_engine)
+                 help="Ray engine: GPUs each model actor takes (0: one CPU core each; 0.5 shares a GPU)."))
+# the command gets ``engine``: an EngineChoice
+engine_options = options(*_ENGINE_FLAGS, build=_engine)
+
+
+def _evaluation(methods_: str, unit: str, baseline: str, sigma: float, steps: int, labels: str | None,
+                masks_dir: str | None, boxes: str | None, synthetic: int | None, batch_size: int, fit: str,
+                **engine_flags: Any) -> dict[str, Any]:
+    from attnmap.runtime.evaluation import EvaluationPlan
+
+    engine = _engine(**engine_flags)["engine"]
+    return {"engine": engine, "plan": EvaluationPlan(
+        methods=tuple(methods_.split(",")), baseline=baseline, sigma=sigma, steps=steps, unit=unit, fit=fit,
+        batch_size=batch_size, labels=labels, masks=masks_dir, boxes=boxes, synthetic=synthetic, engine=engine.engine)}
+
+
+# what ``evaluate`` scores and where; the command gets ``plan`` (an EvaluationPlan) and ``engine``
+evaluation_options = options(
+    click.option("--methods", "methods_", default="rollout,attention", show_default=True,
+                 help="Comma-separated method specs to score, each a name or name:option=value:... "
+                      "(rollout:discard_ratio=0.9); 'all' for every method the model can run. A random map "
+                      "is always scored beside them."),
+    click.option("--unit", type=click.Choice(["patch", "pixel"]), default="patch", show_default=True,
+                 help="What is removed: the token grid's patches, or pixels ranked by the map resized to the input."),
+    click.option("--baseline", type=click.Choice(["mean", "black", "blur"]), default="mean", show_default=True,
+                 help="What a removed unit takes: the model's mean colour, black, or the blurred image."),
+    click.option("--sigma", type=click.FloatRange(0, None, min_open=True), default=10.0, show_default=True,
+                 help="Sigma of the blur baseline, in input pixels."),
+    click.option("--steps", type=click.IntRange(1, 1000), default=16, show_default=True,
+                 help="Deletion / insertion steps."),
+    click.option("--labels", type=click.Path(dir_okay=False), default=None,
+                 help="CSV of source,class (index or label): explain each image's listed class, not its top-1."),
+    click.option("--masks", "masks_dir", type=click.Path(file_okay=False), default=None,
+                 help="Folder of binary object masks named like the images (non-zero = object): localisation metrics."),
+    click.option("--boxes", type=click.Path(dir_okay=False), default=None,
+                 help="CSV of source,x0,y0,x1,y1 object boxes in image pixels: localisation metrics."),
+    click.option("--synthetic", type=click.IntRange(1, 100000), default=None,
+                 help="Also score N images of the shapes dataset, with their exact object masks."),
+    click.option("--batch-size", type=click.IntRange(1, 1024), default=32, show_default=True,
+                 help="Perturbed inputs per model run."),
+    fit_option(),
+    *_ENGINE_FLAGS,
+    build=_evaluation)
 
 
 def _folder(out_dir: Path, save_maps: bool, tiles: str, video_format: str) -> dict[str, Any]:

@@ -27,7 +27,7 @@ import os  # noqa: E402
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 import numpy as np  # noqa: E402
 
-from attnmap.runtime.methods import explain  # noqa: E402
+from attnmap.runtime.methods import attention_maps  # noqa: E402
 from attnmap.runtime.model.session import OnnxModel, physical_cores  # noqa: E402
 
 
@@ -64,14 +64,14 @@ def measure(attn_path: Path, plain_path: Path, runs: int, warmup: int, threads: 
     layout = attn.meta.layout
     x = np.random.default_rng(0).standard_normal((1, 3, *attn.meta.image_size)).astype(np.float32)
     for _ in range(warmup):
-        explain("rollout", attn.run(x).attentions, layout)
+        attention_maps("rollout", attn.run(x).attentions, layout)
         plain.run(x)
     t_attn, t_plain, t_infer = [], [], []
     for _ in range(runs):
         t0 = time.perf_counter()
         out = attn.run(x)
         t1 = time.perf_counter()
-        explain("rollout", out.attentions, layout)
+        attention_maps("rollout", out.attentions, layout)
         t2 = time.perf_counter()
         # Let go of the outputs before the next run, as the runtime's own loops do (Explainer,
         # live, video): their buffers are then reused rather than a second set being kept
@@ -86,7 +86,7 @@ def measure(attn_path: Path, plain_path: Path, runs: int, warmup: int, threads: 
     t_roll = []
     for _ in range(max(200, runs)):
         t0 = time.perf_counter()
-        explain("rollout", a, layout)
+        attention_maps("rollout", a, layout)
         t_roll.append(time.perf_counter() - t0)
     result = {
         "model": attn.meta.model_name, "threads": threads or physical_cores(), "runs": runs,

@@ -1,4 +1,4 @@
-"""Frames-in-motion benchmark: per-stage timings and the three real-time targets.
+"""Frames-in-motion benchmark: per-stage timings and the three real-time goals.
 
 Usage (from the project root)::
 
@@ -11,14 +11,14 @@ Export DeiT-Tiny first (needs torch)::
     .venv/bin/python -c "from attnmap.export import export_onnx; export_onnx('deit_tiny_patch16_224', 'deit.onnx', \\
         checkpoint='../shared/data/weights/deit_tiny_patch16_224_in1k.safetensors')"
 
-For each video it prints the per-stage table (batch 1 and ``--batch-size``) and the targets:
+For each video it prints the per-stage table (batch 1 and ``--batch-size``) and the goals:
 
 * live frames/s >= 0.9 x min(source fps, 1 / plain inference time)
 * offline video explain frames/s >= 0.85 x plain-inference frames/s at the same batch size
 * capture-to-display latency (median) <= 1.3 x plain inference time
 
 The figures depend on what else the machine runs: measure on a quiet machine. The exit code is
-0 whether or not the targets are met (this is a measurement, not a test).
+0 whether or not the goals are met (this is a measurement, not a test).
 
 ``--blas-threads`` (default 1) sets ``OPENBLAS_NUM_THREADS`` before NumPy loads. On a small
 CPU box onnxruntime already uses every core; OpenBLAS threads for the small matrix products
@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads (default: physical cores)")
     p.add_argument("--live-frames", type=int, default=None, help="stop each live run after N frames (default: whole clip)")
     p.add_argument("--repeats", type=int, default=1,
-                   help="measure the targets this many times per video and report the median ratios "
+                   help="measure the goals this many times per video and report the median ratios "
                         "(a shared machine's load drifts between the baseline and the runs)")
     p.add_argument("--blas-threads", type=int, default=1,
                    help="OPENBLAS_NUM_THREADS for NumPy (default 1; 0 keeps OpenBLAS's own default)")
@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # as the CLI does, before NumPy loads
     from attnmap import Explainer
     from attnmap.runtime.fronts.bench import format_bench, run_bench
-    from attnmap.runtime.fronts.targets import format_targets, measure_targets, throughput_explainer
+    from attnmap.runtime.fronts.goals import format_goals, measure_goals, throughput_explainer
     from attnmap.runtime.core.files import write_bytes
 
     videos = [Path(v) for v in args.video] if args.video else VIDEOS
@@ -84,16 +84,16 @@ def main(argv: list[str] | None = None) -> int:
             entry["stages"][bs] = r
             print(format_bench(r))
             print()
-        entry["targets"] = []
+        entry["goals"] = []
         for _ in range(max(1, args.repeats)):
-            t = measure_targets(ex, video, batch_size=plan.batch_size, plain_runs=args.runs, method=args.method,
+            t = measure_goals(ex, video, batch_size=plan.batch_size, plain_runs=args.runs, method=args.method,
                                 live_frames=args.live_frames, offline_explainer=offline_ex, workers=plan.workers)
-            entry["targets"].append(t)
-            print(format_targets(t))
+            entry["goals"].append(t)
+            print(format_goals(t))
             print()
-        if len(entry["targets"]) > 1:
-            medians = {name: statistics.median(t["targets"][name]["ratio"] for t in entry["targets"])
-                       for name in entry["targets"][0]["targets"]}
+        if len(entry["goals"]) > 1:
+            medians = {name: statistics.median(t["goals"][name]["ratio"] for t in entry["goals"])
+                       for name in entry["goals"][0]["goals"]}
             entry["median_ratios"] = medians
             print("median over repeats of measured / threshold (fps: >= 1 meets; latency: <= 1 meets): "
                   + ", ".join(f"{k} {v:.3f}" for k, v in medians.items()))

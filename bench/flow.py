@@ -6,7 +6,7 @@ Usage (from the project root)::
     .venv/bin/python bench/flow.py --model deit.onnx --repeats 5 --json
 
 For each photo it runs the model once (batch 1, CPU) to get the attentions, then times
-``explain("flow", ...)`` ``--repeats`` times and keeps the median; it prints each photo's
+``attention_maps("flow", ...)`` ``--repeats`` times and keeps the median; it prints each photo's
 wall-clock and process CPU seconds and their median and maximum over the photos. CPU seconds
 are printed beside wall seconds because on a shared machine the wall clock includes the time
 other processes held the cores (the flow solves run on one thread). Rollout on the same
@@ -27,7 +27,7 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 import numpy as np
 from attnmap import Explainer
 from attnmap.runtime.image.decode import read_image
-from attnmap.runtime.methods import explain
+from attnmap.runtime.methods import attention_maps
 
 ROOT = Path(__file__).resolve().parents[1]
 IMAGES = ROOT.parent / "shared" / "data" / "images"
@@ -55,9 +55,9 @@ def measure(model: Path, images: list[Path], repeats: int) -> dict:
     for path in images:
         x, _ = ex.preprocess([read_image(path)])
         a = np.asarray(ex.infer(x).attentions)
-        explain("flow", a, layout)                               # warm-up (imports, allocations)
-        wall, cpu = timed(lambda a=a: explain("flow", a, layout), repeats)
-        roll.append(timed(lambda a=a: explain("rollout", a, layout), 20)[0])
+        attention_maps("flow", a, layout)                               # warm-up (imports, allocations)
+        wall, cpu = timed(lambda a=a: attention_maps("flow", a, layout), repeats)
+        roll.append(timed(lambda a=a: attention_maps("rollout", a, layout), 20)[0])
         rows.append({"image": path.name, "flow_wall_s": round(wall, 3), "flow_cpu_s": round(cpu, 3)})
         print(f"{path.name:28s} flow {wall:6.2f} s wall {cpu:6.2f} s cpu", flush=True)
     walls = [r["flow_wall_s"] for r in rows]

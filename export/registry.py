@@ -35,8 +35,9 @@ def score_onnx(path: str | Path, seed: int, n: int, *, size: int | None = None,
     """
     import onnxruntime as ort
 
-    from attnmap.runtime.methods.metrics import box_mass_ratio, pointing_game, resize_maps
-    from attnmap.runtime.methods import explain
+    from attnmap.runtime.evaluation.localisation import box_mass_ratio, pointing_game
+    from attnmap.runtime.image.resample import resize_maps
+    from attnmap.runtime.methods import attention_maps
     from attnmap.runtime.core.meta import ModelMeta
 
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
@@ -52,7 +53,7 @@ def score_onnx(path: str | Path, seed: int, n: int, *, size: int | None = None,
         logits, attn = sess.run(["logits", "attentions"], {"input": x})
         preds.append(logits.argmax(1))
         for method in maps:
-            maps[method].append(explain(method, attn, meta.layout))
+            maps[method].append(attention_maps(method, attn, meta.layout))
     out = {"seed": seed, "n": n,
            "accuracy": float((np.concatenate(preds) == labels).mean())}
     grid_maps = {k: np.concatenate(v) for k, v in maps.items()}

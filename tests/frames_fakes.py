@@ -23,7 +23,7 @@ import numpy as np
 
 from attnmap.runtime.engine.explainer import Explainer
 from attnmap.runtime.core.errors import SourceError
-from attnmap.runtime.methods import explain as run_method
+from attnmap.runtime.methods import attention_maps as run_method
 from attnmap.runtime.core.meta import ModelMeta
 from attnmap.runtime.image.preprocess import preprocess
 from attnmap.runtime.model.session import Outputs
@@ -99,6 +99,12 @@ class FakeExplainer:
         maps = run_method(method, outputs.attentions, self.meta.layout, grads=outputs.grads, **options)
         self.raw_maps.extend(maps)
         return maps
+
+    def forward(self, x_nchw: np.ndarray, m, targets=None) -> Outputs:
+        return m.kind.forward(self.infer, x_nchw, targets, self.meta)
+
+    def method_maps(self, outputs: Outputs, m, options, *, x=None, classes=None) -> np.ndarray:
+        return self.maps(outputs, m.name, **options)
 
     def package(self, images, outputs, grids, geoms, method, topk=5):
         return Explainer.package(self, images, outputs, grids, geoms, method, topk)

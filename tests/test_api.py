@@ -6,7 +6,7 @@ import pytest
 
 from attnmap import Explainer, ExplainError, ImageError, ModelError, ProviderError
 from attnmap.runtime.engine.explainer import resolve_class, softmax, top_indices
-from attnmap.runtime.methods import explain as run_method
+from attnmap.runtime.methods import attention_maps as run_method
 from attnmap.runtime.image.preprocess import preprocess
 
 

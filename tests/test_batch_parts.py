@@ -136,7 +136,7 @@ def test_every_fit_gives_the_same_explanations_in_parts(tiny_vit_onnx, images, f
 
 def test_every_attention_method_gives_the_same_maps_in_parts(tiny_vit_grads_onnx, images, split_small):
     meta = Explainer(tiny_vit_grads_onnx, provider="cpu", threads=1).meta
-    names = [n for n, m in METHODS.items() if m.kind == "attention" and runs_on(n, meta)]
+    names = [n for n, m in METHODS.items() if m.kind.name == "attention" and runs_on(n, meta)]
     assert {"rollout", "attention", "chefer", "grad_rollout"} <= set(names)
     for name in names:
         _assert_same(*_explain_both(tiny_vit_grads_onnx, images, name, "crop"))

@@ -15,7 +15,7 @@ import pytest
 
 from frames_fakes import FakeExplainer, ListSource, attnmap_threads, quadrant_frame, run_with_timeout
 from attnmap.runtime.fronts.bench import STAGES, format_bench, run_bench
-from attnmap.runtime.fronts.targets import format_targets, measure_targets
+from attnmap.runtime.fronts.goals import format_goals, measure_goals
 from attnmap.runtime.core.errors import ModelError, OptionError, SourceError
 
 BENCH_SCRIPT = Path(__file__).resolve().parents[1] / "bench" / "bench_frames.py"
@@ -82,15 +82,15 @@ class _Empty(ListSource):
         self.images = []
 
 
-def test_measure_targets_on_a_paced_clip(tmp_path):
+def test_measure_goals_on_a_paced_clip(tmp_path):
     path = _video(tmp_path / "clip.avi", 20, fps=50.0)
     ex = FakeExplainer(delay=0.004, plain_delay=0.004)
-    r = measure_targets(ex, str(path), batch_size=4, plain_runs=5)
+    r = measure_goals(ex, str(path), batch_size=4, plain_runs=5)
     live, off = r["live"], r["offline"]
     assert live["frames_processed"] + live["frames_dropped"] == live["frames_captured"] == 20
     assert off["frames"] == 20 and r["source_fps"] == 50.0
     assert r["plain_ms"] >= 3.5 and r["plain_paced_ms"] >= 3.5
-    t = r["targets"]
+    t = r["goals"]
     # Live: min(50 fps, 1 / ~4 ms) = 50 fps; threshold 0.9 of that.
     assert t["live_fps"]["threshold"] == pytest.approx(45.0, rel=1e-6)
     assert t["latency"]["threshold"] == pytest.approx(1.3 * r["plain_ms"], rel=1e-3)
@@ -100,38 +100,38 @@ def test_measure_targets_on_a_paced_clip(tmp_path):
     assert t["latency"]["met"] == (t["latency"]["value"] <= t["latency"]["threshold"])
     assert t["latency"]["value"] == pytest.approx(live["latency_ms"]["median"], abs=1e-3)
     assert json.loads(json.dumps(r)) == r
-    text = format_targets(r)
+    text = format_goals(r)
     assert "live_fps" in text and "offline_fps" in text and "latency" in text
     assert f"{r['plain_paced_ms']:.2f} ms at batch 1 paced at 50 fps" in text
     assert list(tmp_path.iterdir()) == [path]
 
 
-def test_measure_targets_with_two_runs_at_once_times_plain_inference_the_same_way(tmp_path):
+def test_measure_goals_with_two_runs_at_once_times_plain_inference_the_same_way(tmp_path):
     path = _video(tmp_path / "clip.avi", 20, fps=50.0)
     ex = FakeExplainer(delay=0.004, plain_delay=0.004)
     offline = FakeExplainer(delay=0.004, plain_delay=0.004)
-    r = measure_targets(ex, str(path), batch_size=4, plain_runs=5, offline_explainer=offline, workers=2)
+    r = measure_goals(ex, str(path), batch_size=4, plain_runs=5, offline_explainer=offline, workers=2)
     assert r["offline"]["frames"] == 20 and r["offline_workers"] == 2
     assert offline.infer_frames == 20  # the offline run used its own explainer
     # 4 ms a batch of 4, two batches at once: about 0.5 ms a frame, against 1 ms one at a time.
     assert 0.4 <= r["plain_concurrent_ms_per_frame"] <= 0.75 < r["plain_batch_ms_per_frame"]
-    assert "2 model run(s) at once" in format_targets(r)
+    assert "2 model run(s) at once" in format_goals(r)
 
     class Failing(FakeExplainer):
         def infer_plain(self, x_nchw):
             raise ModelError("plain run broke")
 
     with pytest.raises(ModelError, match="plain run broke"):
-        run_with_timeout(lambda: measure_targets(ex, str(path), batch_size=4, plain_runs=2,
+        run_with_timeout(lambda: measure_goals(ex, str(path), batch_size=4, plain_runs=2,
                                                  offline_explainer=Failing(), workers=2), 30)
     assert attnmap_threads() == []
 
 
-def test_measure_targets_needs_a_clip_with_fps(tmp_path):
+def test_measure_goals_needs_a_clip_with_fps(tmp_path):
     for i in range(3):
         cv2.imwrite(str(tmp_path / f"f{i}.png"), quadrant_frame(i))
     with pytest.raises(SourceError, match="needs a known fps"):
-        measure_targets(FakeExplainer(), str(tmp_path / "f%d.png"))
+        measure_goals(FakeExplainer(), str(tmp_path / "f%d.png"))
 
 
 def test_real_tiny_model(tiny_vit_onnx):
@@ -147,7 +147,7 @@ def test_real_tiny_model(tiny_vit_onnx):
 def test_throughput_explainer_follows_the_plan_of_attnmap_explain(tiny_vit_onnx, monkeypatch):
     from attnmap import Explainer
     from attnmap.runtime.model import session
-    from attnmap.runtime.fronts.targets import throughput_explainer
+    from attnmap.runtime.fronts.goals import throughput_explainer
 
     monkeypatch.setattr(session, "physical_cores", lambda: 2)
     ex = Explainer(tiny_vit_onnx, provider="cpu")
@@ -175,4 +175,4 @@ def test_cli_bench_measures_the_targets_at_the_batch_explain_uses(tiny_vit_onnx,
         assert result.exit_code == 0, result.output
         targets = json.loads(result.stdout)["targets"]
         assert (targets["batch_size"], targets["offline_workers"], targets["offline"]["frames"]) == (batch, 2, 10)
-        assert set(targets["targets"]) == {"live_fps", "offline_fps", "latency"}
+        assert set(targets["goals"]) == {"live_fps", "offline_fps", "latency"}

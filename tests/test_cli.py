@@ -38,9 +38,9 @@ def test_every_command_has_help_and_is_in_the_readme():
 
 
 def test_method_choices_and_flags_come_from_the_registry():
-    from attnmap.runtime.methods import EXPLAINERS
+    from attnmap.runtime.methods import METHODS
     out = run("explain", "--help").output
-    for name in EXPLAINERS:
+    for name in METHODS:
         assert name in out
     for flag in ("--head-fusion", "--discard-ratio", "--start-layer", "--layer", "--head"):
         assert flag in out

@@ -18,8 +18,9 @@ import onnxruntime as ort
 import pytest
 
 from attnmap.runtime.frames import synth
-from attnmap.runtime.methods.metrics import box_mass_ratio, pointing_game, resize_maps
-from attnmap.runtime.methods import explain
+from attnmap.runtime.evaluation.localisation import box_mass_ratio, pointing_game
+from attnmap.runtime.image.resample import resize_maps
+from attnmap.runtime.methods import attention_maps
 from attnmap.runtime.core.meta import ModelMeta
 
 MODELS = Path(__file__).resolve().parents[1] / "models"
@@ -66,8 +67,8 @@ def _scores(model, seed: int, n: int) -> dict:
     size = meta.image_size[0]
     images, labels, _, boxes = synth.make_batch(seed, n, size)
     logits, attns = _run(model, images)
-    grids = {"rollout": explain("rollout", attns, meta.layout),
-             "attention": explain("attention", attns, meta.layout)}
+    grids = {"rollout": attention_maps("rollout", attns, meta.layout),
+             "attention": attention_maps("attention", attns, meta.layout)}
     grids["random"] = np.random.default_rng(seed).random(grids["rollout"].shape, dtype=np.float32)
     out = {"accuracy": float((logits.argmax(1) == labels).mean())}
     for name, grid in grids.items():

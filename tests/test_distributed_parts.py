@@ -20,15 +20,14 @@ from attnmap.runtime.core.errors import OptionError, SourceError
 from attnmap.runtime.draw.style import OverlayStyle
 from attnmap.runtime.engine.engine import Job
 from attnmap.runtime.frames.frame import Frame
+from attnmap.runtime.frames.manifest import list_images, plan_with_manifests, read_manifest
 from attnmap.runtime.frames.synth import make_sample
-from attnmap.runtime.fronts.distributed import ClusterError, RayOptions, list_images, read_manifest
+from attnmap.runtime.fronts.distributed import ClusterError, RayOptions
 from attnmap.runtime.fronts.distributed.cluster import import_ray
-from attnmap.runtime.fronts.distributed.manifest import plan_with_manifests
 from attnmap.runtime.fronts.distributed.pipeline import frame_of, read_batch
 from attnmap.runtime.fronts.distributed.table import (COLUMNS, failed_row, finished_row, read_table,
                                                       settings_fingerprint, write_record, write_table)
-from attnmap.runtime.fronts.evaluate import evaluate
-from attnmap.runtime.fronts.evaluate.run import merge_evaluations
+from attnmap.runtime.evaluation import evaluate, merge_evaluations
 
 SHIPPED = Path(__file__).resolve().parents[1] / "models" / "shapes_vit.onnx"
 

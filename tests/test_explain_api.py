@@ -1,4 +1,4 @@
-"""The explain() front door: registry, option and shape validation, and normalize_maps."""
+"""The attention_maps() front door: registry, option and shape validation, and normalize_maps."""
 
 import inspect
 from contextlib import nullcontext as does_not_raise
@@ -7,13 +7,13 @@ import numpy as np
 import pytest
 
 from attnmap.runtime.core.errors import AttnmapError, ExplainError
-from attnmap.runtime.methods import EXPLAINERS, Method, explain, normalize_maps
+from attnmap.runtime.methods import METHODS, Method, attention_maps, normalize_maps
 from attnmap.runtime.core.meta import TokenLayout
 
 LAYOUT = TokenLayout(2, (3, 5), 0)
 GRADIENT_METHODS = ["chefer", "grad_rollout", "gradsam", "product", "gradcam"]
-# The methods explain() runs: they read attentions (the others go through Explainer.maps).
-ATTENTION_METHODS = sorted(n for n, m in EXPLAINERS.items() if m.kind == "attention")
+# The methods attention_maps() runs: they read attentions (the others go through Explainer.maps).
+ATTENTION_METHODS = sorted(n for n, m in METHODS.items() if m.kind.name == "attention")
 
 
 def attentions(shape=(2, 3, 2, 17, 17), seed=0):
@@ -28,26 +28,26 @@ G = np.random.default_rng(1).standard_normal(A.shape).astype(np.float32)
 
 # --------------------------------------------------------------------------- registry
 def test_registry_holds_the_documented_methods():
-    assert set(EXPLAINERS) == {"rollout", "attention", "flow", "chefer", "grad_rollout", "gradsam", "product",
+    assert set(METHODS) == {"rollout", "attention", "flow", "chefer", "grad_rollout", "gradsam", "product",
                                "gradcam", "occlusion", "rise"}
-    assert {k for k, m in EXPLAINERS.items() if m.needs_gradients} == set(GRADIENT_METHODS)
-    assert {k for k, m in EXPLAINERS.items() if m.kind == "perturbation"} == {"occlusion", "rise"}
-    assert {k for k, m in EXPLAINERS.items() if m.kind == "features"} == {"gradcam"}
-    assert {k for k, m in EXPLAINERS.items() if not m.class_specific} == {"rollout", "attention", "flow"}
+    assert {k for k, m in METHODS.items() if m.needs_gradients} == set(GRADIENT_METHODS)
+    assert {k for k, m in METHODS.items() if m.kind.name == "perturbation"} == {"occlusion", "rise"}
+    assert {k for k, m in METHODS.items() if m.kind.name == "features"} == {"gradcam"}
+    assert {k for k, m in METHODS.items() if not m.class_specific} == {"rollout", "attention", "flow"}
 
 
-@pytest.mark.parametrize("name", sorted(set(EXPLAINERS) - set(ATTENTION_METHODS)))
+@pytest.mark.parametrize("name", sorted(set(METHODS) - set(ATTENTION_METHODS)))
 def test_other_kinds_are_described_and_refused_by_the_attention_entry_point(name):
-    m = EXPLAINERS[name]
+    m = METHODS[name]
     assert m.summary and "\n" not in m.summary and len(m.summary) < 100
     assert m.fn.__doc__ and "Returns:" in m.fn.__doc__
     with pytest.raises(ExplainError, match="Explainer.maps"):
-        explain(name, A, LAYOUT, grads=G)
+        attention_maps(name, A, LAYOUT, grads=G)
 
 
 @pytest.mark.parametrize("name", ATTENTION_METHODS)
 def test_every_method_is_described_and_runs_through_explain(name):
-    m = EXPLAINERS[name]
+    m = METHODS[name]
     assert isinstance(m, Method) and m.name == name
     assert m.summary and "\n" not in m.summary and len(m.summary) < 100
     assert m.fn.__doc__ and "Returns:" in m.fn.__doc__
@@ -57,37 +57,37 @@ def test_every_method_is_described_and_runs_through_explain(name):
     assert m.defaults == params
     for opt, spec in m.options.items():
         assert spec.name == opt and (not spec.choices or spec.default in spec.choices)
-    maps = explain(name, A, LAYOUT, grads=G)
+    maps = attention_maps(name, A, LAYOUT, grads=G)
     assert maps.shape == (2, 3, 5) and maps.dtype == np.float32
     assert maps.min() == 0.0 and maps.max() == 1.0
     np.testing.assert_array_equal(maps, m.fn(A, LAYOUT, grads=G))
 
 
 def test_option_defaults_have_cli_friendly_types():
-    for m in EXPLAINERS.values():
+    for m in METHODS.values():
         for opt, spec in m.options.items():
             assert spec.default is None or type(spec.default) is spec.kind, (m.name, opt)
             assert spec.kind in (bool, int, float, str), (m.name, opt)
 
 
 def test_non_gradient_methods_ignore_grads():
-    np.testing.assert_array_equal(explain("rollout", A, LAYOUT, grads=G), explain("rollout", A, LAYOUT))
+    np.testing.assert_array_equal(attention_maps("rollout", A, LAYOUT, grads=G), attention_maps("rollout", A, LAYOUT))
 
 
 # --------------------------------------------------------------------------- validation
 def test_unknown_method_suggests_a_close_name():
     with pytest.raises(ExplainError, match=r"unknown explanation method 'rolout'.*Did you mean 'rollout'"):
-        explain("rolout", A, LAYOUT)
+        attention_maps("rolout", A, LAYOUT)
 
 
 def test_unknown_method_lists_the_known_ones():
     with pytest.raises(ExplainError, match=r"expected one of rollout, attention, flow, chefer"):
-        explain("lime", A, LAYOUT)
+        attention_maps("lime", A, LAYOUT)
 
 
 def test_unknown_option_names_the_method_and_suggests():
     with pytest.raises(ExplainError, match=r"method 'rollout' has no option 'discard'.*Did you mean 'discard_ratio'"):
-        explain("rollout", A, LAYOUT, discard=0.5)
+        attention_maps("rollout", A, LAYOUT, discard=0.5)
 
 
 @pytest.mark.parametrize("method, opts, expectation", [
@@ -119,25 +119,25 @@ def test_unknown_option_names_the_method_and_suggests():
 ])
 def test_option_values_are_checked(method, opts, expectation):
     with expectation:
-        maps = explain(method, A, LAYOUT, grads=G, **opts)
+        maps = attention_maps(method, A, LAYOUT, grads=G, **opts)
         assert maps.shape == (2, 3, 5)
 
 
 def test_direct_calls_check_their_options_too():
     with pytest.raises(ExplainError, match="discard_ratio"):
-        EXPLAINERS["rollout"].fn(A, LAYOUT, discard_ratio=2.0)
+        METHODS["rollout"].fn(A, LAYOUT, discard_ratio=2.0)
     with pytest.raises(ExplainError, match="head_fusion"):
-        EXPLAINERS["attention"].fn(A, LAYOUT, head_fusion="sum")
+        METHODS["attention"].fn(A, LAYOUT, head_fusion="sum")
 
 
 @pytest.mark.parametrize("method", [m for m in GRADIENT_METHODS if m in ATTENTION_METHODS])
 def test_gradient_method_without_grads_says_how_to_get_them(method):
     msg = f"method '{method}' needs attention gradients; export the model with --gradients"
     with pytest.raises(ExplainError) as info:
-        explain(method, A, LAYOUT)
+        attention_maps(method, A, LAYOUT)
     assert str(info.value) == msg
     with pytest.raises(ExplainError, match="needs attention gradients"):
-        EXPLAINERS[method].fn(A, LAYOUT)
+        METHODS[method].fn(A, LAYOUT)
 
 
 @pytest.mark.parametrize("bad, pattern", [
@@ -152,13 +152,13 @@ def test_gradient_method_without_grads_says_how_to_get_them(method):
 def test_wrong_attentions_are_rejected_with_their_shape(bad, pattern):
     for method in ATTENTION_METHODS:
         with pytest.raises(ExplainError, match=pattern):
-            explain(method, bad, LAYOUT, grads=G)
+            attention_maps(method, bad, LAYOUT, grads=G)
 
 
 def test_grads_of_the_wrong_shape_are_rejected():
     pattern = r"grads must have the shape of attentions \(2, 3, 2, 17, 17\); got shape \(2, 3, 1, 17, 17\)"
     with pytest.raises(ExplainError, match=pattern):
-        explain("chefer", A, LAYOUT, grads=G[:, :, :1])
+        attention_maps("chefer", A, LAYOUT, grads=G[:, :, :1])
 
 
 @pytest.mark.parametrize("layout, pattern", [
@@ -168,7 +168,7 @@ def test_grads_of_the_wrong_shape_are_rejected():
 ])
 def test_bad_layouts_are_rejected(layout, pattern):
     with pytest.raises(ExplainError, match=pattern):
-        explain("rollout", A, layout)
+        attention_maps("rollout", A, layout)
 
 
 @pytest.mark.parametrize("method", ATTENTION_METHODS)
@@ -176,14 +176,14 @@ def test_non_finite_inputs_raise_instead_of_drawing_nan(method):
     bad = A.copy()
     bad[0, 1, 0, 0, 5] = np.nan
     with pytest.raises(ExplainError, match="NaN or inf"):
-        explain(method, bad, LAYOUT, grads=G, **({"layer": 1} if method == "attention" else {}))
+        attention_maps(method, bad, LAYOUT, grads=G, **({"layer": 1} if method == "attention" else {}))
 
 
 def test_errors_are_attnmap_errors_and_value_errors():
     with pytest.raises(AttnmapError):
-        explain("nope", A, LAYOUT)
+        attention_maps("nope", A, LAYOUT)
     with pytest.raises(ValueError):
-        explain("nope", A, LAYOUT)
+        attention_maps("nope", A, LAYOUT)
 
 
 # --------------------------------------------------------------------------- normalize_maps

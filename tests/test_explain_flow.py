@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from attnmap.runtime.core.errors import ExplainError
 from attnmap.runtime.core.meta import TokenLayout
-from attnmap.runtime.methods import explain
+from attnmap.runtime.methods import attention_maps
 from attnmap.runtime.methods import flow as flow_module
 from attnmap.runtime.methods.flow import SCALE_BITS, max_flows
 
@@ -82,7 +82,7 @@ def assert_within_quantisation(ours, ref, capacities):
 @pytest.mark.parametrize("opts", [{}, {"head_fusion": "max", "residual": False}, {"start_layer": 1}])
 def test_flow_maps_match_networkx(layout, opts):
     a = softmax_attentions(2, 3, 2, layout.num_tokens, seed=11)
-    ours = explain("flow", a, layout, **opts)
+    ours = attention_maps("flow", a, layout, **opts)
     assert ours.shape == (2, *layout.grid) and ours.dtype == np.float32
     np.testing.assert_allclose(ours, ref_flow_maps(a, layout, **opts), atol=1e-6)
 
@@ -144,7 +144,7 @@ def test_flow_on_the_tiny_models_real_attention_matches_networkx(tiny_vit_onnx, 
     patches = range(layout.num_prefix, layout.num_tokens)
     for sparse_edges in (flow_module.SPARSE_EDGES, 3):           # 3: the certificate path on real attention
         monkeypatch.setattr(flow_module, "SPARSE_EDGES", sparse_edges)
-        maps = explain("flow", a, layout)
+        maps = attention_maps("flow", a, layout)
         for b in range(2):
             caps = mixed_capacities(np.asarray(a[b]))
             ours = max_flows(caps, layout.target_row, patches)
@@ -161,7 +161,7 @@ def test_one_layer_flow_is_the_single_edge_capacity():
     layout = TokenLayout(1, (2, 3), 0)
     a = softmax_attentions(1, 1, 2, 7, seed=4)
     row = mixed_capacities(a[0])[0, 0, 1:]
-    np.testing.assert_allclose(explain("flow", a, layout)[0].ravel(), (row - row.min()) / np.ptp(row), atol=1e-6)
+    np.testing.assert_allclose(attention_maps("flow", a, layout)[0].ravel(), (row - row.min()) / np.ptp(row), atol=1e-6)
     np.testing.assert_array_equal(max_flows(mixed_capacities(a[0]), 0, range(1, 7)),
                                   np.floor(row * SCALE) / SCALE)
 
@@ -200,9 +200,9 @@ def test_flow_sees_a_shared_bottleneck_that_rollout_does_not():
     l2 = eye.copy()
     l2[0] = [0.8, 0.0, 0.0, 0.2]                     # class reads C in layer 2
     a = np.stack([l1, l2])[None, :, None].astype(np.float32)
-    flow = explain("flow", a, layout, residual=False)
+    flow = attention_maps("flow", a, layout, residual=False)
     np.testing.assert_allclose(flow, [[[1.0, 1.0, 1.0]]])  # every patch is capped at 0.2
-    rollout = explain("rollout", a, layout, residual=False)
+    rollout = attention_maps("rollout", a, layout, residual=False)
     np.testing.assert_allclose(rollout, [[[1.0, 1.0, 0.0]]])  # 0.08, 0.08, 0.04: different
 
 
@@ -214,7 +214,7 @@ def test_a_patch_nobody_attends_to_gets_zero_flow():
     a /= a.sum(-1, keepdims=True)
     caps = mixed_capacities(a[0], residual=False)
     assert max_flows(caps, 0, [2])[0] == 0.0
-    assert explain("flow", a.astype(np.float32), layout, residual=False)[0, 0, 1] == 0.0
+    assert attention_maps("flow", a.astype(np.float32), layout, residual=False)[0, 0, 1] == 0.0
 
 
 # --------------------------------------------------------------------------- real size, contract
@@ -223,7 +223,7 @@ def test_deit_tiny_sized_attention_gives_finite_maps_equal_to_the_full_graph(mon
     layout = TokenLayout(1, (14, 14), 0)
     a = softmax_attentions(1, 12, 3, 197, seed=1, temperature=3.0)
     before = a.copy()
-    maps = explain("flow", a, layout)
+    maps = attention_maps("flow", a, layout)
     assert maps.shape == (1, 14, 14) and maps.dtype == np.float32
     assert np.isfinite(maps).all() and maps.min() == 0.0 and maps.max() == 1.0
     np.testing.assert_array_equal(a, before)                   # the input is not modified
@@ -238,5 +238,5 @@ def test_missing_scipy_names_the_extra_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "scipy.sparse.csgraph", None)   # `import` now raises ImportError
     a = softmax_attentions(1, 2, 1, 5, seed=0)
     with pytest.raises(ExplainError, match=r"needs SciPy.*pip install 'attnmap\[flow\]'") as info:
-        explain("flow", a, TokenLayout(1, (2, 2), 0))
+        attention_maps("flow", a, TokenLayout(1, (2, 2), 0))
     assert isinstance(info.value.__cause__, ImportError)

@@ -11,7 +11,7 @@ import dataclasses
 import numpy as np
 import pytest
 
-from attnmap.runtime.methods import explain
+from attnmap.runtime.methods import attention_maps
 from attnmap.runtime.core.meta import TokenLayout
 
 LAYOUTS = {
@@ -174,7 +174,7 @@ def test_rollout_matches_matrix_product_reference(layout_name, batch, head_fusio
                                                   start_layer):
     layout, a, _ = _inputs(layout_name, batch, seed=10)
     opts = dict(head_fusion=head_fusion, discard_ratio=discard_ratio, residual=residual, start_layer=start_layer)
-    _check(explain("rollout", a, layout, **opts), ref_attention_rollout(a, layout, **opts), layout, batch)
+    _check(attention_maps("rollout", a, layout, **opts), ref_attention_rollout(a, layout, **opts), layout, batch)
 
 
 @layout_params
@@ -188,7 +188,7 @@ def test_rollout_with_softmax_rows_declared_matches_the_renormalising_reference(
     layout, a, _ = _inputs(layout_name, batch, seed=11)
     declared = dataclasses.replace(layout, stochastic=True)
     opts = dict(residual=residual, start_layer=start_layer)
-    _check(explain("rollout", a, declared, **opts), ref_attention_rollout(a, layout, **opts), layout, batch)
+    _check(attention_maps("rollout", a, declared, **opts), ref_attention_rollout(a, layout, **opts), layout, batch)
 
 
 def test_declared_stochastic_rows_use_the_papers_half_and_half_mix():
@@ -199,7 +199,7 @@ def test_declared_stochastic_rows_use_the_papers_half_and_half_mix():
     n = layout.num_tokens
     rows = np.random.default_rng(13).uniform(0.3, 3.0, (n, 1)).astype(np.float32)
     a = random_attentions(1, 3, 2, n, seed=12) * rows  # row i sums to rows[i]
-    ours = explain("rollout", a, layout)
+    ours = attention_maps("rollout", a, layout)
     f = a[0].astype(np.float64).mean(1)  # (L, N, N) fused
     eye = np.eye(layout.num_tokens)
     top = f[-1] + eye
@@ -208,7 +208,7 @@ def test_declared_stochastic_rows_use_the_papers_half_and_half_mix():
         v = v @ (0.5 * f[l] + 0.5 * eye)
     _check(ours, ref_normalize(v[1:].reshape(layout.grid))[None], layout, 1)
     # and it is not what renormalising every step would give
-    assert np.abs(ours - explain("rollout", a, dataclasses.replace(layout, stochastic=False))).max() > 1e-3
+    assert np.abs(ours - attention_maps("rollout", a, dataclasses.replace(layout, stochastic=False))).max() > 1e-3
 
 
 @layout_params
@@ -219,7 +219,7 @@ def test_declared_stochastic_rows_use_the_papers_half_and_half_mix():
 ])
 def test_raw_attention_matches_reference(layout_name, batch, layer, head, head_fusion):
     layout, a, _ = _inputs(layout_name, batch, seed=20)
-    ours = explain("attention", a, layout, layer=layer, head=head, head_fusion=head_fusion)
+    ours = attention_maps("attention", a, layout, layer=layer, head=head, head_fusion=head_fusion)
     _check(ours, ref_raw_attention(a, layout, layer, head, head_fusion), layout, batch)
 
 
@@ -231,7 +231,7 @@ def test_raw_attention_matches_reference(layout_name, batch, layer, head, head_f
 def test_grad_rollout_matches_reference(layout_name, batch, discard_ratio, residual, start_layer):
     layout, a, g = _inputs(layout_name, batch, seed=30)
     opts = dict(discard_ratio=discard_ratio, residual=residual, start_layer=start_layer)
-    _check(explain("grad_rollout", a, layout, grads=g, **opts), ref_grad_rollout(a, g, layout, **opts),
+    _check(attention_maps("grad_rollout", a, layout, grads=g, **opts), ref_grad_rollout(a, g, layout, **opts),
            layout, batch)
 
 
@@ -240,7 +240,7 @@ def test_grad_rollout_matches_reference(layout_name, batch, discard_ratio, resid
 @pytest.mark.parametrize("start_layer", [0, 1])
 def test_chefer_matches_explicit_relevance_matrices(layout_name, batch, start_layer):
     layout, a, g = _inputs(layout_name, batch, seed=40)
-    _check(explain("chefer", a, layout, grads=g, start_layer=start_layer),
+    _check(attention_maps("chefer", a, layout, grads=g, start_layer=start_layer),
            ref_chefer(a, g, layout, start_layer), layout, batch)
 
 
@@ -249,7 +249,7 @@ def test_chefer_matches_explicit_relevance_matrices(layout_name, batch, start_la
 @pytest.mark.parametrize("start_layer", [0, 2])
 def test_gradsam_matches_formula(layout_name, batch, start_layer):
     layout, a, g = _inputs(layout_name, batch, seed=50)
-    _check(explain("gradsam", a, layout, grads=g, start_layer=start_layer),
+    _check(attention_maps("gradsam", a, layout, grads=g, start_layer=start_layer),
            ref_gradsam(a, g, layout, start_layer), layout, batch)
 
 
@@ -259,7 +259,7 @@ def test_gradsam_matches_formula(layout_name, batch, start_layer):
 @pytest.mark.parametrize("start_layer", [0, 1])
 def test_product_rule_matches_direct_product(layout_name, batch, eps, start_layer):
     layout, a, g = _inputs(layout_name, batch, seed=60)
-    _check(explain("product", a, layout, grads=g, eps=eps, start_layer=start_layer),
+    _check(attention_maps("product", a, layout, grads=g, eps=eps, start_layer=start_layer),
            ref_product(a, g, layout, eps, start_layer), layout, batch)
 
 
@@ -280,7 +280,7 @@ def test_single_head_input_from_a_fused_export(method, opts):
         "gradsam": lambda: ref_gradsam(a, g, layout),
         "product": lambda: ref_product(a, g, layout),
     }
-    _check(explain(method, a, layout, grads=g, **opts), refs[method](), layout, 2)
+    _check(attention_maps(method, a, layout, grads=g, **opts), refs[method](), layout, 2)
 
 
 def test_deit_tiny_shape_rollout_matches_reference():
@@ -288,6 +288,6 @@ def test_deit_tiny_shape_rollout_matches_reference():
     layout = TokenLayout(1, (14, 14), 0)
     a = random_attentions(1, 12, 3, 197, seed=80, sharpness=3.0)
     for opts in ({}, {"discard_ratio": 0.9}, {"head_fusion": "max", "discard_ratio": 0.5}):
-        _check(explain("rollout", a, layout, **opts), ref_attention_rollout(a, layout, **opts), layout, 1)
+        _check(attention_maps("rollout", a, layout, **opts), ref_attention_rollout(a, layout, **opts), layout, 1)
     declared = TokenLayout(1, (14, 14), 0, stochastic=True)
-    _check(explain("rollout", a, declared), ref_attention_rollout(a, layout), layout, 1)
+    _check(attention_maps("rollout", a, declared), ref_attention_rollout(a, layout), layout, 1)

@@ -8,12 +8,12 @@ rule's sign and zero-block guards.
 import numpy as np
 import pytest
 
-from attnmap.runtime.methods import EXPLAINERS, explain
+from attnmap.runtime.methods import METHODS, attention_maps
 from attnmap.runtime.core.meta import TokenLayout
 
 CLS_LAYOUTS = [TokenLayout(1, (4, 4), 0), TokenLayout(2, (3, 5), 0), TokenLayout(5, (4, 4), 0)]
 ALL_LAYOUTS = CLS_LAYOUTS + [TokenLayout(0, (4, 4), None), TokenLayout(4, (2, 3), None)]
-ALL_METHODS = sorted(n for n, m in EXPLAINERS.items() if m.kind == "attention")  # what explain() runs
+ALL_METHODS = sorted(n for n, m in METHODS.items() if m.kind.name == "attention")  # what attention_maps() runs
 # Options that reach every code path of a method (fast and general rollout, discard ...).
 METHOD_OPTIONS = [
     ("rollout", {}), ("rollout", {"discard_ratio": 0.5}), ("rollout", {"head_fusion": "max"}),
@@ -41,8 +41,8 @@ def layout_id(layout):
 def test_uniform_attention_gives_uniform_saliency(method, layout):
     n = layout.num_tokens
     a = np.full((2, 3, 2, n, n), 1.0 / n, dtype=np.float32)
-    opts = {"discard_ratio": 0.5} if "discard_ratio" in EXPLAINERS[method].options else {}
-    maps = explain(method, a, layout, grads=np.ones_like(a), **opts)
+    opts = {"discard_ratio": 0.5} if "discard_ratio" in METHODS[method].options else {}
+    maps = attention_maps(method, a, layout, grads=np.ones_like(a), **opts)
     np.testing.assert_array_equal(maps, np.ones((2, *layout.grid), dtype=np.float32))
 
 
@@ -52,7 +52,7 @@ def test_identity_attention_gives_zero_patch_saliency_without_nan(method, layout
     """The class token only attends to itself, so no patch gets anything, and 0/0 must not happen."""
     n = layout.num_tokens
     a = np.broadcast_to(np.eye(n, dtype=np.float32), (2, 3, 2, n, n)).copy()
-    maps = explain(method, a, layout, grads=np.ones_like(a))
+    maps = attention_maps(method, a, layout, grads=np.ones_like(a))
     assert not np.isnan(maps).any()
     np.testing.assert_array_equal(maps, np.zeros((2, *layout.grid), dtype=np.float32))
 
@@ -62,7 +62,7 @@ def test_identity_attention_without_class_token_reads_every_token_equally(method
     """With the mean row as target, identity attention gives each token 1/N: a uniform map."""
     layout = TokenLayout(0, (4, 4), None)
     a = np.broadcast_to(np.eye(16, dtype=np.float32), (1, 2, 2, 16, 16)).copy()
-    np.testing.assert_array_equal(explain(method, a, layout, grads=np.ones_like(a)), np.ones((1, 4, 4)))
+    np.testing.assert_array_equal(attention_maps(method, a, layout, grads=np.ones_like(a)), np.ones((1, 4, 4)))
 
 
 @pytest.mark.parametrize("method", ALL_METHODS)
@@ -77,7 +77,7 @@ def test_one_hot_attention_peaks_exactly_at_that_patch(method, layout, row, col)
     a[..., layout.num_prefix + row * layout.grid[1] + col] = 1.0
     expected = np.zeros((2, *layout.grid), dtype=np.float32)
     expected[:, row, col] = 1.0
-    np.testing.assert_array_equal(explain(method, a, layout, grads=np.ones_like(a)), expected)
+    np.testing.assert_array_equal(attention_maps(method, a, layout, grads=np.ones_like(a)), expected)
 
 
 def test_product_order_is_later_layers_on_the_left():
@@ -94,7 +94,7 @@ def test_product_order_is_later_layers_on_the_left():
     a[0, 0, 0, 0] = [0, 1, 0, 0]
     a[0, 0, 0, 2] = [0, 0, 0, 1]
     a[0, 1, 0, 0] = [0, 0, 1, 0]
-    ours = explain("rollout", a, layout)
+    ours = attention_maps("rollout", a, layout)
     np.testing.assert_array_equal(ours, [[[1.0, 1.0, 1.0]]])
 
     hat = [(a[0, l, 0] + np.eye(4)) / 2 for l in range(2)]
@@ -109,7 +109,7 @@ def test_rollout_is_not_inverted():
     layout = TokenLayout(1, (2, 2), 0)
     a = np.full((1, 4, 2, 5, 5), 0.1, dtype=np.float32)
     a[..., 0, :] = [0.1, 0.1, 0.6, 0.1, 0.1]
-    maps = explain("rollout", a, layout)
+    maps = attention_maps("rollout", a, layout)
     assert maps[0, 0, 1] == 1.0 and np.unravel_index(maps.argmax(), maps.shape) == (0, 0, 1)
 
 
@@ -120,12 +120,12 @@ def test_discard_ratio_is_applied_to_every_image_of_a_batch(method, layout):
     n = layout.num_tokens
     a = softmax_attentions(3, 3, 2, n, seed=1)
     g = np.random.default_rng(2).standard_normal(a.shape).astype(np.float32)
-    batch = explain(method, a, layout, grads=g, discard_ratio=0.6)
+    batch = attention_maps(method, a, layout, grads=g, discard_ratio=0.6)
     for i in range(3):
-        alone = explain(method, a[i:i + 1], layout, grads=g[i:i + 1], discard_ratio=0.6)
+        alone = attention_maps(method, a[i:i + 1], layout, grads=g[i:i + 1], discard_ratio=0.6)
         np.testing.assert_allclose(batch[i], alone[0], atol=1e-6)
         # The discard did change image i, so the equality above is about the discard itself.
-        kept_all = explain(method, a[i:i + 1], layout, grads=g[i:i + 1])
+        kept_all = attention_maps(method, a[i:i + 1], layout, grads=g[i:i + 1])
         assert np.abs(alone - kept_all).max() > 1e-3
 
 
@@ -137,7 +137,7 @@ def test_discard_keeps_the_class_tokens_own_entry_and_drops_exactly_k_others():
                   [0.05, 0.25, 0.30, 0.40],
                   [0.12, 0.08, 0.20, 0.60]], dtype=np.float32)
     a = np.stack([m, m])[None, :, None]               # (1, 2, 1, 4, 4): both layers M
-    maps = explain("rollout", a, layout, discard_ratio=0.25)
+    maps = attention_maps("rollout", a, layout, discard_ratio=0.25)
     f = m.astype(np.float64)
     f[[2, 3, 1, 3], [0, 1, 0, 0]] = 0.0               # 0.05, 0.08, 0.10, 0.12 by hand
     hat = f + np.eye(4)
@@ -154,7 +154,7 @@ def test_discard_keeps_values_tied_across_the_cut():
                   [0.25, 0.25, 0.25, 0.25],
                   [0.10, 0.30, 0.35, 0.25]], dtype=np.float32)
     a = np.stack([m, m])[None, :, None]
-    ours = explain("rollout", a, layout, discard_ratio=0.45, residual=False)
+    ours = attention_maps("rollout", a, layout, discard_ratio=0.45, residual=False)
     f = m.astype(np.float64)
     f[[1, 0, 3, 0, 1], [0, 3, 0, 2, 3]] = 0.0         # 0.05, 0.1, 0.1, 0.2, 0.2
     hat = f / f.sum(-1, keepdims=True)
@@ -168,7 +168,7 @@ def test_inputs_are_not_mutated(method, opts):
     a = softmax_attentions(2, 3, 2, layout.num_tokens, seed=3)
     g = np.random.default_rng(4).standard_normal(a.shape).astype(np.float32)
     a_before, g_before = a.copy(), g.copy()
-    explain(method, a, layout, grads=g, **opts)
+    attention_maps(method, a, layout, grads=g, **opts)
     np.testing.assert_array_equal(a, a_before)
     np.testing.assert_array_equal(g, g_before)
 
@@ -178,8 +178,8 @@ def test_inputs_are_not_mutated(method, opts):
 def test_batch_equals_images_one_by_one(method, opts, layout):
     a = softmax_attentions(4, 3, 2, layout.num_tokens, seed=5)
     g = np.random.default_rng(6).standard_normal(a.shape).astype(np.float32)
-    batch = explain(method, a, layout, grads=g, **opts)
-    singles = np.concatenate([explain(method, a[i:i + 1], layout, grads=g[i:i + 1], **opts) for i in range(4)])
+    batch = attention_maps(method, a, layout, grads=g, **opts)
+    singles = np.concatenate([attention_maps(method, a[i:i + 1], layout, grads=g[i:i + 1], **opts) for i in range(4)])
     np.testing.assert_allclose(batch, singles, atol=1e-6)
     assert np.abs(batch[0] - batch[1]).max() > 1e-2  # distinct images, distinct maps
 
@@ -188,9 +188,9 @@ def test_batch_equals_images_one_by_one(method, opts, layout):
 def test_other_float_dtypes_give_float32_maps(dtype):
     layout = TokenLayout(1, (4, 4), 0)
     a32 = softmax_attentions(1, 3, 2, 17, seed=7)
-    maps = explain("rollout", a32.astype(dtype), layout)
+    maps = attention_maps("rollout", a32.astype(dtype), layout)
     assert maps.dtype == np.float32
-    np.testing.assert_allclose(maps, explain("rollout", a32, layout), atol=5e-3 if dtype == np.float16 else 1e-6)
+    np.testing.assert_allclose(maps, attention_maps("rollout", a32, layout), atol=5e-3 if dtype == np.float16 else 1e-6)
 
 
 @pytest.mark.parametrize("method, opts", [("rollout", {}), ("rollout", {"discard_ratio": 0.5}), ("attention", {}),
@@ -201,8 +201,8 @@ def test_negative_and_positive_start_layer_agree(method, opts):
     a = softmax_attentions(1, 4, 2, 17, seed=8)
     g = np.random.default_rng(9).standard_normal(a.shape).astype(np.float32)
     key = "layer" if method == "attention" else "start_layer"
-    np.testing.assert_array_equal(explain(method, a, layout, grads=g, **opts, **{key: 1}),
-                                  explain(method, a, layout, grads=g, **opts, **{key: -3}))
+    np.testing.assert_array_equal(attention_maps(method, a, layout, grads=g, **opts, **{key: 1}),
+                                  attention_maps(method, a, layout, grads=g, **opts, **{key: -3}))
 
 
 # --------------------------------------------------------------------------- gradient methods
@@ -215,7 +215,7 @@ def test_chefer_relevance_clamps_negative_products_before_the_head_mean():
     g[0, 0, 0, 0] = [0, 1.0, 0.5]                     # head 0: patch 1 > patch 2
     g[0, 0, 1, 0] = [0, -10.0, 0.0]                   # head 1 only pushes patch 1 below zero
     # Ā row 0 = mean_h(relu(G*A)) = [0, 0.2, 0.1]: patch 1 stays the strongest.
-    np.testing.assert_allclose(explain("chefer", a, layout, grads=g), [[[1.0, 0.0]]])
+    np.testing.assert_allclose(attention_maps("chefer", a, layout, grads=g), [[[1.0, 0.0]]])
     # Clamping after the mean would instead give patch 1 (0.4 - 4)/2 < 0 and flip the ranking.
 
 
@@ -226,7 +226,7 @@ def test_product_rule_two_negative_factors_do_not_flip_sign():
     g = np.zeros_like(a)
     g[0, 0, 0, 0, 1:] = [-25.0, 1.0, 2.0, 3.0]       # s = 0.2 * g = [-5, .2, .4, .6]
     g[0, 1, 0, 0, 1:] = [-25.0, 3.0, 2.0, 1.0]       # s = [-5, .6, .4, .2]
-    maps = explain("product", a, layout, grads=g)
+    maps = attention_maps("product", a, layout, grads=g)
     raw = (0.2 * g[0, 0, 0, 0, 1:]) * (0.2 * g[0, 1, 0, 0, 1:])
     assert raw.argmax() == 0                           # the pitfall the shift guards against
     assert maps[0, 0, 0] == 0.0 and maps.reshape(-1).argmin() == 0
@@ -243,8 +243,8 @@ def test_product_rule_a_zero_block_does_not_erase_the_map():
     g = np.zeros_like(a)
     g[0, 0, 0, 0, 1:] = [1.0, 2.0, 4.0, 3.0]
     g[0, 2, 0, 0, 1:] = [2.0, 1.0, 4.0, 3.0]          # block 1 has no gradient at all
-    with_zero_block = explain("product", a, layout, grads=g)
-    without = explain("product", a[:, [0, 2]], layout, grads=g[:, [0, 2]])
+    with_zero_block = attention_maps("product", a, layout, grads=g)
+    without = attention_maps("product", a[:, [0, 2]], layout, grads=g[:, [0, 2]])
     assert with_zero_block.max() == 1.0
     np.testing.assert_allclose(with_zero_block, without, atol=1e-6)
 
@@ -256,7 +256,7 @@ def test_product_rule_eps_keeps_a_patch_that_one_block_ranks_last():
     g = np.zeros_like(a)
     g[0, 0, 0, 0, 1:] = [0.0, 1.0, 0.05]              # block 1 factors: [0, 1, .05] + eps
     g[0, 1, 0, 0, 1:] = [1.0, 0.0, 0.05]              # block 2 factors: [1, 0, .05] + eps
-    maps = explain("product", a, layout, grads=g, eps=0.01)[0, 0]
+    maps = attention_maps("product", a, layout, grads=g, eps=0.01)[0, 0]
     prod = (np.array([0.0, 1.0, 0.05]) + 0.01) * (np.array([1.0, 0.0, 0.05]) + 0.01)
     np.testing.assert_allclose(maps, (prod - prod.min()) / np.ptp(prod), atol=1e-6)
     assert maps[0] > maps[2] and maps[1] > maps[2]    # one low block does not override the other
@@ -268,7 +268,7 @@ def test_product_rule_many_blocks_do_not_underflow():
     a = np.full((1, 48, 1, 5, 5), 0.2, dtype=np.float32)
     g = np.zeros_like(a)
     g[0, :, 0, 0, 1:] = [0.0, 0.001, 0.002, 1.0]
-    maps = explain("product", a, layout, grads=g)
+    maps = attention_maps("product", a, layout, grads=g)
     assert np.isfinite(maps).all() and maps.reshape(-1)[3] == 1.0
     f = np.array([0.0, 0.001, 0.002, 1.0]) + 0.01
     log_prod = 48 * np.log(f)
@@ -281,4 +281,4 @@ def test_gradsam_uses_positive_gradients_only():
     a = np.full((1, 1, 1, 4, 4), 0.25, dtype=np.float32)
     g = np.zeros_like(a)
     g[0, 0, 0, 0, 1:] = [2.0, -100.0, 1.0]
-    np.testing.assert_allclose(explain("gradsam", a, layout, grads=g), [[[1.0, 0.0, 0.5]]])
+    np.testing.assert_allclose(attention_maps("gradsam", a, layout, grads=g), [[[1.0, 0.0, 0.5]]])

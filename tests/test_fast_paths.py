@@ -27,7 +27,7 @@ from attnmap.runtime.draw.overlay import _APPLY_ABOVE, _apply_colormap
 from attnmap.runtime.engine.explainer import top_indices
 from attnmap.runtime.image.preprocess import _resized_size, _start, preprocess
 from attnmap.runtime.image.resample import resize_matrix, to_uint8
-from attnmap.runtime.methods import explain
+from attnmap.runtime.methods import attention_maps
 from attnmap.runtime.methods.base import fuse_heads, normalize_maps
 
 PHOTOS = ("pytorchhub_dog.jpg", "vitexplain_both.png", "hc_el4.jpg")
@@ -155,7 +155,7 @@ def _check_rollout(ex: Explainer, images: list[np.ndarray], atol: float) -> None
         ref = plain_rollout(att, ex.meta.layout, how, ratio, residual)
         np.testing.assert_allclose(got, ref, atol=atol, err_msg=f"{how} {ratio} {residual}")
         assert got.max() == 1.0 and got.min() == 0.0
-    # explain() (one options check, the method called directly) gives the same maps
+    # attention_maps() (one options check, the method called directly) gives the same maps
     for how, ratio, residual in CASES[:3]:
         results = ex.explain(images, fit="squash", head_fusion=how, discard_ratio=ratio, residual=residual)
         ref = plain_rollout(att, ex.meta.layout, how, ratio, residual)
@@ -299,7 +299,7 @@ def test_discard_cut_keeps_entries_equal_to_the_threshold():
     layout = TokenLayout(1, (1, 2), 0, stochastic=False)
     f = np.array([[0.5, 0.1, 0.2], [0.2, 0.2, 0.2], [0.2, 0.2, 0.2]], np.float32)
     att = np.broadcast_to(f, (1, 1, 1, 3, 3)).copy()
-    got = explain("rollout", att, layout, discard_ratio=1 / 9 + 1e-6, residual=False)
+    got = attention_maps("rollout", att, layout, discard_ratio=1 / 9 + 1e-6, residual=False)
     ref = plain_rollout(att, layout, "mean", 1 / 9 + 1e-6, False)
     np.testing.assert_allclose(got, ref, atol=1e-6)
     assert math.isclose(float(got[0, 0, 0]), 0.0, abs_tol=1e-7)  # 0.1 discarded -> the lowest patch

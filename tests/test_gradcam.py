@@ -110,7 +110,7 @@ def test_class_given_versus_predicted(tiny_vit_grads_onnx):
 
 def test_registered_as_a_feature_method():
     m = METHODS["gradcam"]
-    assert m.kind == "features" and m.needs_gradients and m.class_specific and dict(m.options) == {}
+    assert m.kind.name == "features" and m.needs_gradients and m.class_specific and dict(m.options) == {}
     assert m.fn is gradcam
 
 

@@ -26,7 +26,7 @@ from attnmap.export.hf_meta import processor_data_config  # noqa: E402
 from attnmap.export.to_onnx import export_onnx  # noqa: E402
 from attnmap.runtime.core.errors import ExportError  # noqa: E402
 from attnmap.runtime.image.preprocess import preprocess, read_image  # noqa: E402
-from attnmap.runtime.methods import explain  # noqa: E402
+from attnmap.runtime.methods import attention_maps  # noqa: E402
 from attnmap.runtime.model.session import OnnxModel  # noqa: E402
 
 pytestmark = pytest.mark.export
@@ -126,7 +126,7 @@ def test_runtime_rollout_and_outputs_match_transformers(exported, case):
     rows = seed_rollout(ref.attentions)[:, meta.num_prefix_tokens:].reshape(len(images), *meta.grid_size)
     lo, hi = rows.min(axis=(1, 2), keepdims=True), rows.max(axis=(1, 2), keepdims=True)
     expected = (rows - lo) / (hi - lo)
-    got = explain("rollout", out.attentions, meta.layout)
+    got = attention_maps("rollout", out.attentions, meta.layout)
     assert expected.std() > 0.05  # the maps carry a ranking, not a flat field
     np.testing.assert_allclose(got, expected, atol=1e-4)
     assert report.logits_max_abs < 1e-4 and report.attentions_max_abs < 1e-5

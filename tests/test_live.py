@@ -23,7 +23,7 @@ from attnmap.runtime.engine.clock import StageClock
 from attnmap.runtime.frames import capture
 from attnmap.runtime.frames.capture import LatestFrameGrabber
 from attnmap.runtime.core.errors import ExplainError, OptionError, SourceError
-from attnmap.runtime.methods import explain as run_method
+from attnmap.runtime.methods import attention_maps as run_method
 from attnmap.runtime.draw.style import OverlayStyle
 from attnmap.runtime.engine.engine import Job
 from attnmap.runtime.fronts.live.loop import LiveConfig, LiveFrame, run_live

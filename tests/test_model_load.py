@@ -21,7 +21,7 @@ from onnx import TensorProto, helper
 from attnmap import Explainer
 from attnmap.runtime.core.errors import GraphMismatchError, InputError, MetadataError, ModelError
 from attnmap.runtime.core.meta import PROPS_KEY, ModelMeta
-from attnmap.runtime.model import session
+from attnmap.runtime.model import providers, session
 from attnmap.runtime.model.graph import check_against_graph
 from attnmap.runtime.model.session import ORT_ERRORS, OnnxModel
 
@@ -338,7 +338,7 @@ def other_provider(monkeypatch):
     """Load as a non-CPU provider does: the file straight into onnxruntime, no onnx parse first."""
     if "AzureExecutionProvider" not in ort.get_available_providers():
         pytest.skip("this onnxruntime has no second provider to load with")
-    monkeypatch.setattr(session, "resolve_providers", lambda provider: ["AzureExecutionProvider",
+    monkeypatch.setattr(providers, "resolve_providers", lambda provider: ["AzureExecutionProvider",
                                                                         "CPUExecutionProvider"])
 
 

@@ -22,7 +22,7 @@ from attnmap.cli import main
 from attnmap.runtime.core.errors import ExplainError, MethodOptionError
 from attnmap.runtime.core.meta import TokenLayout
 from attnmap.runtime.frames.frame import Frame
-from attnmap.runtime.methods import METHODS, check_method_use, explain
+from attnmap.runtime.methods import METHODS, check_method_use, attention_maps
 from attnmap.runtime.methods.perturbation import RiseMasks, occluder_positions, occlusion, rise, rise_saliency
 from attnmap.runtime.model.graph import prune_to_outputs
 
@@ -275,7 +275,7 @@ def test_rise_of_a_one_pixel_model_peaks_at_that_pixel_and_is_p_far_from_it():
 def test_perturbation_methods_are_registered_as_class_specific_without_gradients():
     for name in ("occlusion", "rise"):
         m = METHODS[name]
-        assert m.kind == "perturbation" and m.class_specific and not m.needs_gradients
+        assert m.kind.name == "perturbation" and m.class_specific and not m.needs_gradients
     assert METHODS["rise"].defaults == {"masks": 1000, "p": 0.5, "cells": 7, "mask_seed": 0, "forward_batch": 32}
     assert set(METHODS["occlusion"].options) == {"window", "stride", "baseline", "forward_batch"}
     assert not METHODS["rollout"].class_specific and METHODS["chefer"].class_specific
@@ -284,7 +284,7 @@ def test_perturbation_methods_are_registered_as_class_specific_without_gradients
 def test_the_attention_entry_point_refuses_perturbation_methods():
     a = np.full((1, 1, 1, 17, 17), 1 / 17, np.float32)
     with pytest.raises(ExplainError, match="perturbation method, not an attention method.*Explainer.maps"):
-        explain("rise", a, LAYOUT)
+        attention_maps("rise", a, LAYOUT)
 
 
 # --------------------------------------------------------------------------- real models

@@ -16,7 +16,7 @@ import pytest
 
 from attnmap.runtime.core.errors import ModelError, OptionConflict, OptionError
 from attnmap.runtime.core.meta import ModelMeta
-from attnmap.runtime.methods import explain
+from attnmap.runtime.methods import attention_maps
 from attnmap.runtime.model.session import OnnxModel
 from attnmap.runtime.precision.convert import ConvertOptions, convert_file, synthetic_images
 from attnmap.runtime.precision.fidelity import FidelityError, Thresholds
@@ -56,8 +56,8 @@ def test_stored_fidelity_matches_an_independent_recomputation(converted):
     x = synthetic_images(ref.meta)
     a, b = ref.run(x), cand.run(x)
     top1 = float(np.mean(a.logits.argmax(-1) == b.logits.argmax(-1)))
-    ma = explain("rollout", a.attentions, ref.meta.layout)
-    mb = explain("rollout", b.attentions, ref.meta.layout)
+    ma = attention_maps("rollout", a.attentions, ref.meta.layout)
+    mb = attention_maps("rollout", b.attentions, ref.meta.layout)
     r = np.mean([np.corrcoef(ma[i].ravel(), mb[i].ravel())[0, 1] for i in range(len(x))])
     fid = converted["int8"].meta.fidelity
     assert fid["top1_agreement"] == pytest.approx(top1)

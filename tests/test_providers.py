@@ -10,9 +10,10 @@ import pytest
 
 import attnmap.cli as cli
 from attnmap.runtime.core.errors import ModelError, ProviderError
-from attnmap.runtime.model import session
+from attnmap.runtime.model import providers, session
 from attnmap.runtime.model.buffers import DeviceBuffers
-from attnmap.runtime.model.session import OnnxModel, provider_options, resolve_providers
+from attnmap.runtime.model.providers import ORT_NAMES, provider_options, resolve_providers, short_name
+from attnmap.runtime.model.session import OnnxModel
 
 SHIPPED = Path(__file__).resolve().parents[1] / "models" / "shapes_vit.onnx"
 CPU, CUDA, TRT = "CPUExecutionProvider", "CUDAExecutionProvider", "TensorrtExecutionProvider"
@@ -61,14 +62,14 @@ def test_an_unknown_provider_suggests_the_close_one():
 
 
 def test_the_cli_offers_exactly_the_runtime_providers():
-    assert cli.PROVIDERS == session.PROVIDERS
+    assert cli.PROVIDERS == providers.PROVIDERS
 
 
 def test_tensorrt_gets_an_engine_cache_folder(monkeypatch, tmp_path):
     opts = provider_options([TRT, CUDA, CPU], tmp_path / "engines")
     assert opts[0]["trt_engine_cache_enable"] == "True"
     assert opts[0]["trt_engine_cache_path"] == str(tmp_path / "engines") and opts[1:] == [{}, {}]
-    monkeypatch.setenv(session.TRT_CACHE_ENV, str(tmp_path / "env"))
+    monkeypatch.setenv(providers.TRT_CACHE_ENV, str(tmp_path / "env"))
     assert provider_options([TRT, CPU])[0]["trt_engine_cache_path"] == str(tmp_path / "env")
 
 
@@ -90,13 +91,13 @@ _REAL_SESSION = ort.InferenceSession
 
 
 def test_a_provider_onnxruntime_could_not_start_is_an_error_not_a_silent_cpu_run(monkeypatch, tmp_path):
-    monkeypatch.setattr(session, "resolve_providers", lambda provider: [TRT, CUDA, CPU])
+    monkeypatch.setattr(providers, "resolve_providers", lambda provider: [TRT, CUDA, CPU])
     monkeypatch.setattr(ort, "InferenceSession", _FakeSession)
     with pytest.raises(ProviderError, match="could not start TensorrtExecutionProvider .* runs on "
                                             "CPUExecutionProvider"):
         OnnxModel(SHIPPED, provider="tensorrt", trt_cache=tmp_path / "trt")
-    providers, options = _FakeSession.asked
-    assert providers == [TRT, CUDA, CPU] and options[0]["trt_engine_cache_path"] == str(tmp_path / "trt")
+    asked, options = _FakeSession.asked
+    assert asked == [TRT, CUDA, CPU] and options[0]["trt_engine_cache_path"] == str(tmp_path / "trt")
     assert (tmp_path / "trt").is_dir()
 
 
@@ -137,3 +138,17 @@ def test_device_binding_failures_are_model_errors(device_model, monkeypatch):
     monkeypatch.setattr(device_model.session, "run_with_iobinding", fail)
     with pytest.raises(ModelError, match="onnxruntime failed on 'shapes_vit.onnx': Error in execution"):
         device_model.run(np.zeros((1, 3, 96, 96), np.float32))
+
+
+@pytest.mark.parametrize("name, short", [(CPU, "cpu"), (CUDA, "cuda"), (TRT, "tensorrt"), (OV, "openvino"),
+                                         ("CoreMLExecutionProvider", "coreml"), ("cuda", "cuda"),
+                                         ("AzureExecutionProvider", "azure")])
+def test_a_providers_short_name_is_what_attnmap_calls_it(name, short):
+    assert short_name(name) == short
+    if short in ORT_NAMES:  # the short name chooses the same provider again
+        assert ORT_NAMES[short] == (name if name.endswith("Provider") else ORT_NAMES[name])
+
+
+def test_a_session_reports_its_short_provider_name(tiny_vit_onnx):
+    model = OnnxModel(tiny_vit_onnx, provider="cpu")
+    assert (model.provider, model.provider_short) == (CPU, "cpu")

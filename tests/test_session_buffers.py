@@ -18,7 +18,7 @@ from onnx import TensorProto, helper
 
 from attnmap.runtime.model.buffers import BufferPool
 from attnmap.runtime.model.graph import split_stacked_outputs
-from attnmap.runtime.model import session
+from attnmap.runtime.model import providers, session
 from attnmap.runtime.core.errors import ProviderError
 from attnmap.runtime.model.plan import throughput_plan
 from attnmap.runtime.model.session import OnnxModel
@@ -200,7 +200,7 @@ def test_throughput_plan_splits_the_cores_between_runs(monkeypatch, cores, threa
 
 
 def test_throughput_plan_on_cuda_keeps_one_run_and_batch_8(monkeypatch):
-    monkeypatch.setattr(session, "resolve_providers",
+    monkeypatch.setattr(providers, "resolve_providers",
                         lambda provider: ["CUDAExecutionProvider", "CPUExecutionProvider"])
     monkeypatch.setattr(session, "physical_cores", lambda: 8)
     assert throughput_plan("cuda") == (None, 1, 8)

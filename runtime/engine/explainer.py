@@ -21,23 +21,24 @@ method: attention methods read the outputs' attentions, perturbation methods (``
 
 from __future__ import annotations
 
-import dataclasses
 import re
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any, NamedTuple, Sequence, Union
+from typing import Any, Mapping, NamedTuple, Sequence, Union
 
 import numpy as np
 
 from attnmap.runtime.core.errors import ExplainError, ImageError, suggest
-from attnmap.runtime.methods import (check_method_use, check_options, explain as run_method, get_method,
-                                    run_checked)
+from attnmap.runtime.methods import Method, check_options, get_method
 from attnmap.runtime.methods.base import softmax
 from attnmap.runtime.core.meta import ModelMeta
 from attnmap.runtime.model.registry import resolve_model
 from attnmap.runtime.draw.style import OverlayStyle
+from attnmap.runtime.engine.engine import FrameEngine
+from attnmap.runtime.engine.job import Job
 from attnmap.runtime.engine.parts import in_parts, parts_for
+from attnmap.runtime.frames.frame import Frame
 from attnmap.runtime.image.preprocess import Geometry, check_image, preprocess, read_image
 from attnmap.runtime.model.session import OnnxModel, Outputs, physical_cores
 
@@ -167,6 +168,12 @@ class Explainer:
         """The ONNX file in use."""
         return self.model.path
 
+    @property
+    def provider(self) -> str:
+        """The onnxruntime execution provider the model runs on (``"CPUExecutionProvider"`` ...;
+        ``self.model.provider_short`` gives attnmap's short name)."""
+        return self.model.provider
+
     # ------------------------------------------------------------------ stages
     def preprocess(self, images_bgr: Sequence[np.ndarray], fit: str = "crop",
                    out: np.ndarray | None = None) -> tuple[np.ndarray, list[Geometry]]:
@@ -190,11 +197,11 @@ class Explainer:
              classes: np.ndarray | Sequence[int] | None = None, **options) -> np.ndarray:
         """(B, gh, gw) float32 maps in [0, 1] from one forward pass's outputs.
 
-        What the method reads depends on its kind (``METHODS[method].kind``): attention
-        methods read ``outputs.attentions`` (and ``grads``), feature methods ``outputs.tokens``
-        and ``outputs.token_grads``, and perturbation methods run the logits-only model on
-        perturbed copies of ``x`` (:meth:`probabilities`, in chunks of the method's
-        ``forward_batch`` option).
+        What the method reads depends on its kind (``METHODS[method].kind``, see
+        :mod:`~attnmap.runtime.methods.kinds`): attention methods read ``outputs.attentions``
+        (and ``grads``), feature methods ``outputs.tokens`` and ``outputs.token_grads``, and
+        perturbation methods run the logits-only model on perturbed copies of ``x``
+        (:meth:`probabilities`, in chunks of the method's ``forward_batch`` option).
 
         Args:
             outputs: the forward pass of ``x`` (:meth:`infer`).
@@ -210,54 +217,51 @@ class Explainer:
                 without ``x`` (or with an ``x`` or ``classes`` whose batch differs).
             MethodOptionError: unknown method or bad options.
         """
-        return self._maps(outputs, get_method(method), x, classes, options)
+        m = get_method(method)
+        return self.method_maps(outputs, m, check_options(method, options), x=x, classes=classes)
 
-    def _maps(self, outputs: Outputs, m, x: np.ndarray | None, classes, options: dict,
-              checked: bool = False) -> np.ndarray:
-        """:meth:`maps` for the method record ``m``; ``checked``: ``options`` already passed
-        ``check_options`` (so :meth:`explain` checks them once, not twice)."""
-        if m.kind == "perturbation":
-            if x is None:
-                raise ExplainError(f"method {m.name!r} runs the model on perturbed inputs, so it needs the "
-                                   "(B, 3, H, W) model input: maps(outputs, method, x=x_nchw)")
-            if np.shape(x)[:1] != (len(outputs),):
-                raise ExplainError(f"x must hold the {len(outputs)} inputs of these outputs; got shape {np.shape(x)}")
-            chosen = explained_classes(outputs) if classes is None else np.asarray(classes).reshape(-1)
-            if chosen.shape != (len(outputs),):
-                raise ExplainError(f"classes must give one class per image ({len(outputs)}); got {chosen.tolist()}")
-            opts = options if checked else check_options(m.name, options)
-            return m.fn(x, self.probabilities, chosen, self.meta.layout, **opts)
-        if m.kind == "features":
-            opts = options if checked else check_options(m.name, options)
-            return m.fn(getattr(outputs, "tokens", None), getattr(outputs, "token_grads", None),
-                        self.meta.layout, **opts)
-        if outputs.attentions is None:
-            raise ExplainError("these outputs carry no attentions; run infer(), not infer_plain(), on a model "
-                               "exported with attentions")
-        if not checked:
-            return run_method(m.name, outputs.attentions, self.meta.layout, grads=outputs.grads, **options)
-        return run_checked(m, outputs.attentions, self.meta.layout, outputs.grads, options)
+    def method_maps(self, outputs: Outputs, m: Method, options: Mapping[str, Any], *, x: np.ndarray | None = None,
+                    classes: np.ndarray | Sequence[int] | None = None) -> np.ndarray:
+        """:meth:`maps` for a method record whose ``options`` are already checked (a checked
+        :class:`~attnmap.runtime.engine.job.Job`'s), so that a batch never re-checks them.
 
-    def _batch_maps(self, outputs: Outputs, m, options: dict) -> np.ndarray:
-        """:meth:`_maps` of checked options; a batch whose attention tensors are large enough
-        is split into contiguous parts computed at once on :attr:`map_threads` threads."""
+        A batch whose tensors are large enough, of a kind that splits, is computed in
+        contiguous parts at once on :attr:`map_threads` threads (never a single image).
+        """
+        kind, layout = m.kind, self.meta.layout
         parts = 1
-        if m.kind == "attention" and outputs.attentions is not None:
-            read = outputs.attentions.nbytes + (0 if outputs.grads is None else outputs.grads.nbytes)
-            parts = parts_for(read, len(outputs), self.map_threads)
+        if kind.splits and classes is None:
+            parts = parts_for(kind.split_bytes(outputs), len(outputs), self.map_threads)
         if parts == 1:
-            return self._maps(outputs, m, None, None, options, checked=True)
+            return kind.maps(m, outputs, layout, options, x=x, forward=self.probabilities, classes=classes)
 
         def part(a: int, b: int) -> np.ndarray:
-            return self._maps(outputs.slice(a, b), m, None, None, options, checked=True)
+            return kind.maps(m, outputs.slice(a, b), layout, options, x=None if x is None else x[a:b],
+                             forward=self.probabilities)
 
         return np.concatenate(in_parts(part, len(outputs), parts))
+
+    def forward(self, x_nchw: np.ndarray, m: Method, targets: np.ndarray | None = None) -> Outputs:
+        """The forward pass of ``x_nchw`` that method ``m`` reads (its kind decides: attention
+        and feature methods :meth:`infer`; perturbation methods the same, with ``targets`` set
+        to the classes their maps will explain).
+
+        Args:
+            x_nchw: (B, 3, H, W) float32 preprocessed input.
+            m: the method record.
+            targets: (B,) int64 the class each map explains; None for each prediction.
+        """
+        return m.kind.forward(self.infer, x_nchw, targets, self.meta)
 
     # ------------------------------------------------------------------ all at once
     def explain(self, images: ImageLike | Sequence[ImageLike], method: str = "rollout", fit: str = "crop",
                 topk: int = 5, target: int | str | Sequence[int | str] | None = None,
                 **options) -> Explanation | list[Explanation]:
         """Predict and explain one image or a batch.
+
+        The images go through the frame engine's one batch step
+        (:meth:`~attnmap.runtime.engine.engine.FrameEngine.explain_batch`), the step every front
+        uses; a failed image raises its error.
 
         Args:
             images: one BGR uint8 image (H, W, 3) as OpenCV reads it, a path, a list of those,
@@ -272,31 +276,36 @@ class Explainer:
 
         Returns:
             One :class:`Explanation` for a single image, else a list in input order.
+
+        Raises:
+            OptionError: a bad ``topk``, ``fit``, method or option (MethodOptionError), or a
+                class to explain for a class-agnostic method.
+            ExplainError: an unknown class, a method the model cannot run, or a failure while
+                explaining.
+            ImageError: an image that cannot be read (the first failed image's error).
         """
         batch, single = _as_batch(images)
-        if isinstance(topk, bool) or not isinstance(topk, (int, np.integer)) or topk < 1:
-            raise ExplainError(f"topk must be an integer >= 1; got {topk!r}")
-        m = check_method_use(method, self.meta, class_given=target is not None, model=repr(self.path.name))
-        options = check_options(method, options, self.meta)
         targets = None
         if target is not None:
             items = list(target) if isinstance(target, (list, tuple, np.ndarray)) else [target] * len(batch)
             if len(items) != len(batch):
                 raise ExplainError(f"target must give one class per image ({len(batch)}); got {len(items)}")
             targets = np.array([resolve_class(self.meta, t) for t in items], dtype=np.int64)
-        x, geoms = self.preprocess(batch, fit=fit)
-        if m.kind == "perturbation":
-            outputs = perturbation_outputs(self, x, targets)
-            grids = self._maps(outputs, m, x, None, options, checked=True)
-        else:
-            outputs = self.infer(x, target=targets)
-            grids = self._batch_maps(outputs, m, options)
-        results = self.package(batch, outputs, grids, geoms, method, topk)
-        return results[0] if single else results
+        job = Job(method=method, options=options, fit=fit, topk=topk,
+                  target=None if targets is None else int(targets[0]))
+        engine = FrameEngine(self, job.checked(self.meta, model=repr(self.path.name)))
+        frames = [Frame(i, img, "image" if single else f"images[{i}]", 0.0) for i, img in enumerate(batch)]
+        done = engine.explain_batch(frames, targets=targets, draw=False)
+        for item in done:
+            if item.error is not None:
+                raise item.error
+        return done[0].explanation if single else [item.explanation for item in done]
 
     def explain_topk(self, image: ImageLike, k: int, method: str, fit: str = "crop",
                      **options) -> list[Explanation]:
         """Class-specific maps of one image for each of its ``k`` most probable classes.
+
+        The frame engine's top classes (``Job(top_classes=k)``), one image at a time.
 
         Args:
             image: one BGR uint8 image or a path.
@@ -307,17 +316,17 @@ class Explainer:
             **options: the method's options.
 
         Returns:
-            ``k`` explanations of the same image, the i-th explaining the i-th top class.
+            ``k`` explanations of the same image (fewer when the model has fewer classes),
+            the i-th explaining the i-th top class.
         """
         batch, _ = _as_batch(image)
         if len(batch) != 1:
             raise ExplainError(f"explain_topk takes one image; got {len(batch)}")
-        if int(k) < 1:
-            raise ExplainError(f"k must be >= 1; got {k}")
-        x, _ = self.preprocess(batch, fit=fit)
-        probs = softmax(self.infer_plain(x))[0]
-        classes = [int(c) for c in np.argsort(-probs)[: min(int(k), probs.shape[0])]]
-        return self.explain(batch * len(classes), method=method, fit=fit, target=classes, **options)
+        job = Job(method=method, options=options, fit=fit, top_classes=k).checked(self.meta, model=repr(self.path.name))
+        item = FrameEngine(self, job).explain_batch([Frame(0, batch[0], "image", 0.0)], draw=False)[0]
+        if item.error is not None:
+            raise item.error
+        return item.alternatives
 
     def package(self, images: Sequence[np.ndarray], outputs: Outputs, grids: np.ndarray,
                 geoms: Sequence[Geometry], method: str, topk: int = 5) -> list[Explanation]:
@@ -335,37 +344,6 @@ class Explainer:
             results.append(Explanation(image, probs[i], tk, grids[i], geoms[i], method, tgt,
                                        None if tgt is None else label(tgt)))
         return results
-
-
-def perturbation_outputs(explainer, x_nchw: np.ndarray, target: np.ndarray | Sequence[int] | None = None) -> Outputs:
-    """The forward pass of ``x_nchw`` for a perturbation method, ``targets`` set to the classes explained.
-
-    The model runs as for any method (attentions included, so the same outputs serve every
-    method, e.g. in ``evaluate``); ``target`` goes to the model only where it takes one (a
-    gradient model): perturbation methods need no gradients, so a plain model explains a
-    chosen class too.
-
-    Args:
-        explainer: an :class:`Explainer` (or anything with ``meta`` and ``infer``).
-        x_nchw: (B, 3, H, W) float32 preprocessed input.
-        target: (B,) class per image; None explains the predicted classes.
-
-    Returns:
-        The :class:`~attnmap.runtime.model.session.Outputs` with ``targets`` (B,) int64 the
-        classes the maps will explain.
-    """
-    given = None if target is None else np.asarray(target, dtype=np.int64).reshape(-1)
-    outputs = explainer.infer(x_nchw, target=given if explainer.meta.has_gradients else None)
-    if given is not None and given.shape != (len(outputs),):
-        raise ExplainError(f"target must give one class per image ({len(outputs)}); got {given.tolist()}")
-    return dataclasses.replace(outputs, targets=given if given is not None else explained_classes(outputs))
-
-
-def explained_classes(outputs: Outputs) -> np.ndarray:
-    """(B,) int64: ``outputs.targets`` where the model ran for chosen classes, else the argmax of the logits."""
-    if outputs.targets is not None:
-        return np.asarray(outputs.targets, dtype=np.int64)
-    return np.asarray(outputs.logits).argmax(axis=1).astype(np.int64)
 
 
 def top_indices(scores: np.ndarray, k: int) -> np.ndarray:

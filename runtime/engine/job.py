@@ -5,17 +5,19 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Protocol
+from typing import TYPE_CHECKING, Any, Mapping, Protocol
 
 import numpy as np
 
 from attnmap.runtime.core.errors import AttnmapError, OptionError
 from attnmap.runtime.draw.style import OverlayStyle
-from attnmap.runtime.engine.explainer import Explanation
 from attnmap.runtime.frames.frame import Frame
 from attnmap.runtime.image.preprocess import FITS
-from attnmap.runtime.methods import check_method_use, check_options
+from attnmap.runtime.methods import Method, check_method_use, check_options
 from attnmap.runtime.model.session import Outputs
+
+if TYPE_CHECKING:  # the explainer builds jobs, so it imports this module
+    from attnmap.runtime.engine.explainer import Explanation
 
 
 @dataclass(frozen=True)
@@ -44,19 +46,30 @@ class Job:
     top_classes: int | None = None
     style: OverlayStyle | None = None
 
-    def checked(self, meta) -> "Job":
+    def checked(self, meta, *, model: str = "this model") -> "Job":
         """This job with its options converted and checked against the model ``meta``.
+
+        A job is checked once: the checked job remembers the ``meta`` it was checked against,
+        and checking it again against the same ``meta`` returns it as it is (an engine built
+        from a checked job re-checks nothing; ``dataclasses.replace`` makes an unchecked job).
+
+        Args:
+            meta: the model's :class:`~attnmap.runtime.core.meta.ModelMeta`.
+            model: how messages name the model (``"'deit.onnx'"``).
 
         Raises:
             OptionError: an unknown fit or method, bad options (MethodOptionError), a target
                 or top classes for a class-agnostic method, a method that needs gradients on a
                 model without them, or a class index out of range.
         """
+        if self.__dict__.get("_checked_for") is meta:
+            return self
         if self.fit not in FITS:
             raise OptionError(f"fit must be one of {', '.join(FITS)}; got {self.fit!r}")
         if isinstance(self.topk, bool) or not isinstance(self.topk, (int, np.integer)) or self.topk < 1:
             raise OptionError(f"topk must be an integer >= 1; got {self.topk!r}")
-        check_method_use(self.method, meta, class_given=self.target is not None or self.top_classes is not None)
+        m = check_method_use(self.method, meta, class_given=self.target is not None or self.top_classes is not None,
+                             model=model)
         if self.target is not None and self.top_classes is not None:
             raise OptionError("give a target class or a number of top classes, not both")
         if self.target is not None and not 0 <= int(self.target) < meta.num_classes:
@@ -65,7 +78,18 @@ class Job:
             raise OptionError(f"top_classes must be >= 1; got {self.top_classes}")
         if self.style is not None and not isinstance(self.style, OverlayStyle):
             raise OptionError(f"style must be an OverlayStyle; got {type(self.style).__name__}")
-        return dataclasses.replace(self, options=check_options(self.method, self.options, meta))
+        job = dataclasses.replace(self, options=check_options(self.method, self.options, meta))
+        object.__setattr__(job, "_checked_for", meta)  # frozen: the mark is set once, here
+        object.__setattr__(job, "_method", m)
+        return job
+
+    @property
+    def method_record(self) -> Method:
+        """The registered :class:`~attnmap.runtime.methods.base.Method` of a checked job."""
+        m = self.__dict__.get("_method")
+        if m is None:
+            raise OptionError("this job is not checked yet: use Job.checked(meta) first")
+        return m
 
 
 @dataclass(eq=False)

@@ -1,7 +1,8 @@
 """Per-stage benchmark: where the time of one explained frame goes, against plain inference.
 
-``run_bench`` drives the frame engine's stages one by one on the same frames, ``runs`` times
-after ``warmup`` untimed runs, and times each on a stage clock:
+``run_bench`` runs the frame engine's batch step (``FrameEngine.explain_batch``, the step
+every front uses) on the same frames, ``runs`` times after ``warmup`` untimed runs, and reads
+each stage's time from the engine's stage clock:
 
 ======================  ==========================================================
 stage                   what is timed (per batch of ``batch_size`` frames)
@@ -70,8 +71,9 @@ def run_bench(explainer, source: "str | Path | Source | None" = None, *, runs: i
     if runs < 1 or warmup < 0 or batch_size < 1:
         raise OptionError(f"runs and batch_size must be >= 1 and warmup >= 0; got runs={runs}, "
                           f"warmup={warmup}, batch_size={batch_size}")
+    t = StageClock()
     engine = FrameEngine(explainer, Job(method=method, options=dict(options or {}), fit=fit, topk=1,
-                                        style=OverlayStyle(colormap=colormap)), batch_size=batch_size)
+                                        style=OverlayStyle(colormap=colormap)), batch_size=batch_size, clock=t)
     opts = dict(engine.job.options)
     feed = _Feed(source)
     times: dict[str, list[float]] = {s: [] for s in (*STAGES, "plain_inference")}
@@ -80,35 +82,28 @@ def run_bench(explainer, source: "str | Path | Source | None" = None, *, runs: i
         with tempfile.TemporaryDirectory(prefix="attnmap-bench-") as tmp:
             encoder = _Encoder(feed.is_video, Path(tmp), feed.fps)
             for run in range(warmup + runs):
-                t = StageClock()
+                before = t.totals()
                 with t.stage("decode"):
                     frames = [Frame(i, feed.next(), feed.name, 0.0) for i in range(batch_size)]
-                with t.stage("preprocess"):
-                    batch = engine.prepare(frames)
-                if batch.failed:
-                    raise batch.failed[0].error
+                # plain inference on the same input, before the step or after it in turn
+                x, _ = explainer.preprocess([f.image_bgr for f in frames], fit=engine.job.fit)
                 if run % 2:
                     with t.stage("plain_inference"):
-                        explainer.infer_plain(batch.x)
-                with t.stage("inference"):
-                    outputs = engine.infer(batch)
+                        explainer.infer_plain(x)
+                items = engine.explain_batch(frames)  # preprocess, inference, explanation, overlay
                 if not run % 2:
                     with t.stage("plain_inference"):
-                        explainer.infer_plain(batch.x)
-                with t.stage("explanation"):
-                    items = engine.explain(batch, outputs)
-                with t.stage("overlay"):
-                    for item in items:
-                        engine.draw(item)
+                        explainer.infer_plain(x)
                 with t.stage("output"):
                     for item in items:
                         if item.error is not None:
                             raise item.error
                         encoder.encode(item.drawn)
                 if run >= warmup:
+                    took = _took(t, before)
                     for k in times:
-                        times[k].append(t.last(k))
-                    ratios.append((t.last("inference") + t.last("explanation")) / t.last("plain_inference"))
+                        times[k].append(took.get(k, 0.0))
+                    ratios.append((took["inference"] + took["explanation"]) / took["plain_inference"])
             encoder.close()
     finally:
         feed.close()
@@ -118,7 +113,7 @@ def run_bench(explainer, source: "str | Path | Source | None" = None, *, runs: i
     return {
         "model": explainer.meta.model_name,
         "file": str(getattr(explainer, "path", "")),
-        "provider": _provider(explainer),
+        "provider": getattr(explainer, "provider", "unknown"),
         "source": feed.name,
         "frame_size": list(feed.size),
         "batch_size": batch_size,
@@ -204,25 +199,17 @@ def run_compare(explainers: Sequence, source: "str | Path | Source | None" = Non
             order = list(enumerate(engines))
             results: dict[int, list] = {}
             for k, engine in (order if run % 2 == 0 else order[::-1]):
-                t = StageClock()
-                with t.stage("preprocess"):
-                    batch = engine.prepare(frames)
-                if batch.failed:
-                    raise batch.failed[0].error
-                with t.stage("inference"):
-                    outputs = engine.infer(batch)
-                with t.stage("explanation"):
-                    items = engine.explain(batch, outputs)
-                with t.stage("overlay"):
-                    for item in items:
-                        if item.error is not None:
-                            raise item.error
-                        engine.draw(item)
+                before = engine.clock.totals()
+                items = engine.explain_batch(frames)  # preprocess, inference, explanation, overlay
+                for item in items:
+                    if item.error is not None:
+                        raise item.error
                 results[k] = [item.explanation for item in items]
                 if run >= warmup:
+                    took = _took(engine.clock, before)
                     for stage in COMPARE_STAGES:
-                        times[k][stage].append(t.last(stage))
-                    times[k]["explain"].append(t.last("preprocess") + t.last("inference") + t.last("explanation"))
+                        times[k][stage].append(took.get(stage, 0.0))
+                    times[k]["explain"].append(took["preprocess"] + took["inference"] + took["explanation"])
             if run >= warmup:
                 first = results[0]
                 for k, got in results.items():
@@ -236,7 +223,7 @@ def run_compare(explainers: Sequence, source: "str | Path | Source | None" = Non
         explain_ms = float(np.median(times[k]["explain"])) * 1e3
         files.append({
             "file": str(path), "size_bytes": path.stat().st_size if path.is_file() else 0,
-            "precision": ex.meta.precision, "provider": _provider(ex),
+            "precision": ex.meta.precision, "provider": getattr(ex, "provider", "unknown"),
             "stages": {s: _stats(times[k][s], batch_size) for s in COMPARE_STAGES},
             "explain_ms": round(explain_ms, 4), "explains_per_s": _fps(explain_ms, batch_size),
             "stored_fidelity": dict(ex.meta.fidelity),
@@ -355,12 +342,14 @@ def _stats(seconds: list[float], batch: int) -> dict[str, float]:
             "per_frame_ms": round(med / batch, 4)}
 
 
+def _took(clock: StageClock, before: Mapping[str, float]) -> dict[str, float]:
+    """Stage -> seconds since ``before`` (a ``clock.totals()``): one run's time in each stage,
+    however many durations (one per drawn item, say) the stage recorded in it."""
+    return {s: total - before.get(s, 0.0) for s, total in clock.totals().items()}
+
+
 def _fps(ms: float, batch: int) -> float:
     return round(1e3 * batch / ms, 3) if ms > 0 else 0.0
 
-
-def _provider(explainer) -> str:
-    model = getattr(explainer, "model", None)
-    return str(getattr(model, "provider", "unknown"))
 
 

@@ -124,7 +124,7 @@ def explain_collection(model: str | Path | None, sources: Sequence[str], job: Jo
         options = engine.ray_options(provider, batch_size, threads=threads, workers=workers)
         explainer = Explainer(model, provider="cpu", threads=1)  # checks the job; the actors load their own
     else:
-        from attnmap.runtime.fronts.distributed.manifest import plan_with_manifests
+        from attnmap.runtime.frames.manifest import plan_with_manifests
         from attnmap.runtime.model.plan import plan_for_inputs
 
         planned = plan_with_manifests(sources)

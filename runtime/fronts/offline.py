@@ -25,7 +25,7 @@ from attnmap.runtime.engine.record import record_line, record_of, video_record
 from attnmap.runtime.frames.frame import SourceRef
 from attnmap.runtime.frames.sources import open_files, plan_inputs
 from attnmap.runtime.fronts.video import VideoProgress, explain_video
-from attnmap.runtime.methods import explain as run_method
+from attnmap.runtime.methods import attention_maps as run_method
 
 TILES = ("none", "layers", "heads")
 VIDEO_FORMATS = ("mp4", "webm", "avi")

@@ -4,12 +4,13 @@ Every method is a plain function registered in :data:`METHODS` with one typed sp
 and a kind (:class:`~attnmap.runtime.methods.base.Method`): attention methods
 ``fn(attentions, layout, *, grads=None, **options)``, perturbation methods
 ``fn(x, forward, classes, layout, **options)`` that run the model on perturbed inputs, and
-feature methods ``fn(tokens, token_grads, layout, **options)``. :func:`explain` runs an
-attention method by name after checking its options (:func:`check_options`);
-:meth:`attnmap.Explainer.maps` runs any kind. The CLI's flags, the library's checks and the
-live view's keys all derive from those specs.
+feature methods ``fn(tokens, token_grads, layout, **options)``; each kind is an adapter object
+(:mod:`~attnmap.runtime.methods.kinds`) that says what it reads and how it is called.
+:func:`attention_maps` runs an attention method by name after checking its options
+(:func:`check_options`); :meth:`attnmap.Explainer.maps` runs any kind. The CLI's flags, the
+library's checks and the live view's keys all derive from those specs.
 
-    >>> maps = explain("rollout", attentions, meta.layout, discard_ratio=0.9)
+    >>> maps = attention_maps("rollout", attentions, meta.layout, discard_ratio=0.9)
 """
 
 from __future__ import annotations
@@ -26,11 +27,12 @@ from attnmap.runtime.methods.base import HEAD_FUSIONS, Method, make_method, norm
 from attnmap.runtime.methods.gradcam import gradcam
 from attnmap.runtime.methods.flow import attention_flow
 from attnmap.runtime.methods.gradient import chefer, gradsam, product_rule
+from attnmap.runtime.methods.kinds import ATTENTION, FEATURES, KINDS, PERTURBATION, Kind
 from attnmap.runtime.methods.perturbation import OCCLUSION_BASELINES, occlusion, rise
 from attnmap.runtime.methods.rollout import attention_rollout, grad_rollout
 
-__all__ = ["EXPLAINERS", "METHODS", "Method", "check_method_use", "check_options", "explain", "normalize_maps",
-           "run_checked", "attention_flow", "attention_rollout", "grad_rollout", "raw_attention", "chefer", "gradsam",
+__all__ = ["KINDS", "METHODS", "Kind", "Method", "attention_maps", "check_method_use", "check_options",
+           "get_method", "normalize_maps", "attention_flow", "attention_rollout", "grad_rollout", "raw_attention", "chefer", "gradsam",
            "product_rule", "occlusion", "rise", "gradcam", "runs_on"]
 
 # One declaration per option; methods that share an option share its spec (the default comes
@@ -84,16 +86,15 @@ METHODS: dict[str, Method] = {m.name: m for m in (
                 {"eps": _EPS, "start_layer": _START}, needs_gradients=True),
     make_method("occlusion", occlusion,
                 "Occlusion: drop of the class probability as a patch-sized occluder slides over the input.",
-                _OCCLUSION, kind="perturbation"),
+                _OCCLUSION, kind=PERTURBATION),
     make_method("rise", rise,
                 "RISE (Petsiuk et al. 2018): class probability of N randomly masked inputs, weighting the masks.",
-                _RISE, kind="perturbation"),
+                _RISE, kind=PERTURBATION),
 )}
 
 METHODS["gradcam"] = make_method(
     "gradcam", gradcam, "Grad-CAM (Selvaraju et al. 2017) on the last block's patch tokens: relu(sum_k a_k A_k).",
-    {}, needs_gradients=True, kind="features")
-EXPLAINERS = METHODS  # the name earlier releases used
+    {}, needs_gradients=True, kind=FEATURES)
 
 
 def get_method(method: str) -> Method:
@@ -159,20 +160,16 @@ def check_method_use(method: str, meta: ModelMeta, *, class_given: bool = False,
 
     Raises:
         MethodOptionError: unknown method, or a class given to a class-agnostic method.
-        ExplainError: a method that needs gradients on a model exported without them
-            (perturbation methods need none).
+        ExplainError: the model lacks what the method reads (see ``Kind.check_model``): a
+            method that needs gradients on a model exported without them (perturbation
+            methods need none).
     """
     m = get_method(method)
     if class_given and not m.class_specific:
         raise MethodOptionError(f"method {m.name!r} is class-agnostic, so a class to explain does not apply; use a "
                                 "class-specific method (" + ", ".join(n for n, x in METHODS.items()
                                                                       if x.class_specific) + ")")
-    if m.needs_gradients and not meta.has_gradients:
-        raise ExplainError(f"method {m.name!r} needs attention gradients, and {model} has none; "
-                           "re-export the model with `attnmap export --gradients`")
-    if m.kind == "features" and not meta.has_token_grads:
-        raise ExplainError(f"method {m.name!r} needs the token features and their gradients, and {model} has none "
-                           "(an export from before they were added); re-export with `attnmap export --gradients`")
+    m.kind.check_model(m, meta, model)
     return m
 
 
@@ -185,8 +182,8 @@ def runs_on(method: str, meta: ModelMeta) -> bool:
     return True
 
 
-def explain(method: str, attentions: np.ndarray, layout: TokenLayout, *,
-            grads: np.ndarray | None = None, **options: Any) -> np.ndarray:
+def attention_maps(method: str, attentions: np.ndarray, layout: TokenLayout, *,
+                   grads: np.ndarray | None = None, **options: Any) -> np.ndarray:
     """Run the attention method ``method`` with checked options.
 
     Perturbation and feature methods read the model input or token features, not attentions:
@@ -208,17 +205,12 @@ def explain(method: str, attentions: np.ndarray, layout: TokenLayout, *,
         ExplainError: wrong shapes, a gradient method without ``grads``, or a method that is
             not an attention method.
     """
-    return run_checked(get_method(method), attentions, layout, grads, check_options(method, options))
-
-
-def run_checked(m: Method, attentions: np.ndarray, layout: TokenLayout, grads: np.ndarray | None,
-                options: Mapping[str, Any]) -> np.ndarray:
-    """:func:`explain` for a method record whose ``options`` already passed :func:`check_options`
-    (so :meth:`Explainer.explain` checks them once per call, not twice)."""
-    if m.kind != "attention":
-        call = "maps(outputs, method, x=x_nchw)" if m.kind == "perturbation" else "maps(outputs, method)"
+    m = get_method(method)
+    checked = check_options(method, options)
+    if m.kind is not ATTENTION:
+        call = "maps(outputs, method, x=x_nchw)" if m.reruns_model else "maps(outputs, method)"
         raise ExplainError(f"method {m.name!r} is a {m.kind} method, not an attention method; run it with "
                            f"Explainer.{call} or Explainer.explain")
     if m.needs_gradients and grads is None:
         raise ExplainError(f"method {m.name!r} needs attention gradients; export the model with --gradients")
-    return m.fn(attentions, layout, grads=grads, **options)
+    return m.fn(attentions, layout, grads=grads, **checked)

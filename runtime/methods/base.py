@@ -1,7 +1,7 @@
 """Shared pieces of the explanation methods: the Method record, input checks, normalisation.
 
 Every method returns saliency maps (B, gh, gw) float32 in [0, 1] on the token grid. What it
-reads depends on its kind (:data:`KINDS`): attention methods read attention probabilities
+reads depends on its kind (:mod:`~attnmap.runtime.methods.kinds`): attention methods read attention probabilities
 ``attentions`` of shape (B, L, H, N, N), perturbation methods run the model on perturbed
 inputs, feature methods read token features and their gradients. The helpers here hold what
 they share: checking shapes against a :class:`~attnmap.runtime.core.meta.TokenLayout`, fusing
@@ -21,14 +21,11 @@ import numpy as np
 from attnmap.runtime.core.errors import ExplainError
 from attnmap.runtime.core.options import OptionSpec
 from attnmap.runtime.core.meta import TokenLayout
+from attnmap.runtime.methods.kinds import ATTENTION, Kind, kind_of
 
+# How a method may fuse a layer's heads at run time (an export may also keep them: "none", see
+# runtime/core/meta.py's EXPORT_HEAD_FUSIONS).
 HEAD_FUSIONS = ("mean", "max", "min")
-
-# What a method reads, hence how it is called (see Method.fn):
-#   attention:    fn(attentions, layout, *, grads=None, **options)
-#   perturbation: fn(x, forward, classes, layout, **options); forward(x_chunk) -> (b, C) probabilities
-#   features:     fn(tokens, token_grads, layout, **options); (B, N, D) token features and gradients
-KINDS = ("attention", "perturbation", "features")
 
 # A map whose spread is below this fraction of its magnitude is float32 rounding noise, not
 # signal: uniform attention pushed through 12 layers comes out uniform only to a few ulps,
@@ -42,7 +39,8 @@ class Method:
 
     Attributes:
         name: registry key and CLI ``--method`` choice.
-        fn: returns (B, gh, gw) float32 in [0, 1]; how it is called depends on ``kind``:
+        fn: returns (B, gh, gw) float32 in [0, 1]; how it is called depends on ``kind``
+            (:mod:`~attnmap.runtime.methods.kinds`):
 
             * ``"attention"``: ``fn(attentions, layout, *, grads=None, **options)`` with
               (B, L, H, N, N) attention probabilities (and their gradients).
@@ -57,7 +55,8 @@ class Method:
         options: option name -> its :class:`~attnmap.runtime.core.options.OptionSpec` (type,
             default, range, choices, help): the one declaration every front derives from.
         summary: one line for ``--help``.
-        kind: one of :data:`KINDS`.
+        kind: the method's :class:`~attnmap.runtime.methods.kinds.Kind`: what it reads from
+            the file and how it is called.
     """
 
     name: str
@@ -65,7 +64,7 @@ class Method:
     needs_gradients: bool
     options: Mapping[str, OptionSpec]
     summary: str = ""
-    kind: str = "attention"
+    kind: Kind = ATTENTION
 
     @property
     def defaults(self) -> dict[str, Any]:
@@ -76,11 +75,17 @@ class Method:
     def class_specific(self) -> bool:
         """True when the map explains one class, which may be chosen: gradient methods (the
         gradient of that class), perturbation methods (its probability) and feature methods."""
-        return self.needs_gradients or self.kind in ("perturbation", "features")
+        return self.needs_gradients or self.kind.class_specific
+
+    @property
+    def reruns_model(self) -> bool:
+        """True when the method runs the model again on many perturbed inputs per frame (too slow
+        for a live view, which offers only the other methods)."""
+        return self.kind.reruns_model
 
 
 def make_method(name: str, fn: Callable[..., np.ndarray], summary: str, specs: Mapping[str, OptionSpec], *,
-                needs_gradients: bool = False, kind: str = "attention") -> Method:
+                needs_gradients: bool = False, kind: "str | Kind" = ATTENTION) -> Method:
     """Build a :class:`Method` whose options are ``fn``'s keyword-only parameters.
 
     The defaults are read from ``fn``'s signature, so a default changed in the function is the
@@ -93,7 +98,8 @@ def make_method(name: str, fn: Callable[..., np.ndarray], summary: str, specs: M
         specs: option name -> spec (its ``default`` is replaced by the signature's); every
             option of ``fn`` must have one.
         needs_gradients: whether the model must be exported with gradients.
-        kind: what ``fn`` reads, one of :data:`KINDS` (see :class:`Method`).
+        kind: what ``fn`` reads: a :class:`~attnmap.runtime.methods.kinds.Kind` or the name of
+            a registered one (see :class:`Method`).
 
     Returns:
         The frozen :class:`Method`.
@@ -102,8 +108,7 @@ def make_method(name: str, fn: Callable[..., np.ndarray], summary: str, specs: M
         TypeError: an option of ``fn`` has no spec, a spec names no option of ``fn``, or an
             unknown kind (a programming error, raised at import).
     """
-    if kind not in KINDS:
-        raise TypeError(f"method {name!r}: kind must be one of {KINDS}; got {kind!r}")
+    kind = kind_of(kind)
     params = {p.name: p.default for p in inspect.signature(fn).parameters.values()
               if p.kind is inspect.Parameter.KEYWORD_ONLY and p.name != "grads"}
     if set(params) != set(specs):

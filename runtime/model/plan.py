@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from attnmap.runtime.model import session as _session
+from attnmap.runtime.model import providers as _providers, session as _session
 
 
 class ThroughputPlan(NamedTuple):
@@ -40,7 +40,7 @@ def throughput_plan(provider: str, threads: int | None = None, workers: int | No
         ``(threads, workers or 1)``. The batch size is ``batch_size`` if given, else 4 on a
         CPU and 8 on CUDA.
     """
-    cpu = _session.resolve_providers(provider)[0] == "CPUExecutionProvider"
+    cpu = _providers.resolve_providers(provider)[0] == "CPUExecutionProvider"
     batch = batch_size or (4 if cpu else 8)
     if not cpu:
         return ThroughputPlan(threads, workers or 1, batch)

@@ -63,6 +63,24 @@ def resolve_providers(provider: str, available: Sequence[str] | None = None) -> 
     return [ORT_NAMES[n] for n in _CHAINS[name] if ORT_NAMES[n] in available or n == "cpu"]
 
 
+def short_name(provider: str) -> str:
+    """The short name of an onnxruntime provider (``"CUDAExecutionProvider"`` -> ``"cuda"``).
+
+    Args:
+        provider: an onnxruntime provider name, as a session reports it
+            (``session.get_providers()[0]``); a short name is returned as it is.
+
+    Returns:
+        ``"cpu"``, ``"cuda"``, ``"tensorrt"``, ``"openvino"`` or ``"coreml"``; a provider
+        attnmap does not choose (``"AzureExecutionProvider"``) as its name without the
+        ``ExecutionProvider`` suffix, lower-cased (``"azure"``).
+    """
+    for short, ort_name in ORT_NAMES.items():
+        if provider in (ort_name, short):
+            return short
+    return str(provider).removesuffix("ExecutionProvider").lower()
+
+
 def provider_options(providers: Sequence[str], trt_cache: str | Path | None = None) -> list[dict[str, str]]:
     """Options for each provider of :func:`resolve_providers`' list.
 

@@ -24,10 +24,8 @@ from attnmap.runtime.core.meta import ModelMeta
 from attnmap.runtime.model.buffers import BufferPool, DeviceBuffers
 from attnmap.runtime.model.graph import (check_against_graph, first_line, logits_only, read_model,
                                          split_stacked_outputs)
-# The provider choice lives in providers.py; its names stay importable from here (and tests
-# replace session.resolve_providers, which OnnxModel looks up here).
-from attnmap.runtime.model.providers import (AUTO_ORDER, PROVIDERS, TRT_CACHE_ENV, ORT_NAMES,  # noqa: F401
-                                             provider_options, resolve_providers)
+from attnmap.runtime.model import providers as _providers
+from attnmap.runtime.model.providers import ORT_NAMES, provider_options
 
 _DTYPES = {"tensor(float)": np.dtype(np.float32), "tensor(int64)": np.dtype(np.int64),
            "tensor(float16)": np.dtype(np.float16)}
@@ -129,7 +127,7 @@ class OnnxModel:
 
     Args:
         path: the ``.onnx`` file written by ``attnmap export``.
-        provider: a name of :data:`PROVIDERS` (``"auto"``, ``"cpu"``, ``"cuda"``, ``"tensorrt"`` ...).
+        provider: a name of :data:`~attnmap.runtime.model.providers.PROVIDERS` (``"auto"``, ``"cpu"``, ``"cuda"``, ``"tensorrt"`` ...).
         threads: intra-op threads on CPU (default: the physical cores).
         trt_cache: TensorRT engine cache folder (see :func:`provider_options`).
 
@@ -154,7 +152,7 @@ class OnnxModel:
         if not self.path.is_file():
             raise ModelError(f"model file {str(self.path)!r} does not exist; pass an .onnx file "
                              "written by `attnmap export`")
-        self.providers = resolve_providers(provider)
+        self.providers = _providers.resolve_providers(provider)
         self.threads = threads
         self.trt_cache = trt_cache
         cpu = self.providers[0] == ORT_NAMES["cpu"]
@@ -227,8 +225,13 @@ class OnnxModel:
 
     @property
     def provider(self) -> str:
-        """The execution provider the session actually runs on."""
+        """The execution provider the session actually runs on (onnxruntime's name)."""
         return self.session.get_providers()[0]
+
+    @property
+    def provider_short(self) -> str:
+        """:attr:`provider` as attnmap names it: ``cpu``, ``cuda``, ``tensorrt``, ``openvino``, ``coreml``."""
+        return _providers.short_name(self.provider)
 
     def describe_outputs(self) -> list[dict]:
         """The file's graph outputs as ``{"name", "shape", "type"}``: stacked outputs as written

@@ -162,7 +162,7 @@ def map_methods(meta) -> list[str]:
     from attnmap.runtime.methods import METHODS, runs_on
 
     return [name for name, m in METHODS.items()
-            if m.kind in ("attention", "features") and name not in SKIPPED_METHODS and runs_on(name, meta)]
+            if not m.reruns_model and name not in SKIPPED_METHODS and runs_on(name, meta)]
 
 
 def measure_fidelity(reference, candidate, x_nchw: np.ndarray, *, source: str = "images", batch: int = 1,

@@ -39,8 +39,8 @@ from attnmap.runtime.core.files import write_bytes
 from attnmap.runtime.engine.engine import FrameEngine, ItemResult, Job
 from attnmap.runtime.engine.record import OUTPUT_KEYS, record_line
 from attnmap.runtime.frames.frame import Frame
+from attnmap.runtime.frames.manifest import list_images
 from attnmap.runtime.fronts.distributed.cluster import collect, ray_cluster
-from attnmap.runtime.fronts.distributed.manifest import list_images
 from attnmap.runtime.fronts.distributed.table import (TABLE_NAME, content_hash, finished_row, item_row, record_from_row,
                                                       settings_fingerprint, write_record, write_table)
 from attnmap.runtime.fronts.offline import FolderOutput, StemNames, drawing_engine, write_item
@@ -330,18 +330,8 @@ class ExplainActor:
                 "status": np.array([rows[i][1] for i in order], dtype=object)}
 
     def _explain(self, frames: list[Frame]) -> list[ItemResult]:
-        """The engine's stages on one batch (model failure fails the batch's items, not the run)."""
-        engine = self.engine
-        if not frames:
-            return []
-        prepared = engine.prepare(frames)
-        try:
-            outputs = engine.infer(prepared)
-        except Exception as exc:  # noqa: BLE001 - one batch's failure never ends the run
-            items = prepared.failed + [ItemResult(f.source, f.index, f, error=exc) for f in prepared.frames]
-        else:
-            items = engine.explain(prepared, outputs)
-        return [engine.draw(item) for item in items]
+        """The engine's batch step on one batch, drawn (a model failure fails the batch's items, not the run)."""
+        return self.engine.explain_batch(frames) if frames else []
 
 
 def frame_of(index: int, path: str, data: bytes, shape: str, error: str = "") -> Frame:

@@ -119,7 +119,7 @@ def run_live(explainer, source: "str | Source" = "0", job: Job | None = None, co
         meta = explainer.meta
         # Perturbation methods take hundreds of model runs a frame: the method key cycles through
         # them only when the session started with one.
-        methods = [n for n, m in METHODS.items() if runs_on(n, meta) and (m.kind != "perturbation" or n == job.method)]
+        methods = [n for n, m in METHODS.items() if runs_on(n, meta) and (not m.reruns_model or n == job.method)]
         if job.method not in methods:
             raise OptionError(f"method {job.method!r} cannot run on this model; choose from {', '.join(methods)}."
                               + suggest(str(job.method), methods))

@@ -3,7 +3,8 @@ explain fields, explain, and shape the JSON answers.
 
 Everything here raises :class:`HTTPProblem` (a status code and a one-line message) or the
 library's typed errors; ``app.py`` turns both into JSON error bodies. ``POST /v1/explain``
-returns exactly what :meth:`Explainer.explain` returns for the decoded upload: the same
+runs the frame engine's batch step (``FrameEngine.explain_batch``) on the decoded upload, the
+step :meth:`Explainer.explain` runs, and returns exactly what that returns: the same
 top-k probabilities, the same token-grid map (float32 values written as JSON numbers, which
 round-trip exactly), the same heatmap and overlay (as base64 PNG on request).
 """
@@ -19,7 +20,9 @@ import numpy as np
 
 from attnmap.runtime.core.errors import EncodeError, ImageError, OptionError, suggest
 from attnmap.runtime.draw.style import OverlayStyle
-from attnmap.runtime.engine.explainer import Explanation, resolve_class
+from attnmap.runtime.engine.engine import FrameEngine, Job
+from attnmap.runtime.engine.explainer import resolve_class
+from attnmap.runtime.frames.frame import Frame
 from attnmap.runtime.fronts.serve.security import Limits
 from attnmap.runtime.image.decode import decode_image
 from attnmap.runtime.image.header import HeaderError, read_header
@@ -52,6 +55,8 @@ class ExplainRequest:
         options: the method's options, converted to their types.
         png: which images to return as base64 PNG: a subset of ``heatmap``, ``overlay``.
         style: how the overlay PNG is drawn.
+        job: the engine's :class:`~attnmap.runtime.engine.job.Job` of these fields, checked
+            against the model once, when the fields were parsed.
     """
 
     method: str = "rollout"
@@ -61,6 +66,7 @@ class ExplainRequest:
     options: dict[str, Any] = field(default_factory=dict)
     png: tuple[str, ...] = ()
     style: OverlayStyle = field(default_factory=OverlayStyle)
+    job: Job | None = None
 
 
 # --------------------------------------------------------------------------- limits
@@ -182,8 +188,9 @@ def parse_fields(fields: Mapping[str, str], meta, default_method: str = "rollout
             style_changes["alpha"] = float(fields["alpha"])
         except ValueError:
             raise OptionError(f"alpha must be a number in [0, 1]; got {fields['alpha']!r}") from None
-    return ExplainRequest(method, fit, topk, target, options, tuple(dict.fromkeys(png)),
-                          OverlayStyle(**style_changes))
+    job = Job(method=method, options=options, fit=fit, topk=topk, target=target).checked(meta)
+    return ExplainRequest(method, fit, topk, target, job.options, tuple(dict.fromkeys(png)),
+                          OverlayStyle(**style_changes), job)
 
 
 def _int_field(fields: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
@@ -201,7 +208,7 @@ def _int_field(fields: Mapping[str, str], name: str, default: int, low: int, hig
 
 # --------------------------------------------------------------------------- answers
 def explain_upload(explainer, img_bgr: np.ndarray, req: ExplainRequest) -> dict[str, Any]:
-    """Explain one decoded image as :meth:`Explainer.explain` does and shape the JSON answer.
+    """Explain one decoded image with the engine's batch step and shape the JSON answer.
 
     Returns:
         ``{"method", "fit", "options", "image": {"width", "height"}, "topk": [{index, label,
@@ -209,8 +216,11 @@ def explain_upload(explainer, img_bgr: np.ndarray, req: ExplainRequest) -> dict[
         {"shape": [gh, gw], "values": rows of float32 in [0, 1]}}`` plus ``heatmap_png``
         (8-bit gray, round(255 * heatmap)) and ``overlay_png`` (base64) where asked.
     """
-    ex: Explanation = explainer.explain(img_bgr, method=req.method, fit=req.fit, topk=req.topk,
-                                        target=req.target, **req.options)
+    job = req.job if req.job is not None else Job(req.method, req.options, req.fit, req.topk, req.target)
+    item = FrameEngine(explainer, job).explain_batch([Frame(0, img_bgr, "upload", 0.0)], draw=False)[0]
+    if item.error is not None:
+        raise item.error
+    ex = item.explanation
     topk = [{"index": t.index, "label": t.label, "prob": t.prob} for t in ex.topk]
     answer: dict[str, Any] = {
         "method": ex.method, "fit": req.fit, "options": req.options,
@@ -247,6 +257,6 @@ def methods_document(meta) -> dict[str, Any]:
         opts = {o: {"kind": s.kind.__name__, "default": s.default, "help": s.help, "allowed": s.describe(),
                     "choices": list(s.choices), "low": s.low, "high": s.high, "axis": s.axis}
                 for o, s in m.options.items()}
-        out.append({"name": name, "kind": m.kind, "summary": m.summary, "class_specific": m.class_specific,
+        out.append({"name": name, "kind": m.kind.name, "summary": m.summary, "class_specific": m.class_specific,
                      "runs_on_model": runs_on(name, meta), "options": opts})
     return {"methods": out}

@@ -227,7 +227,7 @@ class StreamLoop:
         job = job or Job()
         self.explainer, self.source, self.config, self.metrics = explainer, source, config or StreamConfig(), metrics
         meta = explainer.meta
-        methods = [n for n, m in METHODS.items() if runs_on(n, meta) and (m.kind != "perturbation" or n == job.method)]
+        methods = [n for n, m in METHODS.items() if runs_on(n, meta) and (not m.reruns_model or n == job.method)]
         if job.method not in methods:
             raise OptionError(f"method {job.method!r} cannot run on this model; choose from {', '.join(methods)}."
                               + suggest(str(job.method), methods))

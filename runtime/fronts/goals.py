@@ -1,4 +1,4 @@
-"""Real-time targets: live frames/s, offline frames/s and capture-to-display latency on one video.
+"""Real-time goals: live frames/s, offline frames/s and capture-to-display latency on one video.
 
 A front over the live and offline fronts (themselves on the frame engine): both run on the
 same video, and plain inference of the same model is timed before and after as the baseline.
@@ -17,31 +17,30 @@ import numpy as np
 from attnmap.runtime.core.errors import SourceError
 from attnmap.runtime.engine.engine import FrameEngine, Job
 from attnmap.runtime.frames.sources import open_source
-from attnmap.runtime.fronts.bench import _provider
 from attnmap.runtime.model.plan import ThroughputPlan, throughput_plan
 
-TARGETS = {
+GOALS = {
     "live_fps": "live frames/s >= 0.9 x min(source fps, 1 / plain inference time)",
     "offline_fps": "offline video explain frames/s >= 0.85 x plain-inference frames/s at the same batch size",
     "latency": "capture-to-display latency (median) <= 1.3 x plain inference time",
 }
 
 
-def measure_targets(explainer, video: str | Path, *, batch_size: int = 8, plain_runs: int = 30,
+def measure_goals(explainer, video: str | Path, *, batch_size: int = 8, plain_runs: int = 30,
                     live_frames: int | None = None, method: str = "rollout",
                     fit: str = "squash", offline_explainer=None, workers: int = 1) -> dict[str, Any]:
-    """Measure the three real-time targets of attnmap on one video (see :data:`TARGETS`).
+    """Measure the three real-time goals of attnmap on one video (see :data:`GOALS`).
 
     Plain inference is timed before and after the live and offline runs, and the median of
     both sets is the baseline, so a machine that gets busier or quieter midway shifts the
-    baseline with the measurements. The targets use back-to-back plain runs; plain inference
+    baseline with the measurements. The goals use back-to-back plain runs; plain inference
     is also timed paced at the video's frame rate, the rhythm of the live loop (idle, then
     one frame), and reported beside them as ``plain_paced_ms``: on a small CPU box one run after
     an idle gap is slower than one of a back-to-back series, and that part of the latency
     is not explanation overhead.
 
     The offline run can go as ``attnmap explain VIDEO`` runs it (:func:`throughput_explainer`:
-    on a CPU, two model runs at once on sessions of half the cores). Its target compares with
+    on a CPU, two model runs at once on sessions of half the cores). Its goal compares with
     plain inference as usually run, one batch at a time on ``explainer``. Plain inference run
     the offline way (``workers`` batches at once on ``offline_explainer``) is timed too and
     reported beside it as ``plain_concurrent_ms_per_frame``: against that, the ratio shows the
@@ -65,7 +64,7 @@ def measure_targets(explainer, video: str | Path, *, batch_size: int = 8, plain_
         ``offline_workers``, ``plain_concurrent_ms_per_frame`` (per frame, ``workers`` batches
         at once on ``offline_explainer``), ``live``
         (:meth:`LiveStats.to_dict`), ``offline``
-        (:meth:`VideoReport.to_dict`), and ``targets``: per target its measured value, the
+        (:meth:`VideoReport.to_dict`), and ``goals``: per goal its measured value, the
         threshold, the ratio to the threshold and whether it was met.
     """
     # Imported here: the per-stage benchmark does not need the live and video machinery.
@@ -74,7 +73,7 @@ def measure_targets(explainer, video: str | Path, *, batch_size: int = 8, plain_
 
     with open_source(video) as src:
         if src.fps is None or src.is_live:
-            raise SourceError(f"video {src.spec!r} needs a known fps (a video file) to measure real-time targets")
+            raise SourceError(f"video {src.spec!r} needs a known fps (a video file) to measure real-time goals")
         src_fps = src.fps
         frames = [f.image_bgr for _, f in zip(range(batch_size), src)]
     offline_ex = offline_explainer or explainer
@@ -88,7 +87,7 @@ def measure_targets(explainer, video: str | Path, *, batch_size: int = 8, plain_
 
     job = Job(method=method, fit=fit)
     live = run_live(explainer, str(video), job, LiveConfig(show=False, max_frames=live_frames))
-    with tempfile.TemporaryDirectory(prefix="attnmap-targets-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="attnmap-goals-") as tmp:
         engine = FrameEngine(offline_ex, job, batch_size=batch_size, workers=workers)
         offline = explain_video(engine, str(video), Path(tmp) / "out.mp4")
     plain1 += _plain_times(explainer, x1, plain_runs)
@@ -106,38 +105,38 @@ def measure_targets(explainer, video: str | Path, *, batch_size: int = 8, plain_
         "offline_fps": (offline.throughput_fps, 0.85 / tb, True),
         "latency": (latency * 1e3, 1.3 * t1 * 1e3, False),
     }
-    targets = {}
+    goals = {}
     for name, (value, threshold, higher) in checks.items():
-        targets[name] = {"rule": TARGETS[name], "value": round(value, 3), "threshold": round(threshold, 3),
+        goals[name] = {"rule": GOALS[name], "value": round(value, 3), "threshold": round(threshold, 3),
                          "ratio": round(value / threshold, 3) if threshold else None,
                          "met": bool(value >= threshold if higher else value <= threshold)}
-    return {"model": explainer.meta.model_name, "provider": _provider(explainer), "video": str(video),
+    return {"model": explainer.meta.model_name, "provider": getattr(explainer, "provider", "unknown"), "video": str(video),
             "source_fps": src_fps, "batch_size": batch_size, "method": method, "fit": fit,
             "plain_ms": round(t1 * 1e3, 3), "plain_batch_ms_per_frame": round(tb * 1e3, 3),
             "plain_paced_ms": round(paced * 1e3, 3), "offline_workers": workers,
             "plain_concurrent_ms_per_frame": round(tc * 1e3, 3),
-            "live": live_d, "offline": off_d, "targets": targets}
+            "live": live_d, "offline": off_d, "goals": goals}
 
 
-def format_targets(result: Mapping[str, Any]) -> str:
-    """Render a :func:`measure_targets` result as text: baseline, then one line per target."""
+def format_goals(result: Mapping[str, Any]) -> str:
+    """Render a :func:`measure_goals` result as text: baseline, then one line per goal."""
     live = result["live"]
     lines = [f"{result['model']}  {result['provider']}  {Path(result['video']).name} at {result['source_fps']:g} fps  "
              f"method {result['method']}  fit {result['fit']}",
              f"plain inference: {result['plain_ms']:.2f} ms at batch 1, "
              f"{result['plain_batch_ms_per_frame']:.2f} ms/frame at batch {result['batch_size']}; "
-             f"{result['plain_paced_ms']:.2f} ms at batch 1 paced at {result['source_fps']:g} fps (not a target: "
+             f"{result['plain_paced_ms']:.2f} ms at batch 1 paced at {result['source_fps']:g} fps (not a goal: "
              f"latency is {result['live']['latency_ms']['median'] / result['plain_paced_ms']:.2f} x that)",
              f"live: {live['frames_processed']} frames in {live['duration_s']:.2f} s, {live['frames_dropped']} dropped, "
              f"latency median {live['latency_ms']['median']:.1f} ms (p90 {live['latency_ms']['p90']:.1f})",
              f"offline: {result['offline']['frames']} frames in {result['offline']['elapsed_s']:.2f} s, "
              f"{result['offline_workers']} model run(s) at once; "
-             f"plain inference run that way: {result['plain_concurrent_ms_per_frame']:.2f} ms/frame (not a target: "
-             f"offline is {result['targets']['offline_fps']['value'] * result['plain_concurrent_ms_per_frame'] / 1e3:.3f}"
+             f"plain inference run that way: {result['plain_concurrent_ms_per_frame']:.2f} ms/frame (not a goal: "
+             f"offline is {result['goals']['offline_fps']['value'] * result['plain_concurrent_ms_per_frame'] / 1e3:.3f}"
              f" x its frames/s)",
-             f"{'target':<13}{'measured':>10}{'threshold':>11}{'ratio':>8}  met"]
+             f"{'goal':<13}{'measured':>10}{'threshold':>11}{'ratio':>8}  met"]
     units = {"live_fps": "fps", "offline_fps": "fps", "latency": "ms"}
-    for name, t in result["targets"].items():
+    for name, t in result["goals"].items():
         lines.append(f"{name:<13}{t['value']:>10.2f}{t['threshold']:>11.2f}{t['ratio']:>8.3f}  "
                      f"{'yes' if t['met'] else 'NO'}   ({units[name]}; {t['rule']})")
     return "\n".join(lines)
@@ -157,7 +156,7 @@ def throughput_explainer(explainer, batch_size: int | None = None) -> tuple[Any,
     from attnmap.runtime.engine.explainer import Explainer
 
     model = explainer.model
-    provider = "cpu" if model.provider == "CPUExecutionProvider" else "cuda"
+    provider = model.provider_short
     plan = throughput_plan(provider, model.threads, batch_size=batch_size)
     if plan.workers == 1 and plan.threads == model.threads:
         return explainer, plan

@@ -1,13 +1,15 @@
-"""What a distributed run explains: SOURCE arguments and manifests turned into one list of image paths.
+"""SOURCE arguments and manifests turned into the inputs of a run (local or distributed).
 
 A manifest is a ``.csv`` (with a header row) or ``.parquet`` file with a ``path`` column, one
 image per row, for collections too large to glob. Relative paths are taken relative to the
 manifest's folder, so a manifest travels with its images. Other columns are ignored.
 
 Folders, globs and single images are listed as the local path lists them
-(:func:`~attnmap.runtime.frames.sources.plan_inputs`). Manifest rows are not looked at on the
-driver (a million ``stat`` calls would make the driver the bottleneck): a row whose file is
-missing becomes that image's failed row when a worker reads it.
+(:func:`~attnmap.runtime.frames.sources.plan_inputs`); :func:`plan_with_manifests` is that
+listing with manifests expanded (the local explain and evaluate). For a distributed run
+(:func:`list_images`) manifest rows are not looked at on the driver (a million ``stat`` calls
+would make the driver the bottleneck): a row whose file is missing becomes that image's failed
+row when a worker reads it.
 """
 
 from __future__ import annotations

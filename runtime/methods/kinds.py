@@ -1,0 +1,198 @@
+"""Method kinds: what a kind of explanation method needs from the model file and how it is called.
+
+A kind is a small adapter object. The engine and the :class:`~attnmap.Explainer` never test a
+kind's name: they ask the method's kind to check the model (:meth:`Kind.check_model`), to run
+the forward pass the maps need (:meth:`Kind.forward`) and to compute the maps from that pass
+(:meth:`Kind.maps`). Adding a kind is one subclass here (or anywhere: a method may carry any
+:class:`Kind` object), adding a method one entry in :data:`~attnmap.runtime.methods.METHODS`.
+
+=============  ===============================  =========================================================
+kind           reads                            calls ``Method.fn`` as
+=============  ===============================  =========================================================
+attention      attentions (and their grads)     ``fn(attentions, layout, *, grads=None, **options)``
+perturbation   the model input and the model    ``fn(x, forward, classes, layout, **options)``
+features       token features and their grads   ``fn(tokens, token_grads, layout, **options)``
+=============  ===============================  =========================================================
+
+``outputs`` below is the forward pass of the model input
+(:class:`~attnmap.runtime.model.session.Outputs`: ``logits``, ``attentions``, ``grads``,
+``targets``, ``tokens``, ``token_grads``), read by attribute so that this floor does not import
+the model floor.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Mapping
+
+import numpy as np
+
+from attnmap.runtime.core.errors import ExplainError
+
+Infer = Callable[..., Any]  # infer(x_nchw, target=None) -> Outputs
+Forward = Callable[[np.ndarray], np.ndarray]  # forward(x_chunk) -> (b, C) float32 probabilities
+
+
+class Kind:
+    """What a kind of method reads and how it is called; subclasses override what differs.
+
+    Attributes:
+        name: the kind's name (``"attention"`` ...), shown by ``GET /v1/methods``.
+        reads: what the method reads from the forward pass or the model, for messages and
+            listings (``"attentions"``, ``"grads"``, ``"tokens"``, ``"token_grads"``,
+            ``"input"``).
+        class_specific: every method of the kind explains one class, which may be chosen
+            (attention methods are class-specific only when they read gradients).
+        reruns_model: the method runs the model again on many perturbed copies of each input;
+            a live view cannot afford that per frame.
+        splits: a batch's maps may be computed in contiguous parts on several threads (the
+            method is vectorised over the batch and reads only ``outputs``).
+    """
+
+    name = "kind"
+    reads: tuple[str, ...] = ()
+    class_specific = False
+    reruns_model = False
+    splits = False
+
+    def __repr__(self) -> str:
+        return f"<method kind {self.name!r}>"
+
+    def __str__(self) -> str:
+        return self.name
+
+    def check_model(self, method, meta, model: str) -> None:
+        """Raise ExplainError when ``meta``'s model lacks what ``method`` reads.
+
+        Args:
+            method: the :class:`~attnmap.runtime.methods.base.Method`.
+            meta: the model's :class:`~attnmap.runtime.core.meta.ModelMeta`.
+            model: how messages name the model (``"'deit.onnx'"``).
+        """
+        if method.needs_gradients and not meta.has_gradients:
+            raise ExplainError(f"method {method.name!r} needs attention gradients, and {model} has none; "
+                               "re-export the model with `attnmap export --gradients`")
+
+    def forward(self, infer: Infer, x: np.ndarray, targets: np.ndarray | None, meta) -> Any:
+        """The forward pass of ``x`` that :meth:`maps` reads.
+
+        Args:
+            infer: the model with its extra outputs, ``infer(x, target=None) -> Outputs``.
+            x: (B, 3, H, W) float32 the preprocessed input.
+            targets: (B,) int64 the class each map explains, or None for the prediction.
+            meta: the model's metadata.
+        """
+        return infer(x, target=targets)
+
+    def split_bytes(self, outputs) -> int:
+        """Bytes the maps of ``outputs`` read (0: never split); see ``runtime/engine/parts.py``."""
+        return 0
+
+    def maps(self, method, outputs, layout, options: Mapping[str, Any], *, x: np.ndarray | None = None,
+             forward: Forward | None = None, classes: np.ndarray | None = None) -> np.ndarray:
+        """(B, gh, gw) float32 maps in [0, 1] of ``method`` with checked ``options``.
+
+        Args:
+            method: the :class:`~attnmap.runtime.methods.base.Method`.
+            outputs: the forward pass of ``x`` (:meth:`forward`).
+            layout: the model's :class:`~attnmap.runtime.core.meta.TokenLayout`.
+            options: the method's options, already checked.
+            x: (B, 3, H, W) float32 the model input (kinds that rerun the model).
+            forward: the logits-only model as probabilities (kinds that rerun the model).
+            classes: (B,) the class each map explains (default: ``outputs.targets``, else the
+                prediction).
+        """
+        raise NotImplementedError
+
+
+class AttentionKind(Kind):
+    """Methods on the attention probabilities (and, for gradient methods, their gradients)."""
+
+    name = "attention"
+    reads = ("attentions", "grads")
+    splits = True
+
+    def split_bytes(self, outputs) -> int:
+        if outputs.attentions is None:
+            return 0
+        return outputs.attentions.nbytes + (0 if outputs.grads is None else outputs.grads.nbytes)
+
+    def maps(self, method, outputs, layout, options, *, x=None, forward=None, classes=None) -> np.ndarray:
+        if outputs.attentions is None:
+            raise ExplainError("these outputs carry no attentions; run infer(), not infer_plain(), on a model "
+                               "exported with attentions")
+        if method.needs_gradients and outputs.grads is None:
+            raise ExplainError(f"method {method.name!r} needs attention gradients; export the model with --gradients")
+        return method.fn(outputs.attentions, layout, grads=outputs.grads, **options)
+
+
+class PerturbationKind(Kind):
+    """Methods that run the logits-only model on perturbed copies of the input (no attentions,
+    no gradients needed, so a plain model explains a chosen class too)."""
+
+    name = "perturbation"
+    reads = ("input",)
+    class_specific = True
+    reruns_model = True
+
+    def forward(self, infer, x, targets, meta):
+        # The model runs as for any method (attentions included, so that the same outputs serve
+        # every method); the targets go to the model only where it takes them (a gradient model).
+        given = None if targets is None else np.asarray(targets, dtype=np.int64).reshape(-1)
+        outputs = infer(x, target=given if meta.has_gradients else None)
+        if given is not None and given.shape != (len(outputs),):
+            raise ExplainError(f"target must give one class per image ({len(outputs)}); got {given.tolist()}")
+        return dataclasses.replace(outputs, targets=given if given is not None else explained_classes(outputs))
+
+    def maps(self, method, outputs, layout, options, *, x=None, forward=None, classes=None) -> np.ndarray:
+        if x is None or forward is None:
+            raise ExplainError(f"method {method.name!r} runs the model on perturbed inputs, so it needs the "
+                               "(B, 3, H, W) model input: maps(outputs, method, x=x_nchw)")
+        if np.shape(x)[:1] != (len(outputs),):
+            raise ExplainError(f"x must hold the {len(outputs)} inputs of these outputs; got shape {np.shape(x)}")
+        chosen = explained_classes(outputs) if classes is None else np.asarray(classes).reshape(-1)
+        if chosen.shape != (len(outputs),):
+            raise ExplainError(f"classes must give one class per image ({len(outputs)}); got {chosen.tolist()}")
+        return method.fn(x, forward, chosen, layout, **options)
+
+
+class FeaturesKind(Kind):
+    """Methods on the last block's token features and their gradients (Grad-CAM)."""
+
+    name = "features"
+    reads = ("tokens", "token_grads")
+    class_specific = True
+
+    def check_model(self, method, meta, model):
+        super().check_model(method, meta, model)
+        if not meta.has_token_grads:
+            raise ExplainError(f"method {method.name!r} needs the token features and their gradients, and {model} "
+                               "has none (an export from before they were added); re-export with "
+                               "`attnmap export --gradients`")
+
+    def maps(self, method, outputs, layout, options, *, x=None, forward=None, classes=None) -> np.ndarray:
+        return method.fn(getattr(outputs, "tokens", None), getattr(outputs, "token_grads", None), layout, **options)
+
+
+ATTENTION, PERTURBATION, FEATURES = AttentionKind(), PerturbationKind(), FeaturesKind()
+KINDS: dict[str, Kind] = {k.name: k for k in (ATTENTION, PERTURBATION, FEATURES)}
+
+
+def kind_of(kind: "str | Kind") -> Kind:
+    """The :class:`Kind` object for a kind or its registered name.
+
+    Raises:
+        TypeError: an unknown name (a programming error, raised at import).
+    """
+    if isinstance(kind, Kind):
+        return kind
+    if kind not in KINDS:
+        raise TypeError(f"kind must be a Kind or one of {tuple(KINDS)}; got {kind!r}")
+    return KINDS[kind]
+
+
+def explained_classes(outputs) -> np.ndarray:
+    """(B,) int64: ``outputs.targets`` where the model ran for chosen classes, else the argmax of the logits."""
+    if outputs.targets is not None:
+        return np.asarray(outputs.targets, dtype=np.int64)
+    return np.asarray(outputs.logits).argmax(axis=1).astype(np.int64)
