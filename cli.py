@@ -1,11 +1,11 @@
 """attnmap command line: a thin click front over ``runtime`` (and, lazily, ``export``).
 
-It parses, calls the library and prints. Option groups build the library's option objects
-(``OverlayStyle``, ``EngineChoice``, ``ConvertOptions``) once, here. Library errors are typed
-(``runtime.core.errors``) and speak of parameters; each becomes one ``error: ...`` line (a
-conflict of parameters a usage error naming the flags, exit code 2). Results go to stdout,
-progress and messages to stderr; a closed stdout (``attnmap explain ... --json | head -1``)
-ends the run quietly.
+Each command parses, calls the library and prints. What the commands take is in
+:mod:`attnmap.cli_options` (option groups that build the library's option objects once, here:
+a Job with its OverlayStyle, an EngineChoice, a FolderOutput, ConvertOptions, an EvaluationPlan
+...); how they report is in :mod:`attnmap.cli_output` (results on stdout, progress and one
+``error: ...`` line per error on stderr, typed library errors that speak of parameters turned
+into click errors that speak of flags, a closed stdout ending the run quietly).
 """
 
 from __future__ import annotations
