@@ -112,6 +112,40 @@ def read_header(buf: memoryview | bytes) -> Header:
     return header
 
 
+def describe_media(head: bytes) -> str | None:
+    """What a file that should be something else holds, when its first bytes show a picture or video.
+
+    Used where a model file is expected (``'dog.jpg' is a JPEG image, not an ONNX model``).
+
+    Args:
+        head: the file's first bytes (64 are plenty; an image header is read from what is there).
+
+    Returns:
+        ``"a JPEG image"``, ``"an MP4 video"`` ..., or None for anything else.
+    """
+    head = bytes(head)
+    if head[4:8] == b"ftyp" and head[8:12] not in (b"avif", b"avis"):
+        return "an MP4/QuickTime video"
+    if head[:4] == b"\x1a\x45\xdf\xa3":
+        return "a Matroska/WebM video"
+    if head[:4] == b"RIFF" and head[8:12] == b"AVI ":
+        return "an AVI video"
+    try:
+        fmt = read_header(head).format
+    except (HeaderError, IndexError, ValueError):
+        fmt = None
+    if fmt is None:
+        # a header cut short at 64 bytes still shows its format by its magic
+        magic = ((b"\x89PNG", "PNG"), (b"\xff\xd8\xff", "JPEG"), (b"GIF8", "GIF"), (b"BM", "BMP"))
+        fmt = next((f for m, f in magic if head.startswith(m)), None)
+        if fmt is None and head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+            fmt = "WEBP"
+    if fmt is None:
+        return None
+    name = {"WEBP": "WebP", "JPEG2000": "JPEG 2000", "SUN": "Sun raster"}.get(fmt, fmt)
+    return f"{'an' if name[0] in 'AEFHILMNORSX' else 'a'} {name} image"
+
+
 def _unknown(head: bytes) -> str:
     text = head.lstrip().lower()
     for magic, what in _NOT_IMAGES:
