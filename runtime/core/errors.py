@@ -86,8 +86,15 @@ class ClusterError(AttnmapError):
 
 
 def suggest(name: str, choices: Iterable[str]) -> str:
-    """Return ``" Did you mean 'x'?"`` for the closest of ``choices``, or ``""``."""
-    close = difflib.get_close_matches(name, list(choices), n=3, cutoff=0.5)
+    """Return ``" Did you mean 'x'?"`` for the closest of ``choices``, or ``""``.
+
+    Names about as close as the closest one are offered beside it (at most three); a far
+    second guess ('product' for 'rolout') is left out.
+    """
+    choices = list(choices)
+    close = difflib.get_close_matches(name, choices, n=3, cutoff=0.5)
     if not close:
         return ""
+    ratio = [difflib.SequenceMatcher(None, name, c).ratio() for c in close]
+    close = [c for c, r in zip(close, ratio) if r >= ratio[0] - 0.1]
     return " Did you mean " + " or ".join(repr(c) for c in close) + "?"
