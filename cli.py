@@ -69,6 +69,25 @@ def _err(msg: str) -> None:
     click.echo(msg, err=True)
 
 
+class LineUsageError(click.ClickException):
+    """A bad value as one line with its suggestion (click's UsageError adds two lines of usage); exit 2."""
+
+    exit_code = 2
+
+
+class MethodChoice(click.Choice):
+    """``--method``: a registered method; a typo is one line that suggests the close names."""
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> Any:
+        from attnmap.runtime.core.errors import MethodOptionError
+        from attnmap.runtime.methods import get_method
+
+        try:
+            return get_method(value).name
+        except MethodOptionError as exc:
+            raise LineUsageError(f"--method: {exc}") from None
+
+
 def handle_errors(fn: Callable) -> Callable:
     """Turn attnmap's typed errors into one-line click errors (exit code 1), never a traceback.
 
@@ -147,7 +166,7 @@ def method_options(fn: Callable) -> Callable:
             fn = click.option(f"{flag}/--no-{name.replace('_', '-')}", name, default=None, help=text)(fn)
         else:
             fn = click.option(flag, name, type=_click_type(spec), default=None, help=text)(fn)
-    fn = click.option("--method", default="rollout", show_default=True, type=click.Choice(list(METHODS)),
+    fn = click.option("--method", default="rollout", show_default=True, type=MethodChoice(list(METHODS)),
                       help="Explanation method (`attnmap methods` describes each one).")(fn)
     return fn
 
@@ -241,7 +260,11 @@ def _convert_options(precision: str, *, calibration: str | None, calibration_ima
 
 def _explainer(model: str | None, provider: str, threads: int | None):
     from attnmap import Explainer
+    from attnmap.runtime.model.registry import default_choice
 
+    chosen = default_choice(model)
+    if chosen is not None:  # results of a model nobody named: say which one they are
+        _err(f"model: {chosen}; --model to choose another")
     return Explainer(model, provider=provider, threads=threads)
 
 
@@ -759,7 +782,7 @@ def evaluate(sources: tuple[str, ...], model: str | None, provider: str, threads
         try:
             ev.parse_method_spec(spec)
         except MethodOptionError as exc:
-            raise click.BadParameter(str(exc), param_hint="--methods") from exc
+            raise LineUsageError(f"--methods: {exc}") from exc
     truth = ev.GroundTruth(labels=ev.read_labels(labels, meta) if labels else {},
                            boxes=ev.read_boxes(boxes) if boxes else {},
                            mask_dir=ev.mask_folder(masks_dir) if masks_dir else None)
