@@ -18,6 +18,7 @@ import numpy as np
 
 from attnmap.runtime.core.errors import AttnmapError, OptionError
 from attnmap.runtime.core.files import write_image, write_npz
+from attnmap.runtime.core.text import plural
 from attnmap.runtime.draw.overlay import layer_head_grid
 from attnmap.runtime.draw.style import OverlayStyle
 from attnmap.runtime.engine.engine import FrameEngine, ItemResult
@@ -189,20 +190,24 @@ def explain_inputs(engine: FrameEngine, specs: Sequence[str] | tuple[list[Source
                    on_record: Callable[[dict[str, Any], str], None],
                    on_fail: Callable[[str, str], None],
                    on_image: Callable[[], None] | None = None,
-                   on_video: Callable[[str, VideoProgress], None] | None = None) -> OfflineReport:
+                   on_video: Callable[[str, VideoProgress], None] | None = None,
+                   on_note: Callable[[str], None] | None = None) -> OfflineReport:
     """Explain every input into ``output.out_dir``.
 
     Args:
         engine: the frame engine (explainer, job with the overlay style, batching).
         specs: SOURCE arguments (image files, directories, globs, videos, image sequences), or
             what :func:`~attnmap.runtime.frames.sources.plan_inputs` made of them (so a caller
-            that already listed the folders does not list them again). Inputs that do not
+            that already listed the folders does not list them again; list them with
+            ``videos=True`` so that a folder's videos are explained too). Inputs that do not
             exist, cameras and streams are failures, reported in order.
         output: where and what to write.
         on_record: called as ``on_record(record, line)`` per written input (caller's thread).
         on_fail: called as ``on_fail(source, reason)`` per failed input.
         on_image: called once per still image done (written or failed), for a progress bar.
         on_video: called with each video's progress.
+        on_note: called with one line for what the user should know but is no failure: the
+            files a folder holds that were left out, the codec note of the videos (once).
 
     Returns:
         :class:`OfflineReport`.
@@ -214,7 +219,9 @@ def explain_inputs(engine: FrameEngine, specs: Sequence[str] | tuple[list[Source
         report.failed.append((source, reason))
         on_fail(source, reason)
 
-    refs, missing = specs if isinstance(specs, tuple) else plan_inputs(specs)
+    note = on_note or (lambda line: None)
+    refs, missing = specs if isinstance(specs, tuple) else plan_inputs(
+        specs, videos=True, on_skip=lambda spec, why: note(f"{spec}: {why}"))
     for spec, exc in missing:
         fail(spec, str(exc))
     images = [r for r in refs if r.kind == "image"]
@@ -222,6 +229,7 @@ def explain_inputs(engine: FrameEngine, specs: Sequence[str] | tuple[list[Source
         if ref.is_live:
             fail(ref.spec, f"{ref.spec!r} is a {ref.kind}; explain it live with `attnmap live {ref.spec}`")
     names = StemNames()
+    once = _Once(note)
     if images:
         sink = FolderSink(engine, output, names)
         for item in engine.run(open_files([r.target for r in images], errors="yield"), sink=sink):
@@ -234,12 +242,24 @@ def explain_inputs(engine: FrameEngine, specs: Sequence[str] | tuple[list[Source
                 on_image()
     for ref in refs:
         if ref.kind in ("video", "sequence"):
-            _video(engine, ref, output, names, report, on_record, fail, on_video)
+            _video(engine, ref, output, names, report, on_record, fail, on_video, once)
     return report
 
 
+class _Once:
+    """Passes each distinct line on once per run (the codec note would repeat for every video)."""
+
+    def __init__(self, note: Callable[[str], None]):
+        self.note, self.said = note, set()
+
+    def __call__(self, line: str) -> None:
+        if line not in self.said:
+            self.said.add(line)
+            self.note(line)
+
+
 def _video(engine: FrameEngine, ref: SourceRef, output: FolderOutput, names: StemNames, report: OfflineReport,
-           on_record, fail, on_video) -> None:
+           on_record, fail, on_video, note: Callable[[str], None]) -> None:
     stem = names.stem(ref.target if ref.kind == "video" else ref.spec.replace("%", "_"), engine.job.method)
     out_path = output.out_dir / f"{stem}.{output.video_format}"
     maps = output.out_dir / f"{stem}.npz" if output.save_maps else None
@@ -260,11 +280,13 @@ def _video(engine: FrameEngine, ref: SourceRef, output: FolderOutput, names: Ste
         record["maps"] = str(r.maps)
     if r.failed:
         record["failed_frames"] = [{"index": i, "error": e} for i, e in r.failed]
-    on_record(record, f"{ref.spec}: {r.frames} frames explained at {r.throughput_fps:.1f} frames/s -> {r.out} "
-                      f"({r.codec}{'; ' + r.codec_note if r.codec_note else ''})")
+    if r.codec_note:
+        note(r.codec_note)
+    on_record(record, f"{ref.spec}: {plural(r.frames, 'frame')} explained at {r.throughput_fps:.1f} frames/s "
+                      f"-> {r.out} ({r.codec})")
     if not r.failed:
         report.done += 1
     else:
         first, why = r.failed[0]
-        fail(ref.spec, f"{len(r.failed)} of {r.frames} frames could not be explained and were written plain "
+        fail(ref.spec, f"{len(r.failed)} of {plural(r.frames, 'frame')} could not be explained and were written plain "
                        f"(first: frame {first}: {why})")

@@ -268,6 +268,44 @@ def _gif(buf: memoryview) -> Header:
         pos += 1
 
 
+def gif_frame_count(buf: memoryview | bytes, stop: int = 2) -> int:
+    """How many frames a GIF holds, counting up to ``stop`` (2 tells a still GIF from an animated one).
+
+    Walks the blocks (extensions, image descriptors and their LZW data) without decoding.
+
+    Args:
+        buf: the whole GIF file.
+        stop: stop counting here.
+
+    Raises:
+        HeaderError: not a GIF, or its blocks are cut short.
+    """
+    buf = memoryview(buf)
+    if buf.format != "B" or buf.ndim != 1:
+        buf = buf.cast("B")
+    if bytes(buf[:6]) not in (b"GIF87a", b"GIF89a"):
+        raise HeaderError("not a GIF file")
+    flags = _int(buf, 10, 1)
+    pos = 13 + (3 << ((flags & 7) + 1) if flags & 0x80 else 0)
+    frames = 0
+    while frames < stop and pos < len(buf):
+        block = _int(buf, pos, 1)
+        if block == 0x3B:  # trailer
+            break
+        if block == 0x2C:
+            frames += 1
+            local = _int(buf, pos + 9, 1)
+            pos += 10 + (3 << ((local & 7) + 1) if local & 0x80 else 0) + 1  # descriptor, table, LZW size
+        elif block == 0x21:
+            pos += 2
+        else:
+            raise HeaderError(f"GIF block 0x{block:02x} at byte {pos} is neither an image nor an extension")
+        while (size := _int(buf, pos, 1)) != 0:
+            pos += size + 1
+        pos += 1
+    return frames
+
+
 def _riff_chunks(buf: memoryview, pos: int) -> Iterator[tuple[bytes, int, int]]:
     end = min(len(buf), 8 + _int(buf, 4, 4, "little"))
     while pos + 8 <= end:
