@@ -498,7 +498,7 @@ def explain(sources: tuple[str, ...], model: str | None, provider: str, threads:
         explainer = _explainer(model, "cpu", 1)  # only checks the job here; the actors load their own copies
     else:
         _check_local_engine(address, actors, gpus_per_actor)
-        planned = plan_with_manifests(sources)
+        planned = plan_with_manifests(sources, videos=True, on_skip=lambda spec, why: _err(f"note: {spec}: {why}"))
         images, videos = count_inputs(planned)
         plan = plan_for_inputs(provider, images=images, videos=videos, threads=threads, workers=workers,
                                batch_size=batch_size)
@@ -527,8 +527,8 @@ def explain(sources: tuple[str, ...], model: str | None, provider: str, threads:
             _err(f"{report.skipped} images already done in {out_dir} (same content and settings): skipped")
     else:
         engine = FrameEngine(explainer, job, batch_size=plan.batch_size, workers=plan.workers)
-        report = explain_inputs(engine, planned, output,
-                                on_record=on_record, on_fail=on_fail, on_video=on_video)
+        report = explain_inputs(engine, planned, output, on_record=on_record, on_fail=on_fail, on_video=on_video,
+                                on_note=lambda line: _err(f"note: {line}"))
     _status.end()
     if report.failed:
         raise click.ClickException(f"{len(report.failed)} of {len(report.failed) + report.done} inputs failed "
