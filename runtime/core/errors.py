@@ -63,6 +63,16 @@ class OutputError(AttnmapError):
     """A result (overlay, map, video, model file) cannot be written where it was asked to go."""
 
 
+class RunConflictError(OutputError):
+    """An output folder holds the results of a run with other settings, which a new run would
+    overwrite file by file. ``conflict`` says what differs (without the way out, which the
+    caller words: a parameter in the API, a flag on the command line)."""
+
+    def __init__(self, message: str, conflict: str = ""):
+        super().__init__(message)
+        self.conflict = conflict or message
+
+
 class DisplayError(AttnmapError):
     """No window can be shown here (no display, or an OpenCV build without a GUI)."""
 

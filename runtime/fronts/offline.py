@@ -24,6 +24,7 @@ from attnmap.runtime.draw.style import OverlayStyle
 from attnmap.runtime.engine.engine import FrameEngine, ItemResult
 from attnmap.runtime.frames.frame import SourceRef
 from attnmap.runtime.frames.sources import open_files, plan_inputs
+from attnmap.runtime.fronts.out_folder import claim_folder, run_settings
 from attnmap.runtime.fronts.video import VideoProgress, explain_video
 from attnmap.runtime.methods import explain as run_method
 
@@ -43,12 +44,16 @@ class FolderOutput:
         video_format: the container of annotated videos: ``"mp4"`` (H.264 where this OpenCV
             has an encoder for it, else MPEG-4 Part 2, fast but not played by browsers),
             ``"webm"`` (VP8: browsers play it; encoding costs more) or ``"avi"`` (Motion JPEG).
+        overwrite: write into a folder that holds a run with other settings (model, method,
+            options, class, fit), replacing its files of the same name; False refuses
+            (see :mod:`attnmap.runtime.fronts.out_folder`).
     """
 
     out_dir: Path
     save_maps: bool = False
     tiles: str = "none"
     video_format: str = "mp4"
+    overwrite: bool = False
 
     def __post_init__(self) -> None:
         if self.tiles not in TILES:
@@ -100,9 +105,8 @@ def write_item(engine: FrameEngine, item: ItemResult, output: FolderOutput, stem
     """
     if not item.ok:
         return
-    job = engine.job
     try:
-        stem = stem + (f"_top{job.top_classes}" if job.top_classes else "")
+        stem = stem + class_suffix(engine.job)
         item.extra["overlay"] = str(write_image(output.out_dir / f"{stem}.png", item.drawn))
         if output.save_maps:
             r = item.explanation
@@ -112,6 +116,14 @@ def write_item(engine: FrameEngine, item: ItemResult, output: FolderOutput, stem
             item.extra["tiles"] = str(write_image(output.out_dir / f"{stem}_{output.tiles}.png", tiles))
     except Exception as exc:  # noqa: BLE001 - one file that cannot be written fails its item
         item.error = exc
+
+
+def class_suffix(job: Any) -> str:
+    """What a file stem adds for the class explained: ``_class{index}`` for a chosen class,
+    ``_top{N}`` for the top N classes side by side, ``""`` for the predicted class."""
+    if job.top_classes:
+        return f"_top{job.top_classes}"
+    return "" if job.target is None else f"_class{int(job.target)}"
 
 
 class StemNames:
@@ -211,8 +223,13 @@ def explain_inputs(engine: FrameEngine, specs: Sequence[str] | tuple[list[Source
 
     Returns:
         :class:`OfflineReport`.
+
+    Raises:
+        RunConflictError: ``output.out_dir`` holds a run with other settings and
+            ``output.overwrite`` is False (nothing is written then).
     """
     engine = drawing_engine(engine)
+    claim_folder(output.out_dir, run_settings(engine), overwrite=output.overwrite)
     report = OfflineReport()
 
     def fail(source: str, reason: str) -> None:
@@ -261,6 +278,7 @@ class _Once:
 def _video(engine: FrameEngine, ref: SourceRef, output: FolderOutput, names: StemNames, report: OfflineReport,
            on_record, fail, on_video, note: Callable[[str], None]) -> None:
     stem = names.stem(ref.target if ref.kind == "video" else ref.spec.replace("%", "_"), engine.job.method)
+    stem += class_suffix(engine.job)
     out_path = output.out_dir / f"{stem}.{output.video_format}"
     maps = output.out_dir / f"{stem}.npz" if output.save_maps else None
     progress = None if on_video is None else (lambda p: on_video(ref.spec, p))
