@@ -25,7 +25,7 @@ from typing import Any, Callable  # noqa: E402
 import click  # noqa: E402
 
 from attnmap import __version__  # noqa: E402
-from attnmap.runtime.core.errors import AttnmapError  # noqa: E402
+from attnmap.runtime.core.errors import AttnmapError, RunConflictError  # noqa: E402
 from attnmap.runtime.core.meta import HEAD_FUSIONS  # noqa: E402
 from attnmap.runtime.core.options import OptionSpec  # noqa: E402
 
@@ -99,6 +99,9 @@ def handle_errors(fn: Callable) -> Callable:
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
+        except RunConflictError as exc:
+            raise click.ClickException(f"{exc.conflict}; add --overwrite to replace them, or choose another --out") \
+                from None
         except AttnmapError as exc:
             raise click.ClickException(str(exc)) from None
         except KeyboardInterrupt:
@@ -462,13 +465,16 @@ def info(model: str | None, as_json: bool) -> None:
                    "classes' maps side by side (default: the predicted class). Give it once.")
 @click.option("--json", "as_json", is_flag=True,
               help="Print one JSON object per input: {source, topk: [{index, label, prob}], overlay}.")
+@click.option("--overwrite", is_flag=True,
+              help="Write into an --out folder that holds a run with other settings (model, method, options, "
+                   "class, fit), replacing its files of the same name (without it such a run is refused).")
 @engine_options
 @handle_errors
 def explain(sources: tuple[str, ...], model: str | None, provider: str, threads: int | None, method: str,
             fit: str, colormap: str, alpha: float, blur: float, mode: str, no_label: bool, out_dir: Path,
             topk: int, save_maps: bool, tiles: str, video_format: str, batch_size: int | None,
-            workers: int | None, target: tuple[str, ...], as_json: bool, engine_name: str, address: str | None,
-            actors: int | None, gpus_per_actor: float, **kwargs: Any) -> None:
+            workers: int | None, target: tuple[str, ...], as_json: bool, overwrite: bool, engine_name: str,
+            address: str | None, actors: int | None, gpus_per_actor: float, **kwargs: Any) -> None:
     """Explain images, folders, globs and videos; write overlays to --out.
 
     SOURCE is an image file, a directory, a glob ("photos/*.jpg"), a video file, an image
@@ -517,10 +523,12 @@ def explain(sources: tuple[str, ...], model: str | None, provider: str, threads:
         if show:
             _status.show(f"{spec}: {p.bar()}")
 
-    output = FolderOutput(out_dir, save_maps=save_maps, tiles=tiles, video_format=video_format)
+    output = FolderOutput(out_dir, save_maps=save_maps, tiles=tiles, video_format=video_format, overwrite=overwrite)
     if engine_name == "ray":
         from attnmap.runtime.fronts.distributed import explain_on_ray
+        from attnmap.runtime.fronts.out_folder import claim_folder, run_settings
 
+        claim_folder(out_dir, run_settings(FrameEngine(explainer, job)), overwrite=overwrite)
         report = explain_on_ray(FrameEngine(explainer, job), sources, output, ray_options,
                                 on_record=on_record, on_fail=on_fail)
         if report.skipped:
