@@ -17,13 +17,14 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from attnmap.runtime.core.errors import AttnmapError, OptionError
-from attnmap.runtime.core.files import write_image, write_npz
+from attnmap.runtime.core.files import sweep_partials, write_image, write_npz
 from attnmap.runtime.core.text import plural
 from attnmap.runtime.draw.overlay import layer_head_grid
 from attnmap.runtime.draw.style import OverlayStyle
 from attnmap.runtime.engine.engine import FrameEngine, ItemResult
 from attnmap.runtime.frames.frame import SourceRef
 from attnmap.runtime.frames.sources import open_files, plan_inputs
+from attnmap.runtime.fronts.interrupt import Interrupted
 from attnmap.runtime.fronts.out_folder import claim_folder, run_settings
 from attnmap.runtime.fronts.video import VideoProgress, explain_video
 from attnmap.runtime.methods import explain as run_method
@@ -227,16 +228,18 @@ def explain_inputs(engine: FrameEngine, specs: Sequence[str] | tuple[list[Source
     Raises:
         RunConflictError: ``output.out_dir`` holds a run with other settings and
             ``output.overwrite`` is False (nothing is written then).
+        Interrupted: Ctrl-C (or SIGTERM under
+            :func:`~attnmap.runtime.fronts.interrupt.terminate_as_interrupt`); what was written
+            stays, the input in progress leaves nothing behind, and ``summary`` says which.
     """
     engine = drawing_engine(engine)
-    claim_folder(output.out_dir, run_settings(engine), overwrite=output.overwrite)
     report = OfflineReport()
+    note = on_note or (lambda line: None)
 
     def fail(source: str, reason: str) -> None:
         report.failed.append((source, reason))
         on_fail(source, reason)
 
-    note = on_note or (lambda line: None)
     refs, missing = specs if isinstance(specs, tuple) else plan_inputs(
         specs, videos=True, on_skip=lambda spec, why: note(f"{spec}: {why}"))
     for spec, exc in missing:
@@ -247,20 +250,50 @@ def explain_inputs(engine: FrameEngine, specs: Sequence[str] | tuple[list[Source
             fail(ref.spec, f"{ref.spec!r} is a {ref.kind}; explain it live with `attnmap live {ref.spec}`")
     names = StemNames()
     once = _Once(note)
-    if images:
-        sink = FolderSink(engine, output, names)
-        for item in engine.run(open_files([r.target for r in images], errors="yield"), sink=sink):
-            if item.ok:
-                report.done += 1
-                on_record(*record_of(item, engine.job.topk))
-            else:
-                fail(item.source, item.reason())
-            if on_image is not None:
-                on_image()
-    for ref in refs:
-        if ref.kind in ("video", "sequence"):
+    videos = [r for r in refs if r.kind in ("video", "sequence")]
+    if images or videos:  # a run that writes nothing leaves the folder as it was
+        claim_folder(output.out_dir, run_settings(engine), overwrite=output.overwrite)
+        swept = sweep_partials(output.out_dir)
+        if swept:
+            note(f"removed {plural(len(swept), 'partial video')} an interrupted run left in "
+                 f"{str(output.out_dir)!r} ({', '.join(p.name for p in swept)})")
+    current = ""
+    try:
+        if images:
+            current = "the still images"
+            sink = FolderSink(engine, output, names)
+            items = engine.run(open_files([r.target for r in images], errors="yield"), sink=sink)
+            try:
+                for item in items:
+                    if item.ok:
+                        report.done += 1
+                        on_record(*record_of(item, engine.job.topk))
+                    else:
+                        fail(item.source, item.reason())
+                    if on_image is not None:
+                        on_image()
+            finally:
+                items.close()  # stops the engine's threads now, also when the loop body was interrupted
+        for ref in videos:
+            current = ref.spec
             _video(engine, ref, output, names, report, on_record, fail, on_video, once)
+        current = ""
+    except KeyboardInterrupt as exc:
+        total = len(images) + len(videos) + len(missing) + sum(r.is_live for r in refs)
+        raise Interrupted(_interrupted(report, total, current, output.out_dir), cause=exc) from exc
     return report
+
+
+def _interrupted(report: OfflineReport, total: int, current: str, out_dir: Path) -> str:
+    """The one line an interrupted run ends with: what was written, what was not."""
+    left = total - report.done - len(report.failed)
+    text = f"{report.done} of {plural(total, 'input')} written to {str(out_dir)!r}"
+    if left <= 0:
+        return text
+    text += f"; {left} not written"
+    if current:
+        text += f" (in progress: {current}; nothing of it is left half-written)"
+    return text
 
 
 class _Once:
