@@ -104,8 +104,13 @@ def handle_errors(fn: Callable) -> Callable:
                 from None
         except AttnmapError as exc:
             raise click.ClickException(str(exc)) from None
-        except KeyboardInterrupt:
-            raise click.Abort() from None
+        except KeyboardInterrupt as exc:
+            # Ctrl-C or SIGTERM: one line on what was written, and the shell's exit code for the signal
+            _status.end()
+            summary = getattr(exc, "summary", "")
+            click.echo(f"interrupted ({getattr(exc, 'signal_name', 'SIGINT')})" + (f": {summary}" if summary else ""),
+                       err=True)
+            raise click.exceptions.Exit(getattr(exc, "exit_code", 130)) from None
         except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort):
             raise
         except Exception as exc:  # noqa: BLE001 - a bug: one line unless --debug
@@ -534,9 +539,12 @@ def explain(sources: tuple[str, ...], model: str | None, provider: str, threads:
         if report.skipped:
             _err(f"{report.skipped} images already done in {out_dir} (same content and settings): skipped")
     else:
+        from attnmap.runtime.fronts.interrupt import terminate_as_interrupt
+
         engine = FrameEngine(explainer, job, batch_size=plan.batch_size, workers=plan.workers)
-        report = explain_inputs(engine, planned, output, on_record=on_record, on_fail=on_fail, on_video=on_video,
-                                on_note=lambda line: _err(f"note: {line}"))
+        with terminate_as_interrupt():
+            report = explain_inputs(engine, planned, output, on_record=on_record, on_fail=on_fail, on_video=on_video,
+                                    on_note=lambda line: _err(f"note: {line}"))
     _status.end()
     if report.failed:
         raise click.ClickException(f"{len(report.failed)} of {len(report.failed) + report.done} inputs failed "
