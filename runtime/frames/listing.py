@@ -127,4 +127,5 @@ def _ext(path: str) -> str:
 
 
 def _exts(counts: Counter) -> str:
-    return ", ".join(f"{n} {ext or 'without extension'}" for ext, n in counts.most_common())
+    ranked = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0] == "", kv[0]))  # most first, then by name
+    return ", ".join(f"{n} {ext or 'without extension'}" for ext, n in ranked)

@@ -71,3 +71,71 @@ def test_a_jpeg_given_as_the_model_is_named_a_jpeg(dog, tmp_path):
     res = run("explain", dog, "--model", dog, "--out", tmp_path / "o")
     assert res.exit_code == 1 and len(res.output.splitlines()) == 1
     assert "'dog.jpg' is a JPEG image, not an ONNX model" in res.output
+
+
+# ------------------------------------------------------------------ folders: nothing skipped without a word
+def _clip(path, frames=3, size=(48, 32)):
+    w = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 10.0, size)
+    for i in range(frames):
+        w.write(np.full((size[1], size[0], 3), 40 * i, np.uint8))
+    w.release()
+    return path
+
+
+def test_a_folder_explains_its_images_gifs_and_videos_and_names_what_it_skipped(tiny_vit_onnx, tmp_path):
+    from PIL import Image
+
+    d = tmp_path / "in"
+    d.mkdir()
+    cv2.imwrite(str(d / "a.png"), np.zeros((32, 32, 3), np.uint8))
+    Image.fromarray(np.full((32, 32, 3), 99, np.uint8)).convert("P").save(d / "pal.gif")
+    _clip(d / "c1.mp4")
+    _clip(d / "c2.mp4")
+    (d / "notes.txt").write_text("x")
+    out = tmp_path / "o"
+    res = run("explain", d, "--model", tiny_vit_onnx, "--out", out, "--json")
+    assert res.exit_code == 0, res.output
+    records = [json.loads(line) for line in res.stdout.splitlines()]
+    assert [Path(r["source"]).name for r in records] == ["a.png", "pal.gif", "c1.mp4", "c2.mp4"]
+    assert [r["frames"] for r in records[2:]] == [3, 3]
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == [
+        "a_rollout.png", "c1_rollout.mp4", "c2_rollout.mp4", "pal_rollout.png"]
+    assert f"note: {d}: skipped 1 file that is neither image nor video (1 .txt)" in res.stderr.splitlines()
+    # the codec note (where this OpenCV has no H.264 encoder) comes once per run, not per video
+    assert res.stderr.count("does not play in web browsers") == (1 if records[2]["codec"] == "mp4v" else 0)
+    assert all(len(line) <= 130 for line in res.stderr.splitlines())
+
+
+# ------------------------------------------------------------------ reruns into the same folder
+def test_names_carry_a_chosen_class_and_other_settings_are_refused_without_overwrite(tiny_vit_onnx, dog, tmp_path):
+    out = tmp_path / "o"
+    base = ("explain", dog, "--model", tiny_vit_onnx, "--out", out, "--method", "occlusion")
+    first = run(*base, "--class", 1)
+    assert first.exit_code == 0, first.output
+    assert sorted(p.name for p in out.iterdir()) == [".attnmap-run.json", "dog_occlusion_class1.png"]
+    before = (out / "dog_occlusion_class1.png").read_bytes()
+    # the same settings again: fine
+    again = run(*base, "--class", 1)
+    assert again.exit_code == 0, again.output
+    # another class: refused, nothing touched
+    other = run(*base, "--class", 2)
+    assert other.exit_code == 1 and len(other.output.splitlines()) == 1
+    assert "holds the files of a run with other settings (class 1 there, 2 now)" in other.output
+    assert "--overwrite" in other.output
+    assert sorted(p.name for p in out.iterdir()) == [".attnmap-run.json", "dog_occlusion_class1.png"]
+    assert (out / "dog_occlusion_class1.png").read_bytes() == before
+    # other options or method: refused too
+    res = run("explain", dog, "--model", tiny_vit_onnx, "--out", out, "--method", "attention", "--layer", 0)
+    assert res.exit_code == 1 and "method 'occlusion' there, 'attention' now" in res.output
+    # with --overwrite it runs, and the folder now records the new settings
+    res = run(*base, "--class", 2, "--overwrite")
+    assert res.exit_code == 0, res.output
+    assert json.loads((out / ".attnmap-run.json").read_text())["class"] == 2
+    assert (out / "dog_occlusion_class2.png").is_file()
+
+
+def test_another_model_into_the_same_folder_is_refused(tiny_vit_onnx, dog, tmp_path):
+    out = tmp_path / "o"
+    assert run("explain", dog, "--model", tiny_vit_onnx, "--out", out).exit_code == 0
+    res = run("explain", dog, "--out", out)  # the shipped default this time
+    assert res.exit_code == 1 and "model " in res.output and "there" in res.output and "--overwrite" in res.output
