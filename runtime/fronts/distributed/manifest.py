@@ -84,7 +84,8 @@ def expand_manifests(specs: Sequence[str | os.PathLike]) -> tuple[list[str], lis
     return out, failures
 
 
-def plan_with_manifests(specs: Sequence[str | os.PathLike], **listing: Any) -> tuple[list, list[tuple[str, SourceError]]]:
+def plan_with_manifests(specs: Sequence[str | os.PathLike],
+                        **listing: Any) -> tuple[list, list[tuple[str, SourceError]]]:
     """:func:`~attnmap.runtime.frames.sources.plan_inputs` of the SOURCE arguments with their
     manifests expanded (the local path: a manifest's rows are checked like typed paths).
 

@@ -83,3 +83,13 @@ def test_a_folder_of_videos_only_is_named_as_such_when_videos_are_not_taken(tmp_
         open_source(str(tmp_path))
     refs, failures = plan_inputs([str(tmp_path)], videos=True)
     assert failures == [] and [r.kind for r in refs] == ["video"]
+
+
+def test_a_file_list_is_named_with_the_right_plural(tmp_path):
+    from attnmap.runtime.frames.sources import open_files
+
+    a, b = tmp_path / "a.png", tmp_path / "b.png"
+    for p in (a, b):
+        cv2.imwrite(str(p), np.zeros((8, 8, 3), np.uint8))
+    assert open_files([a]).spec == "1 file"
+    assert open_files([a, b]).spec == "2 files"

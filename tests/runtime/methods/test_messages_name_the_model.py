@@ -26,7 +26,8 @@ def test_a_layer_out_of_range_names_the_file_and_its_layer_count(tiny):
 
 def test_a_gradient_method_on_a_file_without_gradients_names_the_file(tiny):
     assert not tiny.meta.has_gradients
-    with pytest.raises(ExplainError, match=f"method 'chefer' needs attention gradients, and {tiny.path.name!r} has none"):
+    with pytest.raises(ExplainError,
+                       match=f"method 'chefer' needs attention gradients, and {tiny.path.name!r} has none"):
         check_method_use("chefer", tiny.meta, model=repr(tiny.path.name))
     with pytest.raises(ExplainError, match=f"and {tiny.path.name!r} has none"):
         tiny.explain(np.zeros((32, 32, 3), np.uint8), method="chefer")
