@@ -806,7 +806,8 @@ def evaluate(sources: tuple[str, ...], model: str | None, provider: str, threads
         (images, missing), refs = list_images(sources), []
     else:
         _check_local_engine(address, actors, gpus_per_actor)
-        refs, missing = plan_with_manifests(sources) if sources else ([], [])
+        refs, missing = plan_with_manifests(sources, on_skip=lambda spec, why: _err(f"note: {spec}: {why}")) \
+            if sources else ([], [])
         images = [r.target for r in refs if r.kind == "image"]
     for spec, exc in missing:
         _err(f"error: {spec}: {exc}")
@@ -840,7 +841,7 @@ def evaluate(sources: tuple[str, ...], model: str | None, provider: str, threads
         _err("wrote " + ", ".join(str(p) for p in written))
     failed = len(result.failed) + len(missing) + sum(r.kind != "image" for r in refs)
     if failed:
-        raise click.ClickException(f"{failed} inputs could not be evaluated (see above)")
+        raise click.ClickException(f"{failed} input{'s' if failed != 1 else ''} could not be evaluated (see above)")
 
 
 # ---------------------------------------------------------------------------- demo
