@@ -139,3 +139,15 @@ def test_another_model_into_the_same_folder_is_refused(tiny_vit_onnx, dog, tmp_p
     assert run("explain", dog, "--model", tiny_vit_onnx, "--out", out).exit_code == 0
     res = run("explain", dog, "--out", out)  # the shipped default this time
     assert res.exit_code == 1 and "model " in res.output and "there" in res.output and "--overwrite" in res.output
+
+
+def test_evaluate_says_which_files_of_a_folder_it_leaves_out(tiny_vit_onnx, tmp_path):
+    d = tmp_path / "in"
+    d.mkdir()
+    cv2.imwrite(str(d / "a.png"), np.random.default_rng(1).integers(0, 256, (32, 32, 3), dtype=np.uint8))
+    _clip(d / "c.mp4")
+    (d / "notes.txt").write_text("x")
+    res = run("evaluate", d, "--model", tiny_vit_onnx, "--methods", "rollout", "--steps", 2)
+    assert res.exit_code == 0, res.output
+    assert (f"note: {d}: skipped 1 video (1 .mp4; still images only here); 1 file that is neither image nor "
+            "video (1 .txt)") in res.stderr.splitlines()
