@@ -8,6 +8,8 @@ where it helps, how to fix it.
 from __future__ import annotations
 
 import difflib
+import os
+from pathlib import Path
 from typing import Iterable
 
 
@@ -108,3 +110,36 @@ def suggest(name: str, choices: Iterable[str]) -> str:
     ratio = [difflib.SequenceMatcher(None, name, c).ratio() for c in close]
     close = [c for c, r in zip(close, ratio) if r >= ratio[0] - 0.1]
     return " Did you mean " + " or ".join(repr(c) for c in close) + "?"
+
+
+def suggest_path(path: str | Path) -> str:
+    """``" Did you mean 'models/deit.onnx'?"`` for a path that does not exist, or ``""``.
+
+    Each missing part of the path is replaced by the closest name in the folder above it
+    (``modles/deit.onx`` -> ``models/deit.onnx``); the suggestion keeps the path's own form
+    (relative stays relative) so it can be pasted back as it is.
+    """
+    path = Path(path).expanduser()
+    if path.exists():
+        return ""
+    anchor = Path(path.anchor) if path.is_absolute() else Path(".")
+    cur, shown = anchor, []
+    for part in path.parts[1:] if path.is_absolute() else path.parts:
+        if part in ("", "."):
+            continue
+        if not (cur / part).exists():
+            try:
+                names = sorted(os.listdir(cur))
+            except OSError:
+                return ""
+            close = difflib.get_close_matches(part, names, n=1, cutoff=0.6)
+            if not close:
+                return ""
+            part = close[0]
+        cur = cur / part
+        shown.append(part)
+    if not shown or not cur.exists():
+        return ""
+    guess = anchor.joinpath(*shown) if path.is_absolute() else Path(*shown)
+    return f" Did you mean {str(guess)!r}?"
+

@@ -331,10 +331,10 @@ def _video(engine: FrameEngine, ref: SourceRef, output: FolderOutput, names: Ste
         record["maps"] = str(r.maps)
     if r.failed:
         record["failed_frames"] = [{"index": i, "error": e} for i, e in r.failed]
-    if r.codec_note:
-        note(r.codec_note)
     on_record(record, f"{ref.spec}: {plural(r.frames, 'frame')} explained at {r.throughput_fps:.1f} frames/s "
                       f"-> {r.out} ({r.codec})")
+    if r.codec_note:
+        note(r.codec_note)
     if not r.failed:
         report.done += 1
     else:

@@ -12,8 +12,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from attnmap.runtime.core.errors import ModelError, suggest
-from attnmap.runtime.core.files import suggest_path
+from attnmap.runtime.core.errors import ModelError, suggest, suggest_path
 
 MODELS_DIR = Path(__file__).resolve().parents[2] / "models"
 REGISTRY = MODELS_DIR / "registry.json"

@@ -19,8 +19,7 @@ import numpy as np
 import onnxruntime as ort
 from onnxruntime.capi import onnxruntime_pybind11_state as _ort_state
 
-from attnmap.runtime.core.errors import InputError, ModelError, ProviderError
-from attnmap.runtime.core.files import suggest_path
+from attnmap.runtime.core.errors import InputError, ModelError, ProviderError, suggest_path
 from attnmap.runtime.core.meta import ModelMeta
 from attnmap.runtime.model.buffers import BufferPool, DeviceBuffers
 from attnmap.runtime.model.graph import (check_against_graph, first_line, logits_only, read_model,

@@ -6,8 +6,7 @@ import cv2
 import numpy as np
 import pytest
 
-from attnmap.runtime.core.errors import ModelError
-from attnmap.runtime.core.files import suggest_path
+from attnmap.runtime.core.errors import ModelError, suggest_path
 from attnmap.runtime.image.header import describe_media
 from attnmap.runtime.model import registry
 from attnmap.runtime.model.session import OnnxModel
