@@ -2,6 +2,8 @@
 and no temp file left; a later run into the folder sweeps partials that killed runs left."""
 
 import os
+import re
+import select
 import signal
 import subprocess
 import sys
@@ -13,6 +15,8 @@ import pytest
 from click.testing import CliRunner
 
 import attnmap.cli as cli
+
+pty = pytest.importorskip("pty", reason="the progress bar needs a POSIX terminal")
 
 FRAMES = 4000  # long enough to be interrupted mid-way on any machine
 
@@ -35,33 +39,58 @@ def dog(tmp_path):
     return path
 
 
-def _started(proc, out):
-    """Wait until the video's temp file holds encoded frames (the engine's threads are all running)."""
+def _started(proc, terminal):
+    """Wait for the video's first progress line on the terminal (the engine is then under way,
+    its threads all started); False when the run ended first."""
+    seen = b""
     while proc.poll() is None:
-        partials = list(out.glob(".*.partial.*")) if out.is_dir() else []
-        if partials and partials[0].stat().st_size > 0:
-            return partials[0]
-        time.sleep(0.02)
-    return None
+        ready, _, _ = select.select([terminal], [], [], 0.1)
+        if ready:
+            try:
+                seen += os.read(terminal, 4096)
+            except OSError:
+                return False
+            if re.search(rb"\d+/%d frames" % FRAMES, seen):
+                return True
+    return False
 
 
 @pytest.mark.parametrize("sig, code, name", [(signal.SIGINT, 130, "SIGINT"), (signal.SIGTERM, 143, "SIGTERM")])
 def test_a_signal_mid_video_exits_with_its_code_and_says_what_was_written(tiny_vit_onnx, long_clip, dog, tmp_path,
                                                                           sig, code, name):
     out = tmp_path / "out"
+    terminal, stderr = pty.openpty()  # stderr on a terminal: the run shows its progress bar there
     proc = subprocess.Popen([sys.executable, "-m", "attnmap.cli", "explain", str(dog), str(long_clip),
                              "--model", str(tiny_vit_onnx), "--out", str(out)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    partial = _started(proc, out)
-    assert partial is not None, "the run ended before it could be interrupted: " + proc.communicate()[1]
-    proc.send_signal(sig)
-    _, err = proc.communicate(timeout=300)
+                            stdout=subprocess.PIPE, stderr=stderr)
+    os.close(stderr)
+    try:
+        assert _started(proc, terminal), "the run ended before it could be interrupted"
+        proc.send_signal(sig)
+        proc.wait(timeout=300)
+        err = _read_all(terminal).decode(errors="replace").replace("\r\n", "\n")
+    finally:
+        os.close(terminal)
     assert proc.returncode == code, err
-    said = [line for line in err.splitlines() if line.startswith("interrupted")]
+    assert list(out.glob(".*.partial.*")) == []
+    said = [line.split("\r")[-1].replace("\x1b[K", "") for line in err.splitlines() if "interrupted" in line]
     assert said == [f"interrupted ({name}): 1 of 2 inputs written to {str(out)!r}; 1 not written "
                     f"(in progress: {long_clip}; nothing of it is left half-written)"]
     assert "Aborted" not in err and "Traceback" not in err
     assert sorted(p.name for p in out.iterdir()) == [".attnmap-run.json", "dog_rollout.png"]
+
+
+def _read_all(fd):
+    data = b""
+    while select.select([fd], [], [], 0.2)[0]:
+        try:
+            chunk = os.read(fd, 4096)
+        except OSError:  # the other end is closed (Linux: EIO)
+            break
+        if not chunk:
+            break
+        data += chunk
+    return data
 
 
 def test_a_later_run_sweeps_the_partials_of_runs_that_are_gone(tiny_vit_onnx, dog, tmp_path):
