@@ -19,6 +19,7 @@ import os
 # no process-wide state.
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
+import contextlib  # noqa: E402
 import json  # noqa: E402
 import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -33,7 +34,8 @@ from attnmap.cli_options import (FITS, METHOD_FLAGS, PROVIDERS, engine_options, 
                                  export_options, fit_option, flag, folder_options, job_options, json_option,
                                  live_options, method_options, model_options, precision_options, serve_options,
                                  throughput_options)
-from attnmap.cli_output import Group, err as _err, fail as _fail, out as _out, status as _status  # noqa: E402
+from attnmap.cli_output import (Group, LineUsageError, err as _err, fail as _fail, out as _out,  # noqa: E402
+                                status as _status)
 from attnmap.runtime.methods import METHODS  # noqa: E402
 
 __all__ = ["FITS", "METHOD_FLAGS", "PROVIDERS", "main"]
@@ -44,9 +46,19 @@ def _stderr_is_terminal() -> bool:
     return sys.stderr.isatty()
 
 
+def _model_note(model: str | None) -> None:
+    """Results of a model nobody named: say which one they are (stderr)."""
+    from attnmap.runtime.model.registry import default_choice
+
+    chosen = default_choice(model)
+    if chosen is not None:
+        _err(f"model: {chosen}; --model to choose another")
+
+
 def _explainer(model: str | None, provider: str, threads: int | None):
     from attnmap import Explainer
 
+    _model_note(model)
     return Explainer(model, provider=provider, threads=threads)
 
 
@@ -170,16 +182,20 @@ def explain(sources: tuple[str, ...], model: str | None, provider: str, threads:
     whose outputs are complete.
     """
     from attnmap.runtime.fronts.collection import explain_collection
+    from attnmap.runtime.fronts.interrupt import terminate_as_interrupt
 
     if len(target) > 1:
         raise click.BadParameter(f"given {len(target)} times ({', '.join(map(repr, target))}); give one class, "
                                  "or topk:N for several side by side", param_hint="--class")
     show = _stderr_is_terminal()
-    report = explain_collection(
-        model, sources, job, output, engine,
-        class_spec=target[0] if target else None, provider=provider, threads=threads, workers=workers,
-        batch_size=batch_size, on_record=lambda record, line: _out(json.dumps(record) if as_json else line),
-        on_fail=_fail, on_video=lambda spec, p: _status.show(f"{spec}: {p.bar()}") if show else None)
+    _model_note(model)
+    with contextlib.nullcontext() if engine.on_ray else terminate_as_interrupt():
+        report = explain_collection(
+            model, sources, job, output, engine,
+            class_spec=target[0] if target else None, provider=provider, threads=threads, workers=workers,
+            batch_size=batch_size, on_record=lambda record, line: _out(json.dumps(record) if as_json else line),
+            on_fail=_fail, on_video=lambda spec, p: _status.show(f"{spec}: {p.bar()}") if show else None,
+            on_note=lambda line: _err(f"note: {line}"))
     _status.end()
     out_dir = output.out_dir
     if report.skipped:
@@ -327,10 +343,10 @@ def evaluate(sources: tuple[str, ...], model: str | None, provider: str, threads
     try:
         plan = plan.checked(explainer.meta, model=repr(explainer.path.name))
     except MethodOptionError as exc:
-        raise click.BadParameter(str(exc), param_hint="--methods") from exc
+        raise LineUsageError(f"--methods: {exc}") from exc
     except OptionError as exc:  # settings that do not go together (synthetic images on Ray)
         raise click.UsageError(str(exc)) from exc
-    inputs = plan.inputs(sources)
+    inputs = plan.inputs(sources, on_skip=lambda spec, why: _err(f"note: {spec}: {why}"))
     for spec, reason in inputs.failures:
         _fail(spec, reason)
     with click.progressbar(length=inputs.total, label="evaluating", file=sys.stderr) as bar:
@@ -349,7 +365,7 @@ def evaluate(sources: tuple[str, ...], model: str | None, provider: str, threads
         _err("wrote " + ", ".join(str(p) for p in written))
     failed = len(result.failed) + len(inputs.failures)
     if failed:
-        raise click.ClickException(f"{failed} inputs could not be evaluated (see above)")
+        raise click.ClickException(f"{failed} input{'s' if failed != 1 else ''} could not be evaluated (see above)")
 
 
 # ---------------------------------------------------------------------------- demo, methods, models

@@ -110,8 +110,22 @@ def _method(method: str, **flags: Any) -> dict[str, Any]:
     return {"method": method, "options": given}
 
 
+class MethodChoice(click.Choice):
+    """``--method``: a registered method; a typo is one line that suggests the close names."""
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> Any:
+        from attnmap.cli_output import LineUsageError
+        from attnmap.runtime.core.errors import MethodOptionError
+        from attnmap.runtime.methods import get_method
+
+        try:
+            return get_method(value).name
+        except MethodOptionError as exc:
+            raise LineUsageError(f"--method: {exc}") from exc
+
+
 _METHOD_OPTIONS = (
-    click.option("--method", default="rollout", show_default=True, type=click.Choice(list(METHODS)),
+    click.option("--method", default="rollout", show_default=True, type=MethodChoice(list(METHODS)),
                  help="Explanation method (`attnmap methods` describes each one)."),
     *[_method_flag(name, spec, users) for name, (spec, users) in sorted(METHOD_FLAGS.items())])
 # the command gets ``method`` and ``options`` (the method options the user set)
@@ -280,10 +294,11 @@ evaluation_options = options(
     build=_evaluation)
 
 
-def _folder(out_dir: Path, save_maps: bool, tiles: str, video_format: str) -> dict[str, Any]:
+def _folder(out_dir: Path, save_maps: bool, tiles: str, video_format: str, overwrite: bool) -> dict[str, Any]:
     from attnmap.runtime.fronts.offline import FolderOutput
 
-    return {"output": FolderOutput(out_dir, save_maps=save_maps, tiles=tiles, video_format=video_format)}
+    return {"output": FolderOutput(out_dir, save_maps=save_maps, tiles=tiles, video_format=video_format,
+                                   overwrite=overwrite)}
 
 
 folder_options = options(
@@ -295,6 +310,9 @@ folder_options = options(
     click.option("--video-format", type=click.Choice(["mp4", "webm", "avi"]), default="mp4", show_default=True,
                  help="Container of annotated videos: mp4 (H.264 where this OpenCV has it, else MPEG-4 Part 2: "
                       "fast, not played by browsers), webm (VP8: plays in browsers, slower to encode), avi (MJPEG)."),
+    click.option("--overwrite", is_flag=True,
+                 help="Write into an --out folder that holds a run with other settings (model, method, options, "
+                      "class, fit), replacing its files of the same name (without it such a run is refused)."),
     build=_folder)
 
 throughput_options = options(

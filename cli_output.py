@@ -17,9 +17,9 @@ from typing import Any
 import click
 
 from attnmap.cli_options import debug, flag
-from attnmap.runtime.core.errors import AttnmapError, OptionConflict
+from attnmap.runtime.core.errors import AttnmapError, OptionConflict, RunConflictError
 
-__all__ = ["Command", "Group", "err", "fail", "out", "status"]
+__all__ = ["Command", "Group", "LineUsageError", "err", "fail", "out", "status"]
 
 
 class StatusLine:
@@ -57,12 +57,20 @@ def fail(source: str, reason: str) -> None:
     err(f"error: {source}: {reason}" if source not in reason else f"error: {reason}")
 
 
+class LineUsageError(click.ClickException):
+    """A bad value as one line with its suggestion (click's UsageError adds two lines of usage); exit 2."""
+
+    exit_code = 2
+
+
 class Command(click.Command):
     """A command whose library errors are one-line click errors, never a traceback.
 
     A typed error is exit code 1 (a conflict of parameters exit 2, naming the flags); with
     ``--debug`` its traceback and the chain of causes behind it are printed first. An
     unexpected exception (a bug) is one line too, saying how to see it; ``--debug`` re-raises it.
+    Ctrl-C or SIGTERM ends with one line on what was written and the shell's exit code for the
+    signal (130, 143).
     """
 
     def invoke(self, ctx: click.Context) -> Any:
@@ -75,7 +83,16 @@ class Command(click.Command):
                 traceback.print_exception(exc, file=sys.stderr)
             if isinstance(exc, OptionConflict):
                 raise click.UsageError(exc.text(flag), ctx=ctx) from exc
+            if isinstance(exc, RunConflictError):  # the way out, in flags
+                raise click.ClickException(f"{exc.conflict}; add --overwrite to replace them, or choose another "
+                                           "--out") from exc
             raise click.ClickException(str(exc)) from exc
+        except KeyboardInterrupt as exc:
+            status.end()
+            summary = getattr(exc, "summary", "")
+            click.echo(f"interrupted ({getattr(exc, 'signal_name', 'SIGINT')})" + (f": {summary}" if summary else ""),
+                       err=True)
+            raise click.exceptions.Exit(getattr(exc, "exit_code", 130)) from exc
         except Exception as exc:  # noqa: BLE001 - a bug: one line unless --debug
             if debug():
                 raise

@@ -37,6 +37,7 @@ from torch import nn
 from attnmap.runtime.core.errors import AttnmapError, ExportError, suggest
 from attnmap.runtime.core.files import commit, discard, temp_path
 from attnmap.runtime.core.meta import HEAD_FUSIONS, ModelMeta
+from attnmap.runtime.core.text import megabytes
 
 from .gradients import GRAD_RTOL, GRADIENT_INPUTS, GRADIENT_OUTPUTS, check_gradient_options, trace_gradients
 from .metadata import build_meta
@@ -293,7 +294,7 @@ def export_wrapped(wrapper: nn.Module, meta: ModelMeta, out: str | Path, *, opse
     seconds = time.perf_counter() - started
     grads_note = (f", attention_grads max |d| {grads_rel:.2e} and token_grads {token_grads_rel:.2e} of the largest"
                   if gradients else "")
-    log(f"wrote {out} ({size / 2**20:.1f} MiB, {seconds:.1f} s); parity: logits max |d| "
+    log(f"wrote {out} ({megabytes(size)}, {seconds:.1f} s); parity: logits max |d| "
         f"{result.logits_max_abs:.2e}, attentions max |d| {result.attentions_max_abs:.2e}{grads_note}")
     return ExportReport(out, meta, result.logits_max_abs, result.attentions_max_abs, size, seconds,
                         grads_rel if gradients else 0.0, token_grads_rel if gradients else 0.0)

@@ -100,7 +100,8 @@ def _explain(explainer, specs, out: Path, options: RayOptions, on_record=None):
 
 
 def _outputs(folder: Path) -> set[str]:
-    return {p.name for p in folder.iterdir() if p.is_file() and p.name != TABLE_NAME}
+    # hidden files (the local path's run manifest, .attnmap-run.json) are not outputs
+    return {p.name for p in folder.iterdir() if p.is_file() and p.name != TABLE_NAME and not p.name.startswith(".")}
 
 
 def _mtimes(folder: Path) -> dict[str, int]:

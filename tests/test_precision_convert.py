@@ -166,7 +166,7 @@ def test_the_tiny_models_convert_with_and_without_gradients(tiny_vit_onnx, tiny_
 
 
 def test_conversion_refusals(converted, tmp_path):
-    with pytest.raises(ModelError, match="already a int8 file"):
+    with pytest.raises(ModelError, match="already an int8 file"):
         convert_file(converted["int8"].path, tmp_path / "again.onnx", ConvertOptions("int8"), log=_quiet)
     with pytest.raises(ModelError, match="is the input file"):
         convert_file(SHIPPED, SHIPPED, ConvertOptions("int8"), log=_quiet)

@@ -8,7 +8,9 @@ where it helps, how to fix it.
 from __future__ import annotations
 
 import difflib
+import os
 import re
+from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 
@@ -94,6 +96,16 @@ class EncodeError(OutputError):
     """An image cannot be encoded (JPEG, PNG) for a response or a stream."""
 
 
+class RunConflictError(OutputError):
+    """An output folder holds the results of a run with other settings, which a new run would
+    overwrite file by file. ``conflict`` says what differs (without the way out, which the
+    caller words: a parameter in the API, a flag on the command line)."""
+
+    def __init__(self, message: str, conflict: str = ""):
+        super().__init__(message)
+        self.conflict = conflict or message
+
+
 class DisplayError(AttnmapError):
     """No window can be shown here (no display, or an OpenCV build without a GUI)."""
 
@@ -117,8 +129,48 @@ class ClusterError(AttnmapError):
 
 
 def suggest(name: str, choices: Iterable[str]) -> str:
-    """Return ``" Did you mean 'x'?"`` for the closest of ``choices``, or ``""``."""
-    close = difflib.get_close_matches(name, list(choices), n=3, cutoff=0.5)
+    """Return ``" Did you mean 'x'?"`` for the closest of ``choices``, or ``""``.
+
+    Names about as close as the closest one are offered beside it (at most three); a far
+    second guess ('product' for 'rolout') is left out.
+    """
+    choices = list(choices)
+    close = difflib.get_close_matches(name, choices, n=3, cutoff=0.5)
     if not close:
         return ""
+    ratio = [difflib.SequenceMatcher(None, name, c).ratio() for c in close]
+    close = [c for c, r in zip(close, ratio) if r >= ratio[0] - 0.1]
     return " Did you mean " + " or ".join(repr(c) for c in close) + "?"
+
+
+def suggest_path(path: str | Path) -> str:
+    """``" Did you mean 'models/deit.onnx'?"`` for a path that does not exist, or ``""``.
+
+    Each missing part of the path is replaced by the closest name in the folder above it
+    (``modles/deit.onx`` -> ``models/deit.onnx``); the suggestion keeps the path's own form
+    (relative stays relative) so it can be pasted back as it is.
+    """
+    path = Path(path).expanduser()
+    if path.exists():
+        return ""
+    anchor = Path(path.anchor) if path.is_absolute() else Path(".")
+    cur, shown = anchor, []
+    for part in path.parts[1:] if path.is_absolute() else path.parts:
+        if part in ("", "."):
+            continue
+        if not (cur / part).exists():
+            try:
+                names = sorted(os.listdir(cur))
+            except OSError:
+                return ""
+            close = difflib.get_close_matches(part, names, n=1, cutoff=0.6)
+            if not close:
+                return ""
+            part = close[0]
+        cur = cur / part
+        shown.append(part)
+    if not shown or not cur.exists():
+        return ""
+    guess = anchor.joinpath(*shown) if path.is_absolute() else Path(*shown)
+    return f" Did you mean {str(guess)!r}?"
+

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from attnmap.runtime.core.text import plural
 from attnmap.runtime.engine.job import ItemResult
 
 RECORD_SCHEMA_VERSION = 1
@@ -96,10 +97,9 @@ def video_record(source: str, result: Any) -> dict[str, Any]:
 
 def record_line(record: dict[str, Any]) -> str:
     """The one-line text summary of a record (what ``explain`` prints without ``--json``)."""
-    if "video" in record:
-        note = f"; {record['codec_note']}" if record.get("codec_note") else ""
-        return (f"{record['source']}: {record['frames']} frames explained at {record['throughput_fps']:.1f} "
-                f"frames/s -> {record['video']} ({record['codec']}{note})")
+    if "video" in record:  # the codec note is the caller's to print, once per run
+        return (f"{record['source']}: {plural(record['frames'], 'frame')} explained at "
+                f"{record['throughput_fps']:.1f} frames/s -> {record['video']} ({record['codec']})")
     preds = ", ".join(f"{t['label']} {t['prob']:.3f}" for t in record["topk"])
     if record.get("classes"):
         return f"{record['source']}: {preds}  [maps: " + ", ".join(c["label"] for c in record["classes"]) + "]"

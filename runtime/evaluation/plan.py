@@ -17,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -197,7 +197,8 @@ class EvaluationPlan:
                                    sigma=float(self.sigma), truth=truth, checked_methods=checked,
                                    synthetic_size=max(meta.input_size[1:]))
 
-    def inputs(self, sources: Sequence[str | os.PathLike] = ()) -> EvaluationInputs:
+    def inputs(self, sources: Sequence[str | os.PathLike] = (),
+               on_skip: Callable[[str, str], None] | None = None) -> EvaluationInputs:
         """The images this plan scores: SOURCE arguments listed as its engine lists them, and
         the synthetic images.
 
@@ -207,6 +208,8 @@ class EvaluationPlan:
 
         Args:
             sources: image files, folders, globs and ``.csv`` / ``.parquet`` manifests.
+            on_skip: local engine: called as ``on_skip(spec, why)`` where a folder's or glob's
+                listing leaves files out (other extensions).
 
         Returns:
             :class:`EvaluationInputs`; arguments that name no still image are among its failures.
@@ -222,7 +225,8 @@ class EvaluationPlan:
         if self.engine == "ray":
             images, missing = list_images(sources)
         else:
-            refs, missing = plan_with_manifests(sources) if sources else ([], [])
+            listing = {"on_skip": on_skip} if on_skip is not None else {}
+            refs, missing = plan_with_manifests(sources, **listing) if sources else ([], [])
             images = [r.target for r in refs if r.kind == "image"]
             failures += [(r.spec, f"evaluate takes still images; {r.spec!r} is a {r.kind}")
                          for r in refs if r.kind != "image"]

@@ -17,7 +17,7 @@ from __future__ import annotations
 import csv
 import os
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 from attnmap.runtime.core.errors import SourceError
 from attnmap.runtime.frames import sources
@@ -86,15 +86,20 @@ def expand_manifests(specs: Sequence[str | os.PathLike]) -> tuple[list[str], lis
     return out, failures
 
 
-def plan_with_manifests(specs: Sequence[str | os.PathLike]) -> tuple[list, list[tuple[str, SourceError]]]:
+def plan_with_manifests(specs: Sequence[str | os.PathLike],
+                        **listing: Any) -> tuple[list, list[tuple[str, SourceError]]]:
     """:func:`~attnmap.runtime.frames.sources.plan_inputs` of the SOURCE arguments with their
     manifests expanded (the local path: a manifest's rows are checked like typed paths).
+
+    Args:
+        specs: the SOURCE arguments.
+        **listing: ``videos`` and ``on_skip``, passed to ``plan_inputs``.
 
     Returns:
         ``(refs, failures)`` as ``plan_inputs`` gives them, unreadable manifests among the failures.
     """
     expanded, bad = expand_manifests(specs)
-    refs, missing = sources.plan_inputs(expanded) if expanded else ([], [])
+    refs, missing = sources.plan_inputs(expanded, **listing) if expanded else ([], [])
     return refs, bad + missing
 
 

@@ -89,7 +89,8 @@ def explain_collection(model: str | Path | None, sources: Sequence[str], job: Jo
                        batch_size: int | None = None,
                        on_record: Callable[[dict[str, Any], str], None],
                        on_fail: Callable[[str, str], None],
-                       on_video: Callable[[str, Any], None] | None = None) -> OfflineReport:
+                       on_video: Callable[[str, Any], None] | None = None,
+                       on_note: Callable[[str], None] | None = None) -> OfflineReport:
     """Explain every input of ``sources`` into ``output`` on the chosen engine.
 
     Args:
@@ -107,6 +108,8 @@ def explain_collection(model: str | Path | None, sources: Sequence[str], job: Jo
         on_record: ``on_record(record, line)`` per input written (or resumed, on Ray).
         on_fail: ``on_fail(source, reason)`` per input that failed.
         on_video: ``on_video(source, progress)`` as a video advances (local engine).
+        on_note: ``on_note(line)`` for what the user should know and is no failure: files a
+            folder's listing left out, the codec note, partial videos swept (local engine).
 
     Returns:
         :class:`~attnmap.runtime.fronts.offline.OfflineReport`: inputs done, skipped (Ray:
@@ -114,6 +117,8 @@ def explain_collection(model: str | Path | None, sources: Sequence[str], job: Jo
 
     Raises:
         OptionConflict: a parameter of the other engine, or a class for a class-agnostic method.
+        RunConflictError: ``output.out_dir`` holds a run with other settings and
+            ``output.overwrite`` is off.
         AttnmapError: the model cannot be loaded, the job does not fit it, Ray cannot start.
     """
     if class_spec is not None and not METHODS[job.method].class_specific:
@@ -127,7 +132,8 @@ def explain_collection(model: str | Path | None, sources: Sequence[str], job: Jo
         from attnmap.runtime.frames.manifest import plan_with_manifests
         from attnmap.runtime.model.plan import plan_for_inputs
 
-        planned = plan_with_manifests(sources)
+        skip = {} if on_note is None else {"on_skip": lambda spec, why: on_note(f"{spec}: {why}")}
+        planned = plan_with_manifests(sources, videos=True, **skip)
         images, videos = count_inputs(planned)
         plan = plan_for_inputs(provider, images=images, videos=videos, threads=threads, workers=workers,
                                batch_size=batch_size)
@@ -137,9 +143,12 @@ def explain_collection(model: str | Path | None, sources: Sequence[str], job: Jo
         job = dataclasses.replace(job, target=target, top_classes=top_classes)
     if engine.on_ray:
         from attnmap.runtime.fronts.distributed import explain_on_ray
+        from attnmap.runtime.fronts.out_folder import claim_folder, run_settings
 
+        claim_folder(output.out_dir, run_settings(FrameEngine(explainer, job)), overwrite=output.overwrite)
         ray = explain_on_ray(FrameEngine(explainer, job), sources, output, options, on_record=on_record,
                              on_fail=on_fail)
         return OfflineReport(done=ray.done, failed=ray.failed, skipped=ray.skipped)
     engine_ = FrameEngine(explainer, job, batch_size=plan.batch_size, workers=plan.workers)
-    return explain_inputs(engine_, planned, output, on_record=on_record, on_fail=on_fail, on_video=on_video)
+    return explain_inputs(engine_, planned, output, on_record=on_record, on_fail=on_fail, on_video=on_video,
+                          on_note=on_note)

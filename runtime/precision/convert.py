@@ -29,6 +29,7 @@ import onnx
 from attnmap.runtime.core.errors import ModelError, OptionConflict, OptionError, SourceError
 from attnmap.runtime.core.files import commit, discard, temp_path
 from attnmap.runtime.core.meta import ModelMeta
+from attnmap.runtime.core.text import article, megabytes
 from attnmap.runtime.model.graph import read_model
 from attnmap.runtime.precision.fidelity import Fidelity, Thresholds, check_fidelity, measure_fidelity
 from attnmap.runtime.precision.fp16 import convert_fp16
@@ -196,7 +197,7 @@ def convert_file(src: str | Path, out: str | Path, options: ConvertOptions, *,
     reference = Explainer(src, provider="cpu", threads=threads)
     meta = reference.meta
     if meta.precision != "fp32":
-        raise ModelError(f"{str(src)!r} is already a {meta.precision} file; convert the fp32 file it came from")
+        raise ModelError(f"{str(src)!r} is already {article(meta.precision)} file; convert the fp32 file it came from")
     calibration = None
     if options.calibration:
         calibration = load_images(options.calibration, meta, options.calibration_images)
@@ -233,7 +234,7 @@ def convert_file(src: str | Path, out: str | Path, options: ConvertOptions, *,
     finally:
         discard(tmp)
     size, source_size = out.stat().st_size, src.stat().st_size
-    log(f"wrote {out} ({size / 2**20:.1f} MiB, {size / source_size:.2f}x the fp32 file)")
+    log(f"wrote {out} ({megabytes(size)}, {size / source_size:.2f}x the fp32 file)")
     return ConvertReport(out, new_meta, fidelity, size, source_size, time.perf_counter() - started)
 
 
