@@ -244,11 +244,11 @@ def live(source: str, model: str | None, provider: str, threads: int | None, job
 @model_options
 @job_options(label=False, label_flag=False)
 @click.option("--host", default="127.0.0.1", show_default=True,
-              help="Address to bind; anything beyond loopback needs --token.")
+              help="Address to bind; anything beyond loopback needs a token (--token-file or $ATTNMAP_TOKEN).")
 @click.option("--port", type=click.IntRange(1, 65535), default=8000, show_default=True, help="TCP port.")
 @serve_options
 def serve(source: str | None, model: str | None, provider: str, threads: int | None, job: Any, host: str, port: int,
-          config: Any, settings: Any) -> None:
+          config: Any, settings: Any, launch: dict[str, Any]) -> None:
     """Serve the live overlay to a browser and explanations over HTTP (extra 'serve').
 
     SOURCE is as in `attnmap live` (camera index, stream URL, video file; a file plays in a loop);
@@ -256,7 +256,8 @@ def serve(source: str | None, model: str | None, provider: str, threads: int | N
     """
     from attnmap.runtime.fronts.serve.runner import serve as run_serve
 
-    run_serve(_explainer(model, provider, threads), source, job, config, settings, host=host, port=port, log=_err)
+    run_serve(_explainer(model, provider, threads), source, job, config, settings, host=host, port=port, log=_err,
+              **launch)
 
 
 # ---------------------------------------------------------------------------- bench

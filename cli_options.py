@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 import click
 
-from attnmap.runtime.core.meta import HEAD_FUSIONS
+from attnmap.runtime.core.meta import EXPORT_HEAD_FUSIONS
 from attnmap.runtime.core.options import OptionSpec
 from attnmap.runtime.methods import METHODS
 
@@ -187,7 +187,7 @@ export_options = options(
                  help="Local weights: .safetensors, .pth/.pt (loaded with weights_only) or timm's .npz."),
     click.option("--pretrained", is_flag=True, help="Download timm's pretrained weights (needs a model hub)."),
     click.option("--img-size", type=click.IntRange(8, 4096), default=None, help="Override the input size (square)."),
-    click.option("--heads", type=click.Choice(HEAD_FUSIONS), default="none", show_default=True,
+    click.option("--heads", type=click.Choice(EXPORT_HEAD_FUSIONS), default="none", show_default=True,
                  help="Fuse attention heads inside the graph (H becomes 1), shrinking the output H times."),
     click.option("--labels", type=click.Path(dir_okay=False, path_type=Path), default=None,
                  help="Class names: a .txt with one per line or a class-index .json "
@@ -358,24 +358,34 @@ live_options = options(
     build=_live)
 
 
-def _serve(token: str | None, smooth: float, every: int, no_hud: bool, no_loop: bool, max_upload_mb: float,
-           max_pixels: int, cors_origins: tuple[str, ...]) -> dict[str, Any]:
+def _serve(token: str | None, token_file: str | None, tls_cert: str | None, tls_key: str | None, smooth: float,
+           every: int, no_hud: bool, no_loop: bool, max_upload_mb: float, max_pixels: int,
+           cors_origins: tuple[str, ...]) -> dict[str, Any]:
     from attnmap.runtime.fronts.serve import require_extra
 
     require_extra()
     from attnmap.runtime.fronts.serve.app import ServerSettings
+    from attnmap.runtime.fronts.serve.runner import TLSFiles
     from attnmap.runtime.fronts.serve.security import Limits
     from attnmap.runtime.fronts.serve.stream import StreamConfig
 
     limits = Limits(max_upload_bytes=int(max_upload_mb * 1024 * 1024), max_pixels=max_pixels)
     return {"config": StreamConfig(smooth=smooth, every=every, hud=not no_hud, loop_file=not no_loop),
-            "settings": ServerSettings(token=token, cors_origins=tuple(cors_origins), limits=limits)}
+            "settings": ServerSettings(token=token, cors_origins=tuple(cors_origins), limits=limits),
+            "launch": dict(token_file=token_file, tls=TLSFiles.from_options(tls_cert, tls_key),
+                           token_in_argv=token is not None)}
 
 
 serve_options = options(
     click.option("--token", default=None, metavar="TOKEN",
-                 help="Bearer token for every path but /healthz (default: $ATTNMAP_TOKEN). Open the page once "
-                      "as /?token=TOKEN."),
+                 help="Bearer token for every path but /healthz. Prefer --token-file or $ATTNMAP_TOKEN: a token "
+                      "on the command line is visible to every user in ps. Open the page once as /?token=TOKEN."),
+    click.option("--token-file", type=click.Path(dir_okay=False), default=None, metavar="FILE",
+                 help="Read the bearer token from FILE (one line; default: $ATTNMAP_TOKEN)."),
+    click.option("--tls-cert", type=click.Path(dir_okay=False), default=None, metavar="PEM",
+                 help="Serve HTTPS with this certificate (chain); needs --tls-key."),
+    click.option("--tls-key", type=click.Path(dir_okay=False), default=None, metavar="PEM",
+                 help="The unencrypted private key of --tls-cert."),
     *_stream_flags("Do not draw label, fps and stage timings on the stream."),
     click.option("--no-loop", is_flag=True, help="Play a video file once instead of in a loop."),
     click.option("--max-upload-mb", type=click.FloatRange(0, None, min_open=True), default=20.0, show_default=True,
@@ -384,4 +394,4 @@ serve_options = options(
                  help="Largest width x height an uploaded image may declare (checked before decoding)."),
     click.option("--cors-origin", "cors_origins", multiple=True, metavar="ORIGIN",
                  help="Allow browser pages from this origin to call the API (repeatable; default: CORS off)."),
-    build=_serve)
+    build=_serve)  # the command gets ``config`` (StreamConfig), ``settings`` (ServerSettings), ``launch``

@@ -36,7 +36,7 @@ from torch import nn
 
 from attnmap.runtime.core.errors import AttnmapError, ExportError, suggest
 from attnmap.runtime.core.files import commit, discard, temp_path
-from attnmap.runtime.core.meta import HEAD_FUSIONS, ModelMeta
+from attnmap.runtime.core.meta import EXPORT_HEAD_FUSIONS, ModelMeta
 from attnmap.runtime.core.text import megabytes
 
 from .gradients import GRAD_RTOL, GRADIENT_INPUTS, GRADIENT_OUTPUTS, check_gradient_options, trace_gradients
@@ -86,8 +86,9 @@ def _relative(max_abs: float, scale: float) -> float:
 
 
 def _check_heads(heads: str) -> None:
-    if heads not in HEAD_FUSIONS:
-        raise ExportError(f"heads must be one of {HEAD_FUSIONS}; got {heads!r}.{suggest(str(heads), HEAD_FUSIONS)}")
+    if heads not in EXPORT_HEAD_FUSIONS:
+        raise ExportError(f"heads must be one of {EXPORT_HEAD_FUSIONS}; got {heads!r}."
+                          + suggest(str(heads), EXPORT_HEAD_FUSIONS))
 
 
 def _check_module(model: nn.Module, model_name: str) -> None:

@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from attnmap.runtime.core.errors import ExportError
-from attnmap.runtime.core.meta import HEAD_FUSIONS, POOLINGS
+from attnmap.runtime.core.meta import EXPORT_HEAD_FUSIONS, POOLINGS
 
 __all__ = ["ViTWithAttention", "describe_tokens", "attention_modules", "supported_attention_types"]
 
@@ -179,8 +179,8 @@ class ViTWithAttention(nn.Module):
 
     def __init__(self, model: nn.Module, heads: str = "none", attentions: bool = True) -> None:
         super().__init__()
-        if heads not in HEAD_FUSIONS:
-            raise ExportError(f"heads must be one of {HEAD_FUSIONS}; got {heads!r}")
+        if heads not in EXPORT_HEAD_FUSIONS:
+            raise ExportError(f"heads must be one of {EXPORT_HEAD_FUSIONS}; got {heads!r}")
         mods = attention_modules(model)
         self.model = model
         # A fresh nn.Module starts in training mode; mirror the model's mode instead, so

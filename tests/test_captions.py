@@ -74,6 +74,49 @@ def test_caption_avoids_a_hot_blob_and_picks_the_least_heat_under_its_box():
         assert means[chosen] < max(means)
 
 
+def _reference_corner(heat, bw, bh):
+    """The rule spelled out on every pixel: the first corner as cold as the coldest, within tolerance."""
+    h, w = heat.shape
+    means = [heat[:bh, :bw].mean(dtype=np.float64), heat[:bh, w - bw:].mean(dtype=np.float64),
+             heat[h - bh:, :bw].mean(dtype=np.float64), heat[h - bh:, w - bw:].mean(dtype=np.float64)]
+    return next(p for p, m in zip(POSITIONS, means) if near_coldest(m, min(means)))
+
+
+def test_the_corner_follows_the_heat_under_any_box_size_whatever_opencv_measures():
+    # OpenCV 5.1 measures (and draws) the Hershey font 1 px wider per glyph than 5.0, so the
+    # caption's box is a few pixels wider there. The choice must be the rule's for that box,
+    # to the pixel: the hot-blob maps of the test above, and every box size between the two
+    # versions' widths (57 and 62 px for CAPTION at 224 x 224) and beyond.
+    h, w = 224, 224
+    yy, xx = np.mgrid[0:h, 0:w]
+    rng = np.random.default_rng(3)
+    checked = 0
+    for _ in range(20):
+        cy, cx = rng.uniform(0, h), rng.uniform(0, w)
+        heat = np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * 40.0 ** 2)).astype(np.float32)
+        heat += rng.uniform(0, 0.05, heat.shape).astype(np.float32)
+        for bw in range(50, 71):
+            for bh in (22, 26, 30):
+                assert coldest_corner(heat, bw, bh, (h, w)) == _reference_corner(heat, bw, bh), (bw, bh)
+                checked += 1
+    assert checked == 20 * 21 * 3
+
+
+def test_a_grid_counts_the_cells_a_box_covers_by_the_part_it_covers():
+    # A 4 x 4 grid over a 100 x 100 image: a 30 x 30 box covers 1.2 cells each way, so the
+    # top-left mean is (1 * 1 + 0.2 * 2 + 0.2 * 2 + 0.04 * 4) / 1.44 with cells 1, 2, 2, 4.
+    grid = np.ones((4, 4), np.float32)
+    grid[0, 1] = grid[1, 0] = 2.0
+    grid[1, 1] = 4.0
+    want_top_left = (1 + 0.2 * 2 + 0.2 * 2 + 0.04 * 4) / 1.44  # 1.36: the only corner over 1
+    full = cv2.resize(grid, (100, 100), interpolation=cv2.INTER_NEAREST)
+    assert full[:30, :30].mean() == pytest.approx(want_top_left, abs=1e-6)
+    assert coldest_corner(grid, 30, 30, (100, 100)) == coldest_corner(full, 30, 30, (100, 100)) == "top-right"
+    # the top-left box is 1.36 against 1.0: out of tolerance (1.25 + 0.002) only through the part cells
+    assert not near_coldest(want_top_left, 1.0)
+    assert coldest_corner(grid * 0 + 1, 30, 30, (100, 100)) == "top-left"
+
+
 def test_a_patch_grid_picks_the_same_corner_as_the_full_size_map():
     grid = np.random.default_rng(0).uniform(0, 1, (14, 14)).astype(np.float32)
     grid[10:, :4] = 0.0  # bottom-left patch block cold

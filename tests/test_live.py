@@ -27,7 +27,8 @@ from attnmap.runtime.methods import attention_maps as run_method
 from attnmap.runtime.draw.style import OverlayStyle
 from attnmap.runtime.engine.engine import Job
 from attnmap.runtime.fronts.live.loop import LiveConfig, LiveFrame, run_live
-from attnmap.runtime.fronts.live.state import CYCLE_COLORMAPS, LiveState, apply_key, method_options
+from attnmap.runtime.draw.style import CYCLE_COLORMAPS
+from attnmap.runtime.engine.live.state import LiveState, apply_key, method_options
 from attnmap.runtime.draw.overlay import COLORMAPS
 from attnmap.runtime.frames.sources import open_source
 
@@ -323,11 +324,19 @@ def test_video_file_end_of_stream_stops_the_loop(tmp_path):
     assert attnmap_threads() == []
 
 
-def test_show_without_a_display_is_a_clear_error_not_a_qt_abort():
-    # In a child process: if the guard failed, Qt would abort it (SIGABRT), not raise.
+@pytest.mark.parametrize("backend, reason", [
+    ("QT5", "no display: neither $DISPLAY nor $WAYLAND_DISPLAY is set"),  # opencv-python
+    ("NONE", "this OpenCV is the headless build"),  # opencv-python-headless
+])
+def test_show_without_a_display_is_a_clear_error_not_a_qt_abort(backend, reason):
+    # In a child process: if the guard failed, Qt would abort it (SIGABRT), not raise. The child
+    # is told which OpenCV build it has (the check reads cv2.getBuildInformation()), so both
+    # builds' branches run whichever wheel is installed: the guard comes before any window call.
     code = (
         "import sys; sys.path.insert(0, 'tests')\n"
         "from frames_fakes import FakeExplainer, PacedSource\n"
+        "from attnmap.runtime.frames import sinks\n"
+        f"sinks.gui_backend = lambda: {backend!r}\n"
         "from attnmap.runtime.fronts.live.loop import LiveConfig, run_live\n"
         "from attnmap.runtime.core.errors import AttnmapError\n"
         "src = PacedSource(fps=10)\n"
@@ -342,9 +351,11 @@ def test_show_without_a_display_is_a_clear_error_not_a_qt_abort():
                           timeout=60)
     assert proc.returncode == 0, proc.stderr[-2000:]
     line = proc.stdout.strip()
-    assert line.startswith("ERR cannot show a window: no display"), line
-    # Refused before the source produced a frame, and the source was still released.
-    assert "--no-show --out FILE.mp4" in line and line.endswith("| 0 True")
+    assert "\n" not in line and line.startswith(f"ERR cannot show a window: {reason}"), line
+    # Refused before the source produced a frame, and the source was still released; the same
+    # way out on both builds.
+    assert line.endswith("; run headless (`attnmap live SOURCE --no-show --out FILE.mp4`), or watch in a browser with "
+                         "`attnmap serve` | 0 True"), line
 
 
 @needs_clip

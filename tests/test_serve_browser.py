@@ -48,9 +48,9 @@ def browser(tmp_path):
 
 
 def _expected_overlay(explainer: Explainer, path, method: str) -> np.ndarray:
-    """What the stream loop draws without its HUD: the heatmap over the frame, nothing else."""
+    """What the stream loop draws without its HUD: the explanation's overlay without a caption."""
     ex = explainer.explain(str(path), method=method)
-    return OverlayStyle(label=False).heatmap.annotate(ex.image, ex.heatmap)
+    return ex.overlay(OverlayStyle(label=False))
 
 
 def _snapshot(url: str) -> np.ndarray:

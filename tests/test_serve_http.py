@@ -179,10 +179,10 @@ def test_state_changes_reach_the_loop(live):
         assert r.json()["state"]["options"] == {"layer": 2, "head": 1}
         explained = stream.stats.frames_explained
         deadline = time.monotonic() + 30
-        while stream.loop.engine.job.method != "attention" or stream.stats.frames_explained <= explained + 1:
+        while stream.session.job.method != "attention" or stream.stats.frames_explained <= explained + 1:
             assert time.monotonic() < deadline, "the loop never picked up the new method"
             time.sleep(0.05)
-        assert dict(stream.loop.engine.job.options) == {"layer": 2, "head": 1}
+        assert dict(stream.session.job.options) == {"layer": 2, "head": 1}
         bad = client.post("/v1/stream/state", json={"head": 7})
         assert bad.status_code == 422 and "head" in bad.json()["error"]
         assert client.post("/v1/stream/state", content=b"{not json").status_code == 400

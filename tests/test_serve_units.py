@@ -13,7 +13,7 @@ import pytest
 from attnmap import Explainer
 from attnmap.runtime.core.errors import OptionError
 from attnmap.runtime.draw.style import OverlayStyle
-from attnmap.runtime.fronts.live.state import LiveState, method_options
+from attnmap.runtime.engine.live.state import LiveState, method_options
 from attnmap.runtime.fronts.serve import ServeError, require_extra
 from attnmap.runtime.fronts.serve import control, security
 from attnmap.runtime.fronts.serve.api import parse_fields

@@ -28,7 +28,9 @@ PROPS_KEY = "attnmap"
 
 PREFIX_KINDS = ("class", "distillation", "register")
 POOLINGS = ("token", "avg")
-HEAD_FUSIONS = ("none", "mean", "max", "min")
+# How an export may fuse the heads ("none": keep them); a method fuses them at run time with
+# runtime/methods/base.py's HEAD_FUSIONS, the same without "none".
+EXPORT_HEAD_FUSIONS = ("none", "mean", "max", "min")
 CROP_MODES = ("center", "squash", "border")
 INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "area", "lanczos")
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -306,8 +308,8 @@ class ModelMeta:
             fail(f"pooling must be one of {POOLINGS}; got {self.pooling!r}")
         if self.pooling == "token" and not self.has_class_token:
             fail("pooling 'token' needs a class token first in prefix_tokens")
-        if self.head_fusion not in HEAD_FUSIONS:
-            fail(f"head_fusion must be one of {HEAD_FUSIONS}; got {self.head_fusion!r}")
+        if self.head_fusion not in EXPORT_HEAD_FUSIONS:
+            fail(f"head_fusion must be one of {EXPORT_HEAD_FUSIONS}; got {self.head_fusion!r}")
         for name in ("num_layers", "num_heads", "num_classes"):
             if getattr(self, name) <= 0:
                 fail(f"{name} must be positive; got {getattr(self, name)}")

@@ -11,8 +11,8 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
-from contextlib import contextmanager
-from typing import Callable, Iterator
+import contextlib
+from typing import Callable
 
 import numpy as np
 
@@ -48,14 +48,9 @@ class StageClock:
             self._total[stage] += seconds
             self._count[stage] += 1
 
-    @contextmanager
-    def stage(self, name: str) -> Iterator[None]:
+    def stage(self, name: str) -> "_Timed":
         """Time the ``with`` block as one duration of stage ``name`` (also when it raises)."""
-        t0 = self.now()
-        try:
-            yield
-        finally:
-            self.add(name, self.now() - t0)
+        return _Timed(self, name)
 
     def stages(self) -> list[str]:
         """The stages recorded so far, in :data:`STAGES` order, then others in first-seen order."""
@@ -89,15 +84,58 @@ class StageClock:
         return {s: self.total(s) for s in self.stages()}
 
     def summary(self) -> dict[str, dict[str, float]]:
-        """Stage -> ``{"median_ms", "p90_ms", "max_ms", "n", "total_s"}`` (JSON-able)."""
+        """Stage -> :func:`summarize_ms` of its kept durations plus ``"total_s"`` (JSON-able)."""
         return {s: {**summarize_ms(self.durations(s)), "total_s": round(self.total(s), 6)}
                 for s in self.stages()}
 
 
-def summarize_ms(seconds) -> dict[str, float]:
-    """Median, p90 and max in milliseconds (and the count) of durations given in seconds."""
+class _Timed:
+    """The context manager of :meth:`StageClock.stage` (a class: a generator-based one costs
+    several times more per frame)."""
+
+    __slots__ = ("_clock", "_name", "_t0")
+
+    def __init__(self, clock: StageClock, name: str):
+        self._clock, self._name = clock, name
+
+    def __enter__(self) -> None:
+        self._t0 = self._clock.now()
+
+    def __exit__(self, *exc) -> bool:
+        self._clock.add(self._name, self._clock.now() - self._t0)
+        return False
+
+
+class NullClock(StageClock):
+    """A stage clock that records nothing: for single calls whose stage times nobody reads
+    (``Explainer.explain``), so that they pay for no timing."""
+
+    def add(self, stage: str, seconds: float) -> None:
+        return None
+
+    def stage(self, name: str):
+        return _NOTHING
+
+
+_NOTHING = contextlib.nullcontext()
+
+
+def summarize_ms(seconds, frames: int = 1) -> dict[str, float]:
+    """The one timing summary every front reports: durations given in seconds, in milliseconds.
+
+    Args:
+        seconds: durations in seconds (each one run of a stage).
+        frames: frames each duration covers (a batch), for ``per_frame_ms``.
+
+    Returns:
+        ``{"median_ms", "p90_ms", "max_ms", "per_frame_ms", "n"}``: median, 90th percentile and
+        maximum in ms (rounded to 0.1 microsecond), the median per frame, and the count; all 0
+        for no durations.
+    """
     v = np.asarray(list(seconds), dtype=np.float64) * 1e3
     if v.size == 0:
-        return {"median_ms": 0.0, "p90_ms": 0.0, "max_ms": 0.0, "n": 0}
-    return {"median_ms": round(float(np.median(v)), 4), "p90_ms": round(float(np.percentile(v, 90)), 4),
-            "max_ms": round(float(v.max()), 4), "n": int(v.size)}
+        return {"median_ms": 0.0, "p90_ms": 0.0, "max_ms": 0.0, "per_frame_ms": 0.0, "n": 0}
+    med = float(np.median(v))
+    return {"median_ms": round(med, 4), "p90_ms": round(float(np.percentile(v, 90)), 4),
+            "max_ms": round(float(v.max()), 4), "per_frame_ms": round(med / max(1, int(frames)), 4),
+            "n": int(v.size)}

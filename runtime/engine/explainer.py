@@ -10,7 +10,9 @@ Example::
     print(r.topk[0].label, r.topk[0].prob)
     cv2.imwrite("dog_rollout.png", r.overlay(colormap="inferno"))
 
-The stages are public too (``preprocess`` -> ``infer`` -> ``maps``), so that video and live
+``explain`` runs the frame engine's one batch step
+(:meth:`~attnmap.runtime.engine.engine.FrameEngine.explain_batch`), as every front does. The
+stages are public too (``preprocess`` -> ``infer`` -> ``maps``), so that video and live
 pipelines can overlap decoding with inference and batch frames. ``maps`` runs every kind of
 method: attention methods read the outputs' attentions, perturbation methods (``occlusion``,
 ``rise``) run the logits-only model on perturbed copies of the input ``x``::
@@ -32,9 +34,12 @@ import numpy as np
 from attnmap.runtime.core.errors import ExplainError, ImageError, suggest
 from attnmap.runtime.methods import Method, check_options, get_method
 from attnmap.runtime.methods.base import softmax
+from attnmap.runtime.methods.kinds import explained_classes
 from attnmap.runtime.core.meta import ModelMeta
 from attnmap.runtime.model.registry import resolve_model
+from attnmap.runtime.draw.annotate import ExplanationAnnotator
 from attnmap.runtime.draw.style import OverlayStyle
+from attnmap.runtime.engine.clock import NullClock
 from attnmap.runtime.engine.engine import FrameEngine
 from attnmap.runtime.engine.job import Job
 from attnmap.runtime.engine.parts import in_parts, parts_for
@@ -43,6 +48,7 @@ from attnmap.runtime.image.preprocess import Geometry, check_image, preprocess, 
 from attnmap.runtime.model.session import OnnxModel, Outputs, physical_cores
 
 ImageLike = Union[np.ndarray, str, Path]
+_PLAIN = (int, float, str, bool, type(None))  # option values a cached job may be compared on
 _DEFAULT_STYLE = OverlayStyle()
 
 
@@ -100,30 +106,8 @@ class Explanation:
         style = style if style is not None else _DEFAULT_STYLE
         if changes:
             style = style.replace(**changes)
-        heat = self.heatmap
-        # Pixels the model never saw (cut away by a crop) carry no evidence either way: they
-        # are shown dimmed (image // 2) rather than coloured as "no relevance". Every output
-        # pixel is written once: the seen rectangle drawn from its part of the map (drawing is
-        # per pixel unless blurred), the strips around it dimmed.
-        img = self.image
-        if img.dtype != np.uint8 or img.ndim != 3 or img.shape[2] != 3:
-            img = check_image(img, "Explanation.image")
-        y0, y1, x0, x1 = self.geometry.seen_region(self.grid.shape)
-        h, w = img.shape[:2]
-        if (y0, y1, x0, x1) == (0, h, 0, w) or style.blur > 0 or y0 >= y1 or x0 >= x1:
-            out = style.heatmap.draw(img, heat)
-            if (y0, y1, x0, x1) != (0, h, 0, w):
-                seen = out[y0:y1, x0:x1].copy()
-                out = np.right_shift(img, 1)
-                out[y0:y1, x0:x1] = seen
-        else:
-            out = np.empty_like(img)
-            for (r0, r1), (c0, c1) in (((0, y0), (0, w)), ((y1, h), (0, w)), ((y0, y1), (0, x0)), ((y0, y1), (x1, w))):
-                np.right_shift(img[r0:r1, c0:c1], 1, out=out[r0:r1, c0:c1])
-            style.heatmap.draw(img[y0:y1, x0:x1], heat[y0:y1, x0:x1], out=out[y0:y1, x0:x1])
-        if style.label:
-            style.caption.draw(out, self.caption(), heatmap=heat)
-        return out
+        return ExplanationAnnotator(style).annotate(self.image, self.grid, self.geometry, self.caption(),
+                                                    heatmap=self.heatmap)
 
     def caption(self) -> list[str]:
         """Text lines describing the prediction (and the explained class)."""
@@ -162,6 +146,7 @@ class Explainer:
         self.model = OnnxModel(resolve_model(model), provider=provider, threads=threads, trt_cache=trt_cache)
         self.meta: ModelMeta = self.model.meta
         self.map_threads = int(threads) if threads else physical_cores()
+        self._last_engine: tuple[tuple, FrameEngine] | None = None
 
     @property
     def path(self) -> Path:
@@ -291,15 +276,29 @@ class Explainer:
             if len(items) != len(batch):
                 raise ExplainError(f"target must give one class per image ({len(batch)}); got {len(items)}")
             targets = np.array([resolve_class(self.meta, t) for t in items], dtype=np.int64)
-        job = Job(method=method, options=options, fit=fit, topk=topk,
-                  target=None if targets is None else int(targets[0]))
-        engine = FrameEngine(self, job.checked(self.meta, model=repr(self.path.name)))
+        engine = self._engine_for(method, fit, topk, None if targets is None else int(targets[0]), options)
         frames = [Frame(i, img, "image" if single else f"images[{i}]", 0.0) for i, img in enumerate(batch)]
         done = engine.explain_batch(frames, targets=targets, draw=False)
         for item in done:
             if item.error is not None:
                 raise item.error
         return done[0].explanation if single else [item.explanation for item in done]
+
+    def _engine_for(self, method: str, fit: str, topk: int, target: int | None, options: dict) -> FrameEngine:
+        """The engine of a checked job for these arguments: the last call's again when they are
+        the same (plain values only), so that a loop of calls checks its options once."""
+        plain = type(topk) is int and all(type(v) in _PLAIN for v in options.values())
+        # the values' types are compared too: True == 1 == 1.0, and the checks tell them apart
+        key = (method, fit, topk, target, sorted((k, type(v).__name__, v) for k, v in options.items())) \
+            if plain else None
+        last = self._last_engine
+        if plain and last is not None and last[0] == key:
+            return last[1]
+        job = Job(method=method, options=options, fit=fit, topk=topk, target=target)
+        engine = FrameEngine(self, job.checked(self.meta, model=repr(self.path.name)), clock=NullClock())
+        if plain:
+            self._last_engine = (key, engine)
+        return engine
 
     def explain_topk(self, image: ImageLike, k: int, method: str, fit: str = "crop",
                      **options) -> list[Explanation]:
@@ -322,7 +321,8 @@ class Explainer:
         batch, _ = _as_batch(image)
         if len(batch) != 1:
             raise ExplainError(f"explain_topk takes one image; got {len(batch)}")
-        job = Job(method=method, options=options, fit=fit, top_classes=k).checked(self.meta, model=repr(self.path.name))
+        job = Job(method=method, options=options, fit=fit, top_classes=k)
+        job = job.checked(self.meta, model=repr(self.path.name))
         item = FrameEngine(self, job).explain_batch([Frame(0, batch[0], "image", 0.0)], draw=False)[0]
         if item.error is not None:
             raise item.error
@@ -335,7 +335,8 @@ class Explainer:
         k = max(1, min(int(topk), probs.shape[1]))
         best = top_indices(probs, k)
         order, top_probs = best.tolist(), probs[np.arange(len(best))[:, None], best].tolist()
-        targets = None if outputs.targets is None or not get_method(method).class_specific else outputs.targets
+        # a class-specific map explains the class the model ran for, else the prediction
+        targets = explained_classes(outputs) if get_method(method).class_specific else None
         label = self.meta.label
         results = []
         for i, image in enumerate(images):
@@ -405,6 +406,8 @@ def _as_batch(images: ImageLike | Sequence[ImageLike]) -> tuple[list[np.ndarray]
         return [read_image(images)], True
     if isinstance(images, np.ndarray):
         if images.ndim == 4:
+            if not len(images):
+                raise ExplainError(f"no images to explain: got an empty batch of shape {images.shape}")
             return [check_image(img, f"images[{i}]") for i, img in enumerate(images)], False
         return [check_image(images)], True
     batch = []

@@ -100,8 +100,8 @@ def prefetch(items: Iterable[T], batch_size: int, prepare: Callable[[list[T]], P
                 close()
 
     thread = threading.Thread(target=run, name=name, daemon=True)
-    thread.start()
     try:
+        thread.start()  # inside the try: the finally below waits for it, whenever Ctrl-C lands
         while True:
             item = q.get()
             if item is _END:
@@ -181,9 +181,13 @@ def run_ahead(items: Iterable[T], fn: Callable[[T], P], *, depth: int = 1, worke
 
     threads = [threading.Thread(target=work, name=name if workers == 1 else f"{name}-{k}", daemon=True)
                for k in range(workers)]
-    for thread in threads:
-        thread.start()
+    started: list[threading.Thread] = []
     try:
+        # Started inside the try: a Ctrl-C between two starts still stops and joins the
+        # started ones below, before anything closes ``items`` under a worker reading it.
+        for thread in threads:
+            thread.start()
+            started.append(thread)
         index = 0
         while True:
             with ready:
@@ -200,7 +204,7 @@ def run_ahead(items: Iterable[T], fn: Callable[[T], P], *, depth: int = 1, worke
             permits.release()
     finally:
         stop.set()
-        for thread in threads:
+        for thread in started:
             thread.join()
         close = getattr(iterator, "close", None)
         if close is not None:

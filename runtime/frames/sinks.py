@@ -19,6 +19,9 @@ from attnmap.runtime.core.errors import DisplayError, OptionError, OutputError
 from attnmap.runtime.core.files import commit as commit_file, discard, temp_path
 from attnmap.runtime.frames.codecs import candidates, codec_note, open_writer, working_codecs
 
+# What to do instead of a window, on every build and for every reason.
+NO_WINDOW_HINT = "run headless (`attnmap live SOURCE --no-show --out FILE.mp4`), or watch in a browser with `attnmap serve`"
+
 # Qt platform plugins that draw without any display server.
 _HEADLESS_QPA = ("offscreen", "minimal", "vnc", "eglfs", "linuxfb")
 
@@ -33,6 +36,27 @@ def gui_backend() -> str:
     return "NONE"
 
 
+def is_headless_build() -> bool:
+    """Whether this OpenCV was built without a GUI (the ``opencv-python-headless`` wheel): its
+    window calls raise instead of drawing, whatever display there is."""
+    return gui_backend().upper() in ("NONE", "NO", "")
+
+
+@lru_cache(maxsize=1)
+def opencv_wheels() -> tuple[str, ...]:
+    """The OpenCV distributions pip installed here, as ``"name version"`` (usually one)."""
+    from importlib import metadata
+
+    found = []
+    for name in ("opencv-python", "opencv-python-headless", "opencv-contrib-python",
+                 "opencv-contrib-python-headless"):
+        try:
+            found.append(f"{name} {metadata.version(name)}")
+        except metadata.PackageNotFoundError:
+            pass
+    return tuple(found)
+
+
 def display_problem() -> str | None:
     """Why an OpenCV window cannot be opened here, or None when it can.
 
@@ -45,8 +69,12 @@ def display_problem() -> str | None:
         A one-line reason, or None.
     """
     backend = gui_backend()
-    if backend.upper() in ("NONE", "NO", ""):
-        return "this OpenCV build has no GUI (an opencv-python-headless install?)"
+    if is_headless_build():
+        wheels = opencv_wheels()
+        # Two OpenCV wheels install the same cv2 files: the one pip installed last is what runs.
+        which = (f" ({wheels[0]})" if len(wheels) == 1 else
+                 f" ({' and '.join(wheels)} share cv2; the last installed wins)" if wheels else "")
+        return f"this OpenCV is the headless build{which}, which has no GUI"
     if sys.platform in ("win32", "darwin"):
         return None
     qpa = os.environ.get("QT_QPA_PLATFORM", "").split(":")[0].strip().lower()
@@ -77,7 +105,7 @@ def check_display() -> None:
     """
     problem = display_problem()
     if problem is not None:
-        raise DisplayError(f"cannot show a window: {problem}; run headless, recording to a file instead (`attnmap live SOURCE --no-show --out FILE.mp4`)")
+        raise DisplayError(f"cannot show a window: {problem}; {NO_WINDOW_HINT}")
 
 
 def _qt_platform_plugins() -> set[str] | None:

@@ -32,7 +32,7 @@ import numpy as np
 
 from attnmap.runtime.core.errors import OptionError, SourceError
 from attnmap.runtime.draw.style import OverlayStyle
-from attnmap.runtime.engine.clock import STAGES as CLOCK_STAGES, StageClock
+from attnmap.runtime.engine.clock import STAGES as CLOCK_STAGES, StageClock, summarize_ms
 from attnmap.runtime.engine.engine import FrameEngine, Job
 from attnmap.runtime.frames.frame import Frame, Source
 from attnmap.runtime.frames.sinks import VideoSink
@@ -63,7 +63,8 @@ def run_bench(explainer, source: "str | Path | Source | None" = None, *, runs: i
     Returns:
         A JSON-able dict: ``model``, ``provider``, ``source``, ``frame_size``, ``batch_size``,
         ``runs``, ``method``; ``stages`` maps each stage (and ``plain_inference``) to
-        ``{"median_ms", "p90_ms", "per_frame_ms"}`` (per_frame = median / batch);
+        :func:`~attnmap.runtime.engine.clock.summarize_ms` (``median_ms``, ``p90_ms``, ``max_ms``,
+        ``per_frame_ms`` = median / batch, ``n``);
         ``ratio`` = median over runs of (inference + explanation) / plain; ``fps`` with the
         frames/s of plain inference, of inference + explanation, and of the whole serial
         pipeline.
@@ -108,7 +109,7 @@ def run_bench(explainer, source: "str | Path | Source | None" = None, *, runs: i
     finally:
         feed.close()
 
-    stages = {k: _stats(v, batch_size) for k, v in times.items()}
+    stages = {k: summarize_ms(v, batch_size) for k, v in times.items()}
     serial_ms = sum(stages[s]["median_ms"] for s in STAGES)
     return {
         "model": explainer.meta.model_name,
@@ -170,7 +171,7 @@ def run_compare(explainers: Sequence, source: "str | Path | Source | None" = Non
     Returns:
         A JSON-able dict: ``source``, ``batch_size``, ``runs``, ``method`` and ``files``, one
         per explainer in order: ``file``, ``size_bytes``, ``precision``, ``provider``,
-        ``stages`` (each of :data:`COMPARE_STAGES`: ``{"median_ms", "p90_ms", "per_frame_ms"}``),
+        ``stages`` (each of :data:`COMPARE_STAGES`: a ``summarize_ms`` summary),
         ``explain_ms`` (median of preprocess + inference + explanation per run),
         ``explains_per_s``, ``speedup`` (the first file's explain_ms / this one's),
         ``size_ratio`` (this size / the first's), ``stored_fidelity`` (the gate's figures from the
@@ -224,7 +225,7 @@ def run_compare(explainers: Sequence, source: "str | Path | Source | None" = Non
         files.append({
             "file": str(path), "size_bytes": path.stat().st_size if path.is_file() else 0,
             "precision": ex.meta.precision, "provider": getattr(ex, "provider", "unknown"),
-            "stages": {s: _stats(times[k][s], batch_size) for s in COMPARE_STAGES},
+            "stages": {s: summarize_ms(times[k][s], batch_size) for s in COMPARE_STAGES},
             "explain_ms": round(explain_ms, 4), "explains_per_s": _fps(explain_ms, batch_size),
             "stored_fidelity": dict(ex.meta.fidelity),
             "top1_agreement": round(float(np.mean(agree[k])), 4), "map_pearson": round(float(np.mean(corr[k])), 6)})
@@ -333,13 +334,6 @@ class _Encoder:
     def close(self) -> None:
         if self.sink is not None:
             self.sink.close(commit=False)
-
-
-def _stats(seconds: list[float], batch: int) -> dict[str, float]:
-    ms = np.asarray(seconds, dtype=np.float64) * 1e3
-    med = float(np.median(ms))
-    return {"median_ms": round(med, 4), "p90_ms": round(float(np.percentile(ms, 90)), 4),
-            "per_frame_ms": round(med / batch, 4)}
 
 
 def _took(clock: StageClock, before: Mapping[str, float]) -> dict[str, float]:

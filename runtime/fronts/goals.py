@@ -110,7 +110,8 @@ def measure_goals(explainer, video: str | Path, *, batch_size: int = 8, plain_ru
         goals[name] = {"rule": GOALS[name], "value": round(value, 3), "threshold": round(threshold, 3),
                          "ratio": round(value / threshold, 3) if threshold else None,
                          "met": bool(value >= threshold if higher else value <= threshold)}
-    return {"model": explainer.meta.model_name, "provider": getattr(explainer, "provider", "unknown"), "video": str(video),
+    return {"model": explainer.meta.model_name, "provider": getattr(explainer, "provider", "unknown"),
+            "video": str(video),
             "source_fps": src_fps, "batch_size": batch_size, "method": method, "fit": fit,
             "plain_ms": round(t1 * 1e3, 3), "plain_batch_ms_per_frame": round(tb * 1e3, 3),
             "plain_paced_ms": round(paced * 1e3, 3), "offline_workers": workers,

@@ -32,8 +32,8 @@ from attnmap.runtime.methods.perturbation import OCCLUSION_BASELINES, occlusion,
 from attnmap.runtime.methods.rollout import attention_rollout, grad_rollout
 
 __all__ = ["KINDS", "METHODS", "Kind", "Method", "attention_maps", "check_method_use", "check_options",
-           "get_method", "normalize_maps", "attention_flow", "attention_rollout", "grad_rollout", "raw_attention", "chefer", "gradsam",
-           "product_rule", "occlusion", "rise", "gradcam", "runs_on"]
+           "get_method", "normalize_maps", "runs_on", "attention_flow", "attention_rollout", "grad_rollout",
+           "raw_attention", "chefer", "gradsam", "product_rule", "occlusion", "rise", "gradcam"]
 
 # One declaration per option; methods that share an option share its spec (the default comes
 # from each function's signature).

@@ -74,15 +74,28 @@ class Kind:
                                "re-export the model with `attnmap export --gradients`")
 
     def forward(self, infer: Infer, x: np.ndarray, targets: np.ndarray | None, meta) -> Any:
-        """The forward pass of ``x`` that :meth:`maps` reads.
+        """The forward pass of ``x`` that :meth:`maps` reads, its ``targets`` the classes explained.
+
+        The classes go to the model where it takes them (a gradient model); a model without
+        gradients runs as it is and the classes are recorded as the outputs' ``targets``
+        (a kind that reads no gradients explains a chosen class on any model).
 
         Args:
             infer: the model with its extra outputs, ``infer(x, target=None) -> Outputs``.
             x: (B, 3, H, W) float32 the preprocessed input.
             targets: (B,) int64 the class each map explains, or None for the prediction.
             meta: the model's metadata.
+
+        Raises:
+            ExplainError: ``targets`` that do not give one class per input.
         """
-        return infer(x, target=targets)
+        given = None if targets is None else np.asarray(targets, dtype=np.int64).reshape(-1)
+        outputs = infer(x, target=given if meta.has_gradients else None)
+        if given is None:
+            return outputs
+        if given.shape != (len(outputs),):
+            raise ExplainError(f"target must give one class per image ({len(outputs)}); got {given.tolist()}")
+        return outputs if outputs.targets is not None else dataclasses.replace(outputs, targets=given)
 
     def split_bytes(self, outputs) -> int:
         """Bytes the maps of ``outputs`` read (0: never split); see ``runtime/engine/parts.py``."""
@@ -137,12 +150,11 @@ class PerturbationKind(Kind):
 
     def forward(self, infer, x, targets, meta):
         # The model runs as for any method (attentions included, so that the same outputs serve
-        # every method); the targets go to the model only where it takes them (a gradient model).
-        given = None if targets is None else np.asarray(targets, dtype=np.int64).reshape(-1)
-        outputs = infer(x, target=given if meta.has_gradients else None)
-        if given is not None and given.shape != (len(outputs),):
-            raise ExplainError(f"target must give one class per image ({len(outputs)}); got {given.tolist()}")
-        return dataclasses.replace(outputs, targets=given if given is not None else explained_classes(outputs))
+        # every method, in ``evaluate``); the classes explained are recorded, the predictions
+        # where none were chosen.
+        outputs = super().forward(infer, x, targets, meta)
+        return outputs if outputs.targets is not None else dataclasses.replace(outputs,
+                                                                               targets=explained_classes(outputs))
 
     def maps(self, method, outputs, layout, options, *, x=None, forward=None, classes=None) -> np.ndarray:
         if x is None or forward is None:

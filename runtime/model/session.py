@@ -127,7 +127,8 @@ class OnnxModel:
 
     Args:
         path: the ``.onnx`` file written by ``attnmap export``.
-        provider: a name of :data:`~attnmap.runtime.model.providers.PROVIDERS` (``"auto"``, ``"cpu"``, ``"cuda"``, ``"tensorrt"`` ...).
+        provider: a name of :data:`~attnmap.runtime.model.providers.PROVIDERS` (``"auto"``, ``"cpu"``,
+            ``"cuda"``, ``"tensorrt"`` ...).
         threads: intra-op threads on CPU (default: the physical cores).
         trt_cache: TensorRT engine cache folder (see :func:`provider_options`).
 

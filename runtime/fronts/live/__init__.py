@@ -1,5 +1,5 @@
-"""The live view: the loop (``loop.py``), what its keys change (``state.py``), what it reports
-(``stats.py``)."""
+"""The live view (``loop.py``): a window and a recorder around the engine's live session
+(:mod:`attnmap.runtime.engine.live`)."""
 
-# Here, not in state.py, so that the CLI can show it in `attnmap live --help` without loading OpenCV.
+# Here, not beside the session, so that the CLI can show it in `attnmap live --help` without loading OpenCV.
 KEY_HELP = "m method   [ ] layer   h head   c colours   f fit   space pause   s snapshot   q quit"

@@ -1,7 +1,8 @@
 """``attnmap serve``: the live overlay in a browser, and explanations over HTTP (extra ``serve``).
 
-One producer thread runs the frame engine on the source and JPEG-encodes each frame once
-(``stream.py``); any number of MJPEG viewers take the newest frame and never hold the loop up.
+One producer thread runs the engine's live session (as ``attnmap live`` does) on the source and
+JPEG-encodes each frame once (``stream.py``); any number of MJPEG viewers take the newest frame
+and never hold the loop up.
 ``api.py`` answers ``/v1/explain`` and friends, ``security.py`` holds the bind, token and upload
 rules, ``metrics.py`` the Prometheus text, ``control.py`` the page's state changes; ``app.py`` ties them
 into one Starlette app and ``runner.py`` runs it on uvicorn.

@@ -12,6 +12,7 @@ round-trip exactly), the same heatmap and overlay (as base64 PNG on request).
 from __future__ import annotations
 
 import base64
+import re
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
@@ -32,6 +33,7 @@ from attnmap.runtime.model.info import describe_model
 
 IMAGE_FIELD = "image"
 PNG_KINDS = ("heatmap", "overlay")
+MAX_TARGET_CHARS = 200  # a label name or an index; longer is neither (and int() refuses 4,300+ digits)
 _PLAIN_FIELDS = ("method", "fit", "topk", "target", "png", "colormap", "alpha")
 
 
@@ -166,7 +168,11 @@ def parse_fields(fields: Mapping[str, str], meta, default_method: str = "rollout
     target = None
     if fields.get("target", "").strip():
         text = fields["target"].strip()
-        target = resolve_class(meta, int(text) if text.lstrip("-").isdigit() else text)
+        if len(text) > MAX_TARGET_CHARS:
+            raise OptionError(f"target must be a class index or label name of at most {MAX_TARGET_CHARS} "
+                              f"characters; got {len(text):,} characters")
+        # ASCII digits only: str.isdigit() is also true for "²", which int() refuses.
+        target = resolve_class(meta, int(text) if re.fullmatch(r"-?[0-9]+", text) else text)
     check_method_use(method, meta, class_given=target is not None)
     owner = f"method {method!r}"
     options = {}

@@ -16,7 +16,8 @@ Routes (JSON unless said otherwise; ``/v1/`` is the API's version):
 =============================  ==========================================================
 
 Every error is a JSON body ``{"error": message, "status": code}``: 4xx for what the client
-sent, a 500 without a traceback for a fault of the server's own.
+sent, a 500 without a traceback for a fault of the server's own. A client that leaves before its
+request is read is neither: one line in the log and ``attnmap_http_client_disconnects_total``.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import os
 import threading
 import time
@@ -40,7 +42,7 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, PlainTextResponse, RedirectResponse, Response, StreamingResponse
 from starlette.routing import Route
 
@@ -48,8 +50,8 @@ from attnmap.runtime.core.errors import AttnmapError, EncodeError, ExplainError,
 from attnmap.runtime.fronts.serve import ServeError
 from attnmap.runtime.fronts.serve import api, control
 from attnmap.runtime.fronts.serve.metrics import Registry, server_metrics
-from attnmap.runtime.fronts.serve.security import (OPEN_PATHS, Limits, presented_token, refusal, token_cookie,
-                                                   token_matches)
+from attnmap.runtime.fronts.serve.security import (OPEN_PATHS, Limits, is_preflight, presented_token, query_token,
+                                                   refusal, token_cookie, token_matches)
 from attnmap.runtime.fronts.serve.stream import StreamLoop
 
 _STATIC = {"/": ("index.html", "text/html; charset=utf-8"),
@@ -57,6 +59,10 @@ _STATIC = {"/": ("index.html", "text/html; charset=utf-8"),
            "/static/style.css": ("style.css", "text/css; charset=utf-8")}
 _CSP = "default-src 'self'; img-src 'self' data: blob:; style-src 'self'; script-src 'self'; frame-ancestors 'none'"
 _STATE_BODY_LIMIT = 64 * 1024
+# The status a request from a client that went away ends with (nginx's "client closed
+# request"); nobody receives it, and the metrics count it apart from the answered requests.
+CLIENT_GONE = 499
+_log = logging.getLogger("uvicorn.error")  # the server's log: uvicorn writes it to stderr
 ROUTES = ("/", "/static/app.js", "/static/style.css", "/v1/stream.mjpg", "/v1/stream/state", "/v1/stream/snapshot",
           "/v1/explain", "/v1/model", "/v1/methods", "/healthz", "/metrics")
 
@@ -70,7 +76,7 @@ class ServerSettings:
         limits: upload limits.
         cors_origins: origins allowed to call the API from a browser; empty: CORS off.
         allowed_hosts: names a request's ``Host`` may carry; empty: any (the runner sets the
-            loopback names for a loopback bind).
+            loopback names and the bound address for a loopback bind).
         api_workers: explanations computed at once (others wait their turn); on a small CPU
             one keeps the stream loop's share of the cores.
     """
@@ -156,6 +162,9 @@ class _Server:
                 changes = _json(body)
             except ValueError as exc:
                 raise api.HTTPProblem(400, f"the state change must be a JSON object; {exc}") from exc
+            except RecursionError:
+                raise api.HTTPProblem(422, "the state change is nested too deep; expected a flat JSON object "
+                                           f"with fields among {', '.join(control.FIELDS)}") from None
             new, smooth = control.apply_changes(stream.state, changes, self.explainer.meta, stream.smooth)
             control.commit(stream.state, new)
             stream.smooth = smooth
@@ -248,6 +257,18 @@ async def _on_http(request: Request, exc: Exception) -> JSONResponse:
                         headers=getattr(exc, "headers", None))
 
 
+async def _on_disconnect(request: Request, exc: Exception) -> Response:
+    # A client that leaves mid-request is no fault of the server: one line in the log, a count
+    # of its own (the gate counts CLIENT_GONE apart from the status codes), no traceback.
+    _log.warning("client %s left before its request to %s was read", _peer(request.scope), request.url.path)
+    return Response(status_code=CLIENT_GONE)
+
+
+def _peer(scope) -> str:
+    client = scope.get("client")
+    return f"{client[0]}:{client[1]}" if client else "unknown"
+
+
 async def _on_bug(request: Request, exc: Exception) -> JSONResponse:
     return _problem(500, f"internal error ({type(exc).__name__}); the server's log has the details")
 
@@ -269,7 +290,9 @@ class _Gate:
         started = time.perf_counter()
 
         async def counted_send(message) -> None:
-            if message["type"] == "http.response.start":
+            if message["type"] == "http.response.start" and message["status"] == CLIENT_GONE:
+                self.metrics.inc("attnmap_http_client_disconnects_total", route=route)
+            elif message["type"] == "http.response.start":
                 self.metrics.inc("attnmap_http_requests_total", route=route, status=str(message["status"]))
                 self.metrics.observe("attnmap_http_request_seconds", time.perf_counter() - started, route=route)
             await send(message)
@@ -292,11 +315,14 @@ class _Gate:
             return _problem(403, why)
         if self.token is None or scope["path"] in OPEN_PATHS:
             return None
-        query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
-        if scope["path"] == "/" and "token" in query:
-            if token_matches(self.token, query["token"][-1]):
+        if is_preflight(scope["method"], headers, self.settings.cors_origins):
+            return None
+        given = query_token(scope.get("query_string", b"")) if scope["path"] == "/" else None
+        if given:  # an empty ?token= is no attempt: the cookie may still let the page through
+            if token_matches(self.token, given):
                 # The token leaves the address bar (and the history); the page's requests carry the cookie.
-                return RedirectResponse("/", status_code=303, headers={"Set-Cookie": token_cookie(self.token),
+                cookie = token_cookie(self.token, secure=scope.get("scheme") == "https")
+                return RedirectResponse("/", status_code=303, headers={"Set-Cookie": cookie,
                                                                        "Cache-Control": "no-store"})
             return _denied("the token in the address is wrong")
         if token_matches(self.token, presented_token(headers)):
@@ -359,6 +385,7 @@ def create_app(explainer, stream: StreamLoop | None = None, settings: ServerSett
         middleware.append(Middleware(CORSMiddleware, allow_origins=list(settings.cors_origins),
                                      allow_methods=["GET", "POST"], allow_headers=["Authorization", "Content-Type"]))
     app = Starlette(routes=routes, middleware=middleware, lifespan=lifespan, exception_handlers={
-        api.HTTPProblem: _on_problem, AttnmapError: _on_attnmap, HTTPException: _on_http, Exception: _on_bug})
+        api.HTTPProblem: _on_problem, AttnmapError: _on_attnmap, HTTPException: _on_http,
+        ClientDisconnect: _on_disconnect, Exception: _on_bug})
     app.state.server = server
     return _Gate(app, settings, metrics)

@@ -1,7 +1,7 @@
 """The page's controls: the live view's state as JSON, and checked changes to it.
 
 ``POST /v1/stream/state`` takes a JSON object with any of the fields below and changes the
-same :class:`~attnmap.runtime.fronts.live.state.LiveState` the live window's keys change. The
+same :class:`~attnmap.runtime.engine.live.state.LiveState` the live window's keys change. The
 whole change is checked first, against the model and the method's option specs, and applied
 only when every field is valid, so the running loop never sees a half-made state.
 
@@ -26,7 +26,8 @@ from typing import Any
 
 from attnmap.runtime.core.errors import OptionError, suggest
 from attnmap.runtime.draw.style import CYCLE_COLORMAPS
-from attnmap.runtime.fronts.live.state import LiveState, method_options
+from attnmap.runtime.engine.live.session import check_smooth
+from attnmap.runtime.engine.live.state import LiveState, method_options
 from attnmap.runtime.image.preprocess import FITS
 from attnmap.runtime.methods import METHODS, check_method_use, check_options
 
@@ -83,17 +84,18 @@ def apply_changes(state: LiveState, changes: Any, meta, smooth: float) -> tuple[
         name = "layer" if "layer" in spec else "start_layer" if "start_layer" in spec else None
         if name is None and changes["layer"] is not None:
             raise OptionError(f"layer: method {new.method!r} has no layer choice")
-        new.layer = None if name is None else spec[name].check(changes["layer"], owner=f"method {new.method!r}",
-                                                               size=state.num_layers)
+        # null is "the method's default" (the option left unset), whatever the option's own default.
+        new.layer = None if name is None or changes["layer"] is None else \
+            spec[name].check(changes["layer"], owner=f"method {new.method!r}", size=state.num_layers)
     if "head" in changes:
         if "head" not in spec and changes["head"] is not None:
             raise OptionError(f"head: method {new.method!r} has no head choice")
-        new.head = None if "head" not in spec else spec["head"].check(changes["head"], owner=f"method {new.method!r}",
-                                                                      size=state.num_heads)
+        new.head = None if "head" not in spec or changes["head"] is None else \
+            spec["head"].check(changes["head"], owner=f"method {new.method!r}", size=state.num_heads)
     if "head_fusion" in changes:
         if "head_fusion" not in spec and changes["head_fusion"] is not None:
             raise OptionError(f"head_fusion: method {new.method!r} has no head fusion choice")
-        new.head_fusion = None if "head_fusion" not in spec else \
+        new.head_fusion = None if "head_fusion" not in spec or changes["head_fusion"] is None else \
             spec["head_fusion"].check(changes["head_fusion"], owner=f"method {new.method!r}")
     if "fit" in changes:
         if changes["fit"] not in FITS:
@@ -109,10 +111,7 @@ def apply_changes(state: LiveState, changes: Any, meta, smooth: float) -> tuple[
             raise OptionError(f"paused must be true or false; got {changes['paused']!r}")
         new.paused = changes["paused"]
     if "smooth" in changes:
-        value = changes["smooth"]
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
-            raise OptionError(f"smooth must be a number in [0, 1) (EMA weight of the previous map); got {value!r}")
-        smooth = float(value)
+        smooth = check_smooth(changes["smooth"])
     # The whole combination must run: the method on this model, its options (a head on a
     # head-fused file is refused here, not in the loop).
     check_method_use(new.method, meta)

@@ -169,6 +169,8 @@ def server_metrics() -> Registry:
     reg.histogram("attnmap_frame_latency_seconds", "Capture-to-published latency of stream frames.")
     reg.counter("attnmap_http_requests_total", "HTTP requests answered, by route and status code.",
                 ("route", "status"))
+    reg.counter("attnmap_http_client_disconnects_total",
+                "Requests whose client went away before they were read (not counted as answered).", ("route",))
     reg.histogram("attnmap_http_request_seconds", "Time to answer an HTTP request (streams: to first byte).",
                   ("route",))
     return reg

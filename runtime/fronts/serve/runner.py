@@ -2,28 +2,80 @@
 Ctrl-C), or in a thread on a free loopback port (:class:`BackgroundServer`: tests, benchmarks,
 notebooks). Both listen on a socket made here, whose connections' kernel send buffers are
 capped (:data:`SEND_BUFFER_BYTES`), so a viewer that stops reading holds a few frames, not
-seconds of them.
+seconds of them. Both speak HTTPS when given a certificate and its key (:class:`TLSFiles`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import socket
+import ssl
 import threading
 import time
+from dataclasses import dataclass
+from pathlib import Path
 
 import uvicorn
 
 from attnmap.runtime.fronts.serve import ServeError
 from attnmap.runtime.fronts.serve.app import ServerSettings, create_app
 from attnmap.runtime.fronts.serve.metrics import server_metrics
+from attnmap.runtime.fronts.serve.security import (ARGV_TOKEN_WARNING, LOOPBACK_NAMES, is_loopback,
+                                                   resolve_token)
 from attnmap.runtime.fronts.serve.stream import StreamLoop
 
 
-def uvicorn_config(app, host: str = "127.0.0.1", port: int = 8000, *, log_level: str = "warning") -> uvicorn.Config:
-    """uvicorn's settings for ``app``: h11, no server header, requests cut after 2 s at shutdown."""
+@dataclass(frozen=True)
+class TLSFiles:
+    """A PEM certificate (chain) and its private key: the server then speaks HTTPS only.
+
+    Attributes:
+        cert: the certificate file (``tls_cert``).
+        key: its unencrypted private key (``tls_key``).
+
+    Raises:
+        ServeError: a file that cannot be read, or a pair that is not a certificate and its key
+            (checked here, before the server starts).
+    """
+
+    cert: Path
+    key: Path
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "cert", Path(self.cert))
+        object.__setattr__(self, "key", Path(self.key))
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        try:
+            ctx.load_cert_chain(self.cert, self.key)
+        except ssl.SSLError as exc:
+            raise ServeError(f"tls_cert {str(self.cert)!r} and tls_key {str(self.key)!r} must be a PEM certificate "
+                             f"and its unencrypted private key; {exc.reason or exc}") from exc
+        except OSError as exc:
+            raise ServeError(f"cannot read tls_cert {str(self.cert)!r} or tls_key {str(self.key)!r}: "
+                             f"{exc.strerror or exc}") from exc
+
+    @classmethod
+    def from_options(cls, cert: str | Path | None, key: str | Path | None) -> "TLSFiles | None":
+        """The pair from two optional paths; None when neither is given.
+
+        Raises:
+            ServeError: only one of the two, or the checks of the class.
+        """
+        if cert is None and key is None:
+            return None
+        if cert is None or key is None:
+            raise ServeError("HTTPS needs both tls_cert and tls_key; got only "
+                             + ("tls_cert" if key is None else "tls_key"))
+        return cls(Path(cert), Path(key))
+
+
+def uvicorn_config(app, host: str = "127.0.0.1", port: int = 8000, *, log_level: str = "warning",
+                   tls: TLSFiles | None = None) -> uvicorn.Config:
+    """uvicorn's settings for ``app``: h11, no server header, requests cut after 2 s at shutdown,
+    HTTPS with ``tls``."""
+    files = {} if tls is None else {"ssl_certfile": str(tls.cert), "ssl_keyfile": str(tls.key)}
     return uvicorn.Config(app, host=host, port=port, log_level=log_level, lifespan="on", http="h11",
-                          server_header=False, timeout_graceful_shutdown=2, access_log=False)
+                          server_header=False, timeout_graceful_shutdown=2, access_log=False, **files)
 
 
 class _Uvicorn(uvicorn.Server):
@@ -61,15 +113,15 @@ def listen_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
-def run_server(app, host: str, port: int, *, log_level: str = "warning") -> None:
-    """Serve ``app`` (from :func:`create_app`) until Ctrl-C or SIGTERM (blocking).
+def run_server(app, host: str, port: int, *, log_level: str = "warning", tls: TLSFiles | None = None) -> None:
+    """Serve ``app`` (from :func:`create_app`) until Ctrl-C or SIGTERM (blocking), over HTTPS with ``tls``.
 
     Raises:
         ServeError: the address cannot be bound.
     """
     sock = listen_socket(host, port)
     try:
-        _Uvicorn(uvicorn_config(app, host, port, log_level=log_level), app).run(sockets=[sock])
+        _Uvicorn(uvicorn_config(app, host, port, log_level=log_level, tls=tls), app).run(sockets=[sock])
     except KeyboardInterrupt:
         pass  # uvicorn re-raises the Ctrl-C it handled; for a server it is the normal way to stop
     finally:
@@ -85,12 +137,12 @@ class BackgroundServer:
             httpx.get(srv.url + "/healthz")
     """
 
-    def __init__(self, app, host: str = "127.0.0.1"):
+    def __init__(self, app, host: str = "127.0.0.1", tls: TLSFiles | None = None):
         self._sock = listen_socket(host, 0)
         self.host, self.port = host, self._sock.getsockname()[1]
-        self.url = f"http://{host}:{self.port}"
+        self.url = f"{'http' if tls is None else 'https'}://{host}:{self.port}"
         self.app = app
-        self.server = uvicorn.Server(uvicorn_config(app, host, self.port))
+        self.server = uvicorn.Server(uvicorn_config(app, host, self.port, tls=tls))
         self._thread = threading.Thread(target=self._serve, name="attnmap-serve-http", daemon=True)
 
     def _serve(self) -> None:
@@ -138,8 +190,28 @@ def api_explainer(explainer, stream: StreamLoop | None):
     return Explainer(explainer.path, provider="cpu", threads=1)
 
 
+def bind_settings(settings: ServerSettings | None, host: str, *, token_file: str | Path | None = None,
+                  environ: dict[str, str] | None = None) -> ServerSettings:
+    """``settings`` made whole for a bind to ``host``: the token in force, and the Host names served.
+
+    A loopback bind answers the loopback names and its own address (``127.0.0.2`` included);
+    any other bind answers any name (the token guards it).
+
+    Raises:
+        ServeError: see :func:`~attnmap.runtime.fronts.serve.security.resolve_token`.
+    """
+    settings = settings or ServerSettings()
+    token = resolve_token(host, settings.token, environ, token_file=token_file)
+    hosts = settings.allowed_hosts
+    if not hosts and is_loopback(host):
+        own = host.strip().strip("[]").lower()  # as host_name() reads it from a Host header
+        hosts = LOOPBACK_NAMES + ((own,) if own not in LOOPBACK_NAMES else ())
+    return dataclasses.replace(settings, token=token, allowed_hosts=hosts)
+
+
 def serve(explainer, source, job, config=None, settings: ServerSettings | None = None, *,
-          host: str = "127.0.0.1", port: int = 8000, log=print) -> None:
+          host: str = "127.0.0.1", port: int = 8000, log=print, token_file: str | Path | None = None,
+          tls: TLSFiles | None = None, token_in_argv: bool = False) -> None:
     """Check the bind, start the stream loop (when there is a source) and serve until Ctrl-C.
 
     Args:
@@ -147,22 +219,26 @@ def serve(explainer, source, job, config=None, settings: ServerSettings | None =
         source: a source spec (``"0"``, ``"clip.mp4"``, ``"rtsp://..."``) or None for the API only.
         job: the method, options, fit and overlay style to start with (also the API's default method).
         config: the stream loop's :class:`~attnmap.runtime.fronts.serve.stream.StreamConfig`.
-        settings: token, limits, CORS; the token falls back to ``$ATTNMAP_TOKEN``.
+        settings: token, limits, CORS; the token falls back to ``token_file``, then ``$ATTNMAP_TOKEN``.
         host: address to bind (default loopback).
         port: TCP port.
-        log: where the start-up line goes.
+        log: where the start-up line (and the warning below) goes.
+        token_file: a file holding the token.
+        tls: serve HTTPS with this certificate and key.
+        token_in_argv: the token was given on the command line (readable by every user in
+            ``ps``): one warning line goes to ``log``.
 
     Raises:
-        ServeError: a bind beyond loopback without a token, or a short token.
+        ServeError: a bind beyond loopback without a token, a short token, both a token and
+            a token file, a token file that cannot be read.
         OptionError: a method this model cannot run, bad options.
         SourceError: the source cannot be opened (checked before the server starts).
     """
     from attnmap.runtime.frames.sources import parse_source
-    from attnmap.runtime.fronts.serve.security import LOOPBACK_NAMES, is_loopback, resolve_token
 
-    settings = settings or ServerSettings()
-    settings = dataclasses.replace(settings, token=resolve_token(host, settings.token),
-                                   allowed_hosts=settings.allowed_hosts or (LOOPBACK_NAMES if is_loopback(host) else ()))
+    if token_in_argv and settings is not None and settings.token is not None:
+        log(ARGV_TOKEN_WARNING)
+    settings = bind_settings(settings, host, token_file=token_file)
     metrics = server_metrics()
     stream = None
     if source is not None:
@@ -170,6 +246,6 @@ def serve(explainer, source, job, config=None, settings: ServerSettings | None =
         stream = StreamLoop(explainer, source, job, config, metrics=metrics)
     app = create_app(api_explainer(explainer, stream), stream, settings, metrics, default_method=job.method)
     shown = f"[{host}]" if ":" in host else host
-    log(f"attnmap serve: http://{shown}:{port}/" + ("" if source is not None else " (API only)")
-        + (" (token required)" if settings.token else ""))
-    run_server(app, host, port)
+    log(f"attnmap serve: {'http' if tls is None else 'https'}://{shown}:{port}/"
+        + ("" if source is not None else " (API only)") + (" (token required)" if settings.token else ""))
+    run_server(app, host, port, tls=tls)

@@ -1,10 +1,11 @@
 """The one inference loop behind ``attnmap serve`` and the broadcaster its viewers read.
 
-The loop is the live view's (:mod:`attnmap.runtime.fronts.live.loop`: frame engine, latest-frame
-capture, smoothing, HUD) run in one producer thread, with the browser in the place of the
-window: :class:`_PageWindow` receives every drawn frame, JPEG-encodes it once and hands the
-bytes to the :class:`Broadcaster`. The page's controls change the same :class:`LiveState` the
-live window's keys change (:mod:`attnmap.runtime.fronts.serve.control`).
+The loop is a :class:`~attnmap.runtime.engine.live.session.LiveSession` (the one ``attnmap live``
+drives: frame engine, latest-frame capture, smoothing, HUD) run in one producer thread, with
+the browser in the place of the window: :class:`_PageView` receives every drawn frame,
+JPEG-encodes it once and hands the bytes to the :class:`Broadcaster`. The page's controls change
+the session's :class:`~attnmap.runtime.engine.live.state.LiveState`, as the live window's keys do
+(:mod:`attnmap.runtime.fronts.serve.control`).
 
 Viewers never queue: each one waits for the broadcaster's version to move past the last frame
 it sent and then takes the newest frame. A viewer whose connection is slow is still sending an
@@ -19,22 +20,20 @@ import asyncio
 import dataclasses
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, AsyncIterator
 
 import cv2
 import numpy as np
 
-from attnmap.runtime.core.errors import EncodeError, OptionError, suggest
+from attnmap.runtime.core.errors import EncodeError, OptionError
 from attnmap.runtime.draw.style import OverlayStyle
-from attnmap.runtime.engine.engine import FrameEngine, Job
+from attnmap.runtime.engine.engine import Job
+from attnmap.runtime.engine.live.session import LiveSession, LiveSettings
+from attnmap.runtime.engine.live.stats import STAGES, LiveFrame
 from attnmap.runtime.frames.capture import LatestFrameGrabber
-from attnmap.runtime.frames.frame import Source
+from attnmap.runtime.frames.frame import Frame, Source
 from attnmap.runtime.frames.sources import open_source
-from attnmap.runtime.fronts.live.loop import LiveConfig, LiveLoop
-from attnmap.runtime.fronts.live.state import LiveState
-from attnmap.runtime.fronts.live.stats import STAGES, LiveFrame, LiveStats
-from attnmap.runtime.methods import METHODS, runs_on
 
 _QUIT = ord("q")
 
@@ -54,6 +53,8 @@ class StreamConfig:
         max_fps: publish at most this many frames a second; None: as fast as the source
             delivers. Sources without a frame rate (an image, a folder) get 5 by default, so a
             still image is not explained hundreds of times a second.
+        settings: the session's part (smooth, every, hud), checked
+            (:class:`~attnmap.runtime.engine.live.session.LiveSettings`).
 
     Raises:
         OptionError: a value out of range.
@@ -67,9 +68,11 @@ class StreamConfig:
     pace: bool | None = None
     loop_file: bool = True
     max_fps: float | None = None
+    settings: LiveSettings = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        LiveConfig(show=False, smooth=self.smooth, every=self.every)  # the live view's checks
+        # smooth, every and hud are the live session's settings, checked as such
+        object.__setattr__(self, "settings", LiveSettings(smooth=self.smooth, every=self.every, hud=self.hud))
         if self.max_fps is not None and (isinstance(self.max_fps, bool) or not self.max_fps > 0):
             raise OptionError(f"max_fps must be a number > 0 (frames a second) or None; got {self.max_fps!r}")
         if isinstance(self.topk, bool) or not isinstance(self.topk, int) or self.topk < 1:
@@ -155,66 +158,34 @@ class Broadcaster:
             await event.wait()
 
 
-class _PageWindow:
-    """Stands in for :class:`~attnmap.runtime.frames.sinks.Window` in the live loop: each drawn
-    frame is encoded once and published; :meth:`poll` answers ``q`` once the stream stops."""
+class _PageView:
+    """The live session's view in serve: each drawn frame is encoded once and published; no keys
+    come from the page (its controls change the state), only ``q`` once the stream stops."""
+
+    interactive = False
 
     def __init__(self, stream: "StreamLoop"):
         self._stream = stream
-        self._last: np.ndarray | None = None
 
-    def show(self, image_bgr: np.ndarray, wait_ms: int = 1) -> int:
-        if image_bgr is not self._last:  # a paused loop shows the same frame again: no re-encode
-            self._last = image_bgr
-            self._stream.publish(image_bgr)
-        return self.poll(wait_ms)
+    def show(self, drawn: np.ndarray, frame: Frame) -> int:
+        self._stream.publish(drawn)
+        return self.poll(1, None)
 
-    def poll(self, wait_ms: int = 1) -> int:
+    def poll(self, wait_ms: int, paused: np.ndarray | None) -> int:
         if wait_ms > 1:
             self._stream.stopping.wait(wait_ms / 1000.0)
         return _QUIT if self._stream.stopping.is_set() else -1
 
-    def close(self) -> None:
-        pass
-
-
-class _ServeLoop(LiveLoop):
-    """The live loop, keeping the top-k of each explained frame (the live window shows one)."""
-
-    topk = 5
-    on_item = None
-
-    def _engine(self):
-        engine = super()._engine()
-        if engine.job.topk != self.topk:
-            engine = self.engine = engine.with_job(dataclasses.replace(engine.job, topk=self.topk))
-        return _RecordingEngine(engine, self.on_item)
-
-
-class _RecordingEngine:
-    """A FrameEngine that hands each :meth:`step` result to a callback too."""
-
-    def __init__(self, engine: FrameEngine, on_item):
-        self._engine, self._on_item = engine, on_item
-
-    def step(self, frame, out=None):
-        item = self._engine.step(frame, out=out)
-        if self._on_item is not None and item.error is None:
-            self._on_item(item)
-        return item
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._engine, name)
-
 
 class StreamLoop:
-    """One producer thread explaining a source with the live loop, publishing JPEG frames.
+    """One producer thread running a live session on a source, publishing JPEG frames.
 
     Args:
         explainer: an :class:`~attnmap.runtime.engine.explainer.Explainer`.
         source: a source spec (``"0"``, ``"rtsp://..."``, ``"clip.mp4"``) or an open
             :class:`~attnmap.runtime.frames.frame.Source` (played once: it cannot be reopened).
-        job: method, options, fit and ``style`` to start with.
+        job: method, options, fit and ``style`` to start with (``OverlayStyle(label=False)``
+            when it has none: the page lists the predictions).
         config: :class:`StreamConfig`.
         metrics: a :func:`~attnmap.runtime.fronts.serve.metrics.server_metrics` registry, or None.
 
@@ -226,22 +197,11 @@ class StreamLoop:
                  config: StreamConfig | None = None, metrics=None):
         job = job or Job()
         self.explainer, self.source, self.config, self.metrics = explainer, source, config or StreamConfig(), metrics
-        meta = explainer.meta
-        methods = [n for n, m in METHODS.items() if runs_on(n, meta) and (not m.reruns_model or n == job.method)]
-        if job.method not in methods:
-            raise OptionError(f"method {job.method!r} cannot run on this model; choose from {', '.join(methods)}."
-                              + suggest(str(job.method), methods))
-        engine = FrameEngine(explainer, dataclasses.replace(job, style=None, topk=self.config.topk))
-        self.state = LiveState(method=job.method, options=dict(engine.job.options), fit=job.fit,
-                               style=job.style or OverlayStyle(label=False), methods=tuple(methods),
-                               num_layers=meta.num_layers, num_heads=meta.output_heads,
-                               fused=meta.head_fusion != "none")
-        self.stats = LiveStats(source=getattr(source, "spec", str(source)), clock=engine.clock)
-        live = LiveConfig(show=False, smooth=self.config.smooth, every=self.config.every, hud=self.config.hud)
-        self.loop = _ServeLoop(engine, self.state, self.stats, live, win=_PageWindow(self),
-                               recorder=None, on_frame=self._on_frame)
-        self.loop.message = ""  # the live window's key reminder means nothing in a browser
-        self.loop.topk, self.loop.on_item = self.config.topk, self._on_item
+        job = dataclasses.replace(job, style=job.style or OverlayStyle(label=False), topk=self.config.topk)
+        self.session = LiveSession(explainer, job, self.config.settings, on_frame=self._on_frame)
+        self.state = self.session.state
+        self.stats = self.session.stats
+        self.stats.source = getattr(source, "spec", str(source))
         self.broadcaster = Broadcaster()
         self.stopping = threading.Event()
         self.ended = ""  # "", "end", "error" or "stopped"
@@ -249,7 +209,7 @@ class StreamLoop:
         self.topk: list[dict[str, Any]] = []
         self.target: str | None = None
         self.last_drawn: np.ndarray | None = None
-        self._dropped_before = 0
+        self._view = _PageView(self)
         self._interval = 0.0  # seconds between published frames, from max_fps
         self._next_at = 0.0
         self._thread = threading.Thread(target=self._run, name="attnmap-serve-loop", daemon=True)
@@ -257,13 +217,12 @@ class StreamLoop:
     # ------------------------------------------------------------------ control
     @property
     def smooth(self) -> float:
-        """EMA weight of the previous heatmap."""
-        return self.loop.smooth
+        """EMA weight of the previous heatmap (checked when set)."""
+        return self.session.smooth
 
     @smooth.setter
     def smooth(self, value: float) -> None:
-        LiveConfig(show=False, smooth=value)  # checks the range
-        self.loop.smooth = float(value)
+        self.session.smooth = value
 
     def start(self) -> "StreamLoop":
         """Start the producer thread."""
@@ -285,32 +244,29 @@ class StreamLoop:
 
     def status(self) -> dict[str, Any]:
         """What the page shows: frame counts, fps, latency, the top-k, why the loop ended."""
-        loop, stats = self.loop, self.stats
-        times = loop.fps_times
-        fps = (len(times) - 1) / (times[-1] - times[0]) if len(times) > 1 and times[-1] > times[0] else 0.0
-        latency = stats.records[-1].latency if stats.records else None
+        session, stats = self.session, self.stats
+        latency = session.latency
         return {"running": self.running, "ended": self.ended, "error": _reason(self.error),
                 "source": stats.source, "frames": stats.frames_processed,
-                "frames_dropped": self._dropped_before + stats.frames_dropped,
-                "fps": round(fps, 2), "latency_ms": None if latency is None else round(latency * 1e3, 1),
-                "stages_ms": {s: round(v * 1e3, 2) for s, v in loop.stage_ema.items()},
+                "frames_dropped": stats.frames_dropped,
+                "fps": round(session.fps, 2), "latency_ms": None if latency is None else round(latency * 1e3, 1),
+                "stages_ms": {s: round(v * 1e3, 2) for s, v in session.stage_ema.items()},
                 "topk": list(self.topk), "target": self.target, "version": self.broadcaster.version}
 
     # ------------------------------------------------------------------ producer thread
     def publish(self, image_bgr: np.ndarray) -> None:
-        """Encode one drawn frame and hand it to the viewers (called by the loop's window)."""
+        """Encode one drawn frame and hand it to the viewers (called by the session's view)."""
         ok, buf = cv2.imencode(".jpg", image_bgr, [cv2.IMWRITE_JPEG_QUALITY, self.config.jpeg_quality])
         if not ok:
             raise EncodeError(f"OpenCV could not JPEG-encode a {image_bgr.shape} frame")
         self.last_drawn = image_bgr
         self.broadcaster.publish(buf.tobytes())
 
-    def _on_item(self, item) -> None:
-        ex = item.explanation
-        self.topk = [{"index": t.index, "label": t.label, "prob": round(t.prob, 6)} for t in ex.topk]
-        self.target = ex.label_of_target
-
     def _on_frame(self, frame: LiveFrame) -> None:
+        if frame.explained:
+            ex = frame.explanation
+            self.topk = [{"index": t.index, "label": t.label, "prob": round(t.prob, 6)} for t in ex.topk]
+            self.target = ex.label_of_target
         if self._interval > 0:
             # The frame rate cap waits here, after the frame's timings are taken.
             now = time.perf_counter()
@@ -320,13 +276,13 @@ class StreamLoop:
         if m is None:
             return
         m.inc("attnmap_frames_total")
-        clock = self.loop.engine.clock
+        clock = self.session.clock
         for stage in STAGES:
             if frame.explained or stage in ("overlay", "output"):
                 m.observe("attnmap_stage_seconds", clock.last(stage), stage=stage)
         if frame.stats.records:
             m.observe("attnmap_frame_latency_seconds", frame.stats.records[-1].latency)
-        dropped = self._dropped_before + frame.stats.frames_dropped
+        dropped = frame.stats.frames_dropped
         seen = m.value("attnmap_frames_dropped_total")
         if dropped > seen:
             m.inc("attnmap_frames_dropped_total", dropped - seen)
@@ -341,14 +297,13 @@ class StreamLoop:
                 self._interval = 1.0 / max_fps if max_fps else 0.0
                 try:
                     if first:
-                        self.loop.warm_up(src.size)
+                        self.session.warm_up(src.size)
                         first = False
                     grabber.start()
-                    ended = self.loop.run(grabber, None, None)
+                    ended = self.session.run(grabber, self._view)
                 finally:
                     grabber.stop()
-                    self._dropped_before += grabber.dropped
-                    self.stats.frames_dropped = 0
+                    self.session.count_source(grabber)
                 if grabber.error is not None:
                     raise grabber.error
                 if ended == "quit":

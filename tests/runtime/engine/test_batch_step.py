@@ -160,3 +160,17 @@ def test_no_module_outside_the_engine_touches_its_batch_or_privates():
             if private.search(line):
                 offenders.append(f"{rel}:{n}: {line.strip()}")
     assert offenders == []
+
+
+def test_explain_checks_each_new_set_of_arguments_even_after_a_like_one(tiny_vit_onnx):
+    ex = Explainer(tiny_vit_onnx, provider="cpu")
+    img = photo(4)
+    ex.explain(img, method="rollout", residual=True)
+    with pytest.raises(MethodOptionError, match="residual"):
+        ex.explain(img, method="rollout", residual=1)  # equal to True, and still refused
+    ex.explain(img, method="attention", layer=1)
+    with pytest.raises(MethodOptionError, match="layer"):
+        ex.explain(img, method="attention", layer=1.0)
+    with pytest.raises(OptionError, match="topk"):
+        ex.explain(img, method="attention", layer=1, topk=True)
+    assert ex.explain(img, method="attention", layer=1, topk=2).topk[1].index >= 0

@@ -1,6 +1,7 @@
-"""What the live view's keys change: method, layer, head, colour map, fit mode, pause.
+"""What a live session's keys (and serve's page controls) change: method, layer, head, colour
+map, fit mode, pause.
 
-Kept apart from the loop so that the key handling is a pure function of a small state object
+Kept apart from the session so that the key handling is a pure function of a small state object
 and can be tested without a window or a model.
 
 =========  ==============================================================================
@@ -24,8 +25,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from attnmap.runtime.draw.style import CYCLE_COLORMAPS, OverlayStyle  # noqa: F401  (CYCLE_COLORMAPS re-exported)
-from attnmap.runtime.fronts.live import KEY_HELP  # noqa: F401  (re-exported)
+from attnmap.runtime.draw.style import OverlayStyle
 from attnmap.runtime.image.preprocess import FITS
 from attnmap.runtime.methods import METHODS
 

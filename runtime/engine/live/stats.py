@@ -1,4 +1,4 @@
-"""What a live run reports: per-frame timings, run statistics, and the view handed to ``on_frame``.
+"""What a live session reports: per-frame timings, run statistics, and the view handed to ``on_frame``.
 
 All times are on the ``time.perf_counter()`` clock, the one :class:`attnmap.runtime.frames.sources.Frame`
 timestamps use, so that capture-to-display latency is one subtraction.
@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from attnmap.runtime.engine.clock import StageClock, summarize_ms as clock_summary
+from attnmap.runtime.engine.explainer import Explanation
 from attnmap.runtime.frames.frame import Frame
 
 STAGES = ("preprocess", "inference", "explanation", "overlay", "output")
@@ -50,7 +51,7 @@ class FrameRecord:
 
 @dataclass
 class LiveFrame:
-    """One drawn frame, as passed to ``run_live(on_frame=...)``.
+    """One drawn frame, as passed to a live session's ``on_frame`` (``run_live(on_frame=...)``).
 
     Attributes:
         image_bgr: the annotated frame (H, W, 3) BGR uint8, as shown or written.
@@ -64,6 +65,8 @@ class LiveFrame:
         colormap: the colour map drawn with.
         explained: True when the model ran on this frame, False when the last map was reused.
         stats: the run's statistics so far.
+        explanation: the explanation of the last model run (its top-k, the explained class;
+            its ``grid`` is the map before smoothing).
     """
 
     image_bgr: np.ndarray
@@ -77,6 +80,7 @@ class LiveFrame:
     colormap: str
     explained: bool
     stats: "LiveStats"
+    explanation: Explanation | None = None
 
 
 @dataclass
