@@ -193,7 +193,8 @@ export_options = options(
                  help="Class names: a .txt with one per line or a class-index .json "
                       "(default: ImageNet-1k names for 1000-class heads)."),
     click.option("--num-classes", type=click.IntRange(1, None), default=None, help="Override the head's class count."),
-    click.option("--no-attentions", is_flag=True, help="Export logits only (a plain-inference baseline for benchmarks)."),
+    click.option("--no-attentions", is_flag=True,
+                 help="Export logits only (a plain-inference baseline for benchmarks)."),
     click.option("--gradients", is_flag=True,
                  help="Also emit attention_grads = d logit[target] / d attentions, and the last block's normed "
                       "tokens with their gradients (tokens, token_grads), with an int64 `target` input, for the "

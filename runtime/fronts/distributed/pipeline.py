@@ -41,8 +41,8 @@ from attnmap.runtime.engine.record import OUTPUT_KEYS, record_line
 from attnmap.runtime.frames.frame import Frame
 from attnmap.runtime.frames.manifest import list_images
 from attnmap.runtime.fronts.distributed.cluster import collect, ray_cluster
-from attnmap.runtime.fronts.distributed.table import (TABLE_NAME, content_hash, finished_row, item_row, record_from_row,
-                                                      settings_fingerprint, write_record, write_table)
+from attnmap.runtime.fronts.distributed.table import (TABLE_NAME, content_hash, finished_row, item_row,
+                                                      record_from_row, settings_fingerprint, write_record, write_table)
 from attnmap.runtime.fronts.offline import FolderOutput, StemNames, drawing_engine, write_item
 from attnmap.runtime.image.decode import decode_image
 
@@ -50,7 +50,8 @@ DECODES = ("actor", "task")
 # providers that run on an NVIDIA GPU: Ray shows an actor only the GPUs it asked for
 GPU_PROVIDERS = ("cuda", "tensorrt")
 
-__all__ = ["DECODES", "ExplainActor", "ModelBytes", "RayOptions", "RayReport", "explain_on_ray", "frame_of", "read_batch"]
+__all__ = ["DECODES", "ExplainActor", "ModelBytes", "RayOptions", "RayReport", "explain_on_ray", "frame_of",
+           "read_batch"]
 
 
 @dataclass(frozen=True)

@@ -127,7 +127,8 @@ def item_row(item: ItemResult, job: Job, *, index: int, sha256: str, stem: str) 
 def record_from_row(row: dict[str, Any], job: Job) -> dict[str, Any]:
     """The result record (:mod:`attnmap.runtime.engine.record`) of a finished row: the same
     record the local engine gives the same image under the same ``job``."""
-    topk = [{"index": i, "label": lb, "prob": p} for i, lb, p in zip(row["topk_index"], row["topk_label"], row["topk_prob"])]
+    topk = [{"index": i, "label": lb, "prob": p}
+            for i, lb, p in zip(row["topk_index"], row["topk_label"], row["topk_prob"])]
     explained = [{"index": i, "label": lb, "prob": p}
                  for i, lb, p in zip(row["classes"], row["class_labels"], row["class_probs"])]
     if job.top_classes:
