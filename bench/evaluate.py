@@ -9,7 +9,7 @@ Evaluation is dominated by forward passes: every image's maps are scored by runn
 on ``(methods + 3 random) x (2 x 10 + 2 x (steps + 1))`` perturbed inputs. Each round runs, in
 this one process and interleaved:
 
-* ``evaluate``: :func:`~attnmap.runtime.fronts.evaluate.evaluate` over the images (decode,
+* ``evaluate``: :func:`~attnmap.runtime.evaluation.scoring.evaluate` over the images (decode,
   preprocess, one forward pass with attentions per image, the maps, building the perturbed
   inputs, their forward passes, the metrics);
 * ``plain``: ``infer_plain`` over the same number of inputs (the perturbed inputs of one image,
@@ -31,11 +31,11 @@ from pathlib import Path
 import numpy as np
 
 from attnmap import Explainer
+from attnmap.runtime.evaluation import RANDOM, evaluate
+from attnmap.runtime.evaluation.curves import PN_FRACTIONS
+from attnmap.runtime.evaluation.scoring import RANDOM_SEEDS
 from attnmap.runtime.frames.sources import expand_sources, open_files
-from attnmap.runtime.fronts.evaluate import RANDOM, evaluate
-from attnmap.runtime.fronts.evaluate.run import RANDOM_SEEDS
 from attnmap.runtime.methods import METHODS
-from attnmap.runtime.methods.faithfulness import PN_FRACTIONS
 
 
 def _evaluate(explainer, images, methods, steps, batch_size):

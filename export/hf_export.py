@@ -94,7 +94,7 @@ def build_hf_meta(model: nn.Module, processor: Any, *, model_name: str, heads: s
                    "image_processor": data["processor"], **dict(extra or {})},
         )
     except ValueError as exc:
-        raise ExportError(f"{model_name}: invalid metadata: {exc}") from None
+        raise ExportError(f"{model_name}: invalid metadata: {exc}") from exc
 
 
 def export_hf(source: str, out: str | Path, *, heads: str = "none",

@@ -130,7 +130,7 @@ def load_hf(source: str, log: Callable[[str], None] = print) -> tuple[nn.Module,
         from transformers import AutoConfig, AutoImageProcessor
     except ImportError as exc:
         raise ExportError(f"{source}: exporting a transformers model needs `transformers` "
-                          f"(pip install -e '.[export]'): {exc}") from None
+                          f"(pip install -e '.[export]'): {exc}") from exc
     local = not source.startswith(HF_PREFIX)
     if local:
         _local_files(Path(source))
@@ -141,7 +141,7 @@ def load_hf(source: str, log: Callable[[str], None] = print) -> tuple[nn.Module,
     try:
         config = AutoConfig.from_pretrained(location, **opts)
     except (OSError, ValueError, KeyError) as exc:
-        raise ExportError(f"{source}: transformers could not read its config.json: {_first_line(exc)}") from None
+        raise ExportError(f"{source}: transformers could not read its config.json: {_first_line(exc)}") from exc
     arch = _architecture(config, source)
     log(f"loading {arch} from {source}")
     from transformers.utils import logging as hf_logging
@@ -155,7 +155,7 @@ def load_hf(source: str, log: Callable[[str], None] = print) -> tuple[nn.Module,
         processor = AutoImageProcessor.from_pretrained(location, **opts)
     except Exception as exc:  # safetensors, pickle, OS and hub errors come in many types
         raise ExportError(f"{source}: transformers could not load the {arch} weights or image processor: "
-                          f"{_first_line(exc)}") from None
+                          f"{_first_line(exc)}") from exc
     finally:
         if bars:
             hf_logging.enable_progress_bar()

@@ -20,9 +20,9 @@ def _from_json(data: object, path: Path) -> list[str]:
     elif isinstance(data, dict):
         try:
             items = sorted((int(k), v) for k, v in data.items())
-        except ValueError:
+        except ValueError as exc:
             raise ExportError(f"labels file {path}: keys must be class indices ('0', '1', ...); "
-                              f"got {sorted(data)[:3]}") from None
+                              f"got {sorted(data)[:3]}") from exc
         expected = list(range(len(items)))
         if [i for i, _ in items] != expected:
             raise ExportError(f"labels file {path}: class indices must run 0..{len(items) - 1} without gaps")
@@ -62,12 +62,12 @@ def read_labels(path: str | Path) -> tuple[str, ...]:
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
-        raise ExportError(f"labels file {path} cannot be read as UTF-8 text ({exc})") from None
+        raise ExportError(f"labels file {path} cannot be read as UTF-8 text ({exc})") from exc
     if suffix == ".json":
         try:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
-            raise ExportError(f"labels file {path} is not valid JSON ({exc})") from None
+            raise ExportError(f"labels file {path} is not valid JSON ({exc})") from exc
         names = _from_json(data, path)
     else:
         names = [line.strip() for line in text.splitlines()]

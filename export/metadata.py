@@ -137,4 +137,4 @@ def build_meta(model: nn.Module, *, model_name: str, heads: str, labels: str | P
             extra=dict(extra or {}),
         )
     except ValueError as exc:
-        raise ExportError(f"{model_name}: invalid metadata: {exc}") from None
+        raise ExportError(f"{model_name}: invalid metadata: {exc}") from exc

@@ -35,7 +35,8 @@ def score_onnx(path: str | Path, seed: int, n: int, *, size: int | None = None,
     """
     import onnxruntime as ort
 
-    from attnmap.runtime.methods.metrics import box_mass_ratio, pointing_game, resize_maps
+    from attnmap.runtime.evaluation.localisation import box_mass_ratio, pointing_game
+    from attnmap.runtime.image.resample import resize_maps
     from attnmap.runtime.methods import attention_maps
     from attnmap.runtime.core.meta import ModelMeta
 

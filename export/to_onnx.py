@@ -37,6 +37,7 @@ from torch import nn
 from attnmap.runtime.core.errors import AttnmapError, ExportError, suggest
 from attnmap.runtime.core.files import commit, discard, temp_path
 from attnmap.runtime.core.meta import EXPORT_HEAD_FUSIONS, ModelMeta
+from attnmap.runtime.core.text import megabytes
 
 from .gradients import GRAD_RTOL, GRADIENT_INPUTS, GRADIENT_OUTPUTS, check_gradient_options, trace_gradients
 from .metadata import build_meta
@@ -147,7 +148,7 @@ def _trace(wrapper: nn.Module, input_size: tuple[int, ...], opset: int | None, m
     except Exception as exc:  # torch.export and onnxscript raise many types; report the first line
         own = _unwrap_error(exc)
         if own is not None:
-            raise own from None
+            raise own from exc
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ExportError(f"torch.onnx could not export {model_name}: {first}") from exc
     finally:
@@ -173,7 +174,7 @@ def _save(proto, meta: ModelMeta, path: Path) -> None:
         onnx.checker.check_model(str(path))
     except onnx.checker.ValidationError as exc:
         raise ExportError(f"the exported graph of {meta.model_name} is not valid ONNX: "
-                          f"{str(exc).splitlines()[0]}") from None
+                          f"{str(exc).splitlines()[0]}") from exc
 
 
 def export_module(model: nn.Module, out: str | Path, *, model_name: str, heads: str = "none",
@@ -294,7 +295,7 @@ def export_wrapped(wrapper: nn.Module, meta: ModelMeta, out: str | Path, *, opse
     seconds = time.perf_counter() - started
     grads_note = (f", attention_grads max |d| {grads_rel:.2e} and token_grads {token_grads_rel:.2e} of the largest"
                   if gradients else "")
-    log(f"wrote {out} ({size / 2**20:.1f} MiB, {seconds:.1f} s); parity: logits max |d| "
+    log(f"wrote {out} ({megabytes(size)}, {seconds:.1f} s); parity: logits max |d| "
         f"{result.logits_max_abs:.2e}, attentions max |d| {result.attentions_max_abs:.2e}{grads_note}")
     return ExportReport(out, meta, result.logits_max_abs, result.attentions_max_abs, size, seconds,
                         grads_rel if gradients else 0.0, token_grads_rel if gradients else 0.0)
@@ -307,7 +308,7 @@ def _build(model_name: str, kwargs: dict[str, Any]) -> nn.Module:
         return timm.create_model(model_name, pretrained=False, **kwargs).eval()
     except (TypeError, ValueError, AssertionError, RuntimeError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ExportError(f"timm could not build {model_name} with {kwargs}: {first}") from None
+        raise ExportError(f"timm could not build {model_name} with {kwargs}: {first}") from exc
 
 
 def export_onnx(model_name: str, out: str | Path, *, checkpoint: str | Path | None = None,

@@ -87,7 +87,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as exc:  # torch/safetensors raise many types for corrupt or foreign files
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ExportError(f"checkpoint {path} cannot be read as {suffix} ({first})") from None
+        raise ExportError(f"checkpoint {path} cannot be read as {suffix} ({first})") from exc
     return _unwrap(obj, path)
 
 
@@ -173,7 +173,7 @@ def load_state_dict_strict(model: nn.Module, sd: Mapping[str, torch.Tensor], sou
         model.load_state_dict(sd, strict=True)
     except RuntimeError as exc:
         raise ExportError(f"checkpoint {source} does not fit {type(model).__name__}: "
-                          f"{str(exc).splitlines()[0]}") from None
+                          f"{str(exc).splitlines()[0]}") from exc
 
 
 def _load_npz(model: nn.Module, path: Path) -> None:
@@ -201,10 +201,10 @@ def _load_npz(model: nn.Module, path: Path) -> None:
     try:
         model.load_pretrained(str(path))
     except KeyError as exc:
-        raise ExportError(f"checkpoint {path} lacks {exc} for {type(model).__name__}") from None
+        raise ExportError(f"checkpoint {path} lacks {exc} for {type(model).__name__}") from exc
     except (RuntimeError, ValueError) as exc:
         raise ExportError(f"checkpoint {path} does not fit {type(model).__name__}: "
-                          f"{str(exc).splitlines()[0]}") from None
+                          f"{str(exc).splitlines()[0]}") from exc
 
 
 def load_checkpoint(model: nn.Module, path: str | Path, log: Callable[[str], None] = print) -> None:
@@ -244,7 +244,7 @@ def hub_endpoint(model_name: str) -> str:
     try:
         cfg = timm.models.get_pretrained_cfg(model_name)
     except RuntimeError as exc:
-        raise ExportError(f"{model_name}: {exc}") from None
+        raise ExportError(f"{model_name}: {exc}") from exc
     if cfg is None or not (cfg.hf_hub_id or cfg.url):
         raise ExportError(f"timm has no pretrained weights for {model_name}; pass a checkpoint file instead")
     if cfg.hf_hub_id:
@@ -302,5 +302,5 @@ def create_pretrained(model_name: str, kwargs: Mapping[str, Any], log: Callable[
     except Exception as exc:  # hub, HTTP and file errors come in many types; all mean "no weights"
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ExportError(f"could not load pretrained weights for {model_name} ({first}); "
-                          "pass --checkpoint FILE with local weights instead") from None
+                          "give a checkpoint file with local weights instead") from exc
     return model.eval()

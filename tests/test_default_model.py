@@ -18,7 +18,8 @@ import onnxruntime as ort
 import pytest
 
 from attnmap.runtime.frames import synth
-from attnmap.runtime.methods.metrics import box_mass_ratio, pointing_game, resize_maps
+from attnmap.runtime.evaluation.localisation import box_mass_ratio, pointing_game
+from attnmap.runtime.image.resample import resize_maps
 from attnmap.runtime.methods import attention_maps
 from attnmap.runtime.core.meta import ModelMeta
 

@@ -20,15 +20,14 @@ from attnmap.runtime.core.errors import OptionError, SourceError
 from attnmap.runtime.draw.style import OverlayStyle
 from attnmap.runtime.engine.engine import Job
 from attnmap.runtime.frames.frame import Frame
+from attnmap.runtime.frames.manifest import list_images, plan_with_manifests, read_manifest
 from attnmap.runtime.frames.synth import make_sample
-from attnmap.runtime.fronts.distributed import ClusterError, RayOptions, list_images, read_manifest
+from attnmap.runtime.fronts.distributed import ClusterError, RayOptions
 from attnmap.runtime.fronts.distributed.cluster import import_ray
-from attnmap.runtime.fronts.distributed.manifest import plan_with_manifests
-from attnmap.runtime.fronts.distributed.pipeline import frame_of, read_batch, row_line
+from attnmap.runtime.fronts.distributed.pipeline import frame_of, read_batch
 from attnmap.runtime.fronts.distributed.table import (COLUMNS, failed_row, finished_row, read_table,
                                                       settings_fingerprint, write_record, write_table)
-from attnmap.runtime.fronts.evaluate import evaluate
-from attnmap.runtime.fronts.evaluate.run import merge_evaluations
+from attnmap.runtime.evaluation import evaluate, merge_evaluations
 
 SHIPPED = Path(__file__).resolve().parents[1] / "models" / "shapes_vit.onnx"
 
@@ -152,10 +151,23 @@ def test_the_table_is_written_in_input_order_once_and_not_again_unchanged(tmp_pa
     assert not list(tmp_path.glob(".*.tmp"))
 
 
-def test_row_line_reads_like_the_local_summary():
-    row = {"source": "a.png", "topk_label": ["cat", "dog"], "topk_prob": [0.75, 0.125], "class_labels": ["cat"]}
-    assert row_line(row) == "a.png: cat 0.750, dog 0.125  [map: cat]"
-    assert row_line({**row, "class_labels": []}) == "a.png: cat 0.750, dog 0.125"
+def test_a_row_gives_the_local_record_and_line():
+    from attnmap.runtime.engine.record import RECORD_SCHEMA_VERSION, record_line
+    from attnmap.runtime.fronts.distributed.table import record_from_row
+
+    row = {"source": "a.png", "topk_index": [3, 1], "topk_label": ["cat", "dog"], "topk_prob": [0.75, 0.125],
+           "classes": [3], "class_labels": ["cat"], "class_probs": [0.75], "overlay": "o/a.png", "maps": None,
+           "tiles": None}
+    record = record_from_row(row, Job())
+    assert record == {"schema_version": RECORD_SCHEMA_VERSION, "source": "a.png",
+                      "topk": [{"index": 3, "label": "cat", "prob": 0.75}, {"index": 1, "label": "dog", "prob": 0.125}],
+                      "target": {"index": 3, "label": "cat"}, "overlay": "o/a.png"}
+    assert record_line(record) == "a.png: cat 0.750, dog 0.125  [map: cat]"
+    side_by_side = record_from_row(row, Job(top_classes=1))
+    assert side_by_side["classes"] == [{"index": 3, "label": "cat", "prob": 0.75}] and "target" not in side_by_side
+    assert record_line(side_by_side) == "a.png: cat 0.750, dog 0.125  [maps: cat]"
+    bare = record_from_row({**row, "classes": [], "class_labels": [], "class_probs": []}, Job())
+    assert "target" not in bare and record_line(bare) == "a.png: cat 0.750, dog 0.125"
 
 
 # ----------------------------------------------------------------------------- options and set-up
@@ -203,10 +215,10 @@ def test_merging_per_image_evaluations_gives_the_evaluation_of_all_images():
         merge_evaluations([])
 
 
-@pytest.mark.parametrize("args, needle", [(["--engine", "ray", "--workers", "2"], "--workers apply to --engine local"),
-                                          (["--actors", "2"], "--actors apply to --engine ray"),
+@pytest.mark.parametrize("args, needle", [(["--engine", "ray", "--workers", "2"], "--workers applies to --engine local only"),
+                                          (["--actors", "2"], "--actors applies to --engine ray only"),
                                           (["--address", "auto", "--gpus-per-actor", "1"],
-                                           "--address, --gpus-per-actor apply to --engine ray")])
+                                           "--address, --gpus-per-actor apply to --engine ray only")])
 def test_cli_refuses_flags_of_the_other_engine(tmp_path, args, needle):
     _images(tmp_path, 1)
     res = CliRunner().invoke(cli.main, ["explain", str(tmp_path), "--model", str(SHIPPED), "--out",

@@ -31,7 +31,7 @@ from attnmap.runtime.frames.sources import open_files  # noqa: E402
 from attnmap.runtime.fronts.distributed import RayOptions, explain_on_ray  # noqa: E402
 from attnmap.runtime.fronts.distributed.evaluate import evaluate_on_ray  # noqa: E402
 from attnmap.runtime.fronts.distributed.table import TABLE_NAME, read_table, record_path  # noqa: E402
-from attnmap.runtime.fronts.evaluate import evaluate  # noqa: E402
+from attnmap.runtime.evaluation import EvaluationPlan, evaluate  # noqa: E402
 from attnmap.runtime.fronts.offline import FolderOutput, explain_inputs  # noqa: E402
 from corpus.make_corpus import FAIL, image_cases, sample_image  # noqa: E402
 
@@ -100,7 +100,8 @@ def _explain(explainer, specs, out: Path, options: RayOptions, on_record=None):
 
 
 def _outputs(folder: Path) -> set[str]:
-    return {p.name for p in folder.iterdir() if p.is_file() and p.name != TABLE_NAME}
+    # hidden files (the local path's run manifest, .attnmap-run.json) are not outputs
+    return {p.name for p in folder.iterdir() if p.is_file() and p.name != TABLE_NAME and not p.name.startswith(".")}
 
 
 def _mtimes(folder: Path) -> dict[str, int]:
@@ -217,8 +218,8 @@ def test_evaluate_on_ray_scores_every_image_as_the_local_path_does(ray_instance,
     with open_files(paths, errors="yield") as frames:
         local = evaluate(explainer, frames, ["rollout", "attention"], **scoring)
     seen = []
-    got = evaluate_on_ray(explainer, paths, ["rollout", "attention"], RayOptions(actors=2), on_image=seen.append,
-                          **scoring)
+    plan = EvaluationPlan(methods=("rollout", "attention"), engine="ray", **scoring).checked(explainer.meta)
+    got = evaluate_on_ray(explainer, plan, plan.inputs(paths), RayOptions(actors=2), on_image=seen.append)
     assert got.sources == local.sources and got.targets == local.targets and len(got.sources) >= 3
     assert sorted(got.failed) == sorted(local.failed) and len(got.failed) == len(CORRUPT)
     for method in ("rollout", "attention", "random"):

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from attnmap.runtime.core.errors import ExplainError
-from attnmap.runtime.methods.metrics import box_mass_ratio, box_masks, pointing_game, resize_maps
+from attnmap.runtime.evaluation.localisation import box_mass_ratio, box_masks, pointing_game
+from attnmap.runtime.image.resample import resize_maps
 
 
 def _peak_map(h: int, w: int, y: int, x: int) -> np.ndarray:

@@ -14,8 +14,8 @@ from attnmap import Explainer
 from attnmap.runtime.core.errors import OptionError
 from attnmap.runtime.frames.frame import Frame
 from attnmap.runtime.frames.synth import make_sample
-from attnmap.runtime.fronts.evaluate import METRICS, PERTURBATION, RANDOM, evaluate
-from attnmap.runtime.methods.faithfulness import curves_of
+from attnmap.runtime.evaluation import METRICS, PERTURBATION, RANDOM, evaluate
+from attnmap.runtime.evaluation.curves import curves_of
 
 
 @pytest.fixture(scope="module")
@@ -81,14 +81,14 @@ def test_cli_prints_the_json_schema_and_fails_on_bad_inputs(tmp_path):
 
 def test_a_method_that_fails_on_an_image_is_named_and_the_next_image_is_scored(shipped, monkeypatch):
     calls = {"n": 0}
-    real = shipped.maps
+    real = shipped.method_maps
 
-    def flaky(outputs, method, **kw):
-        calls["n"] += 1
-        if method == "attention" and calls["n"] <= 2:  # the first image's attention map
+    def flaky(outputs, m, options, **kw):
+        calls["n"] += m.name == "attention"
+        if m.name == "attention" and calls["n"] <= 2:  # the first image's attention map (the engine retries once)
             raise ValueError("no attention here")
-        return real(outputs, method, **kw)
+        return real(outputs, m, options, **kw)
 
-    monkeypatch.setattr(shipped, "maps", flaky)
+    monkeypatch.setattr(shipped, "method_maps", flaky)
     r = evaluate(shipped, _frames(2), ["rollout", "attention"], steps=2)
     assert r.failed == [("img0", "method 'attention': no attention here")] and r.sources == ["img1"]

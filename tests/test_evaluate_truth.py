@@ -15,12 +15,12 @@ from attnmap import Explainer
 from attnmap.runtime.core.errors import InputError, MethodOptionError
 from attnmap.runtime.frames.frame import Frame
 from attnmap.runtime.frames.synth import make_sample
-from attnmap.runtime.fronts.evaluate import (GroundTruth, LOCALISATION, RANDOM, evaluate, parse_method_spec, read_boxes,
-                                             read_labels, synthetic_frames)
-from attnmap.runtime.fronts.evaluate.run import _localisation
-from attnmap.runtime.methods.faithfulness import baseline_input, curves_of, score_maps, unit_scores
-from attnmap.runtime.methods.metrics import (box_mass_ratio, box_masks, mask_mass_ratio, mask_pointing_game,
-                                             segmentation_scores)
+from attnmap.runtime.evaluation import (GroundTruth, LOCALISATION, RANDOM, evaluate, parse_method_spec, read_boxes,
+                                        read_labels, synthetic_frames)
+from attnmap.runtime.evaluation.curves import baseline_input, curves_of, score_maps, unit_scores
+from attnmap.runtime.evaluation.localisation import (box_mass_ratio, box_masks, mask_mass_ratio, mask_pointing_game,
+                                                     segmentation_scores)
+from attnmap.runtime.evaluation.scoring import _localisation
 
 
 @pytest.fixture(scope="module")

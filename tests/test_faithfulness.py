@@ -8,8 +8,8 @@ import pytest
 from attnmap import Explainer
 from attnmap.runtime.core.errors import OptionError
 from attnmap.runtime.frames.synth import make_sample
-from attnmap.runtime.methods.faithfulness import (PN_FRACTIONS, Curves, baseline_input, curves_of, perturbed_inputs,
-                                                  unit_order)
+from attnmap.runtime.evaluation.curves import (PN_FRACTIONS, Curves, baseline_input, curves_of, perturbed_inputs,
+                                               unit_order)
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,7 @@ import pytest
 
 from attnmap import Explainer
 from attnmap.runtime.frames.sources import expand_sources, open_files
-from attnmap.runtime.fronts.evaluate import RANDOM, evaluate
+from attnmap.runtime.evaluation import RANDOM, evaluate
 from attnmap.runtime.image.decode import read_image
 from attnmap.runtime.methods import METHODS
 from attnmap.runtime.methods.flow import max_flows

@@ -354,7 +354,7 @@ def test_show_without_a_display_is_a_clear_error_not_a_qt_abort(backend, reason)
     assert "\n" not in line and line.startswith(f"ERR cannot show a window: {reason}"), line
     # Refused before the source produced a frame, and the source was still released; the same
     # way out on both builds.
-    assert line.endswith("; run headless with --no-show --out FILE.mp4, or watch in a browser with "
+    assert line.endswith("; run headless (`attnmap live SOURCE --no-show --out FILE.mp4`), or watch in a browser with "
                          "`attnmap serve` | 0 True"), line
 
 

@@ -123,7 +123,7 @@ def test_quantize_gate_failure_exits_non_zero_and_writes_nothing(tmp_path):
     out = tmp_path / "out"
     res = run("quantize", SHIPPED, "--calibration", black, "-o", out / "bad.onnx")
     assert res.exit_code == 1
-    assert "Error: fidelity gate failed for the int8 (static) file" in res.output
+    assert "error: fidelity gate failed for the int8 (static) file" in res.output
     assert not out.exists() or list(out.iterdir()) == []
     # the same gate, relaxed to nothing, lets it through (the figures say how bad it is)
     res = run("quantize", SHIPPED, "--calibration", black, "-o", out / "bad.onnx", "--min-top1", 0,
@@ -133,7 +133,7 @@ def test_quantize_gate_failure_exits_non_zero_and_writes_nothing(tmp_path):
 
 def test_precision_flags_that_do_not_apply_are_usage_errors(tmp_path):
     res = run("export", "deit_tiny_patch16_224", "-o", tmp_path / "x.onnx", "--check", tmp_path)
-    assert res.exit_code == 2 and "--check apply to --precision fp16 or int8 only" in res.output
+    assert res.exit_code == 2 and "--check applies to --precision fp16 or int8 only" in res.output
     res = run("export", "deit_tiny_patch16_224", "-o", tmp_path / "x.onnx", "--precision", "int8", "--no-attentions")
     assert res.exit_code == 2 and "needs the attentions" in res.output
     res = run("quantize", SHIPPED, "-o", tmp_path / "x.onnx", "--attn-dtype", "fp16")

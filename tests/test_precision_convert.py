@@ -14,7 +14,7 @@ import numpy as np
 import onnx
 import pytest
 
-from attnmap.runtime.core.errors import ModelError
+from attnmap.runtime.core.errors import ModelError, OptionConflict, OptionError
 from attnmap.runtime.core.meta import ModelMeta
 from attnmap.runtime.methods import attention_maps
 from attnmap.runtime.model.session import OnnxModel
@@ -192,17 +192,18 @@ def test_the_tiny_models_convert_with_and_without_gradients(tiny_vit_onnx, tiny_
 
 
 def test_conversion_refusals(converted, tmp_path):
-    with pytest.raises(ModelError, match="already a int8 file"):
+    with pytest.raises(ModelError, match="already an int8 file"):
         convert_file(converted["int8"].path, tmp_path / "again.onnx", ConvertOptions("int8"), log=_quiet)
     with pytest.raises(ModelError, match="is the input file"):
         convert_file(SHIPPED, SHIPPED, ConvertOptions("int8"), log=_quiet)
-    with pytest.raises(ModelError, match="needs calibration images"):
+    # bad conversion options are option errors, not model errors
+    with pytest.raises(OptionError, match="needs calibration images"):
         ConvertOptions("int8", mode="static")
-    with pytest.raises(ModelError, match="fp16 files only"):
+    with pytest.raises(OptionConflict, match="attn_dtype fp16 applies to precision fp16 only"):
         ConvertOptions("int8", attn_dtype="fp16")
     with pytest.raises(ModelError, match="does not exist"):
         convert_file(tmp_path / "missing.onnx", tmp_path / "x.onnx", ConvertOptions("fp16"), log=_quiet)
-    with pytest.raises(ModelError, match="unknown int8 parts"):
+    with pytest.raises(OptionError, match="unknown int8 parts"):
         quantize_int8(onnx.load(str(SHIPPED)), also=("gelu",))
     assert [p.name for p in tmp_path.iterdir()] == []
 

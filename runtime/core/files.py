@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import secrets
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -38,7 +40,8 @@ def temp_path(path: str | Path, suffix: str | None = None) -> Path:
     except OSError as exc:
         raise OutputError(f"cannot write {str(path)!r}: {exc.strerror or exc}") from exc
     for _ in range(100):
-        tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}{suffix or '.tmp'}"
+        # the pid tells a later run whether the writer is gone (sweep_partials)
+        tmp = path.parent / f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}{suffix or '.tmp'}"
         try:
             # Mode 0o666 here and the kernel applies the process's umask, as for a plain open():
             # the finished file gets the usual permissions without reading (or flipping) the umask.
@@ -105,3 +108,55 @@ def write_npz(path: str | Path, **arrays: np.ndarray) -> Path:
     buf = io.BytesIO()
     np.savez_compressed(buf, **arrays)
     return write_bytes(path, buf.getvalue())
+
+
+# .NAME.PID-HEX.partial.EXT (temp_path with a pid), or .NAME.HEX.partial.EXT (before the pid was added)
+_PARTIAL = re.compile(r"^\..+\.(?:(\d+)-)?[0-9a-f]{8}\.partial\.[A-Za-z0-9]+$")
+STALE_UNOWNED_S = 3600.0  # a partial without a pid counts as abandoned after an hour untouched
+
+
+def sweep_partials(folder: str | Path) -> list[Path]:
+    """Remove the video temp files an interrupted or killed run left in ``folder``.
+
+    Only hidden ``.NAME.PID-HEX.partial.EXT`` files of :func:`temp_path`'s naming whose writing
+    process is gone are removed (a run writing into the folder at the same time keeps its
+    own); those without a pid (older versions) once untouched for :data:`STALE_UNOWNED_S`.
+
+    Returns:
+        The removed files, sorted.
+    """
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return []
+    removed = []
+    for name in sorted(names):
+        m = _PARTIAL.match(name)
+        if m is None:
+            continue
+        path = Path(folder) / name
+        try:
+            if m.group(1) is not None:
+                if _alive(int(m.group(1))):
+                    continue
+            elif time.time() - path.stat().st_mtime < STALE_UNOWNED_S:
+                continue
+            path.unlink()
+        except OSError:
+            continue
+        removed.append(path)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    if os.name == "nt":  # os.kill(pid, 0) would end the process there; keep it
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # another user's process (EPERM): alive
+    return True

@@ -85,7 +85,7 @@ class OptionSpec:
     def _number(self, value: float) -> str:
         return f"{int(value):,}" if self.kind is int else f"{value:g}"  # 1,000,000, not 1e+06
 
-    def check(self, value: Any, *, owner: str = "", size: int | None = None) -> Any:
+    def check(self, value: Any, *, owner: str = "", size: int | None = None, model: str = "a model") -> Any:
         """Return ``value`` converted to the option's type, or raise :class:`OptionError`.
 
         Args:
@@ -93,6 +93,7 @@ class OptionSpec:
             owner: who the option belongs to, for the message (``"method 'rollout'"``).
             size: for ``axis`` options, the number of layers or head outputs of the model; the
                 value must then lie in ``[-size, size)``. None skips that check.
+            model: how the range message names the model (``"'deit.onnx'"``).
 
         Returns:
             The value as a Python ``bool``, ``int``, ``float`` or ``str`` (None where allowed).
@@ -126,7 +127,7 @@ class OptionSpec:
             raise OptionError(f"option {self.name!r}{where} must be {self.describe()}; got {value!r}")
         if self.axis is not None and size is not None and not -size <= value < size:
             what = "layers" if self.axis == "layers" else "head outputs"
-            raise OptionError(f"option {self.name!r}{where} must be in [{-size}, {size}) for a model with "
+            raise OptionError(f"option {self.name!r}{where} must be in [{-size}, {size}) for {model} with "
                               f"{size} {what}; got {value}")
         return value
 

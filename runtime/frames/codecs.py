@@ -193,16 +193,13 @@ def codec_note(ext: str, codec: Codec | str, playable: bool = False) -> str | No
         playable: whether browser-playable codecs were asked for first.
 
     Returns:
-        E.g. ``"MPEG-4 Part 2 ('mp4v') in .mp4 does not play in web browsers (this OpenCV
-        has no H.264 encoder); write .webm (VP8) for one that does, ..."``, or None.
+        E.g. ``"MPEG-4 Part 2 (mp4v) in .mp4 does not play in web browsers (no H.264 encoder in
+        this OpenCV); .webm (VP8) does"``, or None. (Where the build has one, VP9 in ``.mp4``
+        plays in browsers too, at tens of times the encode cost: ``VideoSink(playable=True)``.)
     """
     c = CODECS.get(codec) if isinstance(codec, str) else codec
     ext = ext.lower()
     if c is None or c.playable or ext not in WEB_CONTAINERS:
         return None
-    note = (f"{c.name} ({c.fourcc!r}) in {ext} does not play in web browsers (this OpenCV has no "
-            f"H.264 encoder); write .webm (VP8: `attnmap explain --video-format webm`) for one that does")
-    slow = [s for s in working_codecs(ext, True) if s.playable and s.slow]
-    if slow and not playable:
-        note += f", or VideoSink(playable=True) for {slow[0].name} in {ext} (tens of times slower to encode)"
-    return note
+    return (f"{c.name} ({c.fourcc}) in {ext} does not play in web browsers (no H.264 encoder in this OpenCV); "
+            ".webm (VP8) does")

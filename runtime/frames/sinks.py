@@ -20,7 +20,8 @@ from attnmap.runtime.core.files import commit as commit_file, discard, temp_path
 from attnmap.runtime.frames.codecs import candidates, codec_note, open_writer, working_codecs
 
 # What to do instead of a window, on every build and for every reason.
-NO_WINDOW_HINT = "run headless with --no-show --out FILE.mp4, or watch in a browser with `attnmap serve`"
+NO_WINDOW_HINT = ("run headless (`attnmap live SOURCE --no-show --out FILE.mp4`), or watch in a browser with "
+                  "`attnmap serve`")
 
 # Qt platform plugins that draw without any display server.
 _HEADLESS_QPA = ("offscreen", "minimal", "vnc", "eglfs", "linuxfb")

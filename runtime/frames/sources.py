@@ -34,14 +34,11 @@ from typing import Callable, Iterator, Sequence
 import cv2
 
 from attnmap.runtime.core.errors import ImageError, SourceError
+from attnmap.runtime.core.text import plural
 from attnmap.runtime.image.decode import read_image
 from attnmap.runtime.frames.frame import KINDS, LIVE_KINDS, Frame, Source, SourceRef
+from attnmap.runtime.frames.listing import IMAGE_EXTS, VIDEO_EXTS, Listing, file_kind, list_files
 
-IMAGE_EXTS = frozenset({".jpg", ".jpeg", ".jpe", ".png", ".bmp", ".dib", ".tif", ".tiff", ".webp",
-                        ".jp2", ".pbm", ".pgm", ".ppm", ".pnm", ".pxm", ".sr", ".ras", ".exr", ".hdr",
-                        ".pic", ".avif"})
-VIDEO_EXTS = frozenset({".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".mpg", ".mpeg", ".wmv",
-                        ".flv", ".gif", ".ts", ".mts", ".3gp", ".ogv", ".y4m"})
 STREAM_SCHEMES = ("rtsp", "rtsps", "rtmp", "http", "https", "udp", "tcp", "srt")
 
 # How long a network stream may take to open or to deliver a frame before it counts as dead.
@@ -52,10 +49,11 @@ _PRINTF = re.compile(r"%0?\d*d")
 _SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*)://")
 
 ErrorHandler = Callable[[str, SourceError], None]
+SkipHandler = Callable[[str, str], None]
 
 __all__ = ["CaptureSource", "ErrorHandler", "Frame", "IMAGE_EXTS", "ImageFilesSource", "KINDS", "LIVE_KINDS",
-           "Source", "SourceRef", "VIDEO_EXTS", "expand_sources", "iter_frames", "open_files", "open_source",
-           "parse_source", "plan_inputs"]
+           "Listing", "SkipHandler", "Source", "SourceRef", "VIDEO_EXTS", "expand_sources", "file_kind",
+           "iter_frames", "list_files", "open_files", "open_source", "parse_source", "plan_inputs"]
 
 
 def parse_source(spec: str | os.PathLike) -> SourceRef:
@@ -89,11 +87,9 @@ def parse_source(spec: str | os.PathLike) -> SourceRef:
     if path.is_dir():
         return SourceRef("directory", text, str(path))
     if path.is_file():
-        ext = path.suffix.lower()
-        if ext in IMAGE_EXTS:
-            return SourceRef("image", text, str(path))
-        if ext in VIDEO_EXTS:
-            return SourceRef("video", text, str(path))
+        kind = file_kind(path)
+        if kind is not None:
+            return SourceRef(kind, text, str(path))
         # An unknown extension: let OpenCV's own format sniffing decide.
         kind = "image" if cv2.haveImageReader(str(path)) else "video"
         return SourceRef(kind, text, str(path))
@@ -159,7 +155,7 @@ def open_files(paths: Sequence[str | os.PathLike], *, on_error: ErrorHandler | N
     files = [os.fspath(p) for p in paths]
     if not files:
         raise SourceError("no image files to read: got an empty list")
-    name = spec or f"{len(files)} files"
+    name = spec or plural(len(files), "file")
     return ImageFilesSource(SourceRef("files", name, name), files, on_error=on_error, errors=errors)
 
 
@@ -177,27 +173,46 @@ def iter_frames(spec: "str | os.PathLike | SourceRef", *, on_error: ErrorHandler
         yield from src
 
 
-def expand_sources(specs: Sequence[str | os.PathLike]) -> list[SourceRef]:
+def expand_sources(specs: Sequence[str | os.PathLike], *, videos: bool = False,
+                   on_skip: SkipHandler | None = None) -> list[SourceRef]:
     """Expand the SOURCE arguments of ``attnmap explain`` into single inputs.
 
-    Directories and globs become one ``image`` ref per image file (sorted); videos, image
-    sequences, cameras and streams stay as one ref each. Duplicates are dropped, keeping the
-    first occurrence, so ``explain a.jpg *.jpg`` explains ``a.jpg`` once. Open the image refs
-    together with :func:`open_files` to explain them in one batched stream.
+    Directories and globs become one ``image`` ref per image file (sorted; a still GIF is an
+    image, an animated one a video), and with ``videos`` one ``video`` ref per video file
+    after the images; videos, image sequences, cameras and streams given by name stay as one
+    ref each. Duplicates are dropped, keeping the first occurrence, so ``explain a.jpg *.jpg``
+    explains ``a.jpg`` once. Open the image refs together with :func:`open_files` to explain
+    them in one batched stream.
 
     Args:
         specs: source specs, as typed on the command line.
+        videos: take the videos a directory or glob holds too (else they are skipped).
+        on_skip: called as ``on_skip(spec, note)`` once per directory or glob that holds files
+            left out (neither images nor, with ``videos``, videos), the note saying how many
+            and of which kinds (see :meth:`Listing.skip_note`). Hidden files are not counted.
 
     Returns:
         The refs in command-line order.
 
     Raises:
-        SourceError: a spec names nothing, or a directory/glob holds no image files.
+        SourceError: a spec names nothing, or a directory/glob holds nothing to explain.
     """
     out: list[SourceRef] = []
     for spec in specs:
         ref = parse_source(spec)
-        out.extend([SourceRef("image", p, p) for p in _list_images(ref)] if ref.is_multi_image else [ref])
+        if not ref.is_multi_image:
+            out.append(ref)
+            continue
+        listing = list_files(ref)
+        took = listing.images + (listing.videos if videos else [])
+        if not took:
+            raise SourceError(listing.empty_reason(videos))
+        out.extend(SourceRef("image", p, p) for p in listing.images)
+        if videos:
+            out.extend(SourceRef("video", p, p) for p in listing.videos)
+        note = listing.skip_note(videos)
+        if note and on_skip is not None:
+            on_skip(ref.spec, note)
     return _unique(out)
 
 
@@ -213,9 +228,15 @@ def _unique(refs: list[SourceRef]) -> list[SourceRef]:
     return out
 
 
-def plan_inputs(specs: Sequence[str | os.PathLike]) -> tuple[list[SourceRef], list[tuple[str, SourceError]]]:
+def plan_inputs(specs: Sequence[str | os.PathLike], *, videos: bool = False,
+                on_skip: SkipHandler | None = None) -> tuple[list[SourceRef], list[tuple[str, SourceError]]]:
     """Like :func:`expand_sources`, but a spec that names nothing (or an empty folder) is a
     failure of its own instead of ending the whole list.
+
+    Args:
+        specs: source specs, as typed on the command line.
+        videos: as in :func:`expand_sources`.
+        on_skip: as in :func:`expand_sources`.
 
     Returns:
         ``(refs, failures)``: the refs of the specs that name something, in order, and
@@ -225,7 +246,7 @@ def plan_inputs(specs: Sequence[str | os.PathLike]) -> tuple[list[SourceRef], li
     failures: list[tuple[str, SourceError]] = []
     for spec in specs:
         try:
-            refs.extend(expand_sources([spec]))
+            refs.extend(expand_sources([spec], videos=videos, on_skip=on_skip))
         except SourceError as exc:
             failures.append((os.fspath(spec), exc))
     return _unique(refs), failures
@@ -326,20 +347,10 @@ class CaptureSource(Source):
 
 # --------------------------------------------------------------------------- helpers
 def _list_images(ref: SourceRef) -> list[str]:
-    if ref.kind == "directory":
-        entries = sorted(os.listdir(ref.target))
-        paths = [os.path.join(ref.target, e) for e in entries
-                 if Path(e).suffix.lower() in IMAGE_EXTS and os.path.isfile(os.path.join(ref.target, e))]
-        if not paths:
-            raise SourceError(f"directory {ref.spec!r} holds no image files "
-                              f"(expected {', '.join(sorted(e[1:] for e in ('.jpg', '.png', '.bmp', '.webp')))} ...)")
-        return paths
-    matches = sorted(p for p in _glob.glob(os.path.expanduser(ref.target), recursive=True) if os.path.isfile(p))
-    paths = [p for p in matches if Path(p).suffix.lower() in IMAGE_EXTS]
-    if not paths:
-        what = f"{len(matches)} files, none of them images" if matches else "nothing"
-        raise SourceError(f"glob {ref.spec!r} matched {what}; expected image files")
-    return paths
+    listing = list_files(ref)
+    if not listing.images:
+        raise SourceError(listing.empty_reason(videos=False))
+    return listing.images
 
 
 def _open_capture(ref: SourceRef) -> cv2.VideoCapture:

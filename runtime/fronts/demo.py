@@ -37,7 +37,7 @@ def run_demo(engine: FrameEngine, out_dir: Path, *, seed: int = 0,
     images, video = write_demo_inputs(out_dir / "inputs", seed=seed)
     overlays = out_dir / "overlays"
     failures: list[str] = []
-    report = explain_inputs(engine, [str(p) for p in images] + [str(video)], FolderOutput(overlays),
+    report = explain_inputs(engine, [str(p) for p in images] + [str(video)], FolderOutput(overlays, overwrite=True),
                             on_record=on_record, on_fail=lambda src, why: failures.append(f"{src}: {why}"))
     if report.failed:
         raise SourceError(f"{len(report.failed)} demo inputs failed: {'; '.join(failures)}")

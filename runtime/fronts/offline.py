@@ -17,12 +17,16 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from attnmap.runtime.core.errors import AttnmapError, OptionError
-from attnmap.runtime.core.files import write_image, write_npz
+from attnmap.runtime.core.files import sweep_partials, write_image, write_npz
+from attnmap.runtime.core.text import plural
 from attnmap.runtime.draw.overlay import layer_head_grid
 from attnmap.runtime.draw.style import OverlayStyle
 from attnmap.runtime.engine.engine import FrameEngine, ItemResult
+from attnmap.runtime.engine.record import record_line, record_of, video_record
 from attnmap.runtime.frames.frame import SourceRef
 from attnmap.runtime.frames.sources import open_files, plan_inputs
+from attnmap.runtime.fronts.interrupt import Interrupted
+from attnmap.runtime.fronts.out_folder import claim_folder, run_settings
 from attnmap.runtime.fronts.video import VideoProgress, explain_video
 from attnmap.runtime.methods import attention_maps as run_method
 
@@ -42,12 +46,16 @@ class FolderOutput:
         video_format: the container of annotated videos: ``"mp4"`` (H.264 where this OpenCV
             has an encoder for it, else MPEG-4 Part 2, fast but not played by browsers),
             ``"webm"`` (VP8: browsers play it; encoding costs more) or ``"avi"`` (Motion JPEG).
+        overwrite: write into a folder that holds a run with other settings (model, method,
+            options, class, fit), replacing its files of the same name; False refuses
+            (see :mod:`attnmap.runtime.fronts.out_folder`).
     """
 
     out_dir: Path
     save_maps: bool = False
     tiles: str = "none"
     video_format: str = "mp4"
+    overwrite: bool = False
 
     def __post_init__(self) -> None:
         if self.tiles not in TILES:
@@ -58,10 +66,12 @@ class FolderOutput:
 
 @dataclass
 class OfflineReport:
-    """What an offline run did: ``done`` inputs written, ``failed`` inputs with their reasons."""
+    """What an offline run did: ``done`` inputs written, ``failed`` inputs with their reasons,
+    ``skipped`` inputs whose outputs an earlier run completed (the Ray engine resumes)."""
 
     done: int = 0
     failed: list[tuple[str, str]] = dataclasses.field(default_factory=list)
+    skipped: int = 0
 
 
 class FolderSink:
@@ -99,9 +109,8 @@ def write_item(engine: FrameEngine, item: ItemResult, output: FolderOutput, stem
     """
     if not item.ok:
         return
-    job = engine.job
     try:
-        stem = stem + (f"_top{job.top_classes}" if job.top_classes else "")
+        stem = stem + class_suffix(engine.job)
         item.extra["overlay"] = str(write_image(output.out_dir / f"{stem}.png", item.drawn))
         if output.save_maps:
             r = item.explanation
@@ -111,6 +120,14 @@ def write_item(engine: FrameEngine, item: ItemResult, output: FolderOutput, stem
             item.extra["tiles"] = str(write_image(output.out_dir / f"{stem}_{output.tiles}.png", tiles))
     except Exception as exc:  # noqa: BLE001 - one file that cannot be written fails its item
         item.error = exc
+
+
+def class_suffix(job: Any) -> str:
+    """What a file stem adds for the class explained: ``_class{index}`` for a chosen class,
+    ``_top{N}`` for the top N classes side by side, ``""`` for the predicted class."""
+    if job.top_classes:
+        return f"_top{job.top_classes}"
+    return "" if job.target is None else f"_class{int(job.target)}"
 
 
 class StemNames:
@@ -150,25 +167,6 @@ def tile_image(engine: FrameEngine, item: ItemResult, tiles: str) -> np.ndarray:
     return layer_head_grid(result.image, heatmaps, titles=titles, overlay=style.heatmap)
 
 
-def record_of(item: ItemResult, topk: int) -> tuple[dict[str, Any], str]:
-    """The JSON-able record and the one-line text summary of a written image item."""
-    r = item.explanation
-    record: dict[str, Any] = {"source": item.source,
-                              "topk": [{"index": t.index, "label": t.label, "prob": round(t.prob, 6)}
-                                       for t in r.topk[:topk]]}
-    explained = ""
-    if item.alternatives:
-        record["classes"] = [{"index": a.target, "label": a.label_of_target,
-                              "prob": round(float(a.probs[a.target]), 6)} for a in item.alternatives]
-        explained = "  [maps: " + ", ".join(c["label"] for c in record["classes"]) + "]"
-    elif r.target is not None:
-        record["target"] = {"index": r.target, "label": r.label_of_target}
-        explained = f"  [map: {r.label_of_target}]"
-    record.update(item.extra)
-    preds = ", ".join(f"{t.label} {t.prob:.3f}" for t in r.topk[:topk])
-    return record, f"{item.source}: {preds}{explained}"
-
-
 def count_inputs(planned: tuple[list[SourceRef], list]) -> tuple[int, int]:
     """``(still images, videos and image sequences)`` among :func:`plan_inputs`' refs (what the
     throughput plan, :func:`~attnmap.runtime.model.plan.plan_for_inputs`, needs to know)."""
@@ -189,32 +187,46 @@ def explain_inputs(engine: FrameEngine, specs: Sequence[str] | tuple[list[Source
                    on_record: Callable[[dict[str, Any], str], None],
                    on_fail: Callable[[str, str], None],
                    on_image: Callable[[], None] | None = None,
-                   on_video: Callable[[str, VideoProgress], None] | None = None) -> OfflineReport:
+                   on_video: Callable[[str, VideoProgress], None] | None = None,
+                   on_note: Callable[[str], None] | None = None) -> OfflineReport:
     """Explain every input into ``output.out_dir``.
 
     Args:
         engine: the frame engine (explainer, job with the overlay style, batching).
         specs: SOURCE arguments (image files, directories, globs, videos, image sequences), or
             what :func:`~attnmap.runtime.frames.sources.plan_inputs` made of them (so a caller
-            that already listed the folders does not list them again). Inputs that do not
+            that already listed the folders does not list them again; list them with
+            ``videos=True`` so that a folder's videos are explained too). Inputs that do not
             exist, cameras and streams are failures, reported in order.
         output: where and what to write.
-        on_record: called as ``on_record(record, line)`` per written input (caller's thread).
+        on_record: called as ``on_record(record, line)`` per written input (caller's thread): its
+            record (:mod:`attnmap.runtime.engine.record`) and the record's text line.
         on_fail: called as ``on_fail(source, reason)`` per failed input.
         on_image: called once per still image done (written or failed), for a progress bar.
         on_video: called with each video's progress.
+        on_note: called with one line for what the user should know but is no failure: the
+            files a folder holds that were left out, the codec note of the videos (once).
 
     Returns:
         :class:`OfflineReport`.
+
+    Raises:
+        RunConflictError: ``output.out_dir`` holds a run with other settings and
+            ``output.overwrite`` is False (nothing is written then).
+        Interrupted: Ctrl-C (or SIGTERM under
+            :func:`~attnmap.runtime.fronts.interrupt.terminate_as_interrupt`); what was written
+            stays, the input in progress leaves nothing behind, and ``summary`` says which.
     """
     engine = drawing_engine(engine)
     report = OfflineReport()
+    note = on_note or (lambda line: None)
 
     def fail(source: str, reason: str) -> None:
         report.failed.append((source, reason))
         on_fail(source, reason)
 
-    refs, missing = specs if isinstance(specs, tuple) else plan_inputs(specs)
+    refs, missing = specs if isinstance(specs, tuple) else plan_inputs(
+        specs, videos=True, on_skip=lambda spec, why: note(f"{spec}: {why}"))
     for spec, exc in missing:
         fail(spec, str(exc))
     images = [r for r in refs if r.kind == "image"]
@@ -222,25 +234,70 @@ def explain_inputs(engine: FrameEngine, specs: Sequence[str] | tuple[list[Source
         if ref.is_live:
             fail(ref.spec, f"{ref.spec!r} is a {ref.kind}; explain it live with `attnmap live {ref.spec}`")
     names = StemNames()
-    if images:
-        sink = FolderSink(engine, output, names)
-        for item in engine.run(open_files([r.target for r in images], errors="yield"), sink=sink):
-            if item.ok:
-                report.done += 1
-                on_record(*record_of(item, engine.job.topk))
-            else:
-                fail(item.source, item.reason())
-            if on_image is not None:
-                on_image()
-    for ref in refs:
-        if ref.kind in ("video", "sequence"):
-            _video(engine, ref, output, names, report, on_record, fail, on_video)
+    once = _Once(note)
+    videos = [r for r in refs if r.kind in ("video", "sequence")]
+    if images or videos:  # a run that writes nothing leaves the folder as it was
+        claim_folder(output.out_dir, run_settings(engine), overwrite=output.overwrite)
+        swept = sweep_partials(output.out_dir)
+        if swept:
+            note(f"removed {plural(len(swept), 'partial video')} an interrupted run left in "
+                 f"{str(output.out_dir)!r} ({', '.join(p.name for p in swept)})")
+    current = ""
+    try:
+        if images:
+            current = "the still images"
+            sink = FolderSink(engine, output, names)
+            items = engine.run(open_files([r.target for r in images], errors="yield"), sink=sink)
+            try:
+                for item in items:
+                    if item.ok:
+                        report.done += 1
+                        record = record_of(item, engine.job.topk)
+                        on_record(record, record_line(record))
+                    else:
+                        fail(item.source, item.reason())
+                    if on_image is not None:
+                        on_image()
+            finally:
+                items.close()  # stops the engine's threads now, also when the loop body was interrupted
+        for ref in videos:
+            current = ref.spec
+            _video(engine, ref, output, names, report, on_record, fail, on_video, once)
+        current = ""
+    except KeyboardInterrupt as exc:
+        total = len(images) + len(videos) + len(missing) + sum(r.is_live for r in refs)
+        raise Interrupted(_interrupted(report, total, current, output.out_dir), cause=exc) from exc
     return report
 
 
+def _interrupted(report: OfflineReport, total: int, current: str, out_dir: Path) -> str:
+    """The one line an interrupted run ends with: what was written, what was not."""
+    left = total - report.done - len(report.failed)
+    text = f"{report.done} of {plural(total, 'input')} written to {str(out_dir)!r}"
+    if left <= 0:
+        return text
+    text += f"; {left} not written"
+    if current:
+        text += f" (in progress: {current}; nothing of it is left half-written)"
+    return text
+
+
+class _Once:
+    """Passes each distinct line on once per run (the codec note would repeat for every video)."""
+
+    def __init__(self, note: Callable[[str], None]):
+        self.note, self.said = note, set()
+
+    def __call__(self, line: str) -> None:
+        if line not in self.said:
+            self.said.add(line)
+            self.note(line)
+
+
 def _video(engine: FrameEngine, ref: SourceRef, output: FolderOutput, names: StemNames, report: OfflineReport,
-           on_record, fail, on_video) -> None:
+           on_record, fail, on_video, note: Callable[[str], None]) -> None:
     stem = names.stem(ref.target if ref.kind == "video" else ref.spec.replace("%", "_"), engine.job.method)
+    stem += class_suffix(engine.job)
     out_path = output.out_dir / f"{stem}.{output.video_format}"
     maps = output.out_dir / f"{stem}.npz" if output.save_maps else None
     progress = None if on_video is None else (lambda p: on_video(ref.spec, p))
@@ -252,19 +309,13 @@ def _video(engine: FrameEngine, ref: SourceRef, output: FolderOutput, names: Ste
     except Exception as exc:  # noqa: BLE001 - an unexpected failure ends this video, not the run
         fail(ref.spec, f"{type(exc).__name__}: {exc}")
         return
-    record = {"source": ref.spec, "video": str(r.out), "frames": r.frames, "fps": r.fps, "size": list(r.size),
-              "codec": r.codec, "throughput_fps": round(r.throughput_fps, 2)}
+    record = video_record(ref.spec, r)
+    on_record(record, record_line(record))
     if r.codec_note:
-        record["codec_note"] = r.codec_note
-    if r.maps is not None:
-        record["maps"] = str(r.maps)
-    if r.failed:
-        record["failed_frames"] = [{"index": i, "error": e} for i, e in r.failed]
-    on_record(record, f"{ref.spec}: {r.frames} frames explained at {r.throughput_fps:.1f} frames/s -> {r.out} "
-                      f"({r.codec}{'; ' + r.codec_note if r.codec_note else ''})")
+        note(r.codec_note)
     if not r.failed:
         report.done += 1
     else:
         first, why = r.failed[0]
-        fail(ref.spec, f"{len(r.failed)} of {r.frames} frames could not be explained and were written plain "
+        fail(ref.spec, f"{len(r.failed)} of {plural(r.frames, 'frame')} could not be explained and were written plain "
                        f"(first: frame {first}: {why})")

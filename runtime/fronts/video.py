@@ -21,6 +21,7 @@ import numpy as np
 
 from attnmap.runtime.core.errors import SourceError
 from attnmap.runtime.core.files import write_npz
+from attnmap.runtime.core.text import plural
 from attnmap.runtime.draw.style import OverlayStyle
 from attnmap.runtime.engine.engine import FrameEngine, ItemResult
 from attnmap.runtime.frames.sinks import VideoSink
@@ -191,6 +192,9 @@ def explain_video(engine: FrameEngine, src: "str | Path | Source", out_path: str
         SourceError: the input cannot be opened, is live (camera, stream: use ``run_live``
             with an output file), or fails mid-stream (the frames before are written first).
         AttnmapError: the output cannot be written.
+        KeyboardInterrupt: Ctrl-C (or SIGTERM under
+            :func:`~attnmap.runtime.fronts.interrupt.terminate_as_interrupt`): the engine's
+            threads are stopped and the temp file removed before it propagates.
     """
     if engine.job.style is None:
         engine = engine.with_job(dataclasses.replace(engine.job, style=OverlayStyle()))
@@ -208,8 +212,9 @@ def explain_video(engine: FrameEngine, src: "str | Path | Source", out_path: str
         clock = engine.clock
         t_start = clock.now()
         done = reported = 0
+        items = engine.run(source, sink=sink)
         try:
-            for _ in engine.run(source, sink=sink):
+            for _ in items:
                 done += 1
                 if progress is not None and done - reported >= engine.batch_size:
                     reported = done
@@ -220,9 +225,12 @@ def explain_video(engine: FrameEngine, src: "str | Path | Source", out_path: str
             kept = sink.video.close(commit=True)
             if save_maps is not None and sink.grids:
                 sink.write_maps(save_maps, out_fps, engine.job.method)
-            where = f"; the {written} frames before it were written to {str(kept)!r}" if kept else ""
+            where = f"; the {plural(written, 'frame')} before it were written to {str(kept)!r}" if kept else ""
             raise SourceError(f"{str(exc).rstrip('.')}{where}") from exc
         except BaseException:
+            # Ctrl-C, SIGTERM (see fronts/interrupt.py) or a failure: stop the engine first (its
+            # finisher thread writes into the sink), then remove the temp file; nothing is kept.
+            items.close()
             sink.video.close(commit=False)
             raise
         if done == 0:

@@ -112,6 +112,40 @@ def read_header(buf: memoryview | bytes) -> Header:
     return header
 
 
+def describe_media(head: bytes) -> str | None:
+    """What a file that should be something else holds, when its first bytes show a picture or video.
+
+    Used where a model file is expected (``'dog.jpg' is a JPEG image, not an ONNX model``).
+
+    Args:
+        head: the file's first bytes (64 are plenty; an image header is read from what is there).
+
+    Returns:
+        ``"a JPEG image"``, ``"an MP4 video"`` ..., or None for anything else.
+    """
+    head = bytes(head)
+    if head[4:8] == b"ftyp" and head[8:12] not in (b"avif", b"avis"):
+        return "an MP4/QuickTime video"
+    if head[:4] == b"\x1a\x45\xdf\xa3":
+        return "a Matroska/WebM video"
+    if head[:4] == b"RIFF" and head[8:12] == b"AVI ":
+        return "an AVI video"
+    try:
+        fmt = read_header(head).format
+    except (HeaderError, IndexError, ValueError):
+        fmt = None
+    if fmt is None:
+        # a header cut short at 64 bytes still shows its format by its magic
+        magic = ((b"\x89PNG", "PNG"), (b"\xff\xd8\xff", "JPEG"), (b"GIF8", "GIF"), (b"BM", "BMP"))
+        fmt = next((f for m, f in magic if head.startswith(m)), None)
+        if fmt is None and head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+            fmt = "WEBP"
+    if fmt is None:
+        return None
+    name = {"WEBP": "WebP", "JPEG2000": "JPEG 2000", "SUN": "Sun raster"}.get(fmt, fmt)
+    return f"{'an' if name[0] in 'AEFHILMNORSX' else 'a'} {name} image"
+
+
 def _unknown(head: bytes) -> str:
     text = head.lstrip().lower()
     for magic, what in _NOT_IMAGES:
@@ -232,6 +266,44 @@ def _gif(buf: memoryview) -> Header:
         while (size := _int(buf, pos, 1)) != 0:
             pos += size + 1
         pos += 1
+
+
+def gif_frame_count(buf: memoryview | bytes, stop: int = 2) -> int:
+    """How many frames a GIF holds, counting up to ``stop`` (2 tells a still GIF from an animated one).
+
+    Walks the blocks (extensions, image descriptors and their LZW data) without decoding.
+
+    Args:
+        buf: the whole GIF file.
+        stop: stop counting here.
+
+    Raises:
+        HeaderError: not a GIF, or its blocks are cut short.
+    """
+    buf = memoryview(buf)
+    if buf.format != "B" or buf.ndim != 1:
+        buf = buf.cast("B")
+    if bytes(buf[:6]) not in (b"GIF87a", b"GIF89a"):
+        raise HeaderError("not a GIF file")
+    flags = _int(buf, 10, 1)
+    pos = 13 + (3 << ((flags & 7) + 1) if flags & 0x80 else 0)
+    frames = 0
+    while frames < stop and pos < len(buf):
+        block = _int(buf, pos, 1)
+        if block == 0x3B:  # trailer
+            break
+        if block == 0x2C:
+            frames += 1
+            local = _int(buf, pos + 9, 1)
+            pos += 10 + (3 << ((local & 7) + 1) if local & 0x80 else 0) + 1  # descriptor, table, LZW size
+        elif block == 0x21:
+            pos += 2
+        else:
+            raise HeaderError(f"GIF block 0x{block:02x} at byte {pos} is neither an image nor an extension")
+        while (size := _int(buf, pos, 1)) != 0:
+            pos += size + 1
+        pos += 1
+    return frames
 
 
 def _riff_chunks(buf: memoryview, pos: int) -> Iterator[tuple[bytes, int, int]]:

@@ -112,7 +112,8 @@ def get_method(method: str) -> Method:
     return m
 
 
-def check_options(method: str, options: Mapping[str, Any], meta: ModelMeta | None = None) -> dict[str, Any]:
+def check_options(method: str, options: Mapping[str, Any], meta: ModelMeta | None = None, *,
+                  model: str | None = None) -> dict[str, Any]:
     """Check a method's options against its specs (and, given ``meta``, against the model).
 
     Args:
@@ -120,6 +121,7 @@ def check_options(method: str, options: Mapping[str, Any], meta: ModelMeta | Non
         options: option name -> value, as given.
         meta: the model's metadata: layer and head indices are then checked against its layers
             and head outputs, and options that a head-fused file cannot honour are refused.
+        model: how messages name the model (``"'deit.onnx'"``); default "a model".
 
     Returns:
         The options with values converted to their declared types.
@@ -144,7 +146,7 @@ def check_options(method: str, options: Mapping[str, Any], meta: ModelMeta | Non
             size = None
             if meta is not None and spec.axis is not None:
                 size = meta.num_layers if spec.axis == "layers" else meta.output_heads
-            out[name] = spec.check(value, owner=owner, size=size)
+            out[name] = spec.check(value, owner=owner, size=size, model=model or "a model")
         if fused is not None and out.get("head_fusion", fused) != fused:
             raise OptionError(
                 f"option head_fusion={out['head_fusion']!r} of {owner} cannot apply: this file's heads were "

@@ -22,7 +22,7 @@ method's, min-max normalised to [0, 1].
 
 Both work in the model's normalised input space, where 0 is the model's mean colour: RISE's
 ``I ⊙ M_i`` fades masked pixels to the mean colour, and occlusion's default ``mean`` baseline is
-the same (:func:`~attnmap.runtime.methods.faithfulness.baseline_input`).
+the same (:func:`~attnmap.runtime.methods.baselines.baseline_input`).
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from attnmap.runtime.core.errors import ExplainError
 from attnmap.runtime.core.meta import TokenLayout
 from attnmap.runtime.methods.base import check_layout, normalize_maps
 
-# NOTE OpenCV (and faithfulness.py, which imports it) are imported where used: the method
+# NOTE OpenCV (and baselines.py, which imports it) are imported where used: the method
 # registry is imported by `attnmap --help`, which must load neither OpenCV nor onnxruntime.
 
 Forward = Callable[[np.ndarray], np.ndarray]
@@ -81,7 +81,7 @@ def occlusion(x: np.ndarray, forward: Forward, classes: np.ndarray, layout: Toke
                            "between occluders would never be scored; use a stride <= window")
     if baseline not in OCCLUSION_BASELINES:
         raise ExplainError(f"occlusion baseline must be one of {OCCLUSION_BASELINES}; got {baseline!r}")
-    from attnmap.runtime.methods.faithfulness import baseline_input
+    from attnmap.runtime.methods.baselines import baseline_input
 
     # meta is only read by the "black" baseline, which is not offered here
     base = baseline_input(x, None, baseline)  # type: ignore[arg-type]

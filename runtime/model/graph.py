@@ -26,6 +26,7 @@ from onnx import helper, numpy_helper
 
 from attnmap.runtime.core.errors import GraphMismatchError, ModelError
 from attnmap.runtime.core.meta import ModelMeta
+from attnmap.runtime.image.header import describe_media
 
 STACKED = ("attentions", "attention_grads")
 TOKEN_OUTPUTS = ("tokens", "token_grads")
@@ -46,6 +47,10 @@ def read_model(path: str | Path) -> onnx.ModelProto:
     where = f"cannot load model {str(path)!r}: not an ONNX model"
     if path.stat().st_size == 0:
         raise ModelError(f"{where} (the file is empty)")
+    media = _media_kind(path)
+    if media is not None:
+        raise ModelError(f"cannot load model {str(path)!r}: {path.name!r} is {media}, not an ONNX model; "
+                         "expected an .onnx file written by `attnmap export`")
     try:
         proto = onnx.load(str(path))
     except (DecodeError, OSError, ValueError, onnx.checker.ValidationError) as exc:
@@ -53,6 +58,16 @@ def read_model(path: str | Path) -> onnx.ModelProto:
     if not proto.HasField("graph") or proto.ir_version <= 0:
         raise ModelError(f"{where} (it parses as a protobuf message but holds no ONNX graph)")
     return proto
+
+
+def _media_kind(path: Path) -> str | None:
+    """``"a JPEG image"`` when the file is a picture or video given where a model belongs, else None."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(64)
+    except OSError:
+        return None
+    return describe_media(head)
 
 
 def first_line(exc: BaseException) -> str:

@@ -7,6 +7,7 @@ from typing import Any
 
 import onnxruntime as ort
 
+from attnmap.runtime.core.text import megabytes
 from attnmap.runtime.model.session import OnnxModel
 
 
@@ -24,7 +25,7 @@ def info_rows(model: OnnxModel) -> list[tuple[str, str]]:
     d, meta = describe_model(model), model.meta
     labels = ", ".join(meta.label_names[:5]) + (", ..." if len(meta.label_names) > 5 else "")
     rows = [
-        ("file", f"{model.path} ({d['size_bytes'] / 1e6:.1f} MB)"),
+        ("file", f"{model.path} ({megabytes(d['size_bytes'])})"),
         ("model", meta.model_name),
         ("input", f"{meta.input_size[0]} x {meta.input_size[1]} x {meta.input_size[2]}, mean {_fmt(meta.mean)}, "
                   f"std {_fmt(meta.std)}"),

@@ -59,7 +59,7 @@ def resolve_providers(provider: str, available: Sequence[str] | None = None) -> 
         raise ProviderError(
             f"provider {name!r} is not available in this onnxruntime (no {ORT_NAMES[name]}; it offers "
             f"{', '.join(available)}); {_INSTALL.get(name, 'reinstall onnxruntime')} for {name!r}, or use "
-            "--provider cpu")
+            "the cpu provider")
     return [ORT_NAMES[n] for n in _CHAINS[name] if ORT_NAMES[n] in available or n == "cpu"]
 
 

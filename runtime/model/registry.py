@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from attnmap.runtime.core.errors import ModelError, suggest
+from attnmap.runtime.core.errors import ModelError, suggest, suggest_path
 
 MODELS_DIR = Path(__file__).resolve().parents[2] / "models"
 REGISTRY = MODELS_DIR / "registry.json"
@@ -50,11 +50,11 @@ def resolve_model(spec: str | Path | None = None) -> Path:
     if spec is None:
         defaults = [e for e in entries if e.get("default")] or entries[:1]
         if not defaults:
-            raise ModelError(f"no model given and no shipped default in {REGISTRY}; pass --model FILE.onnx")
+            raise ModelError(f"no model given and no shipped default in {REGISTRY}; give a model file (.onnx)")
         path = MODELS_DIR / defaults[0]["file"]
         if not path.is_file():
             raise ModelError(f"the shipped default model {str(path)!r} is missing; reinstall attnmap "
-                             "or pass --model FILE.onnx")
+                             "or give a model file (.onnx)")
         return path
     path = Path(spec).expanduser()
     if path.is_file():
@@ -62,9 +62,32 @@ def resolve_model(spec: str | Path | None = None) -> Path:
     by_name = {e["name"]: e for e in entries}
     if path.suffix.lower() == ".onnx" or len(path.parts) > 1:
         raise ModelError(f"model file {str(spec)!r} does not exist; pass an .onnx file written by "
-                         "`attnmap export`, or a shipped model name (see `attnmap models`)")
+                         f"`attnmap export`, or a shipped model name (see `attnmap models`).{suggest_path(path)}"
+                         .rstrip("."))
     if str(spec) in by_name:
         return MODELS_DIR / by_name[str(spec)]["file"]
     hint = suggest(str(spec), by_name) if by_name else ""
     raise ModelError(f"model {str(spec)!r} is neither an existing .onnx file nor a shipped model "
                      f"(shipped: {', '.join(by_name) or 'none'}).{hint}".rstrip("."))
+
+
+def default_choice(spec: str | Path | None = None) -> str | None:
+    """Which model an unnamed spec stands for, in words, or None when ``spec`` names one.
+
+    A run without a model gives results of whatever the default is (the shipped demo model
+    knows ten shapes, not dogs), so a caller says which one it took.
+
+    Args:
+        spec: the model spec as given (None or ``""`` when the user named none).
+
+    Returns:
+        ``"shapes-vit (the shipped default)"``, ``"'my.onnx' (from $ATTNMAP_MODEL)"``, or None.
+    """
+    if spec is not None and str(spec) != "":
+        return None
+    env = os.environ.get(ENV_VAR)
+    if env:
+        return f"{env!r} (from ${ENV_VAR})"
+    entries = shipped_models()
+    defaults = [e for e in entries if e.get("default")] or entries[:1]
+    return f"{defaults[0]['name']} (the shipped default)" if defaults else None

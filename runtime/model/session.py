@@ -19,7 +19,7 @@ import numpy as np
 import onnxruntime as ort
 from onnxruntime.capi import onnxruntime_pybind11_state as _ort_state
 
-from attnmap.runtime.core.errors import InputError, ModelError, ProviderError
+from attnmap.runtime.core.errors import InputError, ModelError, ProviderError, suggest_path
 from attnmap.runtime.core.meta import ModelMeta
 from attnmap.runtime.model.buffers import BufferPool, DeviceBuffers
 from attnmap.runtime.model.graph import (check_against_graph, first_line, logits_only, read_model,
@@ -152,7 +152,7 @@ class OnnxModel:
         self.path = Path(path)
         if not self.path.is_file():
             raise ModelError(f"model file {str(self.path)!r} does not exist; pass an .onnx file "
-                             "written by `attnmap export`")
+                             f"written by `attnmap export`.{suggest_path(self.path)}".rstrip("."))
         self.providers = _providers.resolve_providers(provider)
         self.threads = threads
         self.trt_cache = trt_cache
@@ -227,7 +227,7 @@ class OnnxModel:
             # onnxruntime-gpu without its CUDA/cuDNN libraries logs an error and runs on the CPU.
             raise ProviderError(f"onnxruntime could not start {self.providers[0]} for {self.path.name!r} (the "
                                 f"session runs on {', '.join(started)}): check the CUDA/cuDNN (or TensorRT, "
-                                "OpenVINO) libraries it needs, or use --provider cpu")
+                                "OpenVINO) libraries it needs, or use the cpu provider")
         return session
 
     @property

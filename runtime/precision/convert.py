@@ -26,9 +26,10 @@ from typing import Callable
 import numpy as np
 import onnx
 
-from attnmap.runtime.core.errors import ModelError, SourceError
+from attnmap.runtime.core.errors import ModelError, OptionConflict, OptionError, SourceError
 from attnmap.runtime.core.files import commit, discard, temp_path
 from attnmap.runtime.core.meta import ModelMeta
+from attnmap.runtime.core.text import article, megabytes
 from attnmap.runtime.model.graph import read_model
 from attnmap.runtime.precision.fidelity import Fidelity, Thresholds, check_fidelity, measure_fidelity
 from attnmap.runtime.precision.fp16 import convert_fp16
@@ -44,6 +45,10 @@ MAX_CHECK_IMAGES = 64
 @dataclass(frozen=True)
 class ConvertOptions:
     """How to convert, and the gate to pass.
+
+    Raises:
+        OptionError: an unknown precision or mode, static int8 without calibration images,
+            or fp16 attentions on an int8 file.
 
     Attributes:
         precision: ``"fp16"`` or ``"int8"``.
@@ -65,16 +70,43 @@ class ConvertOptions:
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
-            raise ModelError(f"precision must be one of {PRECISIONS} for a conversion; got {self.precision!r}")
+            raise OptionError(f"precision must be one of {PRECISIONS} for a conversion; got {self.precision!r}")
         if self.mode not in INT8_MODES:
-            raise ModelError(f"int8 mode must be one of {INT8_MODES}; got {self.mode!r}")
+            raise OptionError(f"int8 mode must be one of {INT8_MODES}; got {self.mode!r}")
         if self.precision == "int8" and self.mode == "static" and not self.calibration:
-            raise ModelError("static int8 needs calibration images: give --calibration SOURCE")
+            raise OptionError("static int8 needs calibration images: give calibration (a folder or glob)")
         if self.precision != "fp16" and self.attn_dtype != "fp32":
-            raise ModelError(f"--attn-dtype {self.attn_dtype} applies to fp16 files only; got precision "
-                             f"{self.precision!r}")
+            raise OptionConflict([("attn_dtype", self.attn_dtype)], ("precision", "fp16"))
         if self.calibration_images < 1:
-            raise ModelError(f"calibration_images must be >= 1; got {self.calibration_images}")
+            raise OptionError(f"calibration_images must be >= 1; got {self.calibration_images}")
+
+
+def convert_options(precision: str, *, calibration: str | None = None,
+                    calibration_images: int = DEFAULT_CALIBRATION_IMAGES, check: str | None = None,
+                    min_top1: float = 0.98, min_rollout_corr: float = 0.98,
+                    attn_dtype: str = "fp32") -> ConvertOptions | None:
+    """The :class:`ConvertOptions` of a requested precision, or None for fp32 (no conversion).
+
+    Calibration images make int8 static (QDQ); without them it is dynamic (weights only).
+
+    Raises:
+        OptionConflict: a conversion parameter given for a precision it does not apply to
+            (``calibration``, ``check`` or ``attn_dtype="fp16"`` with fp32, ``attn_dtype="fp16"``
+            with int8, ``calibration`` with fp16).
+    """
+    if precision == "fp32":
+        given = [(name, value) for name, value, used in (("calibration", None, calibration), ("check", None, check),
+                                                          ("attn_dtype", "fp16", attn_dtype == "fp16")) if used]
+        if given:
+            raise OptionConflict(given, ("precision", "fp16 or int8"))
+        return None
+    if attn_dtype == "fp16" and precision != "fp16":
+        raise OptionConflict([("attn_dtype", "fp16")], ("precision", "fp16"))
+    if calibration and precision != "int8":
+        raise OptionConflict([("calibration", None)], ("precision", "int8"), hint="{check} gives the gate's images")
+    return ConvertOptions(precision, mode="static" if calibration else "dynamic", calibration=calibration,
+                          calibration_images=calibration_images, check=check, attn_dtype=attn_dtype,
+                          thresholds=Thresholds(min_top1=min_top1, min_rollout_corr=min_rollout_corr))
 
 
 @dataclass(frozen=True)
@@ -165,7 +197,7 @@ def convert_file(src: str | Path, out: str | Path, options: ConvertOptions, *,
     reference = Explainer(src, provider="cpu", threads=threads)
     meta = reference.meta
     if meta.precision != "fp32":
-        raise ModelError(f"{str(src)!r} is already a {meta.precision} file; convert the fp32 file it came from")
+        raise ModelError(f"{str(src)!r} is already {article(meta.precision)} file; convert the fp32 file it came from")
     calibration = None
     if options.calibration:
         calibration = load_images(options.calibration, meta, options.calibration_images)
@@ -202,7 +234,7 @@ def convert_file(src: str | Path, out: str | Path, options: ConvertOptions, *,
     finally:
         discard(tmp)
     size, source_size = out.stat().st_size, src.stat().st_size
-    log(f"wrote {out} ({size / 2**20:.1f} MiB, {size / source_size:.2f}x the fp32 file)")
+    log(f"wrote {out} ({megabytes(size)}, {size / source_size:.2f}x the fp32 file)")
     return ConvertReport(out, new_meta, fidelity, size, source_size, time.perf_counter() - started)
 
 

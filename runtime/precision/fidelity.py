@@ -239,7 +239,7 @@ def check_fidelity(fidelity: Fidelity, thresholds: Thresholds, what: str = "the 
     if failures:
         raise FidelityError(f"fidelity gate failed for {what} against fp32 on {fidelity.images} images "
                             f"({fidelity.source}): {'; '.join(failures)}; no file written (use another "
-                            "precision or --calibration images, or relax --min-top1 / --min-rollout-corr)"
+                            "precision or calibration images, or relax the thresholds min_top1 / min_rollout_corr)"
                             + (". The synthetic shapes are out of distribution for most models, whose "
-                               "predictions there are near ties that flip: pass --check SOURCE with images "
+                               "predictions there are near ties that flip: give check images "
                                "like the model's own" if fidelity.source.startswith("synthetic") else ""))

@@ -52,7 +52,7 @@ from typing import Iterator
 import numpy as np
 import onnx
 
-from attnmap.runtime.core.errors import ModelError
+from attnmap.runtime.core.errors import ModelError, OptionError
 
 INT8_MODES = ("dynamic", "static")
 # Node types quantised in each mode (everything else stays float: see the module docstring).
@@ -130,19 +130,18 @@ def quantize_int8(model: onnx.ModelProto, *, mode: str = "dynamic", calibration:
         The int8 graph, float32 at its inputs and outputs.
 
     Raises:
-        ModelError: unknown mode, static mode without calibration images, or onnxruntime's
-            quantiser failed (its exception is the cause).
+        OptionError: unknown mode or parts, or static mode without calibration images.
+        ModelError: onnxruntime's quantiser failed (its exception is the cause).
     """
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_dynamic, quantize_static
 
     if mode not in INT8_MODES:
-        raise ModelError(f"int8 mode must be one of {INT8_MODES}; got {mode!r}")
+        raise OptionError(f"int8 mode must be one of {INT8_MODES}; got {mode!r}")
     if mode == "static" and (calibration is None or len(calibration) == 0):
-        raise ModelError("static int8 needs calibration images: pass --calibration SOURCE (a folder or glob "
-                         "of images)")
+        raise OptionError("static int8 needs calibration images: give calibration (a folder or glob of images)")
     unknown = [a for a in also if a not in OPTIONAL_INT8]
     if unknown:
-        raise ModelError(f"unknown int8 parts {unknown}; expected some of {OPTIONAL_INT8}")
+        raise OptionError(f"unknown int8 parts {unknown}; expected some of {OPTIONAL_INT8}")
     attention = "attention_matmul" in also
     keep = list(dict.fromkeys([*([] if attention else float_matmuls(model)), *exclude]))
     static_ops = [*STATIC_OPS, *(["Softmax"] if "softmax" in also else []),

@@ -1,15 +1,17 @@
 """Connecting to Ray: a local instance on this machine's cores, or an existing cluster.
 
 ``ray`` is an optional dependency (the ``distributed`` extra) and is imported only here, only
-when a distributed run starts. Ray's own logs stay off stdout (which carries results): the
-driver logs warnings only, to stderr, and workers' output is not forwarded to the driver
-unless asked (it stays in Ray's session logs, ``/tmp/ray/session_latest/logs``).
+when a distributed run starts. Ray's own logs stay off the terminal (stdout carries results,
+stderr attnmap's progress and errors) unless a run is ``verbose``: the driver logs errors only,
+its C++ core fatal ones only, Ray Data shows no progress bars, and workers' output is not
+forwarded to the driver (it stays in Ray's session logs, ``/tmp/ray/session_latest/logs``).
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import sys
 from contextlib import contextmanager
 from typing import Any, Iterator
 
@@ -32,7 +34,7 @@ def import_ray() -> Any:
 
 
 @contextmanager
-def ray_cluster(address: str | None = None, *, num_cpus: int | None = None, log_to_driver: bool = False) -> Iterator[Any]:
+def ray_cluster(address: str | None = None, *, num_cpus: int | None = None, verbose: bool = False) -> Iterator[Any]:
     """Connect to Ray for the length of a run; yield the ``ray`` module.
 
     Args:
@@ -41,40 +43,67 @@ def ray_cluster(address: str | None = None, *, num_cpus: int | None = None, log_
             ``"ray://host:10001"`` connects through Ray Client. Where Ray is already
             initialised in this process (a test session), that instance is used and left running.
         num_cpus: CPUs of the local instance (default: all of this machine's).
-        log_to_driver: forward workers' stdout/stderr to this process's stderr.
+        verbose: Ray's own logs, progress bars and the workers' output on this process's
+            stderr, at Ray's default levels; else only its errors (see the module's doc).
 
     Raises:
         ClusterError: Ray is missing, or the cluster cannot be reached or started.
     """
     ray = import_ray()
     if ray.is_initialized():
-        quiet_data_context(ray)
+        data_context(ray, verbose)
         yield ray
         return
-    kwargs: dict[str, Any] = dict(include_dashboard=False, log_to_driver=log_to_driver,
-                                  logging_level=logging.WARNING, ignore_reinit_error=True)
+    kwargs: dict[str, Any] = dict(include_dashboard=False, log_to_driver=verbose,
+                                  logging_level=logging.INFO if verbose else logging.ERROR, ignore_reinit_error=True)
     if address is None:
         kwargs["num_cpus"] = num_cpus or os.cpu_count() or 1
     try:
-        ray.init(address=address, **kwargs)
+        with _core_logs(verbose):
+            ray.init(address=address, **kwargs)
     except Exception as exc:  # noqa: BLE001 - Ray raises ConnectionError, RuntimeError, ValueError ...
         where = f"the Ray cluster at {address!r}" if address else "a local Ray instance"
         raise ClusterError(f"cannot connect to {where}: {first_line(exc)} (start a cluster with `ray start --head`, "
-                           "or leave out --address for a local instance)") from exc
-    quiet_data_context(ray)
+                           "or leave out the address for a local instance)") from exc
+    data_context(ray, verbose)
     try:
         yield ray
     finally:
         ray.shutdown()
 
 
-def quiet_data_context(ray: Any) -> None:
-    """No progress bars and no per-run INFO lines on the terminal: stderr carries attnmap's own
-    progress and errors (Ray Data still writes its full logs under the session's log folder)."""
+def data_context(ray: Any, verbose: bool = False) -> None:
+    """Unless ``verbose``: no progress bars and no INFO or WARNING lines of Ray's Python side on
+    the terminal (Ray Data still writes its full logs under the session's log folder)."""
     for name in ("ray", "ray.data"):
-        logging.getLogger(name).setLevel(logging.WARNING)
+        logging.getLogger(name).setLevel(logging.INFO if verbose else logging.ERROR)
     ctx = ray.data.DataContext.get_current()
-    ctx.enable_progress_bars = False
+    ctx.enable_progress_bars = verbose
+
+
+@contextmanager
+def _core_logs(verbose: bool) -> Iterator[None]:
+    """Around ``ray.init``: unless ``verbose``, Ray's C++ core in this process logs fatal errors only.
+
+    Its error lines (one per actor pool of Ray Data, about restarts) go straight to file
+    descriptor 2; ``RAY_BACKEND_LOG_LEVEL``, read as the core starts, is the one switch, and
+    the core announces the switch itself on descriptor 2, so that stays closed while it starts.
+    A level the user set is left alone; the processes a local instance starts inherit it.
+    """
+    if verbose or "RAY_BACKEND_LOG_LEVEL" in os.environ:
+        yield
+        return
+    os.environ["RAY_BACKEND_LOG_LEVEL"] = "fatal"
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        del os.environ["RAY_BACKEND_LOG_LEVEL"]
 
 
 def collect(rows: Iterator[dict[str, Any]], what: str, total: int) -> Iterator[dict[str, Any]]:

@@ -12,8 +12,9 @@ The pipeline::
 The model reaches the actors through Ray's object store (its bytes, put once by the driver),
 not through a path: a node that lacks the file, or mounts it elsewhere, works the same. The
 first actor on a node writes the bytes, whole, to a temp folder named by their hash, and every
-actor there loads that copy with the model's metadata as usual. On a CPU each actor runs onnxruntime on one thread (``--actors`` sets how many run at
-once); with ``gpus_per_actor`` it runs on its GPU.
+actor there loads that copy with the model's metadata as usual. On a CPU each actor runs
+onnxruntime on one thread (``actors`` sets how many run at once); with ``gpus_per_actor`` it
+runs on its GPU.
 
 The output folder must be reachable from every node under the same path (a local folder on one
 machine; NFS or similar across machines): actors write the overlays, maps and row files there.
@@ -36,11 +37,12 @@ import numpy as np
 from attnmap.runtime.core.errors import AttnmapError, ImageError, OptionError
 from attnmap.runtime.core.files import write_bytes
 from attnmap.runtime.engine.engine import FrameEngine, ItemResult, Job
+from attnmap.runtime.engine.record import OUTPUT_KEYS, record_line
 from attnmap.runtime.frames.frame import Frame
+from attnmap.runtime.frames.manifest import list_images
 from attnmap.runtime.fronts.distributed.cluster import collect, ray_cluster
-from attnmap.runtime.fronts.distributed.manifest import list_images
 from attnmap.runtime.fronts.distributed.table import (TABLE_NAME, content_hash, finished_row, item_row,
-                                                      settings_fingerprint, write_record, write_table)
+                                                      record_from_row, settings_fingerprint, write_record, write_table)
 from attnmap.runtime.fronts.offline import FolderOutput, StemNames, drawing_engine, write_item
 from attnmap.runtime.image.decode import decode_image
 
@@ -48,8 +50,8 @@ DECODES = ("actor", "task")
 # providers that run on an NVIDIA GPU: Ray shows an actor only the GPUs it asked for
 GPU_PROVIDERS = ("cuda", "tensorrt")
 
-__all__ = ["DECODES", "ExplainActor", "ModelBytes", "RayOptions", "RayReport", "explain_on_ray", "frame_of", "read_batch",
-           "row_line"]
+__all__ = ["DECODES", "ExplainActor", "ModelBytes", "RayOptions", "RayReport", "explain_on_ray", "frame_of",
+           "read_batch"]
 
 
 @dataclass(frozen=True)
@@ -64,11 +66,12 @@ class RayOptions:
         gpus_per_actor: GPUs each actor asks Ray for (0: CPU; fractions share a GPU).
         batch_size: images per model run in an actor (and per read task).
         provider: the actors' onnxruntime provider: ``"auto"`` (CUDA with ``gpus_per_actor``,
-            else CPU; resolved here), or a name as ``--provider`` takes it (``cuda`` and
+            else CPU; resolved here), or a provider name (``cpu``, ``cuda`` ...; ``cuda`` and
             ``tensorrt`` need ``gpus_per_actor``). The actors check it where they run.
         num_cpus: CPUs of a local instance (default: the machine's).
         decode: where images are decoded: ``"actor"`` (the read task ships the file's bytes) or
             ``"task"`` (the read task ships decoded pixels).
+        verbose: Ray's own logs and progress bars on the terminal (else its errors only).
 
     Raises:
         OptionError: a count out of range, or an unknown ``decode``.
@@ -81,6 +84,7 @@ class RayOptions:
     provider: str = "auto"
     num_cpus: int | None = None
     decode: str = "actor"
+    verbose: bool = False
 
     def __post_init__(self) -> None:
         for name in ("actors", "batch_size", "num_cpus"):
@@ -98,7 +102,7 @@ class RayOptions:
             raise OptionError(f"provider must be an onnxruntime provider name such as auto or cpu; got {self.provider!r}")
         if self.provider in GPU_PROVIDERS and not gpus:
             raise OptionError(f"the {self.provider} provider on Ray needs GPUs for the actors: give gpus_per_actor "
-                              "(--gpus-per-actor 1), or Ray hides every GPU from them")
+                              "(1 for one GPU each), or Ray hides every GPU from them")
         # "auto" follows the actors' resources: an actor without a GPU runs on its CPU core.
         if self.provider == "auto":
             object.__setattr__(self, "provider", "cuda" if gpus else "cpu")
@@ -146,8 +150,9 @@ def explain_on_ray(engine: FrameEngine, specs: Sequence[str], output: FolderOutp
             ``path`` column).
         output: the folder (reachable from every node) and what to write per image.
         options: Ray settings.
-        on_record: called as ``on_record(row, line)`` per image explained or resumed, as rows
-            arrive (driver thread).
+        on_record: called as ``on_record(record, line)`` per image explained or resumed, as rows
+            arrive (driver thread): the same record (:mod:`attnmap.runtime.engine.record`) and
+            line the local engine gives.
         on_fail: called as ``on_fail(source, reason)`` per failed image or SOURCE.
 
     Returns:
@@ -159,7 +164,8 @@ def explain_on_ray(engine: FrameEngine, specs: Sequence[str], output: FolderOutp
     """
     engine = drawing_engine(engine)
     # Workers do not share the driver's working directory: relative paths are the driver's.
-    output = dataclasses.replace(output, out_dir=Path(output.out_dir).resolve())
+    given_dir = Path(output.out_dir)
+    output = dataclasses.replace(output, out_dir=given_dir.resolve())
     report = RayReport()
     paths, missing = list_images(specs)
     for spec, exc in missing:
@@ -172,7 +178,7 @@ def explain_on_ray(engine: FrameEngine, specs: Sequence[str], output: FolderOutp
     model_bytes = engine.explainer.path.read_bytes()
     model_sha = content_hash(model_bytes)
     fingerprint = settings_fingerprint(model_sha, engine.job, save_maps=output.save_maps, tiles=output.tiles)
-    with ray_cluster(options.address, num_cpus=options.num_cpus) as ray:
+    with ray_cluster(options.address, num_cpus=options.num_cpus, verbose=options.verbose) as ray:
         model = ModelBytes(engine.explainer.path.name, model_sha, ray.put(model_bytes))
         ds = ray.data.from_items(items)
         ds = ds.map_batches(read_batch, batch_size=options.batch_size, batch_format="numpy",
@@ -196,22 +202,17 @@ def explain_on_ray(engine: FrameEngine, specs: Sequence[str], output: FolderOutp
                 report.skipped += 1
             else:
                 report.done += 1
-            on_record(row, row_line(row))
+            record = record_from_row(row, engine.job)
+            for key in OUTPUT_KEYS:  # under the folder as given, as the local path names them
+                if key in record:
+                    record[key] = str(given_dir / Path(record[key]).relative_to(output.out_dir))
+            on_record(record, record_line(record))
         report.seconds = time.perf_counter() - t0
     report.rows.sort(key=lambda r: r["index"])
     table = Path(output.out_dir) / TABLE_NAME
     write_table(report.rows, table)
     report.table = table
     return report
-
-
-def row_line(row: dict[str, Any]) -> str:
-    """The one-line text summary of a row, as the local path prints it."""
-    preds = ", ".join(f"{label} {prob:.3f}" for label, prob in zip(row["topk_label"], row["topk_prob"]))
-    labels = row.get("class_labels") or []
-    if len(labels) > 1:
-        return f"{row['source']}: {preds}  [maps: {', '.join(labels)}]"
-    return f"{row['source']}: {preds}" + (f"  [map: {labels[0]}]" if labels else "")
 
 
 # --------------------------------------------------------------------------- workers

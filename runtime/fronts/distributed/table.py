@@ -28,20 +28,20 @@ import numpy as np
 from attnmap.runtime.core.errors import OutputError
 from attnmap.runtime.core.files import write_bytes
 from attnmap.runtime.engine.job import ItemResult, Job
-from attnmap.runtime.fronts.offline import record_of
+from attnmap.runtime.engine.record import OUTPUT_KEYS, image_record, record_of
 
 RECORDS_DIR = ".attnmap"
 TABLE_NAME = "run.parquet"
-OUTPUT_KEYS = ("overlay", "maps", "tiles")
 # column -> pyarrow type name; the order is the table's
 COLUMNS = {"index": "int64", "source": "string", "sha256": "string", "stem": "string", "method": "string",
            "options": "string", "fit": "string", "topk_index": "list<int64>", "topk_label": "list<string>",
            "topk_prob": "list<double>", "classes": "list<int64>", "class_labels": "list<string>",
+           "class_probs": "list<double>",
            "map_mean": "double", "map_std": "double", "map_max": "double", "map_peak_row": "int64",
            "map_peak_col": "int64", "overlay": "string", "maps": "string", "tiles": "string", "error": "string"}
 
 __all__ = ["COLUMNS", "RECORDS_DIR", "TABLE_NAME", "content_hash", "failed_row", "finished_row", "item_row",
-           "read_table", "record_path", "settings_fingerprint", "write_record", "write_table"]
+           "read_table", "record_from_row", "record_path", "settings_fingerprint", "write_record", "write_table"]
 
 
 def content_hash(data: bytes | memoryview) -> str:
@@ -93,6 +93,8 @@ def finished_row(out_dir: str | Path, stem: str, sha256: str, fingerprint: str) 
         row = kept["row"]
         if kept["fingerprint"] != fingerprint or row["sha256"] != sha256 or row.get("error"):
             return None
+        if any(column not in row for column in COLUMNS):  # kept by an older version: redo it
+            return None
     except (OSError, ValueError, KeyError, TypeError):
         return None
     if not all(os.path.isfile(row[k]) for k in OUTPUT_KEYS if row.get(k)):
@@ -108,17 +110,38 @@ def item_row(item: ItemResult, job: Job, *, index: int, sha256: str, stem: str) 
     """
     if not item.ok:
         return failed_row(item.source, item.reason(), index=index, sha256=sha256, stem=stem, job=job)
-    record, _ = record_of(item, job.topk)
+    record = record_of(item, job.topk)
     explained = record.get("classes") or ([record["target"]] if "target" in record else [])
     grid = np.asarray(item.explanation.grid, dtype=np.float64)
     peak = np.unravel_index(int(np.argmax(grid)), grid.shape)
     row = _base_row(item.source, index=index, sha256=sha256, stem=stem, job=job)
     row.update(topk_index=[t["index"] for t in record["topk"]], topk_label=[t["label"] for t in record["topk"]],
                topk_prob=[float(t["prob"]) for t in record["topk"]], classes=[c["index"] for c in explained],
-               class_labels=[c["label"] for c in explained], map_mean=float(grid.mean()), map_std=float(grid.std()),
+               class_labels=[c["label"] for c in explained], class_probs=_class_probs(item),
+               map_mean=float(grid.mean()), map_std=float(grid.std()),
                map_max=float(grid.max()), map_peak_row=int(peak[0]), map_peak_col=int(peak[1]),
                **{k: item.extra.get(k) for k in OUTPUT_KEYS})
     return row
+
+
+def record_from_row(row: dict[str, Any], job: Job) -> dict[str, Any]:
+    """The result record (:mod:`attnmap.runtime.engine.record`) of a finished row: the same
+    record the local engine gives the same image under the same ``job``."""
+    topk = [{"index": i, "label": lb, "prob": p}
+            for i, lb, p in zip(row["topk_index"], row["topk_label"], row["topk_prob"])]
+    explained = [{"index": i, "label": lb, "prob": p}
+                 for i, lb, p in zip(row["classes"], row["class_labels"], row["class_probs"])]
+    if job.top_classes:
+        return image_record(row["source"], topk, classes=explained, outputs=row)
+    return image_record(row["source"], topk, target=explained[0] if explained else None, outputs=row)
+
+
+def _class_probs(item: ItemResult) -> list[float]:
+    """The probabilities of the classes an item's maps explain (``classes`` of its row)."""
+    r = item.explanation
+    if item.alternatives:
+        return [round(float(a.probs[a.target]), 6) for a in item.alternatives]
+    return [round(float(r.probs[r.target]), 6)] if r.target is not None else []
 
 
 def failed_row(source: str, error: str, *, index: int, sha256: str | None, stem: str, job: Job) -> dict[str, Any]:
@@ -169,7 +192,7 @@ def _base_row(source: str, *, index: int, sha256: str | None, stem: str, job: Jo
     row: dict[str, Any] = dict.fromkeys(COLUMNS)
     row.update(index=int(index), source=source, sha256=sha256, stem=stem, method=job.method,
                options=json.dumps(dict(job.options), sort_keys=True, default=_plain), fit=job.fit,
-               topk_index=[], topk_label=[], topk_prob=[], classes=[], class_labels=[])
+               topk_index=[], topk_label=[], topk_prob=[], classes=[], class_labels=[], class_probs=[])
     return row
 
 

@@ -1,16 +1,9 @@
-"""``attnmap evaluate``: faithfulness and localisation of every method's map, over images.
+"""``attnmap evaluate``'s report: the text table, per-image CSV and curve plots.
 
-* :mod:`~attnmap.runtime.fronts.evaluate.run`: the scoring loop and its result object.
-* :mod:`~attnmap.runtime.fronts.evaluate.truth`: labels, masks and boxes.
-* :mod:`~attnmap.runtime.fronts.evaluate.report`: the text table, per-image CSV and curve plots.
+The evaluation itself (plan, scoring loop, curves, metrics, ground truth) is the library's
+:mod:`attnmap.runtime.evaluation`; this front only shows what it measured.
 """
 
-from attnmap.runtime.fronts.evaluate.report import format_evaluation, write_csv, write_plots
-from attnmap.runtime.fronts.evaluate.run import (CURVES, LOCALISATION, METRICS, PERTURBATION, RANDOM, Evaluation,
-                                                 evaluate, parse_method_spec)
-from attnmap.runtime.fronts.evaluate.truth import (GroundTruth, mask_folder, read_boxes, read_labels,
-                                                   synthetic_frames)
+from attnmap.runtime.fronts.evaluate.report import PLOTS, format_evaluation, write_csv, write_plots
 
-__all__ = ["CURVES", "LOCALISATION", "METRICS", "PERTURBATION", "RANDOM", "Evaluation", "GroundTruth", "evaluate",
-           "format_evaluation", "mask_folder", "parse_method_spec", "read_boxes", "read_labels", "synthetic_frames", "write_csv",
-           "write_plots"]
+__all__ = ["PLOTS", "format_evaluation", "write_csv", "write_plots"]

@@ -1,4 +1,5 @@
-"""What ``attnmap evaluate`` writes: the text table, the per-image CSV and the curve plots.
+"""What ``attnmap evaluate`` writes: the text table, the per-image CSV and the curve plots of an
+:class:`~attnmap.runtime.evaluation.result.Evaluation`.
 
 The plots are drawn with OpenCV (no plotting library in the runtime): one PNG per pair of
 curves, each a panel with one line per method (the curve averaged over images), axes from 0
@@ -15,7 +16,7 @@ import cv2
 import numpy as np
 
 from attnmap.runtime.core.files import write_bytes, write_image
-from attnmap.runtime.fronts.evaluate.run import LOCALISATION, METRICS, PERTURBATION, Evaluation
+from attnmap.runtime.evaluation.result import LOCALISATION, METRICS, PERTURBATION, Evaluation
 
 # Line colours (BGR), one per method in order; the random floor is always grey.
 _PALETTE = [(180, 119, 31), (14, 127, 255), (44, 160, 44), (40, 39, 214), (189, 103, 148), (75, 86, 140),

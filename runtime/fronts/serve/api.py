@@ -20,7 +20,7 @@ from typing import Any, Mapping
 import cv2
 import numpy as np
 
-from attnmap.runtime.core.errors import ImageError, OptionError, suggest
+from attnmap.runtime.core.errors import EncodeError, ImageError, OptionError, suggest
 from attnmap.runtime.draw.style import OverlayStyle
 from attnmap.runtime.engine.engine import FrameEngine, Job
 from attnmap.runtime.engine.explainer import resolve_class
@@ -96,7 +96,7 @@ def check_content_length(headers: Mapping[str, str], limits: Limits) -> None:
         raise HTTPProblem(400, f"Content-Length must be a byte count; got {raw!r}")
     if length > limits.max_upload_bytes:
         raise HTTPProblem(413, f"the upload is {length:,} bytes, over the limit of {limits.max_upload_bytes:,} "
-                               "(the server's --max-upload-mb)")
+                               "(the server's max_upload_bytes)")
 
 
 async def read_limited(chunks, limits: Limits, hold=None) -> bytes:
@@ -115,7 +115,7 @@ async def read_limited(chunks, limits: Limits, hold=None) -> bytes:
         size += len(chunk)
         if size > limits.max_upload_bytes:
             raise HTTPProblem(413, f"the upload is over the limit of {limits.max_upload_bytes:,} bytes "
-                                   "(the server's --max-upload-mb)")
+                                   "(the server's max_upload_bytes)")
         if hold is not None:
             hold(len(chunk))
         parts.append(chunk)
@@ -142,7 +142,7 @@ def decode_upload(data: bytes, name: str, limits: Limits) -> np.ndarray:
     if header.pixels > limits.max_pixels:
         raise HTTPProblem(413, f"field {IMAGE_FIELD!r} ({name}): its {header.format} header declares "
                                f"{header.width} x {header.height} = {header.pixels:,} pixels, over the limit of "
-                               f"{limits.max_pixels:,} (the server's --max-pixels)")
+                               f"{limits.max_pixels:,} (the server's max_pixels)")
     try:
         return decode_image(np.frombuffer(data, np.uint8), name, max_pixels=limits.max_pixels)
     except ImageError as exc:  # truncated or corrupt past the header
@@ -289,7 +289,7 @@ def explain_upload(explainer, img_bgr: np.ndarray, req: ExplainRequest) -> dict[
 def _png(img: np.ndarray) -> str:
     ok, buf = cv2.imencode(".png", img)
     if not ok:
-        raise OptionError(f"OpenCV could not PNG-encode a {img.shape} image")
+        raise EncodeError(f"OpenCV could not PNG-encode a {img.shape} image")
     return base64.b64encode(buf.tobytes()).decode("ascii")
 
 

@@ -47,7 +47,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, PlainTextResponse, RedirectResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from attnmap.runtime.core.errors import AttnmapError, ExplainError, OptionError
+from attnmap.runtime.core.errors import AttnmapError, EncodeError, ExplainError, OptionError
 from attnmap.runtime.fronts.serve import ServeError
 from attnmap.runtime.fronts.serve import api, control
 from attnmap.runtime.fronts.serve.admission import ClientGone, QueueFull, WorkQueue, cancellable
@@ -216,7 +216,7 @@ class _Server:
             raise api.HTTPProblem(409, "no frame has been drawn yet; try again in a moment")
         ok, buf = cv2.imencode(".png", drawn)
         if not ok:
-            raise RuntimeError("OpenCV could not PNG-encode the frame on show")
+            raise EncodeError("OpenCV could not PNG-encode the frame on show")
         name = f"attnmap-{time.strftime('%Y%m%d-%H%M%S')}.png"
         return Response(buf.tobytes(), media_type="image/png",
                         headers={"Content-Disposition": f'attachment; filename="{name}"', "Cache-Control": "no-store"})

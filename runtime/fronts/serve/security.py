@@ -130,7 +130,7 @@ def resolve_token(host: str, token: str | None, environ: dict[str, str] | None =
                          f"got {len(token):,}")
     if token is None and not is_loopback(host):
         raise ServeError(f"refusing to serve on {host!r} without a token: beyond loopback anyone who can reach "
-                         f"the port could use it. Give one in a file (--token-file) or in ${TOKEN_ENV} (make one "
+                         f"the port could use it. Give one in a token file or in ${TOKEN_ENV} (make one "
                          "with `python -c \"import secrets; print(secrets.token_urlsafe())\"`), or bind to 127.0.0.1")
     return token
 
@@ -225,11 +225,11 @@ def refusal(method: str, headers: dict[str, str], scheme: str, allowed_hosts: tu
     host = headers.get("host", "")
     if allowed_hosts and host_name(host) not in allowed_hosts:
         return (f"this server answers requests addressed to {', '.join(allowed_hosts)}; got Host {host!r} "
-                "(bind with --host to serve other names)")
+                "(bind to another host to serve other names)")
     origin = headers.get("origin")
     if method not in ("GET", "HEAD", "OPTIONS") and origin is not None and origin != "null" \
             and origin != f"{scheme}://{host}" and origin not in cors_origins:
-        return f"a {method} from a page of another origin ({origin}) is refused; allow it with --cors-origin"
+        return f"a {method} from a page of another origin ({origin}) is refused; allow it in cors_origins"
     if method not in ("GET", "HEAD", "OPTIONS") and origin == "null":
         return f"a {method} from an opaque origin is refused"
     return None

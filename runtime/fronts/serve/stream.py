@@ -26,7 +26,7 @@ from typing import Any, AsyncIterator
 import cv2
 import numpy as np
 
-from attnmap.runtime.core.errors import OptionError
+from attnmap.runtime.core.errors import EncodeError, OptionError
 from attnmap.runtime.draw.style import OverlayStyle
 from attnmap.runtime.engine.engine import Job
 from attnmap.runtime.engine.live.session import LiveSession, LiveSettings
@@ -258,7 +258,7 @@ class StreamLoop:
         """Encode one drawn frame and hand it to the viewers (called by the session's view)."""
         ok, buf = cv2.imencode(".jpg", image_bgr, [cv2.IMWRITE_JPEG_QUALITY, self.config.jpeg_quality])
         if not ok:
-            raise OptionError(f"OpenCV could not JPEG-encode a {image_bgr.shape} frame")
+            raise EncodeError(f"OpenCV could not JPEG-encode a {image_bgr.shape} frame")
         self.last_drawn = image_bgr
         self.broadcaster.publish(buf.tobytes())
 

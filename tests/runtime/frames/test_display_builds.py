@@ -12,7 +12,7 @@ import pytest
 from attnmap.runtime.core.errors import DisplayError
 from attnmap.runtime.frames import sinks
 
-HINT = "run headless with --no-show --out FILE.mp4, or watch in a browser with `attnmap serve`"
+HINT = "run headless (`attnmap live SOURCE --no-show --out FILE.mp4`), or watch in a browser with `attnmap serve`"
 
 
 @pytest.fixture

@@ -194,7 +194,7 @@ def synthetic_frames(n: int, size: int, seed: int = 0) -> tuple[list[Frame], dic
         The frames (sources ``synthetic/0000`` ...) and source -> (size, size) bool mask.
     """
     if n < 1:
-        raise InputError(f"--synthetic must be >= 1 images; got {n}")
+        raise InputError(f"synthetic must be >= 1 images; got {n}")
     images, _, masks, _ = make_batch(seed, n, size=max(32, int(size)))
     now = time.perf_counter()
     frames = [Frame(i, images[i], f"synthetic/{i:04d}", now) for i in range(n)]

@@ -1,13 +1,15 @@
-"""What a distributed run explains: SOURCE arguments and manifests turned into one list of image paths.
+"""SOURCE arguments and manifests turned into the inputs of a run (local or distributed).
 
 A manifest is a ``.csv`` (with a header row) or ``.parquet`` file with a ``path`` column, one
 image per row, for collections too large to glob. Relative paths are taken relative to the
 manifest's folder, so a manifest travels with its images. Other columns are ignored.
 
 Folders, globs and single images are listed as the local path lists them
-(:func:`~attnmap.runtime.frames.sources.plan_inputs`). Manifest rows are not looked at on the
-driver (a million ``stat`` calls would make the driver the bottleneck): a row whose file is
-missing becomes that image's failed row when a worker reads it.
+(:func:`~attnmap.runtime.frames.sources.plan_inputs`); :func:`plan_with_manifests` is that
+listing with manifests expanded (the local explain and evaluate). For a distributed run
+(:func:`list_images`) manifest rows are not looked at on the driver (a million ``stat`` calls
+would make the driver the bottleneck): a row whose file is missing becomes that image's failed
+row when a worker reads it.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from __future__ import annotations
 import csv
 import os
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 from attnmap.runtime.core.errors import SourceError
 from attnmap.runtime.frames import sources
@@ -84,15 +86,20 @@ def expand_manifests(specs: Sequence[str | os.PathLike]) -> tuple[list[str], lis
     return out, failures
 
 
-def plan_with_manifests(specs: Sequence[str | os.PathLike]) -> tuple[list, list[tuple[str, SourceError]]]:
+def plan_with_manifests(specs: Sequence[str | os.PathLike],
+                        **listing: Any) -> tuple[list, list[tuple[str, SourceError]]]:
     """:func:`~attnmap.runtime.frames.sources.plan_inputs` of the SOURCE arguments with their
     manifests expanded (the local path: a manifest's rows are checked like typed paths).
+
+    Args:
+        specs: the SOURCE arguments.
+        **listing: ``videos`` and ``on_skip``, passed to ``plan_inputs``.
 
     Returns:
         ``(refs, failures)`` as ``plan_inputs`` gives them, unreadable manifests among the failures.
     """
     expanded, bad = expand_manifests(specs)
-    refs, missing = sources.plan_inputs(expanded) if expanded else ([], [])
+    refs, missing = sources.plan_inputs(expanded, **listing) if expanded else ([], [])
     return refs, bad + missing
 
 
@@ -140,7 +147,7 @@ def list_images(specs: Sequence[str | os.PathLike]) -> tuple[list[str], list[tup
 
 
 def _not_still(spec: str, kind: str) -> SourceError:
-    return SourceError(f"{spec!r} is a {kind}; the Ray engine explains still images (use --engine local for videos)")
+    return SourceError(f"{spec!r} is a {kind}; the Ray engine explains still images (the local engine explains videos)")
 
 
 def _read_csv(path: Path) -> tuple[list[str] | None, list[str]]:

@@ -13,11 +13,11 @@
   and the background's intersection over union, AP = average precision of the raw map values
   as a per-pixel object score, AP = sum_n (R_n - R_(n-1)) P_n over the distinct values taken
   as thresholds, highest first. Here each is computed per image (the authors pool the counts
-  over the dataset before dividing); :mod:`attnmap.runtime.fronts.evaluate` averages them.
+  over the dataset before dividing); :mod:`attnmap.runtime.evaluation.scoring` averages them.
 
 Boxes are ``(x0, y0, x1, y1)`` in pixels, half-open like slices (as :mod:`attnmap.runtime.frames.synth` makes
 them): a pixel ``(y, x)`` is inside when ``x0 <= x < x1`` and ``y0 <= y < y1``. Maps are at the
-image's own size; :func:`resize_maps` brings a patch-grid map there.
+image's own size; :func:`~attnmap.runtime.image.resample.resize_maps` brings a patch-grid map there.
 """
 
 from __future__ import annotations
@@ -47,44 +47,6 @@ def _check_maps(maps: np.ndarray, boxes: np.ndarray) -> tuple[np.ndarray, np.nda
         raise ExplainError(f"boxes must be non-empty (x0, y0, x1, y1) with 0 <= x0 < x1 <= {w} "
                            f"and 0 <= y0 < y1 <= {h}; box {i} is {tuple(boxes[i])}")
     return maps, b
-
-
-def resize_maps(maps: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Bilinearly resize maps, pixel centres aligned (as ``cv2.resize`` ``INTER_LINEAR``).
-
-    A grid cell's value lands on the centre of the image region it covers, so a one-cell peak
-    stays centred on its patch. Separable: ``out[b] = Wy @ maps[b] @ Wx.T``.
-
-    Args:
-        maps: (B, gh, gw) float maps (e.g. the explanation of a ViT's patch grid).
-        size: ``(H, W)`` of the output.
-
-    Returns:
-        (B, H, W) float32 maps.
-    """
-    maps = np.asarray(maps, dtype=np.float32)
-    if maps.ndim != 3:
-        raise ExplainError(f"maps must be 3-D (B, gh, gw); got shape {maps.shape}")
-    h, w = (int(v) for v in size)
-    if h <= 0 or w <= 0:
-        raise ExplainError(f"size must be positive (H, W); got {size}")
-    wy = _linear_weights(maps.shape[1], h)
-    wx = _linear_weights(maps.shape[2], w)
-    return np.einsum("yi,bij,xj->byx", wy, maps, wx, optimize=True).astype(np.float32)
-
-
-def _linear_weights(n_in: int, n_out: int) -> np.ndarray:
-    """(n_out, n_in) interpolation matrix, half-pixel centres, edge values clamped."""
-    pos = (np.arange(n_out) + 0.5) * (n_in / n_out) - 0.5
-    pos = np.clip(pos, 0.0, n_in - 1)
-    lo = np.floor(pos).astype(np.int64)
-    hi = np.minimum(lo + 1, n_in - 1)
-    frac = (pos - lo).astype(np.float32)
-    weights = np.zeros((n_out, n_in), np.float32)
-    rows = np.arange(n_out)
-    np.add.at(weights, (rows, lo), 1.0 - frac)
-    np.add.at(weights, (rows, hi), frac)
-    return weights
 
 
 def pointing_game(maps: np.ndarray, boxes: np.ndarray, tolerance_px: float = 0) -> np.ndarray:
@@ -235,3 +197,7 @@ def _average_precision(scores: np.ndarray, truth: np.ndarray) -> float:
     precision = tp_at / (ends + 1)
     recall = tp_at / tp[-1]
     return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
+
+
+__all__ = ["box_mass_ratio", "box_masks", "mask_mass_ratio", "mask_pointing_game", "pointing_game",
+           "segmentation_scores"]

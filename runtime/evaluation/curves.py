@@ -5,9 +5,10 @@ Exact definitions (the pitfalls of public code are in ``../shared/METHODS.md``):
 * **Units.** ``patch``: the P patches of the token grid, each covering its ``patch_h x patch_w``
   block of the model input. ``pixel``: the P = H x W pixels of the model input, scored by the
   map resized to the input with bilinear interpolation (pixel centres aligned,
-  :func:`~attnmap.runtime.methods.metrics.resize_maps`). Units are ranked by score, descending,
+  :func:`~attnmap.runtime.image.resample.resize_maps`). Units are ranked by score, descending,
   ties broken by index (a stable sort), so the ranking of a map with equal values is defined.
-* **Removal.** A removed unit takes the baseline's pixels: ``mean`` (0 in the normalised input,
+* **Removal.** A removed unit takes the baseline's pixels
+  (:func:`~attnmap.runtime.methods.baselines.baseline_input`): ``mean`` (0 in the normalised input,
   i.e. the model's mean colour; Chefer et al. 2021), ``black`` (pixel value 0) or ``blur`` (the
   same pixels of a Gaussian-blurred input).
 * **Positive / negative perturbation** (Chefer et al., CVPR 2021, Sec. 4). At the fractions
@@ -29,15 +30,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import cv2
 import numpy as np
 
 from attnmap.runtime.core.errors import OptionError
-from attnmap.runtime.core.meta import ModelMeta
+from attnmap.runtime.image.resample import resize_maps
 from attnmap.runtime.methods.base import softmax
-from attnmap.runtime.methods.metrics import resize_maps
+from attnmap.runtime.methods.baselines import BASELINES, baseline_input
 
-BASELINES = ("mean", "black", "blur")
 UNITS = ("patch", "pixel")
 _trapezoid = getattr(np, "trapezoid", None) or np.trapz  # NumPy 2 renamed np.trapz
 PN_FRACTIONS = np.round(np.arange(10) / 10.0, 10)  # 0, 0.1, ..., 0.9
@@ -78,39 +77,6 @@ def unit_order(maps: np.ndarray, *, descending: bool = True) -> np.ndarray:
     m = np.asarray(maps, dtype=np.float64)
     flat = m.reshape(m.shape[0], -1)
     return np.argsort(-flat if descending else flat, axis=1, kind="stable")
-
-
-def baseline_input(x_nchw: np.ndarray, meta: ModelMeta, kind: str = "mean", sigma: float = 10.0) -> np.ndarray:
-    """The input every removed unit takes its pixels from, in the model's normalised space.
-
-    Args:
-        x_nchw: (B, 3, H, W) float32 normalised input.
-        meta: the model's metadata (mean and std of the normalisation).
-        kind: ``"mean"`` (zeros: the model's mean colour), ``"black"`` (pixel value 0) or
-            ``"blur"`` (the input blurred with a Gaussian of ``sigma`` pixels; normalisation
-            is affine per channel, so blurring the normalised input equals normalising the
-            blurred image).
-        sigma: the blur's standard deviation in input pixels.
-
-    Raises:
-        OptionError: unknown kind or a non-positive sigma.
-    """
-    if kind not in BASELINES:
-        raise OptionError(f"baseline must be one of {', '.join(BASELINES)}; got {kind!r}")
-    x = np.asarray(x_nchw, dtype=np.float32)
-    if kind == "mean":
-        return np.zeros_like(x)
-    if kind == "black":
-        mean = np.asarray(meta.mean, np.float32).reshape(1, 3, 1, 1)
-        std = np.asarray(meta.std, np.float32).reshape(1, 3, 1, 1)
-        return np.broadcast_to(-mean / std, x.shape).astype(np.float32)
-    if not sigma > 0:
-        raise OptionError(f"blur sigma must be > 0 pixels; got {sigma}")
-    out = np.empty_like(x)
-    for b in range(x.shape[0]):
-        for c in range(x.shape[1]):
-            out[b, c] = cv2.GaussianBlur(x[b, c], (0, 0), float(sigma), borderType=cv2.BORDER_REFLECT)
-    return out
 
 
 def perturbed_inputs(x_chw: np.ndarray, base_chw: np.ndarray, order: np.ndarray, counts: np.ndarray,
@@ -244,3 +210,7 @@ def score_maps(explainer, x_chw: np.ndarray, grid_maps: list[np.ndarray], target
 def curves_of(explainer, x_chw: np.ndarray, grid_map: np.ndarray, target: int, **kwargs) -> Curves:
     """The four perturbation curves of one map: :func:`score_maps` of that map alone."""
     return score_maps(explainer, x_chw, [grid_map], target, **kwargs)[0]
+
+
+__all__ = ["BASELINES", "PN_FRACTIONS", "UNITS", "Curves", "baseline_input", "curves_of", "perturbed_inputs",
+           "score_maps", "unit_order", "unit_scores"]
