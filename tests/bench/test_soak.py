@@ -15,6 +15,8 @@ import pytest
 
 from attnmap import Explainer
 
+pytestmark = pytest.mark.slow
+
 SOAK_SCRIPT = Path(__file__).resolve().parents[2] / "bench" / "soak.py"
 FRAMES, WARMUP, EVERY, SIZE = 300, 100, 50, 64
 

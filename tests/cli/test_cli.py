@@ -7,6 +7,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from extras import need
 from click.testing import CliRunner
 
 import attnmap.cli as cli
@@ -126,12 +127,22 @@ def test_info_shows_metadata_io_and_providers(tiny_vit_onnx):
     assert data["outputs"][1]["shape"][1:] == [2, 2, 17, 17]
 
 
-@pytest.mark.export
-def test_export_command_writes_a_checked_file_and_refuses_swin(tmp_path):
-    pytest.importorskip("timm")
-    out = tmp_path / "m.onnx"
+@pytest.fixture(scope="module")
+def cli_export(tmp_path_factory):
+    """One ``attnmap export`` of a random-init ViT-Tiny at 32 px, 4 classes, heads fused by their
+    mean, shared by the tests below (an export takes seconds): (click result, the .onnx path)."""
+    need("torch", "export")
+    need("timm", "export")
+    out = tmp_path_factory.mktemp("cli_export") / "m.onnx"
     result = run("export", "vit_tiny_patch16_224", "-o", out, "--img-size", 32, "--num-classes", 4,
                  "--heads", "mean")
+    return result, out
+
+
+@pytest.mark.export
+@pytest.mark.slow
+def test_export_command_writes_a_checked_file_and_refuses_swin(cli_export, tmp_path):
+    result, out = cli_export
     assert result.exit_code == 0, result.output
     assert "parity: logits max |d|" in result.stderr and "random" in result.stderr.lower()
     assert result.stdout.strip() == str(out)
@@ -140,7 +151,7 @@ def test_export_command_writes_a_checked_file_and_refuses_swin(tmp_path):
     bad = tmp_path / "swin.onnx"
     result = run("export", "swin_tiny_patch4_window7_224", "-o", bad)
     assert result.exit_code == 1 and "swin" in result.output.lower()
-    assert not bad.exists() and list(tmp_path.iterdir()) == [out]
+    assert not bad.exists() and list(tmp_path.iterdir()) == []
 
 
 def test_export_flags_conflict_up_front(tmp_path):
@@ -315,15 +326,9 @@ def test_an_unexpected_exception_is_one_line_unless_debug(tiny_vit_onnx, photos,
 
 
 @pytest.mark.export
-def test_heads_tiles_of_a_head_fused_file_say_so_and_head_choices_are_refused(tmp_path, photos):
-    pytest.importorskip("torch", reason="exporting a head-fused tiny model needs torch")
-    from attnmap.export import export_onnx
-
-    from conftest import TINY_VIT
-
-    path = tmp_path / "fused.onnx"
-    export_onnx(TINY_VIT["name"], path, img_size=TINY_VIT["img_size"], model_kwargs=TINY_VIT["kwargs"],
-                heads="mean", log=lambda line: None)
+@pytest.mark.slow
+def test_heads_tiles_of_a_head_fused_file_say_so_and_head_choices_are_refused(cli_export, tmp_path, photos):
+    path = cli_export[1]
     res = run("explain", photos / "img0.png", "--model", path, "--out", tmp_path / "o", "--method", "attention",
               "--head", 1)
     assert res.exit_code == 1 and "fused at export" in res.output and "--heads mean" in res.output
@@ -336,10 +341,7 @@ def test_heads_tiles_of_a_head_fused_file_say_so_and_head_choices_are_refused(tm
 
 
 @pytest.mark.export
-def test_the_random_weights_warning_speaks_the_clis_language(tmp_path):
-    pytest.importorskip("torch", reason="export needs torch")
-    from conftest import TINY_VIT
-
-    res = run("export", TINY_VIT["name"], "--img-size", TINY_VIT["img_size"], "--num-classes", 10, "-o",
-              tmp_path / "r.onnx")
+@pytest.mark.slow
+def test_the_random_weights_warning_speaks_the_clis_language(cli_export):
+    res = cli_export[0]
     assert "pass --checkpoint FILE or --pretrained" in res.stderr and "pretrained=True" not in res.stderr

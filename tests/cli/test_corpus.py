@@ -151,11 +151,13 @@ def mixed_run(corpus, tmp_path_factory) -> CliRun:
     return CliRun(proc, out)
 
 
+@pytest.mark.slow
 def test_mixed_run_fails_with_exit_1_and_no_traceback(mixed_run):
     assert_no_traceback(mixed_run.proc.stdout, mixed_run.proc.stderr)
     assert mixed_run.proc.returncode == 1, mixed_run.proc.stderr[-2000:]
 
 
+@pytest.mark.slow
 def test_mixed_run_stderr_holds_only_error_lines_and_a_summary(mixed_run):
     errors = [line for line in mixed_run.lines if line.startswith("error: ")]
     others = [line for line in mixed_run.lines if not line.startswith("error: ")]
@@ -164,6 +166,7 @@ def test_mixed_run_stderr_holds_only_error_lines_and_a_summary(mixed_run):
     assert failed == len(errors) and total == len(errors) + len(mixed_run.records), others[0]
 
 
+@pytest.mark.slow
 def test_missing_paths_are_one_line_each(mixed_run):
     for name in ("no-such-photo.png", "no-such-clip.mp4"):
         path = mixed_run.out.parent / name
@@ -171,6 +174,7 @@ def test_missing_paths_are_one_line_each(mixed_run):
         assert str(path) not in mixed_run.records
 
 
+@pytest.mark.slow
 def test_mixed_run_leaves_only_the_outputs_of_its_records(mixed_run):
     written = {p.name for p in mixed_run.out.iterdir()}
     assert not [n for n in written if n.startswith(".")], written  # no temp or half-written files
@@ -179,6 +183,7 @@ def test_mixed_run_leaves_only_the_outputs_of_its_records(mixed_run):
 
 
 @pytest.mark.parametrize("case", IMAGES, ids=lambda c: c.name)
+@pytest.mark.slow
 def test_cli_image(case: Case, mixed_run, corpus, explainer):
     path = corpus["images"][case.name]
     lines, record = mixed_run.naming(path), mixed_run.records.get(str(path))
@@ -199,6 +204,7 @@ def test_cli_image(case: Case, mixed_run, corpus, explainer):
 
 
 @pytest.mark.parametrize("case", VIDEOS, ids=lambda c: c.name)
+@pytest.mark.slow
 def test_cli_video(case: Case, mixed_run, corpus):
     path = corpus["videos"][case.name]
     lines, record = mixed_run.naming(path), mixed_run.records.get(str(path))
@@ -226,6 +232,7 @@ def test_cli_video(case: Case, mixed_run, corpus):
         assert 1 <= len(frames) <= case.frames
 
 
+@pytest.mark.slow
 def test_zero_good_inputs_fail_each_on_one_line(corpus, tmp_path):
     bad = [corpus["images"][n] for n in ("zero-byte-png.png", "noise-s1-jpg.jpg", "html-as-png.png",
                                           "png-declared-60000x60000.png", "jpeg-sof-7-components.jpg",

@@ -34,9 +34,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from extras import need
 
-torch = pytest.importorskip("torch")
-timm = pytest.importorskip("timm")
+torch = need("torch", "export")
+timm = need("timm", "export")
 onnx = pytest.importorskip("onnx")
 
 from conftest import DEIT_TINY_CHECKPOINT  # noqa: E402

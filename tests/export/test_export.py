@@ -11,9 +11,10 @@ import os
 
 import numpy as np
 import pytest
+from extras import need
 
-torch = pytest.importorskip("torch")
-timm = pytest.importorskip("timm")
+torch = need("torch", "export")
+timm = need("timm", "export")
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
@@ -95,6 +96,7 @@ def record_blocks(model):
 
 # ----------------------------------------------------------------------------- families
 @pytest.mark.parametrize("fid,name,kwargs,prefix,grid,pooling", FAMILIES, ids=[f[0] for f in FAMILIES])
+@pytest.mark.slow
 def test_family_exports_with_parity_and_layout(tmp_path, fid, name, kwargs, prefix, grid, pooling):
     model = make_model(name, **kwargs)
     assert describe_tokens(model) == (prefix, grid, pooling)
@@ -211,6 +213,7 @@ def test_metadata_round_trip_through_onnxruntime(exported_tiny_vit_onnx):
 
 
 @pytest.mark.parametrize("heads,opset", [("mean", None), ("max", None), ("min", 18)])
+@pytest.mark.slow
 def test_head_fusion_in_graph_equals_fused_torch_attention(tmp_path, heads, opset):
     model = make_model(TINY_VIT["name"], img_size=32, patch_size=8)
     out = tmp_path / f"{heads}.onnx"
@@ -227,6 +230,7 @@ def test_head_fusion_in_graph_equals_fused_torch_attention(tmp_path, heads, opse
     np.testing.assert_allclose(attn, reduce(full.numpy(), axis=2, keepdims=True), atol=1e-6)
 
 
+@pytest.mark.slow
 def test_logits_only_export_is_the_same_model_and_random_init_is_announced(tmp_path):
     labels = tmp_path / "labels.json"
     labels.write_text(json.dumps({str(i): [f"n{i:08d}", name] for i, name in enumerate(TINY_LABELS)}))
@@ -352,6 +356,7 @@ def test_pth_containers_unwrap(tmp_path, wrap):
     assert set(got) == set(sd) and all(torch.equal(got[k], sd[k]) for k in sd)
 
 
+@pytest.mark.slow
 def test_checkpoint_export_matches_source_model_and_infers_head_size(tmp_path):
     source = make_model(TINY_VIT["name"], seed=11, img_size=32, patch_size=8)
     ckpt = tmp_path / "trained.pth"
@@ -455,6 +460,7 @@ def test_pretrained_without_hub_fails_fast_with_a_clear_error(tmp_path, monkeypa
 
 
 # ----------------------------------------------------------------------------- parity gate
+@pytest.mark.slow
 def test_perturbed_graph_fails_parity_and_leaves_no_file(tmp_path, monkeypatch):
     import attnmap.export.to_onnx as to_onnx
 
@@ -481,6 +487,7 @@ def test_perturbed_graph_fails_parity_and_leaves_no_file(tmp_path, monkeypatch):
     assert os.listdir(tmp_path) == []
 
 
+@pytest.mark.slow
 def test_parity_tolerance_is_enforced(tmp_path, monkeypatch):
     # The gate compares against the tolerances, not merely computes differences: with a
     # negative attention tolerance even a perfect export must be refused.

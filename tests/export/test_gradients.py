@@ -16,20 +16,20 @@ import os
 
 import numpy as np
 import pytest
+from extras import need
 
-torch = pytest.importorskip("torch")
-timm = pytest.importorskip("timm")
+torch = need("torch", "export")
+timm = need("timm", "export")
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
-from conftest import TINY_LABELS  # noqa: E402
 import tiny_models  # noqa: E402
 from attnmap.export import ViTWithAttention, export_module, export_onnx  # noqa: E402
 from attnmap.export.gradients import GRAD_RTOL, AttentionGradients, trace_gradients  # noqa: E402
 from attnmap.runtime.core.errors import ExplainError, ExportError, ModelError  # noqa: E402
 from attnmap.runtime.core.meta import ModelMeta  # noqa: E402
 
-pytestmark = pytest.mark.export
+pytestmark = [pytest.mark.export, pytest.mark.slow]
 
 
 def make_model(name: str, seed: int = 0, **kwargs) -> torch.nn.Module:
@@ -88,16 +88,10 @@ def rel_err(got: np.ndarray, ref: np.ndarray) -> float:
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory):
-    """Each family's tiny model exported once with gradients: id -> (model, path, report)."""
-    root = tmp_path_factory.mktemp("grads")
-    models = {}
-    for fid, name, kwargs, _, _ in FAMILIES:
-        model = make_model(name, **kwargs)
-        report = export_module(model, root / f"{fid}.onnx", model_name=name, labels=list(TINY_LABELS),
-                               gradients=True, **QUIET)
-        models[fid] = (model, report.path, report)
-    return models
+def exported(tiny_gradient_export):
+    """Each family's tiny model exported with gradients (once per session, shared with Grad-CAM's
+    tests): id -> (model, path, report)."""
+    return {fid: tiny_gradient_export(name, **kwargs) for fid, name, kwargs, _, _ in FAMILIES}
 
 
 def images(batch: int, seed: int, size: int = 32) -> np.ndarray:

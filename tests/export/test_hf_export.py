@@ -14,9 +14,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from extras import need
 
-torch = pytest.importorskip("torch")
-transformers = pytest.importorskip("transformers")
+torch = need("torch", "export")
+transformers = need("transformers", "export")
 pytest.importorskip("onnxruntime")
 
 from click.testing import CliRunner  # noqa: E402
@@ -29,7 +30,7 @@ from attnmap.runtime.image.preprocess import preprocess, read_image  # noqa: E40
 from attnmap.runtime.methods import explain  # noqa: E402
 from attnmap.runtime.model.session import OnnxModel  # noqa: E402
 
-pytestmark = pytest.mark.export
+pytestmark = [pytest.mark.export, pytest.mark.slow]
 
 QUIET = dict(log=lambda line: None)
 PHOTOS = sorted(Path("/work/shared/data/images").glob("*"))

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from extras import need
 
-pytest.importorskip("torch")
-pytest.importorskip("timm")
+need("torch", "export")
+need("timm", "export")
 
 from conftest import TINY_LABELS, TINY_VIT  # noqa: E402
 from attnmap import Explainer  # noqa: E402
@@ -14,7 +15,7 @@ from attnmap.runtime.image.decode import read_image  # noqa: E402
 from attnmap.runtime.precision.convert import ConvertOptions, convert_file  # noqa: E402
 from attnmap.runtime.precision.fidelity import FidelityError, Thresholds  # noqa: E402
 
-pytestmark = pytest.mark.export
+pytestmark = [pytest.mark.export, pytest.mark.slow]
 
 
 def _export_tiny(out, options):

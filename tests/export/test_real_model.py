@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from extras import need
 
-torch = pytest.importorskip("torch")
-timm = pytest.importorskip("timm")
+torch = need("torch", "export")
+timm = need("timm", "export")
 ort = pytest.importorskip("onnxruntime")
-Image = pytest.importorskip("PIL.Image")
+Image = need("PIL.Image", "test")
 
 from conftest import DEIT_TINY_CHECKPOINT  # noqa: E402
 from attnmap.runtime.core.meta import ModelMeta  # noqa: E402

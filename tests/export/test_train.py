@@ -7,9 +7,10 @@ import json
 
 import numpy as np
 import pytest
+from extras import need
 
-torch = pytest.importorskip("torch")
-pytest.importorskip("timm")
+torch = need("torch", "export")
+need("timm", "export")
 
 import onnx  # noqa: E402
 import onnxruntime as ort  # noqa: E402
@@ -42,6 +43,7 @@ def smoke(tmp_path_factory):
     return root, out, argv, result
 
 
+@pytest.mark.slow
 def test_smoke_run_trains_and_checkpoints(smoke) -> None:
     """The script runs end to end: every step's loss is finite and the saved weights moved.
 
@@ -63,6 +65,7 @@ def test_smoke_run_trains_and_checkpoints(smoke) -> None:
     assert len(moved) > len(fresh) // 2, "training left most weights untouched"
 
 
+@pytest.mark.slow
 def test_smoke_run_writes_a_valid_attnmap_onnx(smoke) -> None:
     _, out, _, _ = smoke
     onnx.checker.check_model(onnx.load(str(out)))
@@ -80,6 +83,7 @@ def test_smoke_run_writes_a_valid_attnmap_onnx(smoke) -> None:
     np.testing.assert_allclose(attn.sum(-1), 1.0, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_checkpoint_round_trips_to_the_exported_logits(smoke) -> None:
     """The saved safetensors rebuild the model; torch and the ONNX file agree on real images."""
     root, out, _, _ = smoke
@@ -94,6 +98,7 @@ def test_checkpoint_round_trips_to_the_exported_logits(smoke) -> None:
     np.testing.assert_allclose(got, ref, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_registry_entry(smoke) -> None:
     root, out, argv, _ = smoke
     data = json.loads((root / "models" / "registry.json").read_text())

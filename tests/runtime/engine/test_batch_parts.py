@@ -149,6 +149,8 @@ def test_every_attention_method_gives_the_same_maps_in_parts(tiny_vit_grads_onnx
                  split.explain(images, method="chefer", target=targets))
 
 
+@pytest.mark.export
+@pytest.mark.slow
 def test_real_weights_give_the_same_maps_in_parts(deit_tiny_onnx, images):
     # DeiT-Tiny's 5.6 MB per image: a batch of 5 is split at the real size threshold
     _assert_same(*_explain_both(deit_tiny_onnx, images, "rollout", "crop"))

@@ -23,7 +23,7 @@ from attnmap.runtime.image.decode import read_image
 from attnmap.runtime.methods import METHODS
 from attnmap.runtime.methods.flow import max_flows
 
-pytestmark = pytest.mark.export  # the DeiT-Tiny export needs torch
+pytestmark = [pytest.mark.export, pytest.mark.slow]  # the DeiT-Tiny export needs torch
 
 
 @pytest.fixture(scope="module")

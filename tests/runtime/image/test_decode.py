@@ -17,6 +17,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from extras import need
 
 from attnmap.runtime.core.errors import ImageError, OptionError
 from attnmap.runtime.image.decode import (ALPHA_BACKGROUND, DEFAULT_MAX_PIXELS, MAX_PIXELS_ENV, decode_image,
@@ -34,7 +35,7 @@ def noise(h: int = H, w: int = W, c: int = 3, seed: int = 0, dtype=np.uint8) -> 
 
 
 def _pil():
-    return pytest.importorskip("PIL.Image")
+    return need("PIL.Image", "test")
 
 
 def pil_bytes(img, fmt: str, **kw) -> bytes:

@@ -12,6 +12,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from extras import need
 
 from attnmap.runtime.core.errors import ImageError, MetadataError, OptionError
 from attnmap.runtime.core.meta import ModelMeta
@@ -71,7 +72,7 @@ PARITY_CASES = [
 @pytest.mark.parametrize("hw", [(256, 340), (177, 284), (300, 120), (224, 224), (31, 45), (500, 410)])
 def test_crop_matches_timm_eval_transform_on_noise(case, hw):
     """Noise is the hardest input for a resampler: every filter tap shows."""
-    pytest.importorskip("timm")
+    need("timm", "export")
     meta = make_meta(**case)
     img = noise(*hw, seed=hw[0] * 7 + hw[1])
     x, (geom,) = preprocess(img, meta, fit="crop")
@@ -86,8 +87,8 @@ def test_crop_matches_timm_eval_transform_on_noise(case, hw):
 @pytest.mark.skipif(not IMAGES, reason=f"shared photos in {DATA / 'images'} are absent")
 def test_real_photos_match_timm_and_keep_deit_top5():
     """Real photos through the real DeiT-Tiny: same tensor (within 2 grey levels), same top-5."""
-    torch = pytest.importorskip("torch")
-    timm = pytest.importorskip("timm")
+    torch = need("torch", "export")
+    timm = need("timm", "export")
     if not WEIGHTS.is_file():
         pytest.skip(f"DeiT-Tiny weights {WEIGHTS} are absent")
     model = timm.create_model("deit_tiny_patch16_224", pretrained=True,
@@ -112,7 +113,7 @@ def test_real_photos_match_timm_and_keep_deit_top5():
 
 @pytest.mark.export
 def test_squash_and_letterbox_match_torchvision_resize():
-    pytest.importorskip("timm")
+    need("timm", "export")
     from PIL import Image
     from torchvision.transforms import functional as F
     meta = make_meta(size=(64, 48), patch=(8, 8))

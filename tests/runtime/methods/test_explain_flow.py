@@ -10,14 +10,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from extras import need
 from attnmap.runtime.core.errors import ExplainError
 from attnmap.runtime.core.meta import TokenLayout
 from attnmap.runtime.methods import explain
 from attnmap.runtime.methods import flow as flow_module
 from attnmap.runtime.methods.flow import SCALE_BITS, max_flows
 
-nx = pytest.importorskip("networkx")
-pytest.importorskip("scipy", reason="method 'flow' needs SciPy (extra 'flow')")
+nx = need("networkx", "test")
+need("scipy", "flow")
 
 SCALE = 2.0 ** SCALE_BITS
 IMAGES = Path(__file__).resolve().parents[4] / "shared" / "data" / "images"

@@ -17,8 +17,8 @@ import os
 import numpy as np
 import onnx
 import pytest
+from extras import need
 
-from conftest import TINY_LABELS
 from attnmap.runtime.core.errors import ExplainError, GraphMismatchError
 from attnmap.runtime.core.meta import PROPS_KEY, ModelMeta, TokenLayout
 from attnmap.runtime.methods import METHODS
@@ -268,25 +268,15 @@ def rel_err(got: np.ndarray, ref: np.ndarray) -> float:
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory):
-    """Each family's tiny model exported once with gradients: id -> (model, path, report)."""
-    pytest.importorskip("torch")
-    pytest.importorskip("timm")
-    import tiny_models
-    from attnmap.export import export_module
-
-    root = tmp_path_factory.mktemp("gradcam")
-    models = {}
-    for fid, name, _, _ in FAMILIES:
-        model = tiny_models.make_model(name, 0, img_size=32, patch_size=8)
-        report = export_module(model, root / f"{fid}.onnx", model_name=name, labels=list(TINY_LABELS),
-                               gradients=True, log=lambda line: None)
-        models[fid] = (model, report.path, report)
-    return models
+def exported(tiny_gradient_export):
+    """Each family's tiny model exported with gradients (once per session, shared with the export
+    side's gradient tests): id -> (model, path, report)."""
+    return {fid: tiny_gradient_export(name) for fid, name, _, _ in FAMILIES}
 
 
 @pytest.mark.export
 @pytest.mark.parametrize("fid,name,prefix,tokens", FAMILIES, ids=[f[0] for f in FAMILIES])
+@pytest.mark.slow
 def test_exported_tokens_and_gradcam_match_torch(exported, fid, name, prefix, tokens):
     from attnmap.export.gradients import GRAD_RTOL
 
@@ -321,8 +311,9 @@ def _scaled_output(proto, name: str) -> None:
 
 @pytest.mark.export
 @pytest.mark.parametrize("name", ["tokens", "token_grads"])
+@pytest.mark.slow
 def test_parity_gate_catches_wrong_token_outputs(tmp_path, monkeypatch, name):
-    pytest.importorskip("torch")
+    need("torch", "export")
     import tiny_models
     import attnmap.export.to_onnx as to_onnx
     from attnmap.runtime.core.errors import ExportError

@@ -107,18 +107,22 @@ def test_metadata_matches_the_dataset(model) -> None:
     assert meta.extra["training"]["dataset"] == synth.DATASET_VERSION
 
 
+@pytest.mark.slow
 def test_heldout_accuracy(heldout) -> None:
     assert heldout["accuracy"] >= 0.90, heldout
 
 
+@pytest.mark.slow
 def test_rollout_points_at_the_object(heldout) -> None:
     assert heldout["rollout"]["pointing_game"] >= 0.80, heldout
 
 
+@pytest.mark.slow
 def test_rollout_mass_concentrates_in_the_box(heldout) -> None:
     assert heldout["rollout"]["box_mass_ratio"] >= 2.0, heldout
 
 
+@pytest.mark.slow
 def test_random_maps_score_clearly_lower(heldout) -> None:
     rnd, roll = heldout["random"], heldout["rollout"]
     # A map blind to the object hits about as often as the boxes cover the image (~10 %) and
@@ -128,6 +132,7 @@ def test_random_maps_score_clearly_lower(heldout) -> None:
     assert roll["box_mass_ratio"] - rnd["box_mass_ratio"] >= 1.0, heldout
 
 
+@pytest.mark.slow
 def test_registry_figures_are_reproducible(model, entry) -> None:
     """The figures recorded in registry.json come out again, computed here independently."""
     rec = entry["heldout"]
@@ -138,6 +143,7 @@ def test_registry_figures_are_reproducible(model, entry) -> None:
         assert again[method]["box_mass_ratio"] == pytest.approx(rec[method]["box_mass_ratio"], rel=1e-4)
 
 
+@pytest.mark.slow
 def test_larger_renders_resized_down_are_still_recognised(model) -> None:
     """The demo writes 192 px inputs; the runtime shrinks them (INTER_AREA, as the metadata
     says) to the input size. The generator scales with the image, so accuracy must hold."""

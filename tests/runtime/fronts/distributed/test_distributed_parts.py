@@ -12,6 +12,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from extras import need
 from click.testing import CliRunner
 
 import attnmap.cli as cli
@@ -141,7 +142,7 @@ def test_read_batch_hashes_checks_resume_and_decodes_where_asked(tmp_path):
 
 
 def test_the_table_is_written_in_input_order_once_and_not_again_unchanged(tmp_path):
-    pytest.importorskip("pyarrow", reason="the run table is Parquet: pip install 'attnmap[distributed]'")
+    need("pyarrow", "distributed")
     rows = [failed_row(f"{i}.png", f"broken {i}", index=i, sha256=None, stem=f"s{i}", job=Job()) for i in (2, 0, 1)]
     path = tmp_path / "run.parquet"
     assert write_table(rows, path) is True

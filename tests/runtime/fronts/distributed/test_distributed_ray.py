@@ -18,11 +18,12 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from extras import need
 from click.testing import CliRunner
 
-ray = pytest.importorskip("ray", reason="the Ray engine needs the distributed extra: pip install 'attnmap[distributed]'")
-pa = pytest.importorskip("pyarrow")
-pq = pytest.importorskip("pyarrow.parquet")
+ray = need("ray", "distributed")
+pa = need("pyarrow", "distributed")
+pq = need("pyarrow.parquet", "distributed")
 
 import attnmap.cli as cli  # noqa: E402
 from attnmap import Explainer  # noqa: E402
@@ -36,7 +37,7 @@ from attnmap.runtime.fronts.offline import FolderOutput, explain_inputs  # noqa:
 from corpus.make_corpus import FAIL, image_cases, sample_image  # noqa: E402
 
 # Ray Data's own DataContext warns about its deprecated fields when it copies itself.
-pytestmark = pytest.mark.filterwarnings("ignore:.*deprecated.*:DeprecationWarning")
+pytestmark = [pytest.mark.filterwarnings("ignore:.*deprecated.*:DeprecationWarning"), pytest.mark.slow]
 
 SHIPPED = Path(__file__).resolve().parents[4] / "models" / "shapes_vit.onnx"
 PHOTOS = ("hc_el1.jpg", "gradcam_dogs.png", "pytorchhub_dog.jpg")

@@ -13,13 +13,18 @@ import cv2
 import httpx
 import numpy as np
 import pytest
+from extras import need
 
 from attnmap import Explainer
 from attnmap.runtime.draw.style import OverlayStyle
 from attnmap.runtime.engine.engine import Job
 from attnmap.runtime.frames.synth import write_demo_inputs
 from attnmap.runtime.fronts.serve.stream import StreamConfig
-from serve_helpers import SHIPPED, running_server
+
+# serve_helpers and the server import starlette and uvicorn
+need("starlette", "serve")
+need("uvicorn", "serve")
+from serve_helpers import SHIPPED, running_server  # noqa: E402
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 DRIVER = shutil.which("chromedriver")

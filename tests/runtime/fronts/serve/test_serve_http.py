@@ -20,13 +20,18 @@ import cv2
 import httpx
 import numpy as np
 import pytest
+from extras import need
 
 from attnmap import Explainer
 from attnmap.runtime.draw.style import OverlayStyle
 from attnmap.runtime.frames.synth import write_demo_inputs
-from attnmap.runtime.fronts.serve.app import ServerSettings
-from attnmap.runtime.fronts.serve.security import Limits
-from serve_helpers import SHIPPED, decode_jpeg, read_parts, running_server
+
+# serve_helpers and the server import starlette and uvicorn
+need("starlette", "serve")
+need("uvicorn", "serve")
+from attnmap.runtime.fronts.serve.app import ServerSettings  # noqa: E402
+from attnmap.runtime.fronts.serve.security import Limits  # noqa: E402
+from serve_helpers import SHIPPED, decode_jpeg, read_parts, running_server  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[4]
 PHOTO = REPO.parent / "shared" / "data" / "images"

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from extras import need
 
 from attnmap import Explainer
 from attnmap.runtime.core.errors import OptionError
@@ -275,6 +276,8 @@ def test_the_api_beside_a_cpu_stream_gets_a_single_threaded_session_of_its_own()
     """Uploads must not run in the stream's onnxruntime thread pool (the pool threads are not
     the API's lowered ones): beside a stream, the API has its own one-thread session of the
     same file, and it explains exactly as the stream's would."""
+    need("starlette", "serve")
+    need("uvicorn", "serve")
     from attnmap.runtime.fronts.serve.runner import api_explainer
 
     ex = Explainer(None, provider="cpu")
