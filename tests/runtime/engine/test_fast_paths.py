@@ -244,6 +244,7 @@ def test_top_indices_equal_a_stable_sort_with_ties_by_index():
             assert keys == sorted(keys)
 
 
+@pytest.mark.slow  # a float64 reference of every fit on a real photo at four metadata
 def test_preprocess_equals_its_definition(tiny_vit_onnx, shared_data):
     """Every fit, both pass orders, shrinking and enlarging, a one-pixel-wide sliver and an
     image already at the input size, for an area filter (the tiny model), the shipped model's
