@@ -120,3 +120,34 @@ def deit_tiny_grads_onnx(tmp_path_factory, shared_data) -> Path:
     export_onnx("deit_tiny_patch16_224", out, checkpoint=shared_data / DEIT_TINY_CHECKPOINT, gradients=True,
                 log=lambda line: None)
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_gradient_export(tmp_path_factory):
+    """Export a seeded tiny timm model with attention gradients once per session, on demand.
+
+    The gradient tests of the export side and Grad-CAM's tests export the same families
+    (``tiny_models.make_model(name, 0, img_size=32, patch_size=8, **kwargs)``); each is exported
+    once and shared. Needs torch and timm.
+
+    Returns:
+        ``get(name, **kwargs) -> (model, path, report)``: the torch model (eval mode), the
+        ``.onnx`` file and ``export_module``'s report.
+    """
+    pytest.importorskip("torch", reason="needs the export extra: pip install -e '.[export]'")
+    import tiny_models
+    from attnmap.export import export_module
+
+    root = tmp_path_factory.mktemp("tiny_gradient_exports")
+    made: dict = {}
+
+    def get(name: str, **kwargs):
+        key = (name, tuple(sorted(kwargs.items())))
+        if key not in made:
+            model = tiny_models.make_model(name, 0, **{"img_size": 32, "patch_size": 8, **kwargs})
+            report = export_module(model, root / f"{name}-{len(made)}.onnx", model_name=name,
+                                   labels=list(TINY_LABELS), gradients=True, log=lambda line: None)
+            made[key] = (model, report.path, report)
+        return made[key]
+
+    return get
