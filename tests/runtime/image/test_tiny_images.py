@@ -37,16 +37,8 @@ def noise(h: int, w: int, seed: int = 0) -> np.ndarray:
 
 
 # Cropping a 1 x 4000 (or 4000 x 1) strip with an area filter peaks at 12 GB today:
-# resample.plan_axis builds the dense 384000 x 4000 float64 resize matrix before it keeps the 96
-# rows the crop needs. Those cases run in the slow lane until the runtime builds only the kept
-# rows (REQUESTS.md, TEST TIMES).
-SLOW_CROP = pytest.mark.slow
-
-
 def _sizes_and_fits():
-    return [pytest.param(hw, fit, id=f"{hw[0]}x{hw[1]}-{fit}",
-                         marks=SLOW_CROP if fit == "crop" and sorted(hw) == [1, 4000] else ())
-            for hw in SIZES for fit in FITS]
+    return [pytest.param(hw, fit, id=f"{hw[0]}x{hw[1]}-{fit}") for hw in SIZES for fit in FITS]
 
 
 @pytest.mark.parametrize("hw, fit", _sizes_and_fits())
@@ -91,8 +83,7 @@ def test_one_row_letterbox_is_input_row_47(ex):
     assert np.abs(result.heatmap[0] - ref).max() < 1e-5
 
 
-@pytest.mark.parametrize("hw", [pytest.param((1, 4000), marks=SLOW_CROP), pytest.param((4000, 1), marks=SLOW_CROP),
-                                (1, 2), (3, 5)],
+@pytest.mark.parametrize("hw", [(1, 4000), (4000, 1), (1, 2), (3, 5)],
                          ids=lambda hw: f"{hw[0]}x{hw[1]}")
 def test_crop_of_a_sliver_sees_only_its_middle(ex, hw):
     """Centre crop of a 1 x 4000 sliver: the shorter side goes to 96, so the 96-pixel window
@@ -112,7 +103,6 @@ def test_crop_of_a_sliver_sees_only_its_middle(ex, hw):
     assert (heat[:, outside] == 0).all()
 
 
-@SLOW_CROP  # every size and fit, the 1 x 4000 crop included
 def test_uniform_grid_gives_uniform_heat_where_seen():
     from attnmap.runtime.model.session import OnnxModel
     meta = OnnxModel(MODEL, provider="cpu").meta
