@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import sys
 import traceback
+import time
 from typing import Any
 
 import click
@@ -23,17 +24,37 @@ __all__ = ["Command", "Group", "LineUsageError", "err", "fail", "out", "status"]
 
 
 class StatusLine:
-    """One line on stderr that rewrites itself (a progress bar); other output ends it first."""
+    """One line on stderr that rewrites itself (a progress bar); other output ends it first.
+
+    Redrawn at most :attr:`interval` seconds apart: a video explained at hundreds of frames a
+    second would otherwise write its bar hundreds of times a second, and a terminal that is not
+    read (a paused one, a pty in a test) fills and blocks the run on a write. The last text
+    given is always drawn before the line ends, so a finished bar shows its 100%.
+    """
+
+    interval = 0.1
 
     def __init__(self) -> None:
         self.open = False  # the line is on stderr without its newline yet
+        self._shown = -float("inf")
+        self._pending: str | None = None  # a text given too soon after the last one drawn
 
     def show(self, text: str) -> None:
+        now = time.monotonic()
+        if self.open and now - self._shown < self.interval:
+            self._pending = text
+            return
+        self._draw(text)
+        self._shown = now
+
+    def _draw(self, text: str) -> None:
         # \x1b[K clears what a longer previous line left on the right (stderr is a terminal here)
         click.echo(f"\r{text}\x1b[K", err=True, nl=False)
-        self.open = True
+        self.open, self._pending = True, None
 
     def end(self) -> None:
+        if self._pending is not None:
+            self._draw(self._pending)
         if self.open:
             click.echo("", err=True)
             self.open = False

@@ -67,8 +67,9 @@ def test_a_signal_mid_video_exits_with_its_code_and_says_what_was_written(tiny_v
     try:
         assert _started(proc, terminal), "the run ended before it could be interrupted"
         proc.send_signal(sig)
-        proc.wait(timeout=300)
-        err = _read_all(terminal).decode(errors="replace").replace("\r\n", "\n")
+        # keep reading the terminal until the run ends: a pty's buffer is a few KB, and a run
+        # whose stderr is full would block on its next write instead of exiting
+        err = _read_until_exit(proc, terminal).decode(errors="replace").replace("\r\n", "\n")
     finally:
         os.close(terminal)
     assert proc.returncode == code, err
@@ -78,6 +79,18 @@ def test_a_signal_mid_video_exits_with_its_code_and_says_what_was_written(tiny_v
                     f"(in progress: {long_clip}; nothing of it is left half-written)"]
     assert "Aborted" not in err and "Traceback" not in err
     assert sorted(p.name for p in out.iterdir()) == [".attnmap-run.json", "dog_rollout.png"]
+
+
+def _read_until_exit(proc, fd, timeout=300.0):
+    data, deadline = b"", time.monotonic() + timeout
+    while proc.poll() is None and time.monotonic() < deadline:
+        if select.select([fd], [], [], 0.1)[0]:
+            try:
+                data += os.read(fd, 4096)
+            except OSError:
+                break
+    proc.wait(timeout=5)
+    return data + _read_all(fd)
 
 
 def _read_all(fd):
