@@ -39,6 +39,13 @@ def dog(tmp_path):
     return path
 
 
+def _default_sigint():
+    # A shell starts background jobs with SIGINT ignored, and a Python started so keeps it
+    # ignored (as `nohup` users expect): give the run the default disposition a terminal's
+    # foreground job has, whatever started this test.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _started(proc, terminal):
     """Wait for the video's first progress line on the terminal (the engine is then under way,
     its threads all started); False when the run ended first."""
@@ -62,7 +69,7 @@ def test_a_signal_mid_video_exits_with_its_code_and_says_what_was_written(tiny_v
     terminal, stderr = pty.openpty()  # stderr on a terminal: the run shows its progress bar there
     proc = subprocess.Popen([sys.executable, "-m", "attnmap.cli", "explain", str(dog), str(long_clip),
                              "--model", str(tiny_vit_onnx), "--out", str(out)],
-                            stdout=subprocess.PIPE, stderr=stderr)
+                            stdout=subprocess.PIPE, stderr=stderr, preexec_fn=_default_sigint)
     os.close(stderr)
     try:
         assert _started(proc, terminal), "the run ended before it could be interrupted"
