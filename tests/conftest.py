@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
-import shutil
+import os
+
+# One BLAS thread, as the CLI sets before NumPy loads (and as Ray's workers, which inherit this
+# environment, run): a float32 matrix product's rounding depends on how many threads share it,
+# so the local path and the Ray actors would otherwise preprocess the same photo a few ulps
+# apart, and the tests that compare them would compare BLAS schedules.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+import shutil  # noqa: E402
 from pathlib import Path
 
 import pytest
