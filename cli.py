@@ -321,7 +321,8 @@ def bench(source: str | None, source_opt: str | None, model: str | None, provide
 @model_options
 @evaluation_options
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Folder for per_image.csv and the curve plots (perturbation.png, deletion_insertion.png).")
+              help="Folder for per_image.csv and the curve plots (perturbation.png, deletion_insertion.png; "
+                   "with --timing also cost.png).")
 @json_option("Print one JSON object (schema in the README).")
 def evaluate(sources: tuple[str, ...], model: str | None, provider: str, threads: int | None, plan: Any,
              engine: Any, out_dir: Path | None, as_json: bool) -> None:

@@ -275,13 +275,14 @@ engine_options = options(*_ENGINE_FLAGS, build=_engine)
 
 def _evaluation(methods_: str, unit: str, baseline: str, sigma: float, steps: int, labels: str | None,
                 masks_dir: str | None, boxes: str | None, synthetic: int | None, batch_size: int, fit: str,
-                **engine_flags: Any) -> dict[str, Any]:
+                timing: bool = False, **engine_flags: Any) -> dict[str, Any]:
     from attnmap.runtime.evaluation import EvaluationPlan
 
     engine = _engine(**engine_flags)["engine"]
     return {"engine": engine, "plan": EvaluationPlan(
         methods=tuple(methods_.split(",")), baseline=baseline, sigma=sigma, steps=steps, unit=unit, fit=fit,
-        batch_size=batch_size, labels=labels, masks=masks_dir, boxes=boxes, synthetic=synthetic, engine=engine.engine)}
+        batch_size=batch_size, labels=labels, masks=masks_dir, boxes=boxes, synthetic=synthetic, engine=engine.engine,
+        timing=timing)}
 
 
 # what ``evaluate`` scores and where; the command gets ``plan`` (an EvaluationPlan) and ``engine``
@@ -308,6 +309,9 @@ evaluation_options = options(
                  help="Also score N images of the shapes dataset, with their exact object masks."),
     click.option("--batch-size", type=click.IntRange(1, 1024), default=32, show_default=True,
                  help="Perturbed inputs per model run."),
+    click.option("--timing", is_flag=True, default=False,
+                 help="Also time each method's explanation per image beside plain inference, interleaved on "
+                      "this machine (median ms and x plain inference; with --out, cost.png). Local engine only."),
     fit_option(),
     *_ENGINE_FLAGS,
     build=_evaluation)

@@ -111,6 +111,8 @@ class EvaluationPlan:
         synthetic: also score this many images of the shapes dataset, with their exact masks.
         engine: ``"local"`` (this machine) or ``"ray"`` (Ray Data; still image files only).
         truth: ground truth given as objects (the Python API); the files above add to it.
+        timing: also time each method's explanation of every image beside plain inference, on
+            this machine (:mod:`~attnmap.runtime.evaluation.timing`); the local engine only.
         checked_methods: after :meth:`checked`: spec -> (method name, checked options).
         synthetic_size: after :meth:`checked`: the side of the synthetic images (the model's).
     """
@@ -129,6 +131,7 @@ class EvaluationPlan:
     synthetic: int | None = None
     engine: str = "local"
     truth: GroundTruth | None = None
+    timing: bool = False
     checked_methods: Mapping[str, tuple[str, Mapping[str, Any]]] | None = None
     synthetic_size: int | None = None
 
@@ -152,7 +155,7 @@ class EvaluationPlan:
         Raises:
             OptionError: an unknown baseline, unit, fit or engine, steps, sigma or batch size
                 out of range, no methods, a repeated spec, ``random`` among them, synthetic
-                images on the Ray engine; MethodOptionError for a bad spec or option.
+                images or timing on the Ray engine; MethodOptionError for a bad spec or option.
             ExplainError: a method the model cannot run (a class-specific one without gradients).
             InputError: an unreadable or malformed labels, boxes or masks argument.
         """
@@ -173,6 +176,10 @@ class EvaluationPlan:
             _whole(self.synthetic, "synthetic", 1)
             if self.engine == "ray":
                 raise OptionError("synthetic images are scored on the local engine; give the Ray engine image files")
+        if self.timing and self.engine == "ray":
+            # Ray's actors run on other cores or machines, each beside other work: their times
+            # would not compare with one plain-inference baseline
+            raise OptionError("timing measures every method on this machine; it needs the local engine, not Ray")
         methods = [str(m).strip() for m in ([self.methods] if isinstance(self.methods, str) else self.methods)]
         methods = [m for m in methods if m]
         if methods == [ALL]:

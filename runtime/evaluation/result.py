@@ -14,12 +14,16 @@ import numpy as np
 
 from attnmap.runtime.core.errors import OptionError
 from attnmap.runtime.evaluation.curves import Curves
+from attnmap.runtime.evaluation.timing import PLAIN, cost_summary
 
 PERTURBATION = ("positive_auc", "negative_auc", "deletion_auc", "insertion_auc")
 LOCALISATION = ("pointing_game", "mass_ratio", "pixel_accuracy", "miou", "ap")
 METRICS = PERTURBATION + LOCALISATION
 CURVES = ("positive", "negative", "deletion", "insertion")
 RANDOM = "random"
+# ``to_dict``'s document. Keys added leave it as it is (readers ignore unknown keys); a key removed
+# or renamed, or a meaning changed, raises it (the rule of runtime/engine/record.py).
+EVALUATION_SCHEMA_VERSION = 1
 
 
 @dataclass
@@ -37,6 +41,9 @@ class Evaluation:
         sources: the images' names, in order.
         targets: the class explained for each image, in order.
         failed: ``(source, reason)`` of images that could not be scored.
+        timings: with timing: method (and ``"plain"``, plain inference) -> (images,) seconds
+            of each scored image's explanation (:mod:`~attnmap.runtime.evaluation.timing`);
+            empty without timing.
     """
 
     model: str
@@ -48,6 +55,7 @@ class Evaluation:
     sources: list[str] = field(default_factory=list)
     targets: list[int] = field(default_factory=list)
     failed: list[tuple[str, str]] = field(default_factory=list)
+    timings: dict[str, list[float]] = field(default_factory=dict)
 
     @property
     def images(self) -> int:
@@ -93,9 +101,15 @@ class Evaluation:
             out[method] = entry
         return out
 
+    def cost(self) -> dict[str, dict[str, float]]:
+        """method (and ``"plain"``) -> ``{"explain_ms", "cost_x"}``: median explain time per image
+        and that over plain inference's median; empty without timing
+        (:func:`~attnmap.runtime.evaluation.timing.cost_summary`)."""
+        return cost_summary(self.timings)
+
     def to_dict(self) -> dict[str, Any]:
-        """The JSON document ``attnmap evaluate --json`` prints (schema in the README)."""
-        summary, curves = self.summary(), self.mean_curves()
+        """The JSON document ``attnmap evaluate --json`` prints (schema in docs/evaluation.md)."""
+        summary, curves, cost = self.summary(), self.mean_curves(), self.cost()
         methods = {}
         for method in self.per_image:
             entry: dict[str, Any] = {}
@@ -103,14 +117,20 @@ class Evaluation:
                 stat = summary[method][name]
                 entry[name] = None if stat is None else stat["mean"]
                 entry[name + "_ci"] = None if stat is None else [stat["ci_low"], stat["ci_high"]]
+            entry["explain_ms"] = cost[method]["explain_ms"] if method in cost else None
+            entry["cost_x"] = cost[method]["cost_x"] if method in cost else None
             entry["curves"] = curves.get(method)
             methods[method] = entry
-        return {"model": self.model, "images": self.images, "unit": self.unit, "baseline": self.baseline,
+        return {"schema_version": EVALUATION_SCHEMA_VERSION, "model": self.model, "images": self.images,
+                "unit": self.unit, "baseline": self.baseline,
+                "plain_ms": cost[PLAIN]["explain_ms"] if PLAIN in cost else None,
                 "methods": methods, "failed": [{"source": s, "error": e} for s, e in self.failed]}
 
     def _add(self, source: str, target: int, scores: dict[str, dict[str, float]],
-             curves: dict[str, Curves]) -> None:
+             curves: dict[str, Curves], seconds: dict[str, float] | None = None) -> None:
         self.sources.append(source)
+        for name, t in (seconds or {}).items():
+            self.timings.setdefault(name, []).append(float(t))
         self.targets.append(target)
         for method, values in scores.items():
             for name, v in values.items():
@@ -125,7 +145,9 @@ def merge_evaluations(parts: Sequence[Evaluation]) -> Evaluation:
     """One evaluation of parts scored apart (on several machines), in the order given.
 
     Every part must come from the same model, unit, baseline and methods (the distributed
-    evaluate scores one image per part, on Ray actors, with :func:`evaluate` itself).
+    evaluate scores one image per part, on Ray actors, with :func:`evaluate` itself). Timings
+    are not merged: parts timed on different machines do not share a baseline (timing is
+    refused on Ray).
 
     Raises:
         OptionError: no parts, or parts that measured different things.
@@ -148,4 +170,4 @@ def merge_evaluations(parts: Sequence[Evaluation]) -> Evaluation:
     return out
 
 
-__all__ = ["CURVES", "LOCALISATION", "METRICS", "PERTURBATION", "RANDOM", "Evaluation", "merge_evaluations"]
+__all__ = ["EVALUATION_SCHEMA_VERSION", "CURVES", "LOCALISATION", "METRICS", "PERTURBATION", "RANDOM", "Evaluation", "merge_evaluations"]

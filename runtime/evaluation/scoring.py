@@ -30,10 +30,12 @@ import numpy as np
 
 from attnmap.runtime.core.errors import ExplainError, SourceError
 from attnmap.runtime.engine.engine import FrameEngine, Job
+from attnmap.runtime.engine.job import ItemResult
 from attnmap.runtime.evaluation.curves import Curves, score_maps
 from attnmap.runtime.evaluation.localisation import mask_mass_ratio, mask_pointing_game, segmentation_scores
 from attnmap.runtime.evaluation.plan import EvaluationInputs, EvaluationPlan
 from attnmap.runtime.evaluation.result import CURVES, LOCALISATION, PERTURBATION, RANDOM, Evaluation
+from attnmap.runtime.evaluation.timing import PLAIN, Clock, ExplainTimer, call_order
 from attnmap.runtime.evaluation.truth import GroundTruth
 from attnmap.runtime.frames.frame import Frame
 from attnmap.runtime.frames.sources import open_files
@@ -101,7 +103,7 @@ def evaluate(explainer, frames: Iterable[Frame], methods: Sequence[str], *, base
 
 
 def score_frames(explainer, frames: Iterable[Frame], plan: EvaluationPlan, *,
-                 on_image: Callable[[str], None] | None = None) -> Evaluation:
+                 on_image: Callable[[str], None] | None = None, clock: Clock | None = None) -> Evaluation:
     """Score every method of ``plan`` on every frame, and the random floor beside them.
 
     An image that cannot be scored (unreadable, no label or mask, a method that fails on it)
@@ -112,9 +114,12 @@ def score_frames(explainer, frames: Iterable[Frame], plan: EvaluationPlan, *,
         frames: the images, read lazily; a frame's ``index`` seeds its random maps.
         plan: what to score; checked here against the explainer's model unless it already is.
         on_image: called with each image's source when it is done.
+        clock: with ``plan.timing``, the clock the explanations are timed by (default
+            ``time.perf_counter``).
 
     Returns:
-        :class:`~attnmap.runtime.evaluation.result.Evaluation`.
+        :class:`~attnmap.runtime.evaluation.result.Evaluation`, with ``timings`` when the plan
+        asks for timing (only for the images scored).
     """
     plan = plan.checked(explainer.meta, model=repr(explainer.path.name))
     meta, truth, methods = explainer.meta, plan.truth, plan.specs
@@ -122,21 +127,14 @@ def score_frames(explainer, frames: Iterable[Frame], plan: EvaluationPlan, *,
     result = Evaluation(meta.model_name, plan.unit, plan.baseline, {m: {} for m in (*methods, RANDOM)})
     gh, gw = meta.grid_size
     x = np.empty((1, *meta.input_size), np.float32)
+    timer = ExplainTimer(clock) if plan.timing else None
     for frame in frames:
         try:
             if frame.error is not None:
                 raise frame.error
             label = truth.label_of(frame.source)
             mask = truth.mask_of(frame.source, frame.image_bgr.shape[:2])
-            items = {}
-            for m, engine in engines.items():
-                # each method through the engine's batch step; every step preprocesses the frame
-                # into the same buffer, the input the curves then perturb
-                chosen = [label] if label is not None and engine.job.method_record.class_specific else None
-                item = engine.explain_batch([frame], targets=chosen, out=x)[0]
-                if not item.ok:
-                    raise ExplainError(f"method {m!r}: {item.error or type(item.error).__name__}") from item.error
-                items[m] = item
+            items = _explain_frame(explainer, engines, frame, label, x, timer)
             grids = {m: np.asarray(item.explanation.grid) for m, item in items.items()}
             first = items[methods[0]]
             geometry = first.explanation.geometry
@@ -158,10 +156,45 @@ def score_frames(explainer, frames: Iterable[Frame], plan: EvaluationPlan, *,
         except Exception as exc:  # noqa: BLE001 - one image that cannot be scored never ends the run
             result.failed.append((frame.source, str(exc) or type(exc).__name__))
         else:
-            result._add(frame.source, target, scores, kept)
+            result._add(frame.source, target, scores, kept, None if timer is None else timer.image)
         if on_image is not None:
             on_image(frame.source)
     return result
+
+
+def _explain_frame(explainer, engines: dict[str, FrameEngine], frame: Frame, label: int | None, x: np.ndarray,
+                   timer: ExplainTimer | None) -> dict[str, ItemResult]:
+    """Every method's item of one frame; with a timer, each method and plain inference timed.
+
+    Each method goes through the engine's batch step, which preprocesses the frame into ``x``,
+    the input the curves then perturb (the same for every method).
+    """
+
+    def run(m: str) -> ItemResult:
+        engine = engines[m]
+        chosen = [label] if label is not None and engine.job.method_record.class_specific else None
+        item = engine.explain_batch([frame], targets=chosen, out=x)[0]
+        if not item.ok:
+            raise ExplainError(f"method {m!r}: {item.error or type(item.error).__name__}") from item.error
+        return item
+
+    if timer is None:
+        return {m: run(m) for m in engines}
+    # the input the plain baseline runs on, preprocessed as the methods preprocess it (untimed:
+    # a deployment without explanations preprocesses too)
+    plain_x, _ = explainer.preprocess([frame.image_bgr], fit=next(iter(engines.values())).job.fit)
+    items = {}
+    calls = {PLAIN: lambda: explainer.infer_plain(plain_x), **{m: (lambda m=m: run(m)) for m in engines}}
+    if not timer.warmed:
+        for call in calls.values():
+            call()
+        timer.warmed = True
+    timer.start_image()
+    for name in call_order(list(calls), frame.index):
+        out = timer.time(name, calls[name])
+        if name != PLAIN:
+            items[name] = out
+    return {m: items[m] for m in engines}
 
 
 def _engines(explainer, plan: EvaluationPlan) -> dict[str, FrameEngine]:

@@ -17,6 +17,8 @@ import numpy as np
 
 from attnmap.runtime.core.files import write_bytes, write_image
 from attnmap.runtime.evaluation.result import LOCALISATION, METRICS, PERTURBATION, Evaluation
+from attnmap.runtime.evaluation.timing import PLAIN
+from attnmap.runtime.fronts.evaluate.cost_plot import write_cost_plot
 
 # Line colours (BGR), one per method in order; the random floor is always grey.
 _PALETTE = [(180, 119, 31), (14, 127, 255), (44, 160, 44), (40, 39, 214), (189, 103, 148), (75, 86, 140),
@@ -25,6 +27,7 @@ _GREY = (150, 150, 150)
 PLOTS = {"perturbation.png": (("positive", "negative"), "pn_fractions", "fraction removed", "top-1 = class"),
          "deletion_insertion.png": (("deletion", "insertion"), "di_fractions", "fraction removed / restored",
                                     "p(class)")}
+COST_COLUMNS = ("explain_ms", "plain_ms")  # per_image.csv's timing columns (blank without timing)
 
 
 def format_evaluation(result: Evaluation) -> str:
@@ -45,22 +48,34 @@ def format_evaluation(result: Evaluation) -> str:
                 cells.append("-".rjust(26) if v is None else
                              f"{v['mean']:.3f} [{v['ci_low']:.3f}, {v['ci_high']:.3f}]".rjust(26))
             lines.append(method.ljust(width) + "".join(cells))
+    cost = result.cost()
+    if cost:
+        lines.append(f"cost per image (median over {result.images}; plain inference "
+                     f"{cost[PLAIN]['explain_ms']:.1f} ms)")
+        lines.append("method".ljust(width) + f"{'explain ms':>14}{'x plain':>10}")
+        for method in s:
+            if method in cost:
+                lines.append(method.ljust(width) + f"{cost[method]['explain_ms']:>14.1f}{cost[method]['cost_x']:>10.2f}")
     return "\n".join(lines)
 
 
 def write_csv(result: Evaluation, path: str | Path) -> Path:
-    """One row per image and method: source, explained class, method and every metric (blank
-    where not measured). Written atomically."""
+    """One row per image and method: source, explained class, method, every metric, and with
+    timing that image's explain time and plain inference's, in ms (blank where not measured).
+    Written atomically."""
     buf = io.StringIO()
     out = csv.writer(buf)
-    out.writerow(["source", "class", "method", *METRICS])
+    out.writerow(["source", "class", "method", *METRICS, *COST_COLUMNS])
+    times = result.timings
     for i, (source, target) in enumerate(zip(result.sources, result.targets)):
+        plain = f"{times[PLAIN][i] * 1e3:.4g}" if PLAIN in times else ""
         for method, metrics in result.per_image.items():
             row = []
             for name in METRICS:
                 values = metrics.get(name)
                 row.append("" if not values else f"{values[i]:.6g}")
-            out.writerow([source, target, method, *row])
+            ms = f"{times[method][i] * 1e3:.4g}" if method in times else ""
+            out.writerow([source, target, method, *row, ms, plain if ms else ""])
     return write_bytes(path, buf.getvalue().encode("utf-8"))
 
 
@@ -97,7 +112,8 @@ def _panel(curves: dict[str, dict], key: str, fractions: str, xlabel: str, ylabe
 
 
 def write_plots(result: Evaluation, out_dir: str | Path) -> list[Path]:
-    """``perturbation.png`` and ``deletion_insertion.png`` in ``out_dir`` (none without images)."""
+    """``perturbation.png`` and ``deletion_insertion.png`` in ``out_dir``, and with timing
+    ``cost.png`` (:mod:`~attnmap.runtime.fronts.evaluate.cost_plot`); none without images."""
     curves = result.mean_curves()
     if not curves:
         return []
@@ -105,7 +121,8 @@ def write_plots(result: Evaluation, out_dir: str | Path) -> list[Path]:
     for name, (keys, fractions, xlabel, ylabel) in PLOTS.items():
         panels = [_panel(curves, k, fractions, xlabel, ylabel) for k in keys]
         written.append(write_image(Path(out_dir) / name, np.hstack(panels)))
-    return written
+    cost = write_cost_plot(result, out_dir)
+    return written if cost is None else [*written, cost]
 
 
-__all__ = ["PLOTS", "format_evaluation", "write_csv", "write_plots"]
+__all__ = ["COST_COLUMNS", "PLOTS", "format_evaluation", "write_csv", "write_plots"]

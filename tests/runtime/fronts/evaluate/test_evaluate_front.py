@@ -67,7 +67,10 @@ def test_cli_prints_the_json_schema_and_fails_on_bad_inputs(tmp_path):
     doc = json.loads(res.stdout)
     assert doc["images"] == 2 and doc["unit"] == "patch" and doc["baseline"] == "mean"
     assert set(doc["methods"]) == {"rollout", RANDOM}
-    assert set(doc["methods"]["rollout"]) == {*METRICS, *(k + "_ci" for k in METRICS), "curves"}
+    assert set(doc["methods"]["rollout"]) == {*METRICS, *(k + "_ci" for k in METRICS), "curves", "explain_ms",
+                                              "cost_x"}
+    assert doc["schema_version"] == 1 and doc["plain_ms"] is None  # not timed without --timing
+    assert doc["methods"]["rollout"]["explain_ms"] is None and doc["methods"]["rollout"]["cost_x"] is None
     assert doc["methods"]["rollout"]["pointing_game"] is None  # no masks, boxes or synthetic images
     curves = doc["methods"]["rollout"]["curves"]
     assert curves["pn_fractions"] == [round(i / 10, 4) for i in range(10)] and len(curves["deletion"]) == 5
