@@ -23,6 +23,8 @@ from attnmap.runtime.core.errors import ExplainError, MethodOptionError, OptionE
 from attnmap.runtime.core.meta import ModelMeta, TokenLayout
 from attnmap.runtime.core.options import OptionSpec, check_names
 from attnmap.runtime.methods.attention import raw_attention
+from attnmap.runtime.methods.causal import TOKEN_MASKS, vit_cx
+from attnmap.runtime.methods.intuition import FEEDBACK, beyond_intuition
 from attnmap.runtime.methods.base import HEAD_FUSIONS, Method, make_method, normalize_maps
 from attnmap.runtime.methods.gradcam import gradcam
 from attnmap.runtime.methods.flow import attention_flow
@@ -33,7 +35,8 @@ from attnmap.runtime.methods.rollout import attention_rollout, grad_rollout
 
 __all__ = ["KINDS", "METHODS", "Kind", "Method", "attention_maps", "check_method_use", "check_options",
            "get_method", "normalize_maps", "runs_on", "attention_flow", "attention_rollout", "grad_rollout",
-           "raw_attention", "chefer", "gradsam", "product_rule", "occlusion", "rise", "gradcam"]
+           "raw_attention", "chefer", "gradsam", "product_rule", "occlusion", "rise", "gradcam", "beyond_intuition",
+           "vit_cx"]
 
 # One declaration per option; methods that share an option share its spec (the default comes
 # from each function's signature).
@@ -101,6 +104,23 @@ METHODS: dict[str, Method] = {m.name: m for m in (
 METHODS["gradcam"] = make_method(
     "gradcam", gradcam, "Grad-CAM (Selvaraju et al. 2017) on the last block's patch tokens: relu(sum_k a_k A_k).",
     {}, needs_gradients=True, kind=FEATURES)
+
+
+METHODS["beyond_intuition"] = make_method(
+    "beyond_intuition", beyond_intuition,
+    "Beyond Intuition (Chen et al. 2023), head-wise: head-weighted attention composed, times the last "
+    "map's integrated gradients.", {"start_layer": _START}, needs_gradients=True, kind=FEEDBACK)
+METHODS["vit_cx"] = make_method(
+    "vit_cx", vit_cx,
+    "ViT-CX (Xie et al. 2023): clustered masks from the last block's patch embeddings, weighted by their "
+    "noise-corrected causal impact.",
+    {"distance_threshold": OptionSpec("distance_threshold", float, None,
+                                      "Cosine distance below which embedding masks are clustered together.",
+                                      low=0.0, high=2.0),
+     "noise": OptionSpec("noise", float, None, "Std of the Gaussian noise in the masked-out region (normalised "
+                                               "input units).", low=0.0, high=10.0),
+     "noise_seed": OptionSpec("noise_seed", int, None, "Seed of the noise (same seed, same map).", low=0),
+     "forward_batch": _FORWARD_BATCH}, kind=TOKEN_MASKS)
 
 
 def get_method(method: str) -> Method:

@@ -40,7 +40,8 @@ class Budget:
 
     Attributes:
         max_forward_passes: model runs per image (one input each): RISE's masks + 1,
-            occlusion's positions + 2, 1 for the other methods.
+            occlusion's positions + 2, ViT-CX's 2 x (embedding width) + 1 at most, Beyond
+            Intuition's integration steps + 1, 1 for the other methods.
         max_batch_bytes: estimated memory the method holds at once (its perturbed inputs,
             masks and one model run's activations).
 
@@ -122,6 +123,20 @@ def estimate(method: str, options: Mapping[str, Any], meta: ModelMeta) -> Cost:
         per_input = unit + input_bytes + 2 * _F32 * h * w  # the masked copy, its mask and the product
         held = grids + upsampled + batch * per_input + _F64 * h * w
         return Cost(n + 1, batch, held, per_input)
+    if m.name == "vit_cx":
+        # at most one mask per embedding dimension (D = 64 x heads) survives the clustering; each
+        # mask runs twice (masked, and noise only), plus the clean input
+        d = HEAD_WIDTH * meta.num_heads
+        batch = max(1, min(int(opts["forward_batch"]), 2 * d))
+        per_input = unit + 2 * input_bytes  # the masked or noisy copy and its noise
+        held = 2 * d * _F32 * h * w + batch * per_input + _F64 * 2 * h * w  # masks (and their clusters)
+        return Cost(2 * d + 1, batch, held, per_input)
+    outputs = _F32 * meta.num_layers * meta.output_heads * meta.num_tokens ** 2 * (2 if m.needs_gradients else 1)
+    if m.name == "beyond_intuition":
+        from attnmap.runtime.methods.intuition import FEEDBACK_STEPS
+
+        # the pass at the input and one per integrated-gradient step, each a full gradient run
+        return Cost(FEEDBACK_STEPS + 1, 1, unit + 2 * outputs, unit + outputs)
     # one run of the full model: its activations and the attention (and gradient) outputs it returns
     outputs = _F32 * meta.num_layers * meta.output_heads * meta.num_tokens ** 2 * (2 if m.needs_gradients else 1)
     return Cost(1, 1, unit + outputs, unit + outputs)
