@@ -108,12 +108,10 @@ METHODS["gradcam"] = make_method(
 
 METHODS["beyond_intuition"] = make_method(
     "beyond_intuition", beyond_intuition,
-    "Beyond Intuition (Chen et al. 2023), head-wise: head-weighted attention composed, times the last "
-    "map's integrated gradients.", {"start_layer": _START}, needs_gradients=True, kind=FEEDBACK)
+    "Beyond Intuition (Chen et al. 2023), head-wise: weighted attention x integrated gradients.", {"start_layer": _START}, needs_gradients=True, kind=FEEDBACK)
 METHODS["vit_cx"] = make_method(
     "vit_cx", vit_cx,
-    "ViT-CX (Xie et al. 2023): clustered masks from the last block's patch embeddings, weighted by their "
-    "noise-corrected causal impact.",
+    "ViT-CX (Xie et al. 2023): clustered embedding masks weighted by their causal impact.",
     {"distance_threshold": OptionSpec("distance_threshold", float, None,
                                       "Cosine distance below which embedding masks are clustered together.",
                                       low=0.0, high=2.0),

@@ -11,7 +11,7 @@ from attnmap.runtime.methods import METHODS, Method, attention_maps, normalize_m
 from attnmap.runtime.core.meta import TokenLayout
 
 LAYOUT = TokenLayout(2, (3, 5), 0)
-GRADIENT_METHODS = ["chefer", "grad_rollout", "gradsam", "product", "gradcam"]
+GRADIENT_METHODS = ["chefer", "grad_rollout", "gradsam", "product", "gradcam", "beyond_intuition"]
 # The methods attention_maps() runs: they read attentions (the others go through Explainer.maps).
 ATTENTION_METHODS = sorted(n for n, m in METHODS.items() if m.kind.name == "attention")
 
@@ -29,7 +29,7 @@ G = np.random.default_rng(1).standard_normal(A.shape).astype(np.float32)
 # --------------------------------------------------------------------------- registry
 def test_registry_holds_the_documented_methods():
     assert set(METHODS) == {"rollout", "attention", "flow", "chefer", "grad_rollout", "gradsam", "product",
-                               "gradcam", "occlusion", "rise"}
+                               "gradcam", "occlusion", "rise", "beyond_intuition", "vit_cx"}
     assert {k for k, m in METHODS.items() if m.needs_gradients} == set(GRADIENT_METHODS)
     assert {k for k, m in METHODS.items() if m.kind.name == "perturbation"} == {"occlusion", "rise"}
     assert {k for k, m in METHODS.items() if m.kind.name == "features"} == {"gradcam"}

@@ -72,7 +72,10 @@ def test_the_registered_kinds_say_what_they_read():
     assert KINDS == {"attention": ATTENTION, "perturbation": PERTURBATION, "features": FEATURES}
     assert {n for n, m in METHODS.items() if m.kind is ATTENTION} == {
         "rollout", "attention", "flow", "chefer", "grad_rollout", "gradsam", "product"}
-    assert [n for n, m in METHODS.items() if m.reruns_model] == ["occlusion", "rise"]
+    assert [n for n, m in METHODS.items() if m.reruns_model] == ["occlusion", "rise", "beyond_intuition", "vit_cx"]
+    # kinds of their own, in their methods' files: Beyond Intuition's integrated gradients, ViT-CX's token masks
+    assert (METHODS["beyond_intuition"].kind.name, METHODS["vit_cx"].kind.name) == ("attention+feedback",
+                                                                                    "token-masks")
     assert PERTURBATION.reads == ("input",) and FEATURES.reads == ("tokens", "token_grads")
     assert str(ATTENTION) == "attention" and ATTENTION.splits and not PERTURBATION.splits
 
