@@ -91,7 +91,7 @@ def cost_panel(points: dict[str, tuple[float, float]], title: str, floor: float 
         y = at(x_lo, floor)[1]
         for x in range(left, left + pw, 12):
             cv2.line(img, (x, y), (min(x + 6, left + pw), y), (150, 150, 150), 1)
-        cv2.putText(img, RANDOM, (left + pw - 54, y - 5), _FONT, 0.4, (150, 150, 150), 1, cv2.LINE_AA)
+        cv2.putText(img, RANDOM, (left + 4, y - 5), _FONT, 0.4, (150, 150, 150), 1, cv2.LINE_AA)
     front = pareto_front([(c, points[m][1]) for c, m in zip(costs, names)])
     # the front as a staircase: each step holds its score until the next, cheaper-is-left point
     stairs = []
