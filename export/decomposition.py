@@ -27,9 +27,10 @@ about one output projection per block (``u`` for every head) and two (N, H+1, H+
 through the LAST block, the final norm and the head; see :func:`class_contributions`.
 
 The hooks capture the tensors the block uses: the input of ``norm1`` (x), its output (z), and
-the probabilities (:class:`ViTWithAttention`'s hook); the values are then recomputed from z with
-the attention module's own value weights (timm runs the value projection inside one fused
-``qkv`` matmul, or ``F.linear`` with a concatenated bias, which no module hook sees).
+the probabilities (:class:`ViTWithAttention`'s hook), and the values: the last third of the
+fused ``qkv`` Linear's output where the module runs it (timm's ``Attention``), else (BEiT, EVA,
+which call ``F.linear`` with a concatenated bias that no module hook sees) recomputed from z with
+the module's own value weights.
 """
 
 from __future__ import annotations
@@ -41,13 +42,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from attnmap.runtime.core.errors import ExportError
+from attnmap.runtime.core.meta import DECOMPOSITION_OUTPUTS
 
 from .vit_attn import ViTWithAttention
 
-__all__ = ["DECOMPOSITION_OUTPUTS", "CONTRIBUTION_OUTPUT", "DECOMP_RTOL", "check_decomposition_options", "ViTWithDecompositions", "value_weights",
-           "block_parts", "contributions_supported"]
+__all__ = ["DECOMPOSITION_OUTPUTS", "CONTRIBUTION_OUTPUT", "DECOMP_RTOL", "check_decomposition_options",
+           "ViTWithDecompositions", "value_weights", "block_parts", "contributions_supported"]
 
-DECOMPOSITION_OUTPUTS = ("mix_grams", "mix_grams_ln")
 CONTRIBUTION_OUTPUT = "class_contributions"
 
 
@@ -59,14 +60,13 @@ def value_weights(attn: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
 
     Returns:
         ``(W, b)``: float32 ``[A, D]`` and ``[A]`` (or None without a value bias), A = heads x head dim.
+        Call it inside the traced forward: the slices are graph operations on the parameters.
 
     Raises:
         ExportError: the module normalises or gates its output before the projection (then the
             value path is not linear per token and the decomposition does not apply).
     """
-    if not isinstance(getattr(attn, "norm", nn.Identity()), nn.Identity) or getattr(attn, "gate", None) is not None:
-        raise ExportError(f"{type(attn).__name__} normalises or gates the attention output before its projection; "
-                          "the norm-based decompositions need a linear value path")
+    check_value_path(attn)
     qkv = getattr(attn, "qkv", None)
     if qkv is None:
         proj = attn.v_proj
@@ -76,6 +76,13 @@ def value_weights(attn: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
     if getattr(attn, "v_bias", None) is not None:
         return weight, attn.v_bias
     return weight, None if qkv.bias is None else qkv.bias[2 * a:]
+
+
+def check_value_path(attn: nn.Module) -> None:
+    """Raise ExportError where the attention output is normalised or gated before its projection."""
+    if not isinstance(getattr(attn, "norm", nn.Identity()), nn.Identity) or getattr(attn, "gate", None) is not None:
+        raise ExportError(f"{type(attn).__name__} normalises or gates the attention output before its projection; "
+                          "the norm-based decompositions need a linear value path")
 
 
 def _scale(block: nn.Module, index: int) -> torch.Tensor | None:
@@ -101,10 +108,9 @@ def block_parts(block: nn.Module) -> dict:
     if "PostNorm" in type(block).__name__ or "ResPost" in type(block).__name__:
         raise ExportError(f"{type(block).__name__} normalises after the residual sum (post-norm); the "
                           "decompositions are written for pre-LN blocks")
-    w_v, b_v = value_weights(block.attn)
-    return {"norm1": norm1, "norm2": norm2, "attn": block.attn, "w_v": w_v, "b_v": b_v,
-            "w_o": block.attn.proj.weight, "b_o": block.attn.proj.bias,
-            "gamma1": _scale(block, 1), "gamma2": _scale(block, 2), "mlp": block.mlp}
+    check_value_path(block.attn)
+    return {"norm1": norm1, "norm2": norm2, "attn": block.attn, "proj": block.attn.proj, "block": block,
+            "mlp": block.mlp}
 
 
 def contributions_supported(model: nn.Module) -> str | None:
@@ -166,8 +172,9 @@ def class_contributions(model: nn.Module, parts: dict, x: torch.Tensor, w: torch
     """
     d = torch.einsum("bhj,bjhd->bjd", probs[:, :, 0, :], w)
     d = torch.cat([d[:, :1] + x[:, :1], d[:, 1:]], dim=1)
-    gamma1 = parts["gamma1"] if parts["gamma1"] is not None else 1.0
-    b_o = parts["b_o"] if parts["b_o"] is not None else torch.zeros_like(x[0, 0])
+    gamma1 = _scale(parts["block"], 1)
+    gamma1 = gamma1 if gamma1 is not None else 1.0
+    b_o = parts["proj"].bias if parts["proj"].bias is not None else torch.zeros_like(x[0, 0])
     bias = (gamma1 * b_o).expand(x.shape[0], -1)
     total = d.sum(dim=1) + bias
     e, e_bias = _linear_norm(d, bias, parts["norm2"], total)
@@ -178,7 +185,8 @@ def class_contributions(model: nn.Module, parts: dict, x: torch.Tensor, w: torch
     f = ratio[:, None] * F.linear(e, mlp.fc1.weight)
     f_bias = ratio * F.linear(e_bias, mlp.fc1.weight, mlp.fc1.bias)
     m, m_bias = F.linear(f, mlp.fc2.weight), F.linear(f_bias, mlp.fc2.weight, mlp.fc2.bias)
-    gamma2 = parts["gamma2"] if parts["gamma2"] is not None else 1.0
+    gamma2 = _scale(parts["block"], 2)
+    gamma2 = gamma2 if gamma2 is not None else 1.0
     p, p_bias = d + gamma2 * m, bias + gamma2 * m_bias
     q, q_bias = _linear_norm(p, p_bias, model.norm, p.sum(dim=1) + p_bias)
     if isinstance(getattr(model, "fc_norm", None), nn.LayerNorm):
@@ -213,17 +221,39 @@ class ViTWithDecompositions(ViTWithAttention):
         # In a list: the parts hold submodules of model already registered there.
         self._parts = [parts]
         self._inputs: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * len(blocks)
+        self._qkv: list[torch.Tensor | None] = [None] * len(blocks)
         for i, p in enumerate(parts):
             self._handles.append(p["norm1"].register_forward_hook(functools.partial(self._norm_hook, i)))
+            # Where the attention runs its fused qkv Linear as a module (timm's Attention), its
+            # output holds the values the block uses: read them there instead of a second
+            # value projection. BEiT and EVA call F.linear with a concatenated bias, which no
+            # hook sees; their values are recomputed from z (value_weights).
+            qkv = getattr(p["attn"], "qkv", None)
+            if isinstance(qkv, nn.Linear) and getattr(p["attn"], "v_bias", None) is None:
+                self._handles.append(qkv.register_forward_hook(functools.partial(self._qkv_hook, i)))
 
     def _norm_hook(self, index: int, module: nn.Module, inputs: tuple, output: torch.Tensor):
         if self._capturing:
             self._inputs[index] = (inputs[0], output)
         return None
 
+    def _qkv_hook(self, index: int, module: nn.Module, inputs: tuple, output: torch.Tensor):
+        if self._capturing:
+            self._qkv[index] = output
+        return None
+
+    def _values(self, index: int, z: torch.Tensor) -> torch.Tensor:
+        """``[B, N, A]`` the values block ``index`` used: its qkv output's last third, or z W_V + b_V."""
+        qkv = self._qkv[index]
+        if qkv is not None:
+            return qkv[..., 2 * (qkv.shape[-1] // 3):]
+        weight, bias = value_weights(self._parts[0][index]["attn"])
+        return F.linear(z, weight, bias)
+
     def forward(self, x: torch.Tensor):
         """Run the model; see the module docstring for the outputs' definitions and shapes."""
         self._inputs = [None] * self.num_layers
+        self._qkv = [None] * self.num_layers
         logits, attentions = super().forward(x)
         if any(v is None for v in self._inputs):
             raise ExportError("a block's norm1 did not run during the forward pass; cannot decompose it")
@@ -232,11 +262,13 @@ class ViTWithDecompositions(ViTWithAttention):
             stream, z = self._inputs[l]
             b, n, dim = stream.shape
             heads = self.num_heads
-            v = F.linear(z, p["w_v"], p["b_v"]).reshape(b, n, heads, -1).transpose(1, 2)  # [B, H, N, d]
-            w_o = p["w_o"].t().reshape(heads, -1, p["w_o"].shape[0])  # [H, d, D]: head h's rows of W_O
+            v = self._values(l, z).reshape(b, n, heads, -1).transpose(1, 2)  # [B, H, N, d]
+            w_o = p["proj"].weight
+            w_o = w_o.t().reshape(heads, -1, w_o.shape[0])  # [H, d, D]: the rows of W_O head h feeds
             u = torch.matmul(v, w_o)  # [B, H, N, D]
-            if p["gamma1"] is not None:
-                u = u * p["gamma1"]
+            gamma1 = _scale(p["block"], 1)
+            if gamma1 is not None:
+                u = u * gamma1
             w = u.transpose(1, 2)  # [B, N, H, D]
             vecs = torch.cat([w, stream[:, :, None, :]], dim=2)  # [B, N, H+1, D]
             grams.append(torch.matmul(vecs, vecs.transpose(-1, -2)))
@@ -246,6 +278,7 @@ class ViTWithDecompositions(ViTWithAttention):
             if self.contributions and l == self.num_layers - 1:
                 contrib = class_contributions(self.model, p, stream, w, attentions[:, l])
         self._inputs = [None] * self.num_layers
+        self._qkv = [None] * self.num_layers
         out = (logits, attentions, torch.stack(grams, dim=1), torch.stack(grams_ln, dim=1))
         return out + ((contrib,) if contrib is not None else ())
 
