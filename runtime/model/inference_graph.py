@@ -14,7 +14,9 @@ torch's exporter writes an attnmap gradient file with the training form of some 
 its ``Mean`` and ``InvStdDev``, where something reads them, are computed beside it by plain
 ``ReduceMean``/``Sub``/``Mul``/``Add``/``Sqrt``/``Reciprocal`` nodes at the precision its
 ``stash_type`` names (the same arithmetic the ONNX specification defines them by); negative
-axes become the positive ones of the tensor's rank; a ``Dropout`` becomes an ``Identity``.
+axes become the positive ones of the tensor's rank; a ``Dropout`` becomes an ``Identity``; a
+``ConstantOfShape`` gets its value written out (float32 zero, the default), which onnxruntime
+1.24's fp16 converter otherwise turns into a half tensor its float32 readers refuse.
 :func:`inference_problems` lists what would stop an inference runtime, and the export checks
 that it lists nothing (``export/to_onnx.py``); :class:`~attnmap.runtime.model.session.OnnxModel`
 rewrites an older file the same way before handing it to any provider other than the CPU.
@@ -65,15 +67,15 @@ def inference_graph(model: onnx.ModelProto) -> onnx.ModelProto:
     Returns:
         ``model``, whose outputs are the same tensors computed by inference-only nodes.
     """
-    if not inference_problems(model) and not _negative_axes(model):
+    if not inference_problems(model) and not _negative_axes(model) and not _implicit_values(model):
         return model
-    ranks, types = _ranks_and_types(model)
+    ranks = _ranks(model)
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
     readers = {i for n in model.graph.node for i in n.input} | {o.name for o in model.graph.output}
     nodes: list[onnx.NodeProto] = []
     for node in model.graph.node:
         if node.op_type == "LayerNormalization" and len([o for o in node.output if o]) > 1:
-            nodes.extend(_single_output_layer_norm(node, readers, ranks, types, opset))
+            nodes.extend(_single_output_layer_norm(node, readers, ranks, opset))
             continue
         if node.op_type == "Dropout":
             if len(node.output) > 1 and node.output[1] in readers:
@@ -82,6 +84,8 @@ def inference_graph(model: onnx.ModelProto) -> onnx.ModelProto:
             nodes.append(helper.make_node("Identity", [node.input[0]], [node.output[0]], name=node.name))
             continue
         _positive_axis(node, ranks)
+        if node.op_type == "ConstantOfShape" and not any(a.name == "value" for a in node.attribute):
+            node.attribute.append(helper.make_attribute("value", numpy_helper.from_array(np.zeros(1, np.float32))))
         nodes.append(node)
     del model.graph.node[:]
     model.graph.node.extend(nodes)
@@ -99,8 +103,13 @@ def _negative_axes(model: onnx.ModelProto) -> bool:
     return any(node.op_type in _AXIS_ATTR_OPS and _attr(node, "axis", 0) < 0 for node in model.graph.node)
 
 
-def _ranks_and_types(model: onnx.ModelProto) -> tuple[dict[str, int], dict[str, int]]:
-    """Rank and element type of every tensor onnx's shape inference can tell."""
+def _implicit_values(model: onnx.ModelProto) -> bool:
+    return any(node.op_type == "ConstantOfShape" and not any(a.name == "value" for a in node.attribute)
+               for node in model.graph.node)
+
+
+def _ranks(model: onnx.ModelProto) -> dict[str, int]:
+    """The rank of every tensor onnx's shape inference can tell."""
     copy = onnx.ModelProto()
     copy.CopyFrom(model)
     # no weights: inference needs their shapes and types only, and a big model stays small
@@ -113,16 +122,12 @@ def _ranks_and_types(model: onnx.ModelProto) -> tuple[dict[str, int], dict[str, 
         inferred = onnx.shape_inference.infer_shapes(copy, strict_mode=False)
     except (onnx.shape_inference.InferenceError, onnx.checker.ValidationError):
         inferred = copy
-    ranks, types = {}, {}
+    ranks = {}
     for vi in [*inferred.graph.input, *inferred.graph.value_info, *inferred.graph.output]:
-        t = vi.type.tensor_type
-        if t.elem_type:
-            types[vi.name] = t.elem_type
-        if t.HasField("shape"):
-            ranks[vi.name] = len(t.shape.dim)
-    for name, init in inits.items():
-        ranks[name], types[name] = len(init.dims), init.data_type
-    return ranks, types
+        if vi.type.tensor_type.HasField("shape"):
+            ranks[vi.name] = len(vi.type.tensor_type.shape.dim)
+    ranks.update({name: len(init.dims) for name, init in inits.items()})
+    return ranks
 
 
 def _positive_axis(node: onnx.NodeProto, ranks: dict[str, int]) -> None:
@@ -135,8 +140,7 @@ def _positive_axis(node: onnx.NodeProto, ranks: dict[str, int]) -> None:
             a.i += rank
 
 
-def _single_output_layer_norm(node: onnx.NodeProto, readers: set[str], ranks: dict[str, int],
-                              types: dict[str, int], opset: int) -> list[onnx.NodeProto]:
+def _single_output_layer_norm(node: onnx.NodeProto, readers: set[str], ranks: dict[str, int], opset: int) -> list[onnx.NodeProto]:
     """``node`` with its output ``Y`` alone, and ``Mean``/``InvStdDev`` recomputed where read.
 
     The ONNX definition: over the axes from ``axis`` to the last, at ``stash_type``'s precision
@@ -163,10 +167,11 @@ def _single_output_layer_norm(node: onnx.NodeProto, readers: set[str], ranks: di
         return [single]
     p = f"{node.name or out[0]}/stats"
     made: list[onnx.NodeProto] = [single]
-    xs = x
-    if types.get(x, stash) != stash:
-        xs = f"{p}/x"
-        made.append(helper.make_node("Cast", [x], [xs], name=xs, to=stash))
+    # always a Cast of its own, even to the type X has: the statistics then read X through one
+    # node, and onnxruntime's fp16 converter, which names the casts it inserts before the nodes
+    # it keeps in float after their input, does not insert two of the same name
+    xs = f"{p}/x"
+    made.append(helper.make_node("Cast", [x], [xs], name=xs, to=stash))
 
     def reduce_mean(src: str, dst: str) -> onnx.NodeProto:
         if opset >= 18:
