@@ -38,6 +38,7 @@ from attnmap.runtime.core.errors import AttnmapError, ExportError, suggest
 from attnmap.runtime.core.files import commit, discard, temp_path
 from attnmap.runtime.core.meta import EXPORT_HEAD_FUSIONS, ModelMeta
 from attnmap.runtime.core.text import megabytes
+from attnmap.runtime.model.inference_graph import inference_graph, inference_problems
 
 from .gradients import GRAD_RTOL, GRADIENT_INPUTS, GRADIENT_OUTPUTS, check_gradient_options, trace_gradients
 from .metadata import build_meta
@@ -165,6 +166,12 @@ def _opset_of(proto) -> int:
 def _save(proto, meta: ModelMeta, path: Path) -> None:
     import onnx
 
+    # the training form torch writes for a gradient graph (3-output LayerNormalization ...)
+    # stops OpenVINO and other inference runtimes: written in its inference form
+    inference_graph(proto)
+    problems = inference_problems(proto)
+    if problems:
+        raise ExportError(f"the exported graph of {meta.model_name} is not inference-clean: {'; '.join(problems)}")
     props = {p.key: p.value for p in proto.metadata_props}
     props.update(meta.to_props())
     onnx.helper.set_model_props(proto, props)

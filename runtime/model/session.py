@@ -22,9 +22,10 @@ from onnxruntime.capi import onnxruntime_pybind11_state as _ort_state
 from attnmap.runtime.core.errors import InputError, ModelError, ProviderError, suggest_path
 from attnmap.runtime.core.meta import ModelMeta
 from attnmap.runtime.model.buffers import BufferPool, DeviceBuffers
-from attnmap.runtime.model.graph import (check_against_graph, first_line, logits_only, read_model,
-                                         split_stacked_outputs)
+from attnmap.runtime.model.graph import check_against_graph, logits_only, read_model, split_stacked_outputs
 from attnmap.runtime.model import providers as _providers
+from attnmap.runtime.model.inference_graph import inference_graph, inference_problems
+from attnmap.runtime.model.ort_errors import describe_ort_error
 from attnmap.runtime.model.providers import ORT_NAMES, provider_options
 
 _DTYPES = {"tensor(float)": np.dtype(np.float32), "tensor(int64)": np.dtype(np.int64),
@@ -176,17 +177,19 @@ class OnnxModel:
         # copies outputs to the host.
         self._split: dict[str, tuple[str, ...]] = {}
         source: str | bytes = str(self.path)
+        proto = read_model(self.path)
+        # the metadata before the session: a file attnmap did not write is refused as such
+        self.meta = ModelMeta.from_props({p.key: p.value for p in proto.metadata_props}, str(self.path))
         if cpu:
-            proto = read_model(self.path)
-            # the metadata before the session: a file attnmap did not write is refused as such
-            self.meta = ModelMeta.from_props({p.key: p.value for p in proto.metadata_props}, str(self.path))
             self._split = split_stacked_outputs(proto)
             if self._split:
                 source = proto.SerializeToString()
-            del proto
+        elif inference_problems(proto):
+            # a file exported before attnmap wrote inference-clean graphs (runtime/model/inference_graph.py):
+            # OpenVINO and other accelerators refuse a training-form node, the CPU provider runs it
+            source = inference_graph(proto).SerializeToString()
+        del proto
         self.session = self._create_session(source)
-        if not cpu:
-            self.meta = ModelMeta.from_props(self.session.get_modelmeta().custom_metadata_map, str(self.path))
         inputs = self.session.get_inputs()
         self.input_names = tuple(i.name for i in inputs)
         # per-layer output -> the stacked output it is part of
@@ -234,7 +237,8 @@ class OnnxModel:
             if isinstance(source, str):  # not parsed yet: a file that is not ONNX, or not attnmap's, says so
                 proto = read_model(self.path)
                 ModelMeta.from_props({p.key: p.value for p in proto.metadata_props}, str(self.path))
-            raise ModelError(f"cannot load model {str(self.path)!r} with onnxruntime: {first_line(exc)}") from exc
+            raise ModelError(f"cannot load model {str(self.path)!r} with onnxruntime's "
+                             f"{_providers.short_name(self.providers[0])} provider: {describe_ort_error(exc)}") from exc
         started = session.get_providers()
         if self.providers[0] not in started:
             # onnxruntime-gpu without its CUDA/cuDNN libraries logs an error and runs on the CPU.
@@ -308,7 +312,7 @@ class OnnxModel:
             if values is None:
                 values = self._run_unbound(names, feed)
         except ORT_ERRORS as exc:
-            raise ModelError(f"onnxruntime failed on {self.path.name!r}: {first_line(exc)}") from exc
+            raise ModelError(f"onnxruntime failed on {self.path.name!r}: {describe_ort_error(exc)}") from exc
         # maps are computed in float32: an fp16 file's half attentions are widened here, once
         if self._any_half:
             values = {k: v.astype(np.float32) if v.dtype == np.float16 else v for k, v in values.items()}
@@ -445,14 +449,17 @@ class OnnxModel:
         """
         x = self._check_input(x_nchw)
         if self._plain is None:
-            self._plain = self._create_session(logits_only(read_model(self.path)).SerializeToString())
+            plain = logits_only(read_model(self.path))
+            if self.providers[0] != ORT_NAMES["cpu"]:
+                inference_graph(plain)
+            self._plain = self._create_session(plain.SerializeToString())
         try:
             if self._per_image:  # one image per run, as in :meth:`run`
                 return np.concatenate([self._plain.run(["logits"], {self.meta.inputs[0]: x[i:i + 1]})[0]
                                        for i in range(len(x))])
             return self._plain.run(["logits"], {self.meta.inputs[0]: x})[0]
         except ORT_ERRORS as exc:
-            raise ModelError(f"onnxruntime failed on {self.path.name!r}: {first_line(exc)}") from exc
+            raise ModelError(f"onnxruntime failed on {self.path.name!r}: {describe_ort_error(exc)}") from exc
 
 
 def _run_binding(session: ort.InferenceSession, binding, path: Path) -> None:
@@ -461,4 +468,4 @@ def _run_binding(session: ort.InferenceSession, binding, path: Path) -> None:
     try:
         session.run_with_iobinding(binding)
     except RuntimeError as exc:
-        raise ModelError(f"onnxruntime failed on {path.name!r}: {first_line(exc)}") from exc
+        raise ModelError(f"onnxruntime failed on {path.name!r}: {describe_ort_error(exc)}") from exc
