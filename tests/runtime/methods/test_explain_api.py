@@ -29,7 +29,8 @@ G = np.random.default_rng(1).standard_normal(A.shape).astype(np.float32)
 # --------------------------------------------------------------------------- registry
 def test_registry_holds_the_documented_methods():
     assert set(METHODS) == {"rollout", "attention", "flow", "chefer", "grad_rollout", "gradsam", "product",
-                               "gradcam", "occlusion", "rise", "beyond_intuition", "vit_cx"}
+                               "gradcam", "occlusion", "rise", "beyond_intuition", "vit_cx", "attn-norm",
+                            "globenc", "decompx"}
     assert {k for k, m in METHODS.items() if m.needs_gradients} == set(GRADIENT_METHODS)
     assert {k for k, m in METHODS.items() if m.kind.name == "perturbation"} == {"occlusion", "rise"}
     assert {k for k, m in METHODS.items() if m.kind.name == "features"} == {"gradcam"}
