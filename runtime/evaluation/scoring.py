@@ -68,7 +68,7 @@ def _localisation(geometry, grid: np.ndarray, mask: np.ndarray) -> dict[str, flo
 def evaluate(explainer, frames: Iterable[Frame], methods: Sequence[str], *, baseline: str = "mean",
              sigma: float = 10.0, steps: int = 16, unit: str = "patch", fit: str = "crop", batch_size: int = 32,
              options: dict[str, dict[str, Any]] | None = None, truth: GroundTruth | None = None,
-             on_image: Callable[[str], None] | None = None) -> Evaluation:
+             on_image: Callable[[str], None] | None = None, timing: bool = False) -> Evaluation:
     """Score every method's map on every frame (and a random map beside them).
 
     The keyword form of :func:`score_frames`: the settings become an
@@ -89,6 +89,8 @@ def evaluate(explainer, frames: Iterable[Frame], methods: Sequence[str], *, base
         options: per method spec, more options (``{"rollout": {"discard_ratio": 0.9}}``).
         truth: labels (the classes to explain) and object masks or boxes (localisation).
         on_image: called with each image's source when it is done (a progress bar).
+        timing: also time each method's explanation beside plain inference
+            (:mod:`~attnmap.runtime.evaluation.timing`; ``Evaluation.cost()``).
 
     Returns:
         :class:`~attnmap.runtime.evaluation.result.Evaluation`.
@@ -98,7 +100,7 @@ def evaluate(explainer, frames: Iterable[Frame], methods: Sequence[str], *, base
         ExplainError: a method the model cannot run (a class-specific one without gradients).
     """
     plan = EvaluationPlan(methods=tuple(methods), baseline=baseline, sigma=sigma, steps=steps, unit=unit, fit=fit,
-                          batch_size=batch_size, options=options or {}, truth=truth)
+                          batch_size=batch_size, options=options or {}, truth=truth, timing=timing)
     return score_frames(explainer, frames, plan, on_image=on_image)
 
 

@@ -145,3 +145,5 @@ def test_timing_is_refused_on_the_ray_engine_and_scores_unchanged_by_the_keyword
     with pytest.raises(OptionError, match="local engine"):
         EvaluationPlan(methods=("rollout",), timing=True, engine="ray").checked(ex.meta)
     assert evaluate(ex, _frames(1), ["rollout"], steps=1).timings == {}
+    timed = evaluate(ex, _frames(1), ["rollout"], steps=1, timing=True)
+    assert set(timed.timings) == {PLAIN, "rollout"} and all(len(v) == 1 for v in timed.timings.values())
