@@ -35,8 +35,8 @@ from attnmap.runtime.methods.kinds import PerturbationKind, explained_classes
 from attnmap.runtime.methods.perturbation import (FORWARD_BATCH, Forward, check_forward_batch,
                                                   check_perturbation_inputs, class_probs, pool_to_grid)
 
-# OpenCV resizes at most 512 channels at once
-_RESIZE_CHANNELS = 256
+# OpenCV resizes at most 128 channels at once (CV_CN_MAX in OpenCV 5; 512 in 4.x)
+_RESIZE_CHANNELS = 128
 
 
 class TokenMasksKind(PerturbationKind):

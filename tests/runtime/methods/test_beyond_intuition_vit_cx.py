@@ -155,6 +155,17 @@ def test_vit_cx_equals_the_papers_formula(forward_batch):
     assert k < 11  # the repeated dimension merged (and the constant one dropped)
 
 
+def test_vit_cx_masks_from_wider_embeddings_than_one_opencv_resize_takes():
+    # DeiT-Tiny's 192 dimensions (ViT-B's 768) are upsampled in slices: OpenCV 5 resizes <= 128 channels
+    rng = np.random.default_rng(6)
+    x = rng.normal(size=(1, 3, 24, 24)).astype(np.float32)
+    tokens = rng.normal(size=(1, 10, 300)).astype(np.float32)
+    f = _Linear(x.shape[1:])
+    got = vit_cx(x, f, np.array([1]), LAYOUT, tokens, distance_threshold=0.05, noise=0.1, noise_seed=1)
+    ref, _ = _vit_cx_reference(x[0], f, 1, tokens[0], LAYOUT, 0.05, 0.1, 1)
+    np.testing.assert_allclose(got[0], ref, atol=1e-5)
+
+
 def test_vit_cx_runs_on_a_gradient_file_and_its_cost_is_budgeted(tiny_vit_grads_onnx):
     ex = Explainer(tiny_vit_grads_onnx, provider="cpu")
     img = np.random.default_rng(5).integers(0, 256, (32, 32, 3), dtype=np.uint8)
