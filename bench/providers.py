@@ -101,6 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     import onnxruntime as ort
 
     from attnmap import Explainer
+    from attnmap.runtime.core.errors import ModelError
     from attnmap.runtime.model.providers import ORT_NAMES, short_name
     from attnmap.runtime.precision.fidelity import measure_fidelity
 
@@ -111,11 +112,16 @@ def main(argv: list[str] | None = None) -> int:
     x, where = _images(args.images, ref.meta, args.count)
     folder = Path(tempfile.mkdtemp(prefix="attnmap-providers-"))
     files = [("fp32", args.fp32, args.method)]
-    files += [(n, _convert(args.fp32, folder, n, s, x), args.method) for n, s in _variants(False)]
+    sources = [("", args.fp32, args.method, _variants(False))]
     if args.grads:
         files += [("grads fp32", args.grads, args.grad_method)]
-        files += [(f"grads {n}", _convert(args.grads, folder, n, s, x), args.grad_method)
-                  for n, s in _variants(True)]
+        sources.append(("grads ", args.grads, args.grad_method, _variants(True)))
+    for prefix, src, method, variants in sources:
+        for name, spec in variants:
+            try:
+                files.append((prefix + name, _convert(src, folder, name, spec, x), method))
+            except ModelError as exc:  # this onnxruntime's converter cannot: a row, not the end
+                print(f"{prefix}{name}: cannot convert: {exc}", flush=True)
     grads_ref = Explainer(args.grads, provider="cpu") if args.grads else None
     setups = []
     for kind, path, method in files:
