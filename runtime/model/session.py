@@ -54,6 +54,13 @@ class Outputs:
             ``norm1`` (prefix tokens first), or None when the file has no such output (exported
             without gradients, or before attnmap exported them).
         token_grads: (B, N, D) float32 d logit[target] / d tokens, or None likewise.
+        mix_grams: (B, L, N, H+1, H+1) float32 per block and token j the Gram matrix of the
+            heads' value-output vectors γ1 ⊙ u^h_j and the block's input x_j (forward-only
+            decompositions, ``attnmap export --decompositions``), or None.
+        mix_grams_ln: (B, L, N, H+1, H+1) float32 the same under norm2's linearised LayerNorm
+            (centred, γ2-scaled vectors), or None.
+        class_contributions: (B, N, C) float32 each token's contribution to every logit through
+            the last block and the head (DecompX-style), or None.
     """
 
     logits: np.ndarray
@@ -62,6 +69,9 @@ class Outputs:
     targets: np.ndarray | None = None
     tokens: np.ndarray | None = None
     token_grads: np.ndarray | None = None
+    mix_grams: np.ndarray | None = None
+    mix_grams_ln: np.ndarray | None = None
+    class_contributions: np.ndarray | None = None
 
     def __len__(self) -> int:
         return int(self.logits.shape[0])
@@ -80,6 +90,9 @@ class Outputs:
             None if self.targets is None else self.targets[pick],
             None if self.tokens is None else self.tokens[pick],
             None if self.token_grads is None else self.token_grads[pick],
+            None if self.mix_grams is None else self.mix_grams[pick],
+            None if self.mix_grams_ln is None else self.mix_grams_ln[pick],
+            None if self.class_contributions is None else self.class_contributions[pick],
         )
 
 
@@ -313,7 +326,8 @@ class OnnxModel:
             unset = targets < 0
             targets[unset] = logits[unset].argmax(-1)
         return Outputs(logits, values.get("attentions"), values.get("attention_grads"), targets,
-                       values.get("tokens"), values.get("token_grads"))
+                       values.get("tokens"), values.get("token_grads"), values.get("mix_grams"),
+                       values.get("mix_grams_ln"), values.get("class_contributions"))
 
     def _run_each(self, x: np.ndarray, target, outputs) -> Outputs:
         """:meth:`run` one image at a time, the results stacked (copies, not pooled buffers)."""
@@ -321,7 +335,8 @@ class OnnxModel:
             target = self._check_target(target, len(x))
         runs = [self.run(x[i:i + 1], None if target is None else target[i:i + 1], outputs) for i in range(len(x))]
         return Outputs(*(None if getattr(runs[0], f) is None else np.concatenate([getattr(r, f) for r in runs])
-                         for f in ("logits", "attentions", "grads", "targets", "tokens", "token_grads")))
+                         for f in ("logits", "attentions", "grads", "targets", "tokens", "token_grads",
+                                   "mix_grams", "mix_grams_ln", "class_contributions")))
 
     def _check_input(self, x_nchw: np.ndarray) -> np.ndarray:
         """``x_nchw`` checked against the graph input, as a contiguous array of its dtype."""
