@@ -75,6 +75,8 @@ class ParityResult:
         tokens_scale: largest |token feature| torch produced (0.0 without them).
         token_grads_max_abs: largest |torch - onnx| of ``token_grads`` (0.0 without it).
         token_grads_scale: largest |token gradient| torch produced (0.0 without them).
+        tail_input_max_abs: largest |torch - onnx| of ``tail_input`` (export/tail.py; 0.0 without it).
+        tail_input_scale: largest |token| of ``tail_input`` torch produced (0.0 without it).
     """
 
     logits_max_abs: float
@@ -87,6 +89,8 @@ class ParityResult:
     tokens_scale: float = 0.0
     token_grads_max_abs: float = 0.0
     token_grads_scale: float = 0.0
+    tail_input_max_abs: float = 0.0
+    tail_input_scale: float = 0.0
 
 
 def gradient_module(wrapper: nn.Module) -> nn.Module:
@@ -104,7 +108,9 @@ def gradient_module(wrapper: nn.Module) -> nn.Module:
 
 
 def _as_wrapper(model: nn.Module, meta: ModelMeta) -> tuple[nn.Module, bool]:
-    if isinstance(model, ViTWithAttention) or callable(getattr(model, "set_deltas", None)):
+    # a wrapper already, or one around a wrapper (export/tail.py's TailInput adds outputs)
+    if (isinstance(model, ViTWithAttention) or callable(getattr(model, "set_deltas", None))
+            or hasattr(model, "extra_outputs")):
         return model, False
     return ViTWithAttention(model, heads=meta.head_fusion, attentions="attentions" in meta.outputs), True
 
@@ -147,7 +153,7 @@ def measure_parity(model: nn.Module, onnx_path: str | Path, meta: ModelMeta, *, 
     wrapper.model.eval()
     d_logits = d_attn = scale = row_err = 0.0
     # output name -> [largest |torch - onnx|, largest |torch|] for the outputs without extra checks
-    plain = {name: [0.0, 0.0] for name in ("attention_grads", "tokens", "token_grads")}
+    plain = {name: [0.0, 0.0] for name in ("attention_grads", "tokens", "token_grads", "tail_input")}
     try:
         for xb, tb in runs:
             feed = {"input": xb.numpy()}
@@ -188,7 +194,7 @@ def measure_parity(model: nn.Module, onnx_path: str | Path, meta: ModelMeta, *, 
         if owned:
             wrapper.close()
     return ParityResult(d_logits, d_attn, scale, row_err, *plain["attention_grads"], *plain["tokens"],
-                        *plain["token_grads"])
+                        *plain["token_grads"], *plain["tail_input"])
 
 
 def check_parity(model: nn.Module, onnx_path: str | Path, meta: ModelMeta, *, batch: int = 2,

@@ -137,6 +137,7 @@ def _trace(wrapper: nn.Module, input_size: tuple[int, ...], opset: int | None, m
         else:
             module, args, inputs = wrapper, (example,), ["input"]
             outputs = ["logits", "attentions"] if wrapper.attentions else ["logits"]
+            outputs += list(getattr(wrapper, "extra_outputs", ()))  # export/tail.py's tail_input
             dynamic = {"x": {0: batch}}
         with warnings.catch_warnings():
             # Both inputs share the batch Dim, which the exporter reports once per export.
@@ -153,6 +154,9 @@ def _trace(wrapper: nn.Module, input_size: tuple[int, ...], opset: int | None, m
         raise ExportError(f"torch.onnx could not export {model_name}: {first}") from exc
     finally:
         folding_log.setLevel(level)
+    finish = getattr(wrapper, "finish_proto", None)  # export/tail.py: the tail graph into the metadata
+    if callable(finish):
+        finish(program.model_proto, input_size, opset)
     return program.model_proto
 
 
@@ -180,7 +184,7 @@ def _save(proto, meta: ModelMeta, path: Path) -> None:
 def export_module(model: nn.Module, out: str | Path, *, model_name: str, heads: str = "none",
                   labels: str | Path | Sequence[str] | None = None, attentions: bool = True,
                   opset: int | None = None, atol: float = 1e-4, extra: dict | None = None,
-                  data_config: dict | None = None, gradients: bool = False,
+                  data_config: dict | None = None, gradients: bool = False, tail: bool = False,
                   log: Callable[[str], None] = print) -> ExportReport:
     """Export an already-built (e.g. freshly trained) timm ViT-family model.
 
@@ -206,6 +210,9 @@ def export_module(model: nn.Module, out: str | Path, *, model_name: str, heads: 
             needs ``heads="none"``. The parity gate then checks both gradients against torch
             autograd as well, each within :data:`export.gradients.GRAD_RTOL` of its largest
             value, and the tokens within ``atol`` scaled like the logits.
+        tail: also emit ``tail_input`` (the tokens entering the last block) and store the tail
+            graph (last block, final norm, head) in the metadata, for ViT-ReciproCAM (see
+            :mod:`attnmap.export.tail`); timm ``VisionTransformer`` models, without gradients.
         log: receives progress lines.
 
     Returns:
@@ -225,6 +232,11 @@ def export_module(model: nn.Module, out: str | Path, *, model_name: str, heads: 
     meta = build_meta(model, model_name=model_name, heads=heads, labels=labels, attentions=attentions,
                       opset=opset or 0, data_config=data_config, extra=extra, gradients=gradients)
     with ViTWithAttention(model, heads=heads, attentions=attentions) as wrapper:
+        if tail:
+            from .tail import with_tail
+
+            return export_wrapped(*with_tail(wrapper, meta, atol=atol, log=log), out, opset=opset, atol=atol,
+                                  log=log, started=started)
         return export_wrapped(wrapper, meta, out, opset=opset, atol=atol, log=log, started=started)
 
 
@@ -285,6 +297,8 @@ def export_wrapped(wrapper: nn.Module, meta: ModelMeta, out: str | Path, *, opse
             failures.append(f"token_grads max |torch - onnx| {result.token_grads_max_abs:.2e} is "
                             f"{token_grads_rel:.2e} of the largest gradient {result.token_grads_scale:.2e} "
                             f"(> {GRAD_RTOL:.0e})")
+        if "tail_input" in meta.outputs and not result.tail_input_max_abs <= atol * max(1.0, result.tail_input_scale):
+            failures.append(f"tail_input max |torch - onnx| {result.tail_input_max_abs:.2e}")
         if failures:
             raise ExportError(f"parity check failed for {model_name}: {'; '.join(failures)}; no file written")
         commit(tmp, out)
@@ -315,7 +329,7 @@ def export_onnx(model_name: str, out: str | Path, *, checkpoint: str | Path | No
                 pretrained: bool = False, img_size: int | None = None, heads: str = "none",
                 labels: str | Path | Sequence[str] | None = None, attentions: bool = True,
                 model_kwargs: dict | None = None, opset: int | None = None, atol: float = 1e-4,
-                gradients: bool = False, log: Callable[[str], None] = print,
+                gradients: bool = False, tail: bool = False, log: Callable[[str], None] = print,
                 random_weights_hint: str = "pass checkpoint=PATH or pretrained=True") -> ExportReport:
     """Build a timm model by name, load its weights and export it (see :func:`export_module`).
 
@@ -338,6 +352,8 @@ def export_onnx(model_name: str, out: str | Path, *, checkpoint: str | Path | No
         atol: logits tolerance of the parity gate (scaled by the logit magnitude).
         gradients: also emit ``attention_grads``, ``tokens`` and ``token_grads`` for a ``target``
             input (see :func:`export_module`).
+        tail: also emit ``tail_input`` and store the tail graph for ViT-ReciproCAM (see
+            :func:`export_module`).
         log: receives progress lines (and the warning when weights are random).
         random_weights_hint: how the warning about random weights tells the caller to pass
             real ones (the CLI says ``--checkpoint FILE or --pretrained``).
@@ -359,7 +375,7 @@ def export_onnx(model_name: str, out: str | Path, *, checkpoint: str | Path | No
         check_gradient_options(heads, attentions)
     if not timm.is_model(model_name) and is_hf_source(model_name):
         given = [k for k, v in (("checkpoint=", checkpoint), ("pretrained=True", pretrained), ("img_size=", img_size),
-                                ("model_kwargs=", model_kwargs)) if v]
+                                ("model_kwargs=", model_kwargs), ("tail=True", tail)) if v]
         if given:
             raise ExportError(f"{', '.join(given)} do not apply to the transformers model {model_name}: its "
                               "weights, input size and head come from its own files")
@@ -413,5 +429,5 @@ def export_onnx(model_name: str, out: str | Path, *, checkpoint: str | Path | No
             f"({random_weights_hint} for a real model)")
     report = export_module(model, out, model_name=model_name, heads=heads, labels=labels,
                            attentions=attentions, opset=opset, atol=atol, extra={"weights": source},
-                           gradients=gradients, log=log)
+                           gradients=gradients, tail=tail, log=log)
     return dataclasses.replace(report, seconds=time.perf_counter() - started)

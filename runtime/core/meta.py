@@ -88,7 +88,8 @@ class ModelMeta:
         label_names: one name per class (may be empty, then labels read ``"class_<i>"``).
         outputs: graph output names, e.g. ``("logits", "attentions")``; a gradient export adds
             ``"attention_grads"``, ``"tokens"`` and ``"token_grads"`` (see
-            :attr:`has_gradients`, :attr:`has_token_grads`).
+            :attr:`has_gradients`, :attr:`has_token_grads`), a tail export ``"tail_input"``
+            (:attr:`has_tail`).
         inputs: graph input names, e.g. ``("input",)`` or ``("input", "target")``.
         exporter: versions of the tools that wrote the file (attnmap, torch, timm, onnx, opset).
         extra: free-form notes (e.g. how a shipped model was trained); never needed to run.
@@ -192,6 +193,17 @@ class ModelMeta:
         and Grad-CAM asks for a re-export.
         """
         return "tokens" in self.outputs and "token_grads" in self.outputs
+
+    @property
+    def has_tail(self) -> bool:
+        """True when the graph emits ``tail_input`` and the file carries the tail graph.
+
+        ``tail_input`` is float32 ``[B, N, D]``: the tokens entering the last block (prefix
+        tokens first). The tail (the last block, the final norm and the head, ``tail_input ->
+        logits``) is a second ONNX graph stored under the ``"attnmap.tail"`` metadata key
+        (``attnmap export --tail``; runtime/model/tail.py loads it). ViT-ReciproCAM reads both.
+        """
+        return "tail_input" in self.outputs
 
     @property
     def image_size(self) -> tuple[int, int]:
@@ -335,6 +347,8 @@ class ModelMeta:
                     fail(f"fidelity {key} must be a number in [0, 1]; got {self.fidelity[key]!r}")
             if not isinstance(self.fidelity["maps"], dict):
                 fail(f"fidelity maps must be an object (method -> figures); got {self.fidelity['maps']!r}")
+        if self.has_tail and self.has_gradients:
+            fail(f"outputs has 'tail_input' and 'attention_grads'; a tail export has no gradients; got {self.outputs}")
         if "token_grads" in self.outputs and ("tokens" not in self.outputs or "target" not in self.inputs):
             fail(f"outputs has 'token_grads', so outputs needs 'tokens' and inputs needs 'target'; got outputs "
                  f"{self.outputs} and inputs {self.inputs}")
