@@ -6,8 +6,9 @@ on N_p masked copies of the tokens that enter the last block. ``attnmap export -
 
 * an output ``tail_input`` ``[B, N, D]`` float32 of the main graph: the tokens entering the last
   block (prefix tokens first), captured by a forward pre-hook on ``model.blocks[-1]``;
-* the tail itself, ``tail_input [b, N, D] -> logits [b, C]``, as a second ONNX graph with its
-  own dynamic batch axis, serialised (base64 of the protobuf bytes) under the metadata key
+* the tail itself, ``(tail_input [b, N, D], token_weights [b, N]) -> logits [b, C]`` (see
+  :class:`TailModule` for where the weights act), as a second ONNX graph with its own dynamic
+  batch axis, serialised (base64 of the protobuf bytes) under the metadata key
   :data:`~attnmap.runtime.model.tail.TAIL_KEY`.
 
 Why a second graph in the metadata and not one graph: the tail runs at another batch size
@@ -15,8 +16,8 @@ Why a second graph in the metadata and not one graph: the tail runs at another b
 half-way; a sidecar file would break the one-file rule. The cost is the last block's and the
 head's weights stored twice (DeiT-Tiny: 2.5 MB, about 3.4 MB as base64, in a 22 MB file).
 
-The tail is the timm ``VisionTransformer`` code path after the blocks, exactly:
-``forward_head(norm(blocks[-1](x)))`` (pooling by class token or mean, ``fc_norm``, the head;
+The tail is the timm ``VisionTransformer`` code path after the blocks, exactly (with all
+weights 1): ``forward_head(norm(blocks[-1](x)))`` (pooling by class token or mean, ``fc_norm``, the head;
 a distilled DeiT averages its two heads in eval). Families whose blocks take more than the
 tokens (EVA's rotary embedding, BEiT's shared relative position bias) and transformers models
 are refused. The export checks the tail graph against torch on the parity batch's own
@@ -36,9 +37,10 @@ from torch import nn
 from attnmap.runtime.core.errors import ExportError
 from attnmap.runtime.core.meta import ModelMeta
 
-__all__ = ["TAIL_OUTPUT", "TailInput", "TailModule", "with_tail", "tail_proto", "check_tail"]
+__all__ = ["TAIL_OUTPUT", "TAIL_WEIGHTS", "TailInput", "TailModule", "with_tail", "tail_proto", "check_tail"]
 
 TAIL_OUTPUT = "tail_input"
+TAIL_WEIGHTS = "token_weights"  # the tail graph's second input, [b, N]
 # the same key the runtime reads (runtime/model/tail.py); spelled here so that the export does
 # not import the runtime's model floor (onnxruntime) at import time
 TAIL_KEY = "attnmap.tail"
@@ -53,10 +55,23 @@ def _check_family(model: nn.Module, model_name: str) -> None:
                           "tokens (or a different head path)")
     if len(model.blocks) < 1:
         raise ExportError(f"{model_name} has no blocks to take the tail from")
+    from timm.models.vision_transformer import Block
+
+    if type(model.blocks[-1]) is not Block:
+        raise ExportError(f"tail=True needs timm's plain Block as the last block (pre-norm attention then MLP); "
+                          f"{model_name}'s is a {type(model.blocks[-1]).__name__}")
 
 
 class TailModule(nn.Module):
-    """``tokens [b, N, D] -> logits [b, C]``: the last block, the final norm and the head of a timm ViT.
+    """``(tokens [b, N, D], token_weights [b, N]) -> logits [b, C]``: the last block, the final
+    norm and the head of a timm ViT, with every token of the last block's input weighted.
+
+    With ``w = token_weights[..., None]`` the last (timm ``Block``) block computes
+    ``y = w * x + ls1(attn(w * norm1(x)))`` and then ``y + ls2(mlp(norm2(y)))``: the same weight
+    scales a token on the skip path and at the output of the first LayerNorm, which is where
+    openvino-xai's ViTReciproCAM puts its mosaic masks (the LayerNorm sees the unmasked token).
+    All weights 1 is the unmodified network; weights that are 0 or 1 and a token fed already
+    masked give the other placement (masking before the LayerNorm).
 
     Args:
         model: a timm ``VisionTransformer`` (eval mode); its modules are used, not copied.
@@ -67,10 +82,14 @@ class TailModule(nn.Module):
         self.model = model
         self.training = model.training
 
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        """Run the end of the network on ``tokens`` (float32 ``[b, N, D]``, prefix tokens first)."""
-        m = self.model
-        return m.forward_head(m.norm(m.blocks[-1](tokens)))
+    def forward(self, tokens: torch.Tensor, token_weights: torch.Tensor) -> torch.Tensor:
+        """Run the end of the network on ``tokens`` (float32 ``[b, N, D]``, prefix tokens first)
+        weighted by ``token_weights`` (float32 ``[b, N]``)."""
+        m, blk = self.model, self.model.blocks[-1]
+        w = token_weights.unsqueeze(-1)
+        x = w * tokens + blk.drop_path1(blk.ls1(blk.attn(w * blk.norm1(tokens))))
+        x = x + blk.drop_path2(blk.ls2(blk.mlp(blk.norm2(x))))
+        return m.forward_head(m.norm(x))
 
 
 class TailInput(nn.Module):
@@ -155,7 +174,7 @@ def tail_proto(model: nn.Module, input_size: tuple[int, ...], opset: int | None)
     """
     tail = TailModule(model).eval()
     n = int(model.patch_embed.num_patches) + int(model.num_prefix_tokens)
-    example = torch.zeros((2, n, int(model.embed_dim)), dtype=torch.float32)
+    example = (torch.zeros((2, n, int(model.embed_dim)), dtype=torch.float32), torch.ones((2, n), dtype=torch.float32))
     batch = torch.export.Dim("batch", min=1)
     folding_log = logging.getLogger("onnxscript.optimizer._constant_folding")
     level = folding_log.level
@@ -163,9 +182,10 @@ def tail_proto(model: nn.Module, input_size: tuple[int, ...], opset: int | None)
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=r".*axis name: batch will not be used")
-            program = torch.onnx.export(tail, (example,), None, input_names=[TAIL_OUTPUT], output_names=["logits"],
-                                        opset_version=opset, dynamo=True, external_data=False,
-                                        dynamic_shapes={"tokens": {0: batch}}, optimize=True, verbose=False)
+            program = torch.onnx.export(tail, example, None, input_names=[TAIL_OUTPUT, TAIL_WEIGHTS],
+                                        output_names=["logits"], opset_version=opset, dynamo=True,
+                                        external_data=False, dynamic_shapes=({0: batch}, {0: batch}),
+                                        optimize=True, verbose=False)
     except Exception as exc:  # torch.export and onnxscript raise many types; report the first line
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ExportError(f"torch.onnx could not export the tail of the model: {first}") from exc
@@ -176,6 +196,8 @@ def tail_proto(model: nn.Module, input_size: tuple[int, ...], opset: int | None)
 
 def check_tail(model: nn.Module, proto, input_size: tuple[int, ...], *, seed: int = 0) -> tuple[float, float]:
     """Largest |torch - onnx| of the tail's logits on real ``tail_input`` tokens, and the logit scale.
+
+    The file's tail runs with all weights 1 and with seeded random weights in [0, 1].
 
     The tokens are those a seeded random image batch (2 images, and 1 for the dynamic axis)
     brings to the last block; the torch tail's logits must also equal the full model's (else
@@ -193,14 +215,19 @@ def check_tail(model: nn.Module, proto, input_size: tuple[int, ...], *, seed: in
     finally:
         handle.remove()
     tokens = seen[-1]
+    # the weights of the check: all 1 (the unmodified network, compared with the full model) for
+    # the reference, random in [0, 1] for the comparison with the file
+    ones = torch.ones(tokens.shape[:2], dtype=torch.float32)
+    weights = torch.rand(tokens.shape[:2], generator=gen, dtype=torch.float32)
     with torch.no_grad():
-        ref = TailModule(model)(tokens)
+        ref = TailModule(model)(tokens, ones)
+        weighted = TailModule(model)(tokens, weights)
     if not torch.allclose(ref, full, atol=1e-5 * max(1.0, float(full.abs().max())), rtol=0):
         raise ExportError("the tail (last block, norm, head) does not reproduce the model's logits: this model's "
                           "forward does more after its blocks than timm's VisionTransformer")
     session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
     worst = 0.0
-    for batch in (tokens, tokens[:1]):
-        got = session.run(None, {TAIL_OUTPUT: batch.numpy()})[0]
-        worst = max(worst, float((torch.from_numpy(got).double() - ref[:len(batch)].double()).abs().max()))
-    return worst, float(ref.abs().max())
+    for w, want in ((ones, ref), (weights, weighted), (weights[:1], weighted[:1])):
+        got = session.run(None, {TAIL_OUTPUT: tokens[:len(w)].numpy(), TAIL_WEIGHTS: w.numpy()})[0]
+        worst = max(worst, float((torch.from_numpy(got).double() - want.double()).abs().max()))
+    return worst, float(max(ref.abs().max(), weighted.abs().max()))

@@ -154,10 +154,11 @@ def _trace(wrapper: nn.Module, input_size: tuple[int, ...], opset: int | None, m
         raise ExportError(f"torch.onnx could not export {model_name}: {first}") from exc
     finally:
         folding_log.setLevel(level)
+    proto = program.model_proto  # a new proto at each access
     finish = getattr(wrapper, "finish_proto", None)  # export/tail.py: the tail graph into the metadata
     if callable(finish):
-        finish(program.model_proto, input_size, opset)
-    return program.model_proto
+        finish(proto, input_size, opset)
+    return proto
 
 
 def _opset_of(proto) -> int:

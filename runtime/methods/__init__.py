@@ -27,13 +27,15 @@ from attnmap.runtime.methods.base import HEAD_FUSIONS, Method, make_method, norm
 from attnmap.runtime.methods.gradcam import gradcam
 from attnmap.runtime.methods.flow import attention_flow
 from attnmap.runtime.methods.gradient import chefer, gradsam, product_rule
-from attnmap.runtime.methods.kinds import ATTENTION, FEATURES, KINDS, PERTURBATION, Kind
+from attnmap.runtime.methods.kinds import ATTENTION, FEATURES, KINDS, PERTURBATION, TAIL, Kind
 from attnmap.runtime.methods.perturbation import OCCLUSION_BASELINES, occlusion, rise
+from attnmap.runtime.methods.reciprocam import SCORES, reciprocam
 from attnmap.runtime.methods.rollout import attention_rollout, grad_rollout
 
 __all__ = ["KINDS", "METHODS", "Kind", "Method", "attention_maps", "check_method_use", "check_options",
            "get_method", "normalize_maps", "runs_on", "attention_flow", "attention_rollout", "grad_rollout",
-           "raw_attention", "chefer", "gradsam", "product_rule", "occlusion", "rise", "gradcam"]
+           "raw_attention", "chefer", "gradsam", "product_rule", "occlusion", "rise", "gradcam",
+           "reciprocam"]
 
 # One declaration per option; methods that share an option share its spec (the default comes
 # from each function's signature).
@@ -97,6 +99,19 @@ METHODS: dict[str, Method] = {m.name: m for m in (
                 "RISE (Petsiuk et al. 2018): class probability of N randomly masked inputs, weighting the masks.",
                 _RISE, kind=PERTURBATION),
 )}
+
+_RECIPROCAM = {
+    "gaussian": OptionSpec("gaussian", bool, None,
+                           "Keep each patch's 3x3 neighbourhood, Gaussian-weighted (else the patch alone)."),
+    "score": OptionSpec("score", str, None, "Which class score of each masked copy is the map: logit or softmax.",
+                        choices=SCORES),
+    "forward_batch": OptionSpec("forward_batch", int, None, "Masked token copies per tail run (memory vs speed).",
+                                low=1, high=4096)}
+
+METHODS["reciprocam"] = make_method(
+    "reciprocam", reciprocam,
+    "ViT-ReciproCAM (Byun & Lee 2023): class score of the last block on one Gaussian-masked token copy per patch.",
+    _RECIPROCAM, kind=TAIL)
 
 METHODS["gradcam"] = make_method(
     "gradcam", gradcam, "Grad-CAM (Selvaraju et al. 2017) on the last block's patch tokens: relu(sum_k a_k A_k).",

@@ -53,6 +53,8 @@ class Outputs:
             ``norm1`` (prefix tokens first), or None when the file has no such output (exported
             without gradients, or before attnmap exported them).
         token_grads: (B, N, D) float32 d logit[target] / d tokens, or None likewise.
+        tail_input: (B, N, D) float32 tokens entering the last block (a file exported with
+            ``--tail``; ViT-ReciproCAM reruns the tail on them), or None.
     """
 
     logits: np.ndarray
@@ -61,6 +63,7 @@ class Outputs:
     targets: np.ndarray | None = None
     tokens: np.ndarray | None = None
     token_grads: np.ndarray | None = None
+    tail_input: np.ndarray | None = None
 
     def __len__(self) -> int:
         return int(self.logits.shape[0])
@@ -79,6 +82,7 @@ class Outputs:
             None if self.targets is None else self.targets[pick],
             None if self.tokens is None else self.tokens[pick],
             None if self.token_grads is None else self.token_grads[pick],
+            None if self.tail_input is None else self.tail_input[pick],
         )
 
 
@@ -306,7 +310,7 @@ class OnnxModel:
             unset = targets < 0
             targets[unset] = logits[unset].argmax(-1)
         return Outputs(logits, values.get("attentions"), values.get("attention_grads"), targets,
-                       values.get("tokens"), values.get("token_grads"))
+                       values.get("tokens"), values.get("token_grads"), values.get("tail_input"))
 
     def _run_each(self, x: np.ndarray, target, outputs) -> Outputs:
         """:meth:`run` one image at a time, the results stacked (copies, not pooled buffers)."""
@@ -314,7 +318,8 @@ class OnnxModel:
             target = self._check_target(target, len(x))
         runs = [self.run(x[i:i + 1], None if target is None else target[i:i + 1], outputs) for i in range(len(x))]
         return Outputs(*(None if getattr(runs[0], f) is None else np.concatenate([getattr(r, f) for r in runs])
-                         for f in ("logits", "attentions", "grads", "targets", "tokens", "token_grads")))
+                         for f in ("logits", "attentions", "grads", "targets", "tokens", "token_grads",
+                                   "tail_input")))
 
     def _check_input(self, x_nchw: np.ndarray) -> np.ndarray:
         """``x_nchw`` checked against the graph input, as a contiguous array of its dtype."""
