@@ -63,6 +63,10 @@ def top_iou(a: np.ndarray, b: np.ndarray, frac: float = 0.1) -> float:
     return len(ta & tb) / len(ta | tb)
 
 
+def norm(m: np.ndarray) -> np.ndarray:
+    return (m - m.min()) / (m.max() - m.min())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("model", type=Path, help="an attnmap file exported with --tail")
@@ -104,7 +108,8 @@ def main() -> None:
         print(f"{p.name:<24} {c:>5} {r:>10.5f} {iou:>11.3f} {str(same):>7}")
     r, iou, same = (np.array(v, np.float64) for v in zip(*rows))
     print(f"{'mean':<24} {'':>5} {r.mean():>10.5f} {iou.mean():>11.3f} {int(same.sum()):>4}/{len(same)}")
-    print(f"min pearson r {r.min():.5f}")
+    worst = max(float(np.abs(norm(a) - norm(b)).max()) for a, b in zip(ours, theirs))
+    print(f"min pearson r {r.min():.7f}; largest |difference| of the min-max normalised maps {worst:.2e}")
     print(f"time per image: attnmap reciprocam {ours_s * 1e3:.1f} ms ({ours_s / plain_s:.1f}x attnmap plain "
           f"inference {plain_s * 1e3:.1f} ms); openvino-xai ViTReciproCAM ({args.precision}) {theirs_s * 1e3:.1f} ms")
 

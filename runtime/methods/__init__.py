@@ -110,7 +110,7 @@ _RECIPROCAM = {
 
 METHODS["reciprocam"] = make_method(
     "reciprocam", reciprocam,
-    "ViT-ReciproCAM (Byun & Lee 2023): class score of the last block on one Gaussian-masked token copy per patch.",
+    "ViT-ReciproCAM (Byun & Lee 2023): class score of the last block per Gaussian-masked token copy.",
     _RECIPROCAM, kind=TAIL)
 
 METHODS["gradcam"] = make_method(
