@@ -105,8 +105,7 @@ _RECIPROCAM = {
                            "Keep each patch's 3x3 neighbourhood, Gaussian-weighted (else the patch alone)."),
     "score": OptionSpec("score", str, None, "Which class score of each masked copy is the map: logit or softmax.",
                         choices=SCORES),
-    "forward_batch": OptionSpec("forward_batch", int, None, "Masked token copies per tail run (memory vs speed).",
-                                low=1, high=4096)}
+    "forward_batch": _FORWARD_BATCH}  # here the masked token copies per tail run
 
 METHODS["reciprocam"] = make_method(
     "reciprocam", reciprocam,
