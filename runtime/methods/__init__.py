@@ -230,7 +230,8 @@ def attention_maps(method: str, attentions: np.ndarray, layout: TokenLayout, *,
     m = get_method(method)
     checked = check_options(method, options)
     if m.kind is not ATTENTION:
-        call = "maps(outputs, method, x=x_nchw)" if m.reruns_model else "maps(outputs, method)"
+        rerun_input = m.reruns_model and not getattr(m.kind, "reruns_tail", False)
+        call = "maps(outputs, method, x=x_nchw)" if rerun_input else "maps(outputs, method)"
         raise ExplainError(f"method {m.name!r} is a {m.kind} method, not an attention method; run it with "
                            f"Explainer.{call} or Explainer.explain")
     if m.needs_gradients and grads is None:
