@@ -399,6 +399,8 @@ def methods() -> None:
     """List the explanation methods, their options, allowed values and defaults."""
     for m in METHODS.values():
         kind = ("class-specific, needs an export with --gradients" if m.needs_gradients else
+                "class-specific, needs an export with --decompositions" if m.kind.name == "contribution" else
+                "class-agnostic, needs an export with --decompositions" if m.kind.name == "decomposition" else
                 "class-specific, reruns the last block on masked tokens; needs an export with --tail"
                 if getattr(m.kind, "reruns_tail", False) else
                 "class-specific, runs the model on perturbed inputs" if m.reruns_model else "class-agnostic")

@@ -188,16 +188,20 @@ def job_options(label: bool = True, label_flag: bool = True, topk: bool = False,
 
 # ---------------------------------------------------------------------------- export and quantize
 def _export(checkpoint: Path | None, pretrained: bool, img_size: int | None, heads: str, labels: Path | None,
-            num_classes: int | None, no_attentions: bool, gradients: bool, tail: bool,
+            num_classes: int | None, no_attentions: bool, gradients: bool, decompositions: bool, tail: bool,
             opset: int | None) -> dict[str, Any]:
     if checkpoint is not None and pretrained:
         raise click.UsageError("Use just one of --checkpoint or --pretrained.")
     if gradients and no_attentions:
         raise click.UsageError("Use just one of --gradients or --no-attentions.")
-    if gradients and tail:
-        raise click.UsageError("Use just one of --gradients or --tail (reciprocam needs no gradients).")
+    if decompositions and (gradients or no_attentions):
+        raise click.UsageError("Use just one of --decompositions, --gradients or --no-attentions.")
+    if tail and (gradients or decompositions):
+        raise click.UsageError("Use just one of --tail, --gradients or --decompositions (reciprocam needs no "
+                               "gradients).")
     return {"export": dict(checkpoint=checkpoint, pretrained=pretrained, img_size=img_size, heads=heads,
-                           labels=labels, attentions=not no_attentions, gradients=gradients, tail=tail, opset=opset,
+                           labels=labels, attentions=not no_attentions, gradients=gradients,
+                           decompositions=decompositions, tail=tail, opset=opset,
                            model_kwargs={"num_classes": num_classes} if num_classes else None,
                            random_weights_hint="pass --checkpoint FILE or --pretrained")}
 
@@ -220,6 +224,10 @@ export_options = options(
                  help="Also emit attention_grads = d logit[target] / d attentions, and the last block's normed "
                       "tokens with their gradients (tokens, token_grads), with an int64 `target` input, for the "
                       "class-specific methods (chefer, grad_rollout, gradsam, product, gradcam)."),
+    click.option("--decompositions", is_flag=True,
+                 help="Also emit the small per-token Grams (mix_grams, mix_grams_ln) and the class token's "
+                      "decomposition (class_contributions) for the forward-only methods attn-norm, globenc and "
+                      "decompx (timm models)."),
     click.option("--tail", is_flag=True,
                  help="Also emit the tokens entering the last block (tail_input) and store the last block, final "
                       "norm and head as a second graph in the file's metadata, for the reciprocam method."),

@@ -31,6 +31,7 @@ from attnmap.runtime.core.files import commit, discard, temp_path
 from attnmap.runtime.core.meta import ModelMeta
 from attnmap.runtime.core.text import article, megabytes
 from attnmap.runtime.model.graph import read_model
+from attnmap.runtime.model.inference_graph import inference_graph
 from attnmap.runtime.precision.fidelity import Fidelity, Thresholds, check_fidelity, measure_fidelity
 from attnmap.runtime.precision.fp16 import convert_fp16
 from attnmap.runtime.precision.quantize import DEFAULT_CALIBRATION_IMAGES, INT8_MODES, quantize_int8
@@ -159,7 +160,8 @@ def synthetic_images(meta: ModelMeta, n: int = SYNTHETIC_IMAGES, seed: int = 14)
 
 
 def convert_proto(proto: onnx.ModelProto, options: ConvertOptions, calibration: np.ndarray | None) -> onnx.ModelProto:
-    """The converted graph (metadata not yet updated)."""
+    """The converted graph (metadata not yet updated), inference-clean whatever the source's age."""
+    inference_graph(proto)
     if options.precision == "fp16":
         return convert_fp16(proto, attn_dtype=options.attn_dtype)
     return quantize_int8(proto, mode=options.mode, calibration=calibration)
