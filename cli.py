@@ -401,6 +401,8 @@ def methods() -> None:
         kind = ("class-specific, needs an export with --gradients" if m.needs_gradients else
                 "class-specific, needs an export with --decompositions" if m.kind.name == "contribution" else
                 "class-agnostic, needs an export with --decompositions" if m.kind.name == "decomposition" else
+                "class-specific, reruns the last block on masked tokens; needs an export with --tail"
+                if getattr(m.kind, "reruns_tail", False) else
                 "class-specific, runs the model on perturbed inputs" if m.reruns_model else "class-agnostic")
         click.echo(f"{m.name} ({kind})\n  {m.summary}")
         for name, spec in m.options.items():

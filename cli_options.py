@@ -188,7 +188,7 @@ def job_options(label: bool = True, label_flag: bool = True, topk: bool = False,
 
 # ---------------------------------------------------------------------------- export and quantize
 def _export(checkpoint: Path | None, pretrained: bool, img_size: int | None, heads: str, labels: Path | None,
-            num_classes: int | None, no_attentions: bool, gradients: bool, decompositions: bool,
+            num_classes: int | None, no_attentions: bool, gradients: bool, decompositions: bool, tail: bool,
             opset: int | None) -> dict[str, Any]:
     if checkpoint is not None and pretrained:
         raise click.UsageError("Use just one of --checkpoint or --pretrained.")
@@ -196,9 +196,12 @@ def _export(checkpoint: Path | None, pretrained: bool, img_size: int | None, hea
         raise click.UsageError("Use just one of --gradients or --no-attentions.")
     if decompositions and (gradients or no_attentions):
         raise click.UsageError("Use just one of --decompositions, --gradients or --no-attentions.")
+    if tail and (gradients or decompositions):
+        raise click.UsageError("Use just one of --tail, --gradients or --decompositions (reciprocam needs no "
+                               "gradients).")
     return {"export": dict(checkpoint=checkpoint, pretrained=pretrained, img_size=img_size, heads=heads,
                            labels=labels, attentions=not no_attentions, gradients=gradients,
-                           decompositions=decompositions, opset=opset,
+                           decompositions=decompositions, tail=tail, opset=opset,
                            model_kwargs={"num_classes": num_classes} if num_classes else None,
                            random_weights_hint="pass --checkpoint FILE or --pretrained")}
 
@@ -225,6 +228,9 @@ export_options = options(
                  help="Also emit the small per-token Grams (mix_grams, mix_grams_ln) and the class token's "
                       "decomposition (class_contributions) for the forward-only methods attn-norm, globenc and "
                       "decompx (timm models)."),
+    click.option("--tail", is_flag=True,
+                 help="Also emit the tokens entering the last block (tail_input) and store the last block, final "
+                      "norm and head as a second graph in the file's metadata, for the reciprocam method."),
     click.option("--opset", type=click.IntRange(13, 30), default=None, help="ONNX opset (default: the exporter's)."),
     build=_export)
 
