@@ -87,8 +87,8 @@ def main(ctx: click.Context, debug: bool) -> None:
 @click.option("--out", "-o", type=click.Path(dir_okay=False, path_type=Path), required=True,
               help="Where to write the .onnx file.")
 @export_options
-@precision_options(("fp32", "fp16", "int8"), "fp32", "fp16 or int8: export fp32 (parity-checked), convert, and "
-                   "write only if the fidelity gate passes (see `attnmap quantize`).")
+@precision_options(("fp32", "fp16", "int8", "bf16"), "fp32", "fp16, int8 or bf16: export fp32 (parity-checked), "
+                   "convert, and write only if the fidelity gate passes (see `attnmap quantize`).")
 def export(model_name: str, out: Path, export: dict[str, Any], convert: Any) -> None:
     """Export a timm or Hugging Face ViT to ONNX with attention outputs and attnmap metadata.
 
@@ -101,7 +101,7 @@ def export(model_name: str, out: Path, export: dict[str, Any], convert: Any) -> 
     its path is printed on stdout.
     """
     if convert is not None and not export["attentions"]:
-        raise click.UsageError("--precision fp16/int8 needs the attentions (the fidelity gate compares maps); "
+        raise click.UsageError("--precision fp16/int8/bf16 needs the attentions (the fidelity gate compares maps); "
                                "drop --no-attentions")
     try:
         from attnmap.export.to_onnx import export_onnx
@@ -123,10 +123,12 @@ def export(model_name: str, out: Path, export: dict[str, Any], convert: Any) -> 
               help="Where to write the converted .onnx file.")
 @click.option("--threads", type=click.IntRange(1, 256), default=None,
               help="CPU threads of the fidelity check (default: physical cores).")
-@precision_options(("fp16", "int8"), "int8", "int8: onnxruntime's quantiser (dynamic, or static QDQ with "
-                   "--calibration); fp16: half compute with float32 at the graph boundary.")
+@precision_options(("fp16", "int8", "bf16"), "int8", "int8: onnxruntime's quantiser (dynamic, or static QDQ with "
+                   "--calibration); fp16: half compute with float32 at the graph boundary; bf16: bfloat16 compute "
+                   "with float32 softmax, LayerNorm and outputs, only where a provider here computes in bf16 "
+                   "(a CPU with avx512_bf16 or amx_bf16 and OpenVINO, or CUDA).")
 def quantize(model: str, out: Path, threads: int | None, convert: Any) -> None:
-    """Convert an fp32 attnmap file to int8 or fp16, torch-free, behind a fidelity gate.
+    """Convert an fp32 attnmap file to int8, fp16 or bf16, torch-free, behind a fidelity gate.
 
     MODEL is an .onnx file from `attnmap export` (or a shipped model name). The converted
     file is compared with MODEL on the --check images, else on 64 synthetic images (plus the
