@@ -33,7 +33,7 @@ from attnmap import __version__  # noqa: E402
 from attnmap.cli_options import (FITS, METHOD_FLAGS, PROVIDERS, engine_options, evaluation_options,  # noqa: E402
                                  export_options, fit_option, flag, folder_options, job_options, json_option,
                                  live_options, method_options, model_options, precision_options, serve_options,
-                                 throughput_options)
+                                 throughput_options, tune_options, tuned_option)
 from attnmap.cli_output import (Group, LineUsageError, err as _err, fail as _fail, out as _out,  # noqa: E402
                                 status as _status)
 from attnmap.runtime.methods import METHODS  # noqa: E402
@@ -60,6 +60,30 @@ def _explainer(model: str | None, provider: str, threads: int | None):
 
     _model_note(model)
     return Explainer(model, provider=provider, threads=threads)
+
+
+def _setup(model: str | None, provider: str, threads: int | None, precision: str | None,
+           batch_size: int | None = None):
+    """The run's set-up: the flags given explicitly, else the model's tuned sidecar (`attnmap tune`)."""
+    from click.core import ParameterSource
+
+    from attnmap.runtime.model.registry import resolve_model
+    from attnmap.runtime.model.tuned import resolve_setup
+
+    given = click.get_current_context().get_parameter_source("provider") not in (ParameterSource.DEFAULT, None)
+    setup = resolve_setup(resolve_model(model), provider=provider if given else None, threads=threads,
+                          precision=precision, batch_size=batch_size)
+    if setup.note:
+        _err(f"note: {setup.note}")
+    return setup
+
+
+def _tuned_explainer(model: str | None, provider: str, threads: int | None, precision: str | None):
+    from attnmap import Explainer
+
+    _model_note(model)
+    setup = _setup(model, provider, threads, precision)
+    return Explainer(setup.path, provider=setup.provider, threads=setup.threads)
 
 
 # ---------------------------------------------------------------------------- group
@@ -144,6 +168,36 @@ def quantize(model: str, out: Path, threads: int | None, convert: Any) -> None:
 
 
 @main.command()
+@click.argument("model")
+@tune_options
+@click.option("--no-write", is_flag=True, help="Measure and print only; write nothing.")
+@json_option("Print the measured table as one JSON object.")
+def tune(model: str, plan: Any, no_write: bool, as_json: bool) -> None:
+    """Find the fastest faithful set-up of MODEL on this machine and make it the default.
+
+    Tries provider x precision x threads x batch, times each (the method's maps included) in
+    rounds alternated with plain fp32 inference, gates each against fp32 on the --check photos
+    (top-1 agreement, max |dp|, map correlation, top-10% IoU), prints the table, and writes the
+    fastest that passed as MODEL.tuned.json beside MODEL (with its converted file, e.g.
+    MODEL.tuned-int8.onnx). explain, live and serve then use it unless --provider, --threads,
+    --precision or --batch-size say otherwise.
+    """
+    from attnmap.runtime.fronts import tune as t
+    from attnmap.runtime.model.registry import resolve_model
+
+    result = t.run_tune(resolve_model(model), plan, log=_err)
+    try:
+        written = [] if no_write else t.write_winner(result)
+    finally:
+        t.discard_work(result)
+    click.echo(json.dumps(result.to_dict()) if as_json else t.format_table(result))
+    if written:
+        _err("wrote " + ", ".join(str(p) for p in written))
+    if result.winner is None:
+        raise click.ClickException("no set-up passed the fidelity gate; nothing written")
+
+
+@main.command()
 @click.argument("model", required=False)
 @json_option("Print one JSON object.")
 def info(model: str | None, as_json: bool) -> None:
@@ -173,8 +227,10 @@ def info(model: str | None, as_json: bool) -> None:
 @json_option("Print one JSON object per input: {schema_version, source, topk: [{index, label, prob}], target or "
              "classes, overlay, ...}, the same on every engine.")
 @engine_options
+@tuned_option
 def explain(sources: tuple[str, ...], model: str | None, provider: str, threads: int | None, job: Any, output: Any,
-            batch_size: int | None, workers: int | None, target: tuple[str, ...], as_json: bool, engine: Any) -> None:
+            batch_size: int | None, workers: int | None, target: tuple[str, ...], as_json: bool, engine: Any,
+            precision: str | None) -> None:
     """Explain images, folders, globs and videos; write overlays to --out.
 
     SOURCE is an image file, a directory, a glob ("photos/*.jpg"), a video file, an image
@@ -191,11 +247,12 @@ def explain(sources: tuple[str, ...], model: str | None, provider: str, threads:
                                  "or topk:N for several side by side", param_hint="--class")
     show = _stderr_is_terminal()
     _model_note(model)
+    setup = _setup(model, provider, threads, precision, batch_size)
     with contextlib.nullcontext() if engine.on_ray else terminate_as_interrupt():
         report = explain_collection(
-            model, sources, job, output, engine,
-            class_spec=target[0] if target else None, provider=provider, threads=threads, workers=workers,
-            batch_size=batch_size, on_record=lambda record, line: _out(json.dumps(record) if as_json else line),
+            setup.path, sources, job, output, engine,
+            class_spec=target[0] if target else None, provider=setup.provider, threads=setup.threads,
+            workers=workers, batch_size=setup.batch_size, on_record=lambda record, line: _out(json.dumps(record) if as_json else line),
             on_fail=_fail, on_video=lambda spec, p: _status.show(f"{spec}: {p.bar()}") if show else None,
             on_note=lambda line: _err(f"note: {line}"))
     _status.end()
@@ -221,8 +278,9 @@ def _live_epilog() -> str:
 @job_options(label_flag=False)
 @live_options
 @json_option("Print the run's statistics as one JSON object.")
+@tuned_option
 def live(source: str, model: str | None, provider: str, threads: int | None, job: Any, config: Any,
-         as_json: bool) -> None:
+         as_json: bool, precision: str | None) -> None:
     """Explain a camera, stream or video live, in a window or recorded headless.
 
     SOURCE is a camera index (0, cam:1), a stream URL (rtsp://, http://) or a video file played at
@@ -231,7 +289,7 @@ def live(source: str, model: str | None, provider: str, threads: int | None, job
     """
     from attnmap.runtime.fronts.live.loop import run_live
 
-    stats = run_live(_explainer(model, provider, threads), source, job, config)
+    stats = run_live(_tuned_explainer(model, provider, threads, precision), source, job, config)
     summary = stats.to_dict()
     if as_json:
         click.echo(json.dumps(summary))
@@ -249,8 +307,9 @@ def live(source: str, model: str | None, provider: str, threads: int | None, job
               help="Address to bind; anything beyond loopback needs a token (--token-file or $ATTNMAP_TOKEN).")
 @click.option("--port", type=click.IntRange(1, 65535), default=8000, show_default=True, help="TCP port.")
 @serve_options
+@tuned_option
 def serve(source: str | None, model: str | None, provider: str, threads: int | None, job: Any, host: str, port: int,
-          config: Any, settings: Any, launch: dict[str, Any]) -> None:
+          config: Any, settings: Any, launch: dict[str, Any], precision: str | None) -> None:
     """Serve the live overlay to a browser and explanations over HTTP (extra 'serve').
 
     SOURCE is as in `attnmap live` (camera index, stream URL, video file; a file plays in a loop);
@@ -258,7 +317,7 @@ def serve(source: str | None, model: str | None, provider: str, threads: int | N
     """
     from attnmap.runtime.fronts.serve.runner import serve as run_serve
 
-    run_serve(_explainer(model, provider, threads), source, job, config, settings, host=host, port=port, log=_err,
+    run_serve(_tuned_explainer(model, provider, threads, precision), source, job, config, settings, host=host, port=port, log=_err,
               **launch)
 
 

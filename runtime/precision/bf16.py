@@ -296,15 +296,15 @@ class Bf16Support:
     def missing_flags(self) -> tuple[str, ...]:
         return tuple(f for f in BF16_FLAGS if f not in self.cpu_flags)
 
-    def line(self) -> str:
-        """One line: where bf16 runs, or why it runs nowhere here."""
+    def line(self, hint: bool = True) -> str:
+        """One line: where bf16 runs, or why it runs nowhere here (``hint``: and what to use instead)."""
         if self.runners:
             return f"bf16 runs here on: {', '.join(self.runners)}"
         flags = (f"the CPU lacks {' and '.join(self.missing_flags)}" if self.missing_flags
                  else f"the CPU has {', '.join(self.cpu_flags)}")
         return (f"bf16 cannot run on this machine: {flags}; "
                 + "; ".join(f"{p}: {why}" for p, why in self.why_not.items())
-                + " (use fp16 or int8, or `attnmap tune` to find what is fast here)")
+                + (" (use fp16 or int8, or tune the model to find what is fast here)" if hint else ""))
 
 
 def cpu_flags(path: str = "/proc/cpuinfo") -> tuple[str, ...]:
