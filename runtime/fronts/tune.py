@@ -191,7 +191,7 @@ def run_tune(model: str | Path, plan: TunePlan, *, log: Callable[[str], None] = 
                           "the file supports: rollout, attention ... or, with gradients, chefer, gradcam ...)")
     x_check = load_images(plan.check, meta, MAX_CHECK_IMAGES)
     rows: list[TuneRow] = []
-    files: dict[str, Path] = {"fp32": model}
+    files: dict[str, Path] = {"fp32": model} if "fp32" in plan.precisions else {}
     workdir = Path(tempfile.mkdtemp(prefix="attnmap-tune-"))
     try:
         for precision in plan.precisions:
