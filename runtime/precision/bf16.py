@@ -21,10 +21,12 @@ speed is.
 Casts go where a float32 tensor meets a bf16 node and back; the image input and every output
 stay float32. Which islands are needed is measured by ``bench/tune.py`` (``--bf16-islands``).
 
-No provider here may run bf16 compute: :func:`bf16_support` probes onnxruntime's CPU provider
-with a one-node bf16 ``MatMul`` (onnxruntime 1.2x has no such kernel on x86) and reads the CPU's
-flags from ``/proc/cpuinfo`` (OpenVINO computes bf16 only where ``avx512_bf16`` or ``amx_bf16``
-is present, and silently in float32 elsewhere). The fidelity of a bf16 conversion is measured
+Where a bf16 file runs is probed, not assumed: :func:`bf16_support` asks each provider present
+to run a one-node bf16 ``MatMul`` (onnxruntime 1.31's x86 CPU provider has no such kernel, and
+onnxruntime-openvino 1.24 hands the node back to it on this AVX2 CPU), and reads the CPU's bf16
+flags from ``/proc/cpuinfo`` (OpenVINO's own bf16, an inference precision hint on an fp32 file,
+computes bf16 only where ``avx512_bf16`` or ``amx_bf16`` is present, silently float32 elsewhere;
+its ``precision`` option takes only FP32 and ACCURACY on a CPU). The fidelity of a bf16 conversion is measured
 anyway, on any machine, with :func:`emulate_bf16`: the same graph in float32 with every bf16
 tensor rounded to bf16 (round to nearest even) where the bf16 graph stores it, i.e. bf16
 storage with float32 accumulation, as those CPU instructions compute. It measures numerics,
@@ -321,17 +323,20 @@ def cpu_flags(path: str = "/proc/cpuinfo") -> tuple[str, ...]:
 
 
 def bf16_support(flags: Iterable[str] | None = None, available: Sequence[str] | None = None) -> Bf16Support:
-    """Probe where bf16 compute runs on this machine.
+    """Probe where a bf16 file runs on this machine.
+
+    Each provider onnxruntime offers is asked to run a one-node bf16 ``MatMul``: only one that
+    does counts (onnxruntime's x86 CPU provider has no such kernel; onnxruntime-openvino 1.24
+    hands the node back to the CPU provider on an AVX2 CPU). The CPU's bf16 flags are reported
+    beside: OpenVINO's own bf16 (its inference precision hint on an fp32 file) computes bf16 only
+    where ``avx512_bf16`` or ``amx_bf16`` is present, and silently float32 elsewhere.
 
     Args:
         flags: CPU flags (default: :func:`cpu_flags`).
         available: onnxruntime's provider names (default ``ort.get_available_providers()``).
 
     Returns:
-        :class:`Bf16Support`. The CPU provider counts only if onnxruntime loads and runs a bf16
-        ``MatMul`` on it; OpenVINO only with ``avx512_bf16`` or ``amx_bf16`` (its CPU plugin falls
-        back to float32 without them); CUDA where onnxruntime offers it (its bf16 kernels need
-        an Ampere or newer GPU, not probed here).
+        :class:`Bf16Support`.
     """
     import onnxruntime as ort
 
@@ -339,25 +344,25 @@ def bf16_support(flags: Iterable[str] | None = None, available: Sequence[str] | 
     present = tuple(f for f in BF16_FLAGS if f in have)
     available = list(ort.get_available_providers() if available is None else available)
     runners, why = [], {}
-    cpu_error = _cpu_bf16_error()
-    if cpu_error is None:
-        runners.append("cpu")
-    else:
-        why["cpu"] = f"onnxruntime {ort.__version__}'s CPU provider {cpu_error}"
-    if "OpenVINOExecutionProvider" not in available:
-        why["openvino"] = "not installed (onnxruntime-openvino)"
-    elif present:
-        runners.append("openvino")
-    else:
-        why["openvino"] = "computes in float32 on a CPU without avx512_bf16 or amx_bf16"
-    if "CUDAExecutionProvider" in available:
-        runners.append("cuda")
+    for short, ort_name in (("cpu", "CPUExecutionProvider"), ("openvino", "OpenVINOExecutionProvider"),
+                            ("cuda", "CUDAExecutionProvider")):
+        if ort_name not in available:
+            if short == "openvino":
+                why[short] = "not installed (onnxruntime-openvino)"
+            continue
+        error = _probe_bf16(ort_name)
+        if error is None:
+            runners.append(short)
+            continue
+        why[short] = f"onnxruntime {ort.__version__}'s {short} provider {error}"
+        if short == "openvino" and not present:
+            why[short] += " (and OpenVINO's own bf16 computes float32 on a CPU without avx512_bf16 or amx_bf16)"
     return Bf16Support(present, tuple(runners), why)
 
 
-@lru_cache(maxsize=1)
-def _cpu_bf16_error() -> str | None:
-    """None if onnxruntime's CPU provider runs a bf16 MatMul, else what it said (one clause)."""
+@lru_cache(maxsize=None)
+def _probe_bf16(provider: str) -> str | None:
+    """None if ``provider`` (an onnxruntime name) runs a bf16 MatMul, else what it said (one clause)."""
     import onnxruntime as ort
 
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 2])
@@ -367,10 +372,15 @@ def _cpu_bf16_error() -> str | None:
              helper.make_node("Cast", ["p"], ["y"], to=TensorProto.FLOAT)]
     probe = helper.make_model(helper.make_graph(nodes, "bf16_probe", [x], [y]),
                               opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    options = ort.SessionOptions()
+    options.log_severity_level = 4  # the refusal is the answer, not an error to log
     try:
-        session = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
+        session = ort.InferenceSession(probe.SerializeToString(), sess_options=options, providers=[provider])
         session.run(None, {"x": np.eye(2, dtype=np.float32)})
     except Exception as exc:  # noqa: BLE001 - any refusal means "cannot"; the text says which
         text = str(exc)
-        return "has no bf16 MatMul kernel" if "NOT_IMPLEMENTED" in text else f"refused a bf16 MatMul ({text[:120]})"
+        if "NOT_IMPLEMENTED" not in text:
+            return f"refused a bf16 MatMul ({text.strip().splitlines()[0][:120] if text.strip() else type(exc).__name__})"
+        return ("has no bf16 MatMul kernel" if provider == "CPUExecutionProvider" else
+                "left a bf16 MatMul to the CPU provider, which has no kernel for it")
     return None

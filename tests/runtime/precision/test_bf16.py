@@ -100,14 +100,19 @@ def test_the_twin_computes_bf16_storage_with_float32_accumulation():
     assert not np.array_equal(_run(twin, {"a": a})[0], np.maximum(a @ w, 0))
 
 
-def test_support_names_the_missing_flags_and_finds_openvino_only_with_them():
+def test_support_names_the_missing_flags_and_counts_only_providers_that_run_the_probe(monkeypatch):
     none = b.bf16_support(flags=("avx2", "f16c"), available=["CPUExecutionProvider"])
+    assert none.missing_flags == ("avx512_bf16", "amx_bf16") and none.cpu_flags == ()
     if "cpu" not in none.runners:  # onnxruntime's x86 CPU provider has no bf16 MatMul
-        assert none.missing_flags == ("avx512_bf16", "amx_bf16")
-        assert "lacks avx512_bf16 and amx_bf16" in none.line() and "\n" not in none.line()
+        assert "lacks avx512_bf16 and amx_bf16" in none.line() and "cpu: onnxruntime" in none.line()
+        assert "openvino: not installed" in none.line() and "\n" not in none.line()
     ov = ["OpenVINOExecutionProvider", "CPUExecutionProvider"]
-    assert "openvino" not in b.bf16_support(flags=("avx2",), available=ov).runners
-    assert "openvino" in b.bf16_support(flags=("avx2", "amx_bf16"), available=ov).runners
+    monkeypatch.setattr(b, "_probe_bf16", lambda p: None if p == "OpenVINOExecutionProvider" else "has no kernel")
+    some = b.bf16_support(flags=("avx2", "amx_bf16"), available=ov)
+    assert some.runners == ("openvino",) and some.cpu_flags == ("amx_bf16",)
+    assert some.line() == "bf16 runs here on: openvino"
+    monkeypatch.setattr(b, "_probe_bf16", lambda p: "has no kernel")
+    assert b.bf16_support(flags=("amx_bf16",), available=ov).runners == ()
     assert b.cpu_flags("/nonexistent") == ()
 
 
