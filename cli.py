@@ -79,11 +79,15 @@ def _setup(model: str | None, provider: str, threads: int | None, precision: str
 
 
 def _tuned_explainer(model: str | None, provider: str, threads: int | None, precision: str | None):
+    """The Explainer of the run's set-up (:func:`_setup`), and a JSON-able record of it."""
     from attnmap import Explainer
 
     _model_note(model)
     setup = _setup(model, provider, threads, precision)
-    return Explainer(setup.path, provider=setup.provider, threads=setup.threads)
+    explainer = Explainer(setup.path, provider=setup.provider, threads=setup.threads)
+    return explainer, {"model": str(setup.path), "provider": explainer.model.provider_short,
+                       "threads": setup.threads, "precision": explainer.meta.precision,
+                       "tuned": None if setup.tuned is None else str(setup.tuned)}
 
 
 # ---------------------------------------------------------------------------- group
@@ -289,10 +293,11 @@ def live(source: str, model: str | None, provider: str, threads: int | None, job
     """
     from attnmap.runtime.fronts.live.loop import run_live
 
-    stats = run_live(_tuned_explainer(model, provider, threads, precision), source, job, config)
+    explainer, used = _tuned_explainer(model, provider, threads, precision)
+    stats = run_live(explainer, source, job, config)
     summary = stats.to_dict()
     if as_json:
-        click.echo(json.dumps(summary))
+        click.echo(json.dumps({**summary, "setup": used}))
         return
     click.echo(f"{stats.source}: {stats.frames_processed} frames shown at {summary['fps']:.1f} frames/s, "
                f"{stats.frames_dropped} dropped, capture-to-display latency median "
@@ -317,7 +322,7 @@ def serve(source: str | None, model: str | None, provider: str, threads: int | N
     """
     from attnmap.runtime.fronts.serve.runner import serve as run_serve
 
-    run_serve(_tuned_explainer(model, provider, threads, precision), source, job, config, settings, host=host, port=port, log=_err,
+    run_serve(_tuned_explainer(model, provider, threads, precision)[0], source, job, config, settings, host=host, port=port, log=_err,
               **launch)
 
 

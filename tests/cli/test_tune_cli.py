@@ -90,6 +90,9 @@ def test_live_uses_it_too(tuned, tmp_path):
     res = run("live", video, "-m", tuned, "--no-show", "--out", tmp_path / "live.avi", "--no-pace", "--json")
     assert res.exit_code == 0, res.output
     assert "tuned set-up from shapes.tuned.json: shapes.tuned-int8.onnx" in res.stderr
+    used = json.loads(res.stdout)["setup"]
+    assert used == {"model": str(tuned.parent / "shapes.tuned-int8.onnx"), "provider": "cpu", "threads": 1,
+                    "precision": "int8", "tuned": str(tuned.parent / "shapes.tuned.json")}
 
 
 @pytest.mark.parametrize("args, match", [
