@@ -13,7 +13,7 @@
    logits-only graph on the CPU provider at the default threads), in a rotating order, so load
    on a shared machine falls on all alike; each set-up's ratio to plain inference is the median
    of its per-round ratios.
-4. The fastest set-up that passed is written beside the model (:mod:`attnmap.runtime.model.tuned`).
+4. The fastest set-up that passed (by its ratio to plain inference) is written beside the model (:mod:`attnmap.runtime.model.tuned`).
 """
 
 from __future__ import annotations
@@ -135,9 +135,14 @@ class TuneResult:
 
 
 def choose(rows: Sequence[TuneRow]) -> TuneRow | None:
-    """The fastest row that passed the gate (never one that failed), or None."""
+    """The fastest row that passed the gate (never one that failed), or None.
+
+    Fastest by the median of its per-round ratios to plain inference (each ratio taken within
+    one round, so a load that comes and goes between rounds cancels), then by median ms.
+    """
     passing = [r for r in rows if r.passed]
-    return min(passing, key=lambda r: r.ms) if passing else None
+    key = lambda r: (r.x_plain if r.x_plain is not None else float("inf"), r.ms)  # noqa: E731
+    return min(passing, key=key) if passing else None
 
 
 def gate(fidelity: Fidelity, thresholds: Thresholds, method: str) -> list[str]:
@@ -322,8 +327,8 @@ def write_winner(result: TuneResult) -> list[Path]:
 
 def format_table(result: TuneResult) -> str:
     """The measured table: speed beside fidelity, the winner marked with ``*``."""
-    lines = [f"{result.model.name}: {result.method}, ms per image (median), x plain = ratio to plain fp32 "
-             f"inference ({result.plain_ms:.2f} ms/image, cpu, logits only); {result.load}",
+    lines = [f"{result.model.name}: {result.method}, ms per image (median), x plain = median per-round ratio to "
+             f"plain fp32 inference ({result.plain_ms:.2f} ms/image, cpu, logits only); {result.load}",
              f"  {'provider':<9}{'precision':<10}{'threads':>8}{'batch':>6}{'ms':>9}{'x plain':>9}{'top1':>7}"
              f"{'max|dp|':>9}{'r ' + result.method[:8]:>12}{'IoU10':>7}  gate"]
     for r in result.rows:

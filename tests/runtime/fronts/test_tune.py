@@ -92,11 +92,12 @@ def test_a_failing_configuration_is_never_chosen(model, photos, monkeypatch):
     assert read_tuned(model).precision == "fp32" and read_tuned(model).file == "shapes.onnx"
 
 
-def test_choose_takes_the_fastest_passing_row_only():
+def test_choose_takes_the_fastest_passing_row_by_its_paired_ratio():
     ok = Fidelity(1, "x", 1.0, 0.0)
-    rows = [t.TuneRow("cpu", "int8", 1, 1, ms=1.0, fidelity=ok, failures=["broken"]),
-            t.TuneRow("cpu", "fp16", 1, 1, ms=3.0, fidelity=ok),
-            t.TuneRow("cpu", "fp32", 2, 1, ms=2.0, fidelity=ok),
+    rows = [t.TuneRow("cpu", "int8", 1, 1, ms=1.0, x_plain=0.5, fidelity=ok, failures=["broken"]),
+            t.TuneRow("cpu", "fp16", 1, 1, ms=3.0, x_plain=1.5, fidelity=ok),
+            t.TuneRow("cpu", "fp32", 2, 1, ms=2.5, x_plain=1.0, fidelity=ok),
+            t.TuneRow("cpu", "fp32", 1, 1, ms=2.0, x_plain=1.1, fidelity=ok),  # faster median, slower paired
             t.TuneRow("-", "bf16", None, None, note="cannot run")]
     assert t.choose(rows) is rows[2]
     assert t.choose(rows[:1]) is None
