@@ -125,6 +125,35 @@ def openvino_plain(fp32: Path, photos: str, rounds: int) -> dict | None:
     return out
 
 
+def _goals(figures: dict) -> dict:
+    """Issue 26's two speed goals, read from the tables (ratios of paired medians)."""
+    from attnmap.runtime.model.session import physical_cores
+
+    goals: dict = {}
+    rollout, ov = figures.get("tune_rollout"), figures.get("openvino_plain")
+    if rollout and rollout["winner"]:
+        w = rollout["winner"]
+        goals["rollout_winner_x_plain_cpu"] = w["x_plain"]
+        line = (f"  rollout: fastest passing set-up {w['provider']} {w['precision']} {w['threads']} threads "
+                f"= {w['x_plain']:.2f}x plain fp32 inference on the CPU provider")
+        if ov:
+            # plain CPU -> plain OpenVINO (fp32 here) from the alternated loop of openvino_plain
+            goals["rollout_winner_x_plain_openvino"] = round(w["x_plain"] * ov["cpu"] / ov["openvino"], 3)
+            line += f", {goals['rollout_winner_x_plain_openvino']:.2f}x OpenVINO's plain inference (f32 here; goal <= 1.25 against its bf16)"
+        print(line, flush=True)
+    grads = figures.get("tune_grads")
+    if grads and grads["winner"]:
+        base = next((r for r in grads["rows"] if r["provider"] == "cpu" and r["precision"] == "fp32"
+                     and r["threads"] == physical_cores() and r["batch"] == 1), None)
+        if base and base["x_plain"]:
+            w = grads["winner"]
+            goals["grads_speedup_over_fp32_cpu"] = round(base["x_plain"] / w["x_plain"], 3)
+            print(f"  {grads['method']}: fastest passing set-up {w['provider']} {w['precision']} {w['threads']} threads "
+                  f"is {goals['grads_speedup_over_fp32_cpu']:.2f}x faster than fp32 on the CPU provider at "
+                  f"{physical_cores()} threads (goal >= 1.5)", flush=True)
+    return goals
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--fp32", type=Path, default=None, help="DeiT-Tiny fp32 attnmap file (default: export it)")
@@ -163,6 +192,7 @@ def main() -> None:
         if "openvino" in parts:
             print("## OpenVINO's own plain inference", flush=True)
             figures["openvino_plain"] = openvino_plain(fp32, args.photos, args.rounds)
+    figures["goals"] = _goals(figures)
     figures["load_end"] = _uptime()
     print(f"# {figures['load_end']}", flush=True)
     if args.json:
