@@ -465,6 +465,8 @@ def methods() -> None:
     """List the explanation methods, their options, allowed values and defaults."""
     for m in METHODS.values():
         kind = ("class-specific, needs an export with --gradients" if m.needs_gradients else
+                "class-specific, needs an export with --decompositions" if m.kind.name == "contribution" else
+                "class-agnostic, needs an export with --decompositions" if m.kind.name == "decomposition" else
                 "class-specific, runs the model on perturbed inputs" if m.reruns_model else "class-agnostic")
         click.echo(f"{m.name} ({kind})\n  {m.summary}")
         for name, spec in m.options.items():

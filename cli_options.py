@@ -188,13 +188,17 @@ def job_options(label: bool = True, label_flag: bool = True, topk: bool = False,
 
 # ---------------------------------------------------------------------------- export and quantize
 def _export(checkpoint: Path | None, pretrained: bool, img_size: int | None, heads: str, labels: Path | None,
-            num_classes: int | None, no_attentions: bool, gradients: bool, opset: int | None) -> dict[str, Any]:
+            num_classes: int | None, no_attentions: bool, gradients: bool, decompositions: bool,
+            opset: int | None) -> dict[str, Any]:
     if checkpoint is not None and pretrained:
         raise click.UsageError("Use just one of --checkpoint or --pretrained.")
     if gradients and no_attentions:
         raise click.UsageError("Use just one of --gradients or --no-attentions.")
+    if decompositions and (gradients or no_attentions):
+        raise click.UsageError("Use just one of --decompositions, --gradients or --no-attentions.")
     return {"export": dict(checkpoint=checkpoint, pretrained=pretrained, img_size=img_size, heads=heads,
-                           labels=labels, attentions=not no_attentions, gradients=gradients, opset=opset,
+                           labels=labels, attentions=not no_attentions, gradients=gradients,
+                           decompositions=decompositions, opset=opset,
                            model_kwargs={"num_classes": num_classes} if num_classes else None,
                            random_weights_hint="pass --checkpoint FILE or --pretrained")}
 
@@ -217,6 +221,10 @@ export_options = options(
                  help="Also emit attention_grads = d logit[target] / d attentions, and the last block's normed "
                       "tokens with their gradients (tokens, token_grads), with an int64 `target` input, for the "
                       "class-specific methods (chefer, grad_rollout, gradsam, product, gradcam)."),
+    click.option("--decompositions", is_flag=True,
+                 help="Also emit the small per-token Grams (mix_grams, mix_grams_ln) and the class token's "
+                      "decomposition (class_contributions) for the forward-only methods attn-norm, globenc and "
+                      "decompx (timm models)."),
     click.option("--opset", type=click.IntRange(13, 30), default=None, help="ONNX opset (default: the exporter's)."),
     build=_export)
 

@@ -12,6 +12,8 @@ kind           reads                            calls ``Method.fn`` as
 attention      attentions (and their grads)     ``fn(attentions, layout, *, grads=None, **options)``
 perturbation   the model input and the model    ``fn(x, forward, classes, layout, **options)``
 features       token features and their grads   ``fn(tokens, token_grads, layout, **options)``
+decomposition  attentions and the norm Grams    ``fn(outputs, layout, None, **options)``
+contribution   the above and the class parts    ``fn(outputs, layout, classes, **options)``
 =============  ===============================  =========================================================
 
 ``outputs`` below is the forward pass of the model input
@@ -186,8 +188,52 @@ class FeaturesKind(Kind):
         return method.fn(getattr(outputs, "tokens", None), getattr(outputs, "token_grads", None), layout, **options)
 
 
+class DecompositionKind(Kind):
+    """Forward-only norm-based methods: attentions and the per-token Grams of the decomposition
+    outputs (``attnmap export --decompositions``); no gradients, no extra model run."""
+
+    name = "decomposition"
+    reads = ("attentions", "mix_grams", "mix_grams_ln")
+    splits = True
+
+    def check_model(self, method, meta, model):
+        super().check_model(method, meta, model)
+        lacking = [n for n in self.reads if n not in meta.outputs]
+        if lacking:
+            raise ExplainError(f"method {method.name!r} needs the decomposition outputs {lacking}, and {model} has "
+                               "none; re-export it with `attnmap export --decompositions`")
+
+    def split_bytes(self, outputs) -> int:
+        return sum(getattr(outputs, n).nbytes for n in self.reads if getattr(outputs, n, None) is not None)
+
+    def maps(self, method, outputs, layout, options, *, x=None, forward=None, classes=None) -> np.ndarray:
+        if outputs.attentions is None:
+            raise ExplainError("these outputs carry no attentions; run infer(), not infer_plain(), on a model "
+                               "exported with --decompositions")
+        return method.fn(outputs, layout, None, **options)
+
+
+class ContributionKind(DecompositionKind):
+    """Forward-only class-specific decomposition: each token's part of every logit
+    (``class_contributions``), so any class is explained from the one forward pass."""
+
+    name = "contribution"
+    reads = ("attentions", "mix_grams", "mix_grams_ln", "class_contributions")
+    class_specific = True
+
+    def maps(self, method, outputs, layout, options, *, x=None, forward=None, classes=None) -> np.ndarray:
+        if outputs.attentions is None:
+            raise ExplainError("these outputs carry no attentions; run infer(), not infer_plain(), on a model "
+                               "exported with --decompositions")
+        chosen = explained_classes(outputs) if classes is None else np.asarray(classes).reshape(-1)
+        if chosen.shape != (len(outputs),):
+            raise ExplainError(f"classes must give one class per image ({len(outputs)}); got {chosen.tolist()}")
+        return method.fn(outputs, layout, chosen, **options)
+
+
 ATTENTION, PERTURBATION, FEATURES = AttentionKind(), PerturbationKind(), FeaturesKind()
-KINDS: dict[str, Kind] = {k.name: k for k in (ATTENTION, PERTURBATION, FEATURES)}
+DECOMPOSITION, CONTRIBUTION = DecompositionKind(), ContributionKind()
+KINDS: dict[str, Kind] = {k.name: k for k in (ATTENTION, PERTURBATION, FEATURES, DECOMPOSITION, CONTRIBUTION)}
 
 
 def kind_of(kind: "str | Kind") -> Kind:

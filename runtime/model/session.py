@@ -22,9 +22,10 @@ from onnxruntime.capi import onnxruntime_pybind11_state as _ort_state
 from attnmap.runtime.core.errors import InputError, ModelError, ProviderError, suggest_path
 from attnmap.runtime.core.meta import ModelMeta
 from attnmap.runtime.model.buffers import BufferPool, DeviceBuffers
-from attnmap.runtime.model.graph import (check_against_graph, first_line, logits_only, read_model,
-                                         split_stacked_outputs)
+from attnmap.runtime.model.graph import check_against_graph, logits_only, read_model, split_stacked_outputs
 from attnmap.runtime.model import providers as _providers
+from attnmap.runtime.model.inference_graph import inference_graph, inference_problems
+from attnmap.runtime.model.ort_errors import describe_ort_error
 from attnmap.runtime.model.providers import ORT_NAMES, provider_options
 
 _DTYPES = {"tensor(float)": np.dtype(np.float32), "tensor(int64)": np.dtype(np.int64),
@@ -53,6 +54,13 @@ class Outputs:
             ``norm1`` (prefix tokens first), or None when the file has no such output (exported
             without gradients, or before attnmap exported them).
         token_grads: (B, N, D) float32 d logit[target] / d tokens, or None likewise.
+        mix_grams: (B, L, N, H+1, H+1) float32 per block and token j the Gram matrix of the
+            heads' value-output vectors γ1 ⊙ u^h_j and the block's input x_j (forward-only
+            decompositions, ``attnmap export --decompositions``), or None.
+        mix_grams_ln: (B, L, N, H+1, H+1) float32 the same under norm2's linearised LayerNorm
+            (centred, γ2-scaled vectors), or None.
+        class_contributions: (B, N, C) float32 each token's contribution to every logit through
+            the last block and the head (DecompX-style), or None.
     """
 
     logits: np.ndarray
@@ -61,6 +69,9 @@ class Outputs:
     targets: np.ndarray | None = None
     tokens: np.ndarray | None = None
     token_grads: np.ndarray | None = None
+    mix_grams: np.ndarray | None = None
+    mix_grams_ln: np.ndarray | None = None
+    class_contributions: np.ndarray | None = None
 
     def __len__(self) -> int:
         return int(self.logits.shape[0])
@@ -79,6 +90,9 @@ class Outputs:
             None if self.targets is None else self.targets[pick],
             None if self.tokens is None else self.tokens[pick],
             None if self.token_grads is None else self.token_grads[pick],
+            None if self.mix_grams is None else self.mix_grams[pick],
+            None if self.mix_grams_ln is None else self.mix_grams_ln[pick],
+            None if self.class_contributions is None else self.class_contributions[pick],
         )
 
 
@@ -163,17 +177,19 @@ class OnnxModel:
         # copies outputs to the host.
         self._split: dict[str, tuple[str, ...]] = {}
         source: str | bytes = str(self.path)
+        proto = read_model(self.path)
+        # the metadata before the session: a file attnmap did not write is refused as such
+        self.meta = ModelMeta.from_props({p.key: p.value for p in proto.metadata_props}, str(self.path))
         if cpu:
-            proto = read_model(self.path)
-            # the metadata before the session: a file attnmap did not write is refused as such
-            self.meta = ModelMeta.from_props({p.key: p.value for p in proto.metadata_props}, str(self.path))
             self._split = split_stacked_outputs(proto)
             if self._split:
                 source = proto.SerializeToString()
-            del proto
+        elif inference_problems(proto):
+            # a file exported before attnmap wrote inference-clean graphs (runtime/model/inference_graph.py):
+            # OpenVINO and other accelerators refuse a training-form node, the CPU provider runs it
+            source = inference_graph(proto).SerializeToString()
+        del proto
         self.session = self._create_session(source)
-        if not cpu:
-            self.meta = ModelMeta.from_props(self.session.get_modelmeta().custom_metadata_map, str(self.path))
         inputs = self.session.get_inputs()
         self.input_names = tuple(i.name for i in inputs)
         # per-layer output -> the stacked output it is part of
@@ -221,7 +237,8 @@ class OnnxModel:
             if isinstance(source, str):  # not parsed yet: a file that is not ONNX, or not attnmap's, says so
                 proto = read_model(self.path)
                 ModelMeta.from_props({p.key: p.value for p in proto.metadata_props}, str(self.path))
-            raise ModelError(f"cannot load model {str(self.path)!r} with onnxruntime: {first_line(exc)}") from exc
+            raise ModelError(f"cannot load model {str(self.path)!r} with onnxruntime's "
+                             f"{_providers.short_name(self.providers[0])} provider: {describe_ort_error(exc)}") from exc
         started = session.get_providers()
         if self.providers[0] not in started:
             # onnxruntime-gpu without its CUDA/cuDNN libraries logs an error and runs on the CPU.
@@ -295,7 +312,7 @@ class OnnxModel:
             if values is None:
                 values = self._run_unbound(names, feed)
         except ORT_ERRORS as exc:
-            raise ModelError(f"onnxruntime failed on {self.path.name!r}: {first_line(exc)}") from exc
+            raise ModelError(f"onnxruntime failed on {self.path.name!r}: {describe_ort_error(exc)}") from exc
         # maps are computed in float32: an fp16 file's half attentions are widened here, once
         if self._any_half:
             values = {k: v.astype(np.float32) if v.dtype == np.float16 else v for k, v in values.items()}
@@ -306,7 +323,8 @@ class OnnxModel:
             unset = targets < 0
             targets[unset] = logits[unset].argmax(-1)
         return Outputs(logits, values.get("attentions"), values.get("attention_grads"), targets,
-                       values.get("tokens"), values.get("token_grads"))
+                       values.get("tokens"), values.get("token_grads"), values.get("mix_grams"),
+                       values.get("mix_grams_ln"), values.get("class_contributions"))
 
     def _run_each(self, x: np.ndarray, target, outputs) -> Outputs:
         """:meth:`run` one image at a time, the results stacked (copies, not pooled buffers)."""
@@ -314,7 +332,8 @@ class OnnxModel:
             target = self._check_target(target, len(x))
         runs = [self.run(x[i:i + 1], None if target is None else target[i:i + 1], outputs) for i in range(len(x))]
         return Outputs(*(None if getattr(runs[0], f) is None else np.concatenate([getattr(r, f) for r in runs])
-                         for f in ("logits", "attentions", "grads", "targets", "tokens", "token_grads")))
+                         for f in ("logits", "attentions", "grads", "targets", "tokens", "token_grads",
+                                   "mix_grams", "mix_grams_ln", "class_contributions")))
 
     def _check_input(self, x_nchw: np.ndarray) -> np.ndarray:
         """``x_nchw`` checked against the graph input, as a contiguous array of its dtype."""
@@ -430,14 +449,17 @@ class OnnxModel:
         """
         x = self._check_input(x_nchw)
         if self._plain is None:
-            self._plain = self._create_session(logits_only(read_model(self.path)).SerializeToString())
+            plain = logits_only(read_model(self.path))
+            if self.providers[0] != ORT_NAMES["cpu"]:
+                inference_graph(plain)
+            self._plain = self._create_session(plain.SerializeToString())
         try:
             if self._per_image:  # one image per run, as in :meth:`run`
                 return np.concatenate([self._plain.run(["logits"], {self.meta.inputs[0]: x[i:i + 1]})[0]
                                        for i in range(len(x))])
             return self._plain.run(["logits"], {self.meta.inputs[0]: x})[0]
         except ORT_ERRORS as exc:
-            raise ModelError(f"onnxruntime failed on {self.path.name!r}: {first_line(exc)}") from exc
+            raise ModelError(f"onnxruntime failed on {self.path.name!r}: {describe_ort_error(exc)}") from exc
 
 
 def _run_binding(session: ort.InferenceSession, binding, path: Path) -> None:
@@ -446,4 +468,4 @@ def _run_binding(session: ort.InferenceSession, binding, path: Path) -> None:
     try:
         session.run_with_iobinding(binding)
     except RuntimeError as exc:
-        raise ModelError(f"onnxruntime failed on {path.name!r}: {first_line(exc)}") from exc
+        raise ModelError(f"onnxruntime failed on {path.name!r}: {describe_ort_error(exc)}") from exc

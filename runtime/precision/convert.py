@@ -35,6 +35,7 @@ from attnmap.runtime.core.files import commit, discard, temp_path
 from attnmap.runtime.core.meta import ModelMeta
 from attnmap.runtime.core.text import article, megabytes
 from attnmap.runtime.model.graph import read_model
+from attnmap.runtime.model.inference_graph import inference_graph
 from attnmap.runtime.precision.bf16 import ISLANDS, PrecisionUnavailable, bf16_support, convert_bf16, emulate_bf16
 from attnmap.runtime.precision.fidelity import Fidelity, Thresholds, check_fidelity, measure_fidelity
 from attnmap.runtime.precision.fp16 import convert_fp16
@@ -175,7 +176,8 @@ def synthetic_images(meta: ModelMeta, n: int = SYNTHETIC_IMAGES, seed: int = 14)
 
 
 def convert_proto(proto: onnx.ModelProto, options: ConvertOptions, calibration: np.ndarray | None) -> onnx.ModelProto:
-    """The converted graph (metadata not yet updated)."""
+    """The converted graph (metadata not yet updated), inference-clean whatever the source's age."""
+    inference_graph(proto)
     if options.precision == "fp16":
         return convert_fp16(proto, attn_dtype=options.attn_dtype)
     if options.precision == "bf16":
