@@ -18,7 +18,7 @@ from attnmap.runtime.frames.synth import make_batch
 from attnmap.runtime.fronts import tune as t
 from attnmap.runtime.model.tuned import file_sha256, read_tuned, resolve_setup
 from attnmap.runtime.precision import bf16
-from attnmap.runtime.precision.fidelity import Fidelity, Thresholds
+from attnmap.runtime.precision.fidelity import Fidelity
 
 SHIPPED = Path(__file__).resolve().parents[3] / "models" / "shapes_vit.onnx"
 
@@ -103,7 +103,7 @@ def test_choose_takes_the_fastest_passing_row_by_its_paired_ratio():
     assert t.choose(rows[:1]) is None
 
 
-def test_the_winner_is_written_and_becomes_the_default(model, photos, monkeypatch):
+def test_the_winner_is_written_and_becomes_the_default(model, photos):
     result = t.run_tune(model, _plan(photos, precisions=("int8",), batches=(2,)), log=_quiet, clock=_clock())
     written = t.write_winner(result)
     assert [p.name for p in written] == ["shapes.tuned-int8.onnx", "shapes.tuned.json"]

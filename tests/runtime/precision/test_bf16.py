@@ -8,7 +8,6 @@ bf16 conversion whose maps break (with a provider pretended where none is).
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import ml_dtypes
