@@ -78,11 +78,18 @@ class TunePlan:
             raise OptionError(f"rounds must be >= 1 and warmup >= 0; got {self.rounds}, {self.warmup}")
 
     def resolved(self) -> "TunePlan":
-        """Defaults filled in: the providers onnxruntime offers, threads 1 and the physical cores."""
+        """Defaults filled in: the providers onnxruntime offers, threads 1 and the physical cores.
+
+        Raises:
+            ProviderError: a provider asked for that onnxruntime does not offer (names what it does).
+        """
         import onnxruntime as ort
 
+        from attnmap.runtime.model.providers import resolve_providers
         from attnmap.runtime.model.session import physical_cores
 
+        for name in self.providers:
+            resolve_providers(name)
         offered = ort.get_available_providers()
         providers = self.providers or tuple(p for p in TUNE_PROVIDERS if ORT_NAMES[p] in offered)
         threads = self.threads or tuple(sorted({1, physical_cores()}))

@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 
 import cv2
+import onnxruntime as ort
 import pytest
 from click.testing import CliRunner
 
@@ -106,6 +107,9 @@ def test_bad_tune_flags_are_one_line(model, photos, args, match):
 
 
 def test_bad_inputs_are_one_line(model, photos, tmp_path):
+    res = run("tune", model, "--check", photos, "--providers", "cuda")
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        assert res.exit_code == 1 and res.stderr.count("\n") == 1 and "provider 'cuda' is not available" in res.stderr
     res = run("tune", model, "--check", tmp_path / "nothing_here", "--rounds", "1")
     assert res.exit_code == 1 and res.stderr.count("\n") == 1 and "nothing_here" in res.stderr
     sidecar_path(model).write_text("{broken")
