@@ -214,9 +214,16 @@ def run_tune(model: str | Path, plan: TunePlan, *, log: Callable[[str], None] = 
                 continue
             log(f"converting to {precision}")
             loose = Thresholds(0.0, -1.0, 1.0)  # gated below, per provider, on the check images
-            files[precision] = convert_file(model, workdir / f"{model.stem}.{precision}.onnx",
-                                            ConvertOptions(precision, check=plan.check, thresholds=loose),
-                                            log=lambda line: None, threads=max(plan.threads)).path
+            try:
+                files[precision] = convert_file(model, workdir / f"{model.stem}.{precision}.onnx",
+                                                ConvertOptions(precision, check=plan.check, thresholds=loose),
+                                                log=lambda line: None, threads=max(plan.threads)).path
+            except (ModelError, AssertionError, RuntimeError, ValueError) as exc:
+                # one precision that does not convert (onnxruntime 1.24's quantiser asserts on a
+                # gradient file's per-channel scales) is a row of the table, not the end of the run
+                text = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+                rows.append(TuneRow("-", precision, None, None, note=f"cannot convert: {type(exc).__name__}"
+                                                                      + (f": {text}" if text else "")))
         rows += _measure(reference, files, x_check, plan, log, clock)
         plain = [r for r in rows if r.note == "plain"]
         rows = [r for r in rows if r.note != "plain"]
