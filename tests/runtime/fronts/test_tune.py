@@ -131,3 +131,22 @@ def test_a_converted_model_is_refused(tmp_path, photos):
     int8 = convert_file(SHIPPED, tmp_path / "shapes_int8.onnx", ConvertOptions("int8"), log=_quiet).path
     with pytest.raises(Exception, match="is int8; tune the fp32 file"):
         t.run_tune(int8, _plan(photos), log=_quiet)
+
+
+def test_a_precision_that_does_not_convert_is_a_row_and_the_rest_goes_on(model, photos, monkeypatch):
+    from attnmap.runtime.core.errors import ModelError
+    from attnmap.runtime.precision import convert
+
+    real = convert.convert_file
+
+    def fp16_fails(src, out, options, **kwargs):
+        if options.precision == "fp16":
+            raise ModelError("onnxruntime's float16 converter failed: a test's refusal")
+        return real(src, out, options, **kwargs)
+
+    monkeypatch.setattr(convert, "convert_file", fp16_fails)
+    result = t.run_tune(model, _plan(photos, precisions=("fp16", "int8"), batches=(1,)), log=_quiet, clock=_clock())
+    t.discard_work(result)
+    fp16 = [r for r in result.rows if r.precision == "fp16"]
+    assert len(fp16) == 1 and fp16[0].note.startswith("cannot convert: ModelError: onnxruntime's float16")
+    assert result.winner.precision == "int8"
