@@ -483,7 +483,7 @@ def _tune(check: str, providers: str | None, precisions: str, threads_list: str 
 # the command gets ``plan``: a TunePlan
 tune_options = options(
     click.option("--check", required=True, metavar="SOURCE",
-                 help="Photos like the model's own (folder, glob, video) for the fidelity gate; required."),
+                 help="Photos like the model's own (folder, glob, video) for the fidelity gate."),
     click.option("--providers", default=None, metavar="LIST",
                  help="Comma-separated providers to try (default: every one onnxruntime offers of cpu, openvino, "
                       "cuda, coreml)."),
