@@ -461,8 +461,9 @@ def _csv(kind: Callable[[str], Any], text: str, what: str, choices: tuple | None
     return values
 
 
-def _tune(check: str, providers: str | None, precisions: str, threads_list: str | None, batch_sizes: str,
-          method: str, rounds: int, warmup: int, min_top1: float, min_rollout_corr: float) -> dict[str, Any]:
+def _tune(check: str, calibration: str | None, providers: str | None, precisions: str, threads_list: str | None,
+          batch_sizes: str, method: str, rounds: int, warmup: int, min_top1: float,
+          min_rollout_corr: float) -> dict[str, Any]:
     from attnmap.runtime.fronts.tune import TUNE_PRECISIONS, TUNE_PROVIDERS, TunePlan
     from attnmap.runtime.precision.fidelity import Thresholds
 
@@ -472,24 +473,29 @@ def _tune(check: str, providers: str | None, precisions: str, threads_list: str 
             raise click.BadParameter(f"expected comma-separated {what} >= 1; got {text!r}")
         return values
 
+    if "int8-static" in precisions and not calibration:
+        raise click.BadParameter("int8-static needs calibration images: give --calibration SOURCE",
+                                 param_hint="--precisions")
     return {"plan": TunePlan(
         check=check, providers=_csv(str, providers, "providers", TUNE_PROVIDERS) if providers else (),
         precisions=_csv(str, precisions, "precisions", TUNE_PRECISIONS),
         threads=ints(threads_list, "thread counts") if threads_list else (),
         batches=ints(batch_sizes, "batch sizes"), method=method, rounds=rounds, warmup=warmup,
-        thresholds=Thresholds(min_top1=min_top1, min_rollout_corr=min_rollout_corr))}
+        thresholds=Thresholds(min_top1=min_top1, min_rollout_corr=min_rollout_corr), calibration=calibration)}
 
 
 # the command gets ``plan``: a TunePlan
 tune_options = options(
     click.option("--check", required=True, metavar="SOURCE",
                  help="Photos like the model's own (folder, glob, video) for the fidelity gate."),
+    click.option("--calibration", default=None, metavar="SOURCE",
+                 help="Calibration images of static int8 (--precisions ...,int8-static); other photos than --check."),
     click.option("--providers", default=None, metavar="LIST",
                  help="Comma-separated providers to try (default: every one onnxruntime offers of cpu, openvino, "
                       "cuda, coreml)."),
     click.option("--precisions", default="fp32,fp16,int8,bf16", show_default=True, metavar="LIST",
-                 help="Comma-separated precisions to try (bf16 only where a provider here computes it; the table "
-                      "says why not elsewhere)."),
+                 help="Comma-separated precisions to try: fp32, fp16, int8 (dynamic), int8-static (needs "
+                      "--calibration), bf16 (only where a provider here computes it; the table says why not elsewhere)."),
     click.option("--threads", "threads_list", default=None, metavar="LIST",
                  help="Comma-separated thread counts (default: 1 and the physical cores)."),
     click.option("--batch-sizes", default="1", show_default=True, metavar="LIST",

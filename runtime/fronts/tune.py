@@ -35,7 +35,7 @@ from attnmap.runtime.model.providers import ORT_NAMES
 from attnmap.runtime.model.tuned import TunedSetup, file_sha256, tuned_file_path, write_tuned
 from attnmap.runtime.precision.fidelity import Fidelity, Thresholds, fidelity_failures
 
-TUNE_PRECISIONS = ("fp32", "fp16", "int8", "bf16")
+TUNE_PRECISIONS = ("fp32", "fp16", "int8", "int8-static", "bf16")  # int8-static: QDQ, needs calibration
 TUNE_PROVIDERS = ("cpu", "openvino", "cuda", "coreml")  # TensorRT: an engine build per shape, not tried
 
 
@@ -46,12 +46,14 @@ class TunePlan:
     Attributes:
         check: image source of the fidelity gate (photos like the model's own).
         providers: provider names to try (default: every one of :data:`TUNE_PROVIDERS` onnxruntime offers).
-        precisions: of :data:`TUNE_PRECISIONS`.
+        precisions: of :data:`TUNE_PRECISIONS` (``int8`` is dynamic; ``int8-static`` needs ``calibration``).
         threads: intra-op thread counts to try.
         batches: batch sizes to try.
         method: the explanation method timed and gated (its maps must correlate too).
         rounds: timed rounds (each runs every set-up once); warmup: untimed rounds first.
         thresholds: the fidelity gate.
+        calibration: image source of static int8's calibration (other photos than ``check``: a
+            static quantisation fits its ranges to them, and a gate on them would flatter it).
     """
 
     check: str
@@ -63,11 +65,14 @@ class TunePlan:
     rounds: int = 5
     warmup: int = 1
     thresholds: Thresholds = field(default_factory=Thresholds)
+    calibration: str | None = None
 
     def __post_init__(self) -> None:
         bad = [p for p in self.precisions if p not in TUNE_PRECISIONS]
         if bad or not self.precisions:
             raise OptionError(f"precisions must be among {TUNE_PRECISIONS}; got {list(self.precisions)}")
+        if "int8-static" in self.precisions and not self.calibration:
+            raise OptionError("precision int8-static needs calibration images: give calibration (a folder or glob)")
         bad = [p for p in self.providers if p not in TUNE_PROVIDERS]
         if bad:
             raise OptionError(f"providers must be among {TUNE_PROVIDERS}; got {bad[0]!r}")
@@ -215,8 +220,10 @@ def run_tune(model: str | Path, plan: TunePlan, *, log: Callable[[str], None] = 
             log(f"converting to {precision}")
             loose = Thresholds(0.0, -1.0, 1.0)  # gated below, per provider, on the check images
             try:
-                files[precision] = convert_file(model, workdir / f"{model.stem}.{precision}.onnx",
-                                                ConvertOptions(precision, check=plan.check, thresholds=loose),
+                options = (ConvertOptions("int8", mode="static", calibration=plan.calibration, check=plan.check,
+                                          thresholds=loose) if precision == "int8-static" else
+                           ConvertOptions(precision, check=plan.check, thresholds=loose))
+                files[precision] = convert_file(model, workdir / f"{model.stem}.{precision}.onnx", options,
                                                 log=lambda line: None, threads=max(plan.threads)).path
             except (ModelError, AssertionError, RuntimeError, ValueError) as exc:
                 # one precision that does not convert (onnxruntime 1.24's quantiser asserts on a
@@ -329,7 +336,7 @@ def write_winner(result: TuneResult) -> list[Path]:
             finally:
                 discard(tmp)
             written.append(target)
-        setup = TunedSetup(w.provider, int(w.threads), int(w.batch), w.precision, target.name,
+        setup = TunedSetup(w.provider, int(w.threads), int(w.batch), w.precision.split("-")[0], target.name,
                            file_sha256(result.model), file_sha256(target),
                            {"ms_per_image": w.ms, "x_plain": w.x_plain, "plain_ms": result.plain_ms,
                             "method": result.method, "load": result.load,
@@ -345,15 +352,15 @@ def format_table(result: TuneResult) -> str:
     """The measured table: speed beside fidelity, the winner marked with ``*``."""
     lines = [f"{result.model.name}: {result.method}, ms per image (median), x plain = median per-round ratio to "
              f"plain fp32 inference ({result.plain_ms:.2f} ms/image, cpu, logits only); {result.load}",
-             f"  {'provider':<9}{'precision':<10}{'threads':>8}{'batch':>6}{'ms':>9}{'x plain':>9}{'top1':>7}"
+             f"  {'provider':<9}{'precision':<12}{'threads':>8}{'batch':>6}{'ms':>9}{'x plain':>9}{'top1':>7}"
              f"{'max|dp|':>9}{'r ' + result.method[:8]:>12}{'IoU10':>7}  gate"]
     for r in result.rows:
         mark = "*" if r is result.winner else " "
         if r.fidelity is None:
-            lines.append(f"{mark} {r.provider:<9}{r.precision:<10}  {r.note}")
+            lines.append(f"{mark} {r.provider:<9}{r.precision:<12}  {r.note}")
             continue
         m = r.fidelity.maps.get(result.method)
-        lines.append(f"{mark} {r.provider:<9}{r.precision:<10}{r.threads:>8}{r.batch:>6}{r.ms:>9.2f}"
+        lines.append(f"{mark} {r.provider:<9}{r.precision:<12}{r.threads:>8}{r.batch:>6}{r.ms:>9.2f}"
                      f"{r.x_plain if r.x_plain is not None else float('nan'):>9.2f}"
                      f"{r.fidelity.top1_agreement:>7.3f}{r.fidelity.max_prob_diff:>9.4f}"
                      f"{m.pearson_mean if m else float('nan'):>12.4f}{m.iou_top10_mean if m else float('nan'):>7.3f}  "

@@ -97,9 +97,10 @@ def test_live_uses_it_too(tuned, tmp_path):
 
 
 @pytest.mark.parametrize("args, match", [
-    (["--precisions", "fp8"], "expected comma-separated precisions among fp32, fp16, int8, bf16"),
+    (["--precisions", "fp8"], "expected comma-separated precisions among fp32, fp16, int8, int8-static, bf16"),
     (["--threads", "0"], "thread counts >= 1"),
     (["--batch-sizes", "x"], "batch sizes"),
+    (["--precisions", "int8-static"], "int8-static needs calibration images"),
 ])
 def test_bad_tune_flags_are_one_line(model, photos, args, match):
     res = run("tune", model, "--check", photos, *args)

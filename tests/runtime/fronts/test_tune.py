@@ -150,3 +150,22 @@ def test_a_precision_that_does_not_convert_is_a_row_and_the_rest_goes_on(model, 
     fp16 = [r for r in result.rows if r.precision == "fp16"]
     assert len(fp16) == 1 and fp16[0].note.startswith("cannot convert: ModelError: onnxruntime's float16")
     assert result.winner.precision == "int8"
+
+
+def test_static_int8_is_tried_with_calibration_images_and_written_as_int8(model, photos, tmp_path):
+    calibration = tmp_path / "calibration"
+    calibration.mkdir()
+    for i, image in enumerate(make_batch(11, 8, size=96)[0]):
+        cv2.imwrite(str(calibration / f"c{i}.png"), image)
+    plan = _plan(photos, precisions=("int8-static",), batches=(1,), calibration=str(calibration))
+    result = t.run_tune(model, plan, log=_quiet, clock=_clock())
+    assert [r.precision for r in result.rows] == ["int8-static"]
+    if result.winner is None:  # the static file failed the gate: nothing to write
+        t.discard_work(result)
+        assert result.rows[0].failures
+        return
+    written = t.write_winner(result)
+    assert written[0].name == "shapes.tuned-int8-static.onnx"
+    setup = read_tuned(model)
+    assert setup.precision == "int8" and setup.file == "shapes.tuned-int8-static.onnx"
+    assert resolve_setup(model, precision="int8").path == written[0]
