@@ -61,6 +61,8 @@ class Outputs:
             (centred, γ2-scaled vectors), or None.
         class_contributions: (B, N, C) float32 each token's contribution to every logit through
             the last block and the head (DecompX-style), or None.
+        tail_input: (B, N, D) float32 tokens entering the last block (a file exported with
+            ``--tail``; ViT-ReciproCAM reruns the tail on them), or None.
     """
 
     logits: np.ndarray
@@ -72,6 +74,7 @@ class Outputs:
     mix_grams: np.ndarray | None = None
     mix_grams_ln: np.ndarray | None = None
     class_contributions: np.ndarray | None = None
+    tail_input: np.ndarray | None = None
 
     def __len__(self) -> int:
         return int(self.logits.shape[0])
@@ -93,6 +96,7 @@ class Outputs:
             None if self.mix_grams is None else self.mix_grams[pick],
             None if self.mix_grams_ln is None else self.mix_grams_ln[pick],
             None if self.class_contributions is None else self.class_contributions[pick],
+            None if self.tail_input is None else self.tail_input[pick],
         )
 
 
@@ -327,7 +331,7 @@ class OnnxModel:
             targets[unset] = logits[unset].argmax(-1)
         return Outputs(logits, values.get("attentions"), values.get("attention_grads"), targets,
                        values.get("tokens"), values.get("token_grads"), values.get("mix_grams"),
-                       values.get("mix_grams_ln"), values.get("class_contributions"))
+                       values.get("mix_grams_ln"), values.get("class_contributions"), values.get("tail_input"))
 
     def _run_each(self, x: np.ndarray, target, outputs) -> Outputs:
         """:meth:`run` one image at a time, the results stacked (copies, not pooled buffers)."""
@@ -336,7 +340,7 @@ class OnnxModel:
         runs = [self.run(x[i:i + 1], None if target is None else target[i:i + 1], outputs) for i in range(len(x))]
         return Outputs(*(None if getattr(runs[0], f) is None else np.concatenate([getattr(r, f) for r in runs])
                          for f in ("logits", "attentions", "grads", "targets", "tokens", "token_grads",
-                                   "mix_grams", "mix_grams_ln", "class_contributions")))
+                                  "mix_grams", "mix_grams_ln", "class_contributions", "tail_input")))
 
     def _check_input(self, x_nchw: np.ndarray) -> np.ndarray:
         """``x_nchw`` checked against the graph input, as a contiguous array of its dtype."""
