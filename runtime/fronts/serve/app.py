@@ -46,6 +46,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, RedirectRespons
 from starlette.routing import Route
 
 from attnmap.runtime.core.errors import AttnmapError, EncodeError, ExplainError, OptionError
+from attnmap.runtime.core.memory import release_free_heap
 from attnmap.runtime.fronts.serve import ServeError
 from attnmap.runtime.fronts.serve import api, control
 from attnmap.runtime.fronts.serve.admission import ClientGone, QueueFull, WorkQueue, cancellable
@@ -257,7 +258,12 @@ class _Server:
                 return await loop.run_in_executor(self.pool, work, cancel)
 
             def work(cancel) -> bytes:
-                return api.answer_json(cancellable(self.explainer, cancel), data, name, req, limits)
+                try:
+                    return api.answer_json(cancellable(self.explainer, cancel), data, name, req, limits)
+                finally:
+                    # a big request's buffers are free now, but glibc keeps them in the worker
+                    # thread's arena: without this the server's RSS stays at its largest request
+                    release_free_heap()
 
             try:
                 body = await self.queue.run(work, execute, lambda: _disconnected(request))
