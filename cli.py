@@ -394,7 +394,8 @@ def evaluate(sources: tuple[str, ...], model: str | None, provider: str, threads
     """Score how faithful each method's map is, and where ground truth is given, how well it localises.
 
     SOURCE is an image file, a directory, a glob or a manifest (.csv / .parquet with a `path`
-    column); with --engine ray each image is scored on a Ray actor. Each map's units are removed, most (or least)
+    column); with --engine ray each image is scored on a Ray actor, and with --out a rerun into the same folder
+    skips the images already scored there (their scores kept). Each map's units are removed, most (or least)
     relevant first, and the model is run again: positive / negative perturbation (Chefer et al.
     2021) and deletion / insertion (Petsiuk et al. 2018). With --masks, --boxes or --synthetic:
     pointing game, mass ratio, and segmentation pixel accuracy, mIoU and AP. A random map is the floor.
@@ -420,10 +421,14 @@ def evaluate(sources: tuple[str, ...], model: str | None, provider: str, threads
         if engine.on_ray:
             from attnmap.runtime.fronts.distributed.evaluate import evaluate_on_ray
 
+            kept: list[str] = []
             result = evaluate_on_ray(explainer, plan, inputs, engine.ray_options(provider, threads=threads),
-                                     on_image=lambda _: bar.update(1))
+                                     on_image=lambda _: bar.update(1), keep=out_dir, on_kept=kept.append,
+                                     on_note=lambda line: _err(f"note: {line}"))
         else:
             result = evaluate_inputs(explainer, plan, inputs, on_image=lambda _: bar.update(1))
+    if engine.on_ray and kept:
+        _err(f"{len(kept)} images already scored in {out_dir} (same content and settings): their scores kept")
     for source, reason in result.failed:
         _fail(source, reason)
     click.echo(json.dumps(result.to_dict()) if as_json else report.format_evaluation(result))
