@@ -33,7 +33,7 @@ POOLINGS = ("token", "avg")
 EXPORT_HEAD_FUSIONS = ("none", "mean", "max", "min")
 CROP_MODES = ("center", "squash", "border")
 INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "area", "lanczos")
-PRECISIONS = ("fp32", "fp16", "int8")
+PRECISIONS = ("fp32", "fp16", "int8", "bf16")
 # Outputs of a file exported with decompositions (export/decomposition.py), besides logits and attentions.
 DECOMPOSITION_OUTPUTS = ("mix_grams", "mix_grams_ln")
 # The fidelity record (runtime/precision/fidelity.py, Fidelity.to_dict) must hold these.
@@ -96,11 +96,11 @@ class ModelMeta:
         inputs: graph input names, e.g. ``("input",)`` or ``("input", "target")``.
         exporter: versions of the tools that wrote the file (attnmap, torch, timm, onnx, opset).
         extra: free-form notes (e.g. how a shipped model was trained); never needed to run.
-        precision: ``"fp32"`` (as exported), ``"fp16"`` or ``"int8"`` (converted by
+        precision: ``"fp32"`` (as exported), ``"fp16"``, ``"int8"`` or ``"bf16"`` (converted by
             ``attnmap quantize`` / ``export --precision``; inputs and outputs stay float32,
             except an fp16 file's attentions where it was asked for). Files from before this
             field read as ``"fp32"``.
-        fidelity: for fp16 and int8 files, the fidelity gate's figures against the fp32 file
+        fidelity: for fp16, int8 and bf16 files, the fidelity gate's figures against the fp32 file
             (:meth:`attnmap.runtime.precision.fidelity.Fidelity.to_dict`: ``images``, ``source``,
             ``top1_agreement``, ``max_prob_diff``, ``maps``, ``thresholds``); empty for fp32.
         schema_version: version of this schema.

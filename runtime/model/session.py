@@ -13,7 +13,7 @@ import weakref
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 import onnxruntime as ort
@@ -149,6 +149,8 @@ class OnnxModel:
             ``"cuda"``, ``"tensorrt"`` ...).
         threads: intra-op threads on CPU (default: the physical cores).
         trt_cache: TensorRT engine cache folder (see :func:`provider_options`).
+        provider_options: onnxruntime options for the chosen provider, over attnmap's (see
+            :func:`provider_options`); options it cannot start with are a ProviderError.
 
     Any precision attnmap writes loads: fp32, fp16 and int8 files all take the image in the
     dtype their graph declares (float32 for every file ``attnmap quantize`` writes) and every
@@ -166,7 +168,7 @@ class OnnxModel:
     """
 
     def __init__(self, path: str | Path, provider: str = "auto", threads: int | None = None,
-                 trt_cache: str | Path | None = None):
+                 trt_cache: str | Path | None = None, provider_options: Mapping[str, str] | None = None):
         self.path = Path(path)
         if not self.path.is_file():
             raise ModelError(f"model file {str(self.path)!r} does not exist; pass an .onnx file "
@@ -174,6 +176,7 @@ class OnnxModel:
         self.providers = _providers.resolve_providers(provider)
         self.threads = threads
         self.trt_cache = trt_cache
+        self.provider_options = dict(provider_options or {})
         cpu = self.providers[0] == ORT_NAMES["cpu"]
         # On CPU the stacked attention outputs are split into per-layer outputs in memory
         # (runtime/model/graph.py) and every output is written into reused buffers
@@ -230,7 +233,7 @@ class OnnxModel:
 
     def _create_session(self, source: str | bytes) -> ort.InferenceSession:
         """The onnxruntime session; ModelError (cause kept) where onnxruntime refuses the file."""
-        options = provider_options(self.providers, self.trt_cache)
+        options = provider_options(self.providers, self.trt_cache, self.provider_options)
         for opts in options:
             if "trt_engine_cache_path" in opts:
                 Path(opts["trt_engine_cache_path"]).mkdir(parents=True, exist_ok=True)
