@@ -29,14 +29,16 @@ from attnmap.runtime.methods.flow import attention_flow
 from attnmap.runtime.methods.gradient import chefer, gradsam, product_rule
 from attnmap.runtime.methods.contribution import decompx
 from attnmap.runtime.methods.decomposition import attn_norm, globenc
-from attnmap.runtime.methods.kinds import ATTENTION, CONTRIBUTION, DECOMPOSITION, FEATURES, KINDS, PERTURBATION, Kind
+from attnmap.runtime.methods.kinds import (ATTENTION, CONTRIBUTION, DECOMPOSITION, FEATURES, KINDS, PERTURBATION, TAIL,
+                                           Kind)
 from attnmap.runtime.methods.perturbation import OCCLUSION_BASELINES, occlusion, rise
+from attnmap.runtime.methods.reciprocam import SCORES, reciprocam
 from attnmap.runtime.methods.rollout import attention_rollout, grad_rollout
 
 __all__ = ["KINDS", "METHODS", "Kind", "Method", "attention_maps", "check_method_use", "check_options",
            "get_method", "normalize_maps", "runs_on", "attention_flow", "attention_rollout", "grad_rollout",
            "raw_attention", "chefer", "gradsam", "product_rule", "occlusion", "rise", "gradcam", "attn_norm",
-           "globenc", "decompx"]
+           "globenc", "decompx", "reciprocam"]
 
 # One declaration per option; methods that share an option share its spec (the default comes
 # from each function's signature).
@@ -114,6 +116,17 @@ METHODS["decompx"] = make_method(
     "decompx", decompx,
     "DecompX-style (Modarressi et al. 2023): tokens' parts of the class logit, no backward pass.",
     {"start_layer": _START}, kind=CONTRIBUTION)
+_RECIPROCAM = {
+    "gaussian": OptionSpec("gaussian", bool, None,
+                           "Keep each patch's 3x3 neighbourhood, Gaussian-weighted (else the patch alone)."),
+    "score": OptionSpec("score", str, None, "Which class score of each masked copy is the map: logit or softmax.",
+                        choices=SCORES),
+    "forward_batch": _FORWARD_BATCH}  # here the masked token copies per tail run
+
+METHODS["reciprocam"] = make_method(
+    "reciprocam", reciprocam,
+    "ViT-ReciproCAM (Byun & Lee 2023): class score of the last block per Gaussian-masked token copy.",
+    _RECIPROCAM, kind=TAIL)
 
 METHODS["gradcam"] = make_method(
     "gradcam", gradcam, "Grad-CAM (Selvaraju et al. 2017) on the last block's patch tokens: relu(sum_k a_k A_k).",
@@ -233,7 +246,8 @@ def attention_maps(method: str, attentions: np.ndarray, layout: TokenLayout, *,
     m = get_method(method)
     checked = check_options(method, options)
     if m.kind is not ATTENTION:
-        call = "maps(outputs, method, x=x_nchw)" if m.reruns_model else "maps(outputs, method)"
+        rerun_input = m.reruns_model and not getattr(m.kind, "reruns_tail", False)
+        call = "maps(outputs, method, x=x_nchw)" if rerun_input else "maps(outputs, method)"
         raise ExplainError(f"method {m.name!r} is a {m.kind} method, not an attention method; run it with "
                            f"Explainer.{call} or Explainer.explain")
     if m.needs_gradients and grads is None:

@@ -13,7 +13,7 @@ import weakref
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 import onnxruntime as ort
@@ -22,9 +22,10 @@ from onnxruntime.capi import onnxruntime_pybind11_state as _ort_state
 from attnmap.runtime.core.errors import InputError, ModelError, ProviderError, suggest_path
 from attnmap.runtime.core.meta import ModelMeta
 from attnmap.runtime.model.buffers import BufferPool, DeviceBuffers
-from attnmap.runtime.model.graph import (check_against_graph, first_line, logits_only, read_model,
-                                         split_stacked_outputs)
+from attnmap.runtime.model.graph import check_against_graph, logits_only, read_model, split_stacked_outputs
 from attnmap.runtime.model import providers as _providers
+from attnmap.runtime.model.inference_graph import inference_graph, inference_problems
+from attnmap.runtime.model.ort_errors import describe_ort_error
 from attnmap.runtime.model.providers import ORT_NAMES, provider_options
 
 _DTYPES = {"tensor(float)": np.dtype(np.float32), "tensor(int64)": np.dtype(np.int64),
@@ -60,6 +61,8 @@ class Outputs:
             (centred, γ2-scaled vectors), or None.
         class_contributions: (B, N, C) float32 each token's contribution to every logit through
             the last block and the head (DecompX-style), or None.
+        tail_input: (B, N, D) float32 tokens entering the last block (a file exported with
+            ``--tail``; ViT-ReciproCAM reruns the tail on them), or None.
     """
 
     logits: np.ndarray
@@ -71,6 +74,7 @@ class Outputs:
     mix_grams: np.ndarray | None = None
     mix_grams_ln: np.ndarray | None = None
     class_contributions: np.ndarray | None = None
+    tail_input: np.ndarray | None = None
 
     def __len__(self) -> int:
         return int(self.logits.shape[0])
@@ -92,6 +96,7 @@ class Outputs:
             None if self.mix_grams is None else self.mix_grams[pick],
             None if self.mix_grams_ln is None else self.mix_grams_ln[pick],
             None if self.class_contributions is None else self.class_contributions[pick],
+            None if self.tail_input is None else self.tail_input[pick],
         )
 
 
@@ -144,6 +149,8 @@ class OnnxModel:
             ``"cuda"``, ``"tensorrt"`` ...).
         threads: intra-op threads on CPU (default: the physical cores).
         trt_cache: TensorRT engine cache folder (see :func:`provider_options`).
+        provider_options: onnxruntime options for the chosen provider, over attnmap's (see
+            :func:`provider_options`); options it cannot start with are a ProviderError.
 
     Any precision attnmap writes loads: fp32, fp16 and int8 files all take the image in the
     dtype their graph declares (float32 for every file ``attnmap quantize`` writes) and every
@@ -161,7 +168,7 @@ class OnnxModel:
     """
 
     def __init__(self, path: str | Path, provider: str = "auto", threads: int | None = None,
-                 trt_cache: str | Path | None = None):
+                 trt_cache: str | Path | None = None, provider_options: Mapping[str, str] | None = None):
         self.path = Path(path)
         if not self.path.is_file():
             raise ModelError(f"model file {str(self.path)!r} does not exist; pass an .onnx file "
@@ -169,6 +176,7 @@ class OnnxModel:
         self.providers = _providers.resolve_providers(provider)
         self.threads = threads
         self.trt_cache = trt_cache
+        self.provider_options = dict(provider_options or {})
         cpu = self.providers[0] == ORT_NAMES["cpu"]
         # On CPU the stacked attention outputs are split into per-layer outputs in memory
         # (runtime/model/graph.py) and every output is written into reused buffers
@@ -176,17 +184,19 @@ class OnnxModel:
         # copies outputs to the host.
         self._split: dict[str, tuple[str, ...]] = {}
         source: str | bytes = str(self.path)
+        proto = read_model(self.path)
+        # the metadata before the session: a file attnmap did not write is refused as such
+        self.meta = ModelMeta.from_props({p.key: p.value for p in proto.metadata_props}, str(self.path))
         if cpu:
-            proto = read_model(self.path)
-            # the metadata before the session: a file attnmap did not write is refused as such
-            self.meta = ModelMeta.from_props({p.key: p.value for p in proto.metadata_props}, str(self.path))
             self._split = split_stacked_outputs(proto)
             if self._split:
                 source = proto.SerializeToString()
-            del proto
+        elif inference_problems(proto):
+            # a file exported before attnmap wrote inference-clean graphs (runtime/model/inference_graph.py):
+            # OpenVINO and other accelerators refuse a training-form node, the CPU provider runs it
+            source = inference_graph(proto).SerializeToString()
+        del proto
         self.session = self._create_session(source)
-        if not cpu:
-            self.meta = ModelMeta.from_props(self.session.get_modelmeta().custom_metadata_map, str(self.path))
         inputs = self.session.get_inputs()
         self.input_names = tuple(i.name for i in inputs)
         # per-layer output -> the stacked output it is part of
@@ -223,7 +233,7 @@ class OnnxModel:
 
     def _create_session(self, source: str | bytes) -> ort.InferenceSession:
         """The onnxruntime session; ModelError (cause kept) where onnxruntime refuses the file."""
-        options = provider_options(self.providers, self.trt_cache)
+        options = provider_options(self.providers, self.trt_cache, self.provider_options)
         for opts in options:
             if "trt_engine_cache_path" in opts:
                 Path(opts["trt_engine_cache_path"]).mkdir(parents=True, exist_ok=True)
@@ -234,7 +244,8 @@ class OnnxModel:
             if isinstance(source, str):  # not parsed yet: a file that is not ONNX, or not attnmap's, says so
                 proto = read_model(self.path)
                 ModelMeta.from_props({p.key: p.value for p in proto.metadata_props}, str(self.path))
-            raise ModelError(f"cannot load model {str(self.path)!r} with onnxruntime: {first_line(exc)}") from exc
+            raise ModelError(f"cannot load model {str(self.path)!r} with onnxruntime's "
+                             f"{_providers.short_name(self.providers[0])} provider: {describe_ort_error(exc)}") from exc
         started = session.get_providers()
         if self.providers[0] not in started:
             # onnxruntime-gpu without its CUDA/cuDNN libraries logs an error and runs on the CPU.
@@ -308,7 +319,7 @@ class OnnxModel:
             if values is None:
                 values = self._run_unbound(names, feed)
         except ORT_ERRORS as exc:
-            raise ModelError(f"onnxruntime failed on {self.path.name!r}: {first_line(exc)}") from exc
+            raise ModelError(f"onnxruntime failed on {self.path.name!r}: {describe_ort_error(exc)}") from exc
         # maps are computed in float32: an fp16 file's half attentions are widened here, once
         if self._any_half:
             values = {k: v.astype(np.float32) if v.dtype == np.float16 else v for k, v in values.items()}
@@ -320,7 +331,7 @@ class OnnxModel:
             targets[unset] = logits[unset].argmax(-1)
         return Outputs(logits, values.get("attentions"), values.get("attention_grads"), targets,
                        values.get("tokens"), values.get("token_grads"), values.get("mix_grams"),
-                       values.get("mix_grams_ln"), values.get("class_contributions"))
+                       values.get("mix_grams_ln"), values.get("class_contributions"), values.get("tail_input"))
 
     def _run_each(self, x: np.ndarray, target, outputs) -> Outputs:
         """:meth:`run` one image at a time, the results stacked (copies, not pooled buffers)."""
@@ -329,7 +340,7 @@ class OnnxModel:
         runs = [self.run(x[i:i + 1], None if target is None else target[i:i + 1], outputs) for i in range(len(x))]
         return Outputs(*(None if getattr(runs[0], f) is None else np.concatenate([getattr(r, f) for r in runs])
                          for f in ("logits", "attentions", "grads", "targets", "tokens", "token_grads",
-                                   "mix_grams", "mix_grams_ln", "class_contributions")))
+                                  "mix_grams", "mix_grams_ln", "class_contributions", "tail_input")))
 
     def _check_input(self, x_nchw: np.ndarray) -> np.ndarray:
         """``x_nchw`` checked against the graph input, as a contiguous array of its dtype."""
@@ -445,14 +456,17 @@ class OnnxModel:
         """
         x = self._check_input(x_nchw)
         if self._plain is None:
-            self._plain = self._create_session(logits_only(read_model(self.path)).SerializeToString())
+            plain = logits_only(read_model(self.path))
+            if self.providers[0] != ORT_NAMES["cpu"]:
+                inference_graph(plain)
+            self._plain = self._create_session(plain.SerializeToString())
         try:
             if self._per_image:  # one image per run, as in :meth:`run`
                 return np.concatenate([self._plain.run(["logits"], {self.meta.inputs[0]: x[i:i + 1]})[0]
                                        for i in range(len(x))])
             return self._plain.run(["logits"], {self.meta.inputs[0]: x})[0]
         except ORT_ERRORS as exc:
-            raise ModelError(f"onnxruntime failed on {self.path.name!r}: {first_line(exc)}") from exc
+            raise ModelError(f"onnxruntime failed on {self.path.name!r}: {describe_ort_error(exc)}") from exc
 
 
 def _run_binding(session: ort.InferenceSession, binding, path: Path) -> None:
@@ -461,4 +475,4 @@ def _run_binding(session: ort.InferenceSession, binding, path: Path) -> None:
     try:
         session.run_with_iobinding(binding)
     except RuntimeError as exc:
-        raise ModelError(f"onnxruntime failed on {path.name!r}: {first_line(exc)}") from exc
+        raise ModelError(f"onnxruntime failed on {path.name!r}: {describe_ort_error(exc)}") from exc
