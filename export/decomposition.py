@@ -241,6 +241,17 @@ class ViTWithDecompositions(ViTWithAttention):
             qkv = getattr(p["attn"], "qkv", None)
             if isinstance(qkv, nn.Linear) and getattr(p["attn"], "v_bias", None) is None:
                 self._handles.append(qkv.register_forward_hook(functools.partial(self._qkv_hook, i)))
+        # The last block's probabilities as the block used them, for the class contributions:
+        # reading them from the stacked `attentions` would make the stack a tensor other nodes
+        # read, which keeps the runtime from splitting it into per-layer outputs (an extra
+        # 5.6 MB copy per DeiT-Tiny image; runtime/model/graph.py).
+        self._last_probs: torch.Tensor | None = None
+        self._handles.append(parts[-1]["attn"].attn_drop.register_forward_hook(self._probs_hook))
+
+    def _probs_hook(self, module: nn.Module, inputs: tuple, output: torch.Tensor):
+        if self._capturing:
+            self._last_probs = output
+        return None
 
     def _norm_hook(self, index: int, module: nn.Module, inputs: tuple, output: torch.Tensor):
         if self._capturing:
@@ -286,9 +297,10 @@ class ViTWithDecompositions(ViTWithAttention):
             g = _centre(vecs) * (norm2.weight if norm2.weight is not None else 1.0)
             grams_ln.append(_gram(g))
             if self.contributions and l == self.num_layers - 1:
-                contrib = class_contributions(self.model, p, stream, w, attentions[:, l])
+                contrib = class_contributions(self.model, p, stream, w, self._last_probs)
         self._inputs = [None] * self.num_layers
         self._qkv = [None] * self.num_layers
+        self._last_probs = None
         out = (logits, attentions, torch.stack(grams, dim=1), torch.stack(grams_ln, dim=1))
         return out + ((contrib,) if contrib is not None else ())
 
