@@ -138,6 +138,11 @@ class Explainer:
         budget: the most work :meth:`explain` takes on per image (model runs, memory at once;
             :class:`~attnmap.runtime.methods.cost.Budget`), checked before any work starts;
             default :data:`~attnmap.runtime.methods.cost.LIBRARY_BUDGET`.
+        memory_arena: keep onnxruntime's CPU memory arena, which holds the peak of the
+            largest run for the session's life (False: each run's buffers are freed; see
+            :func:`~attnmap.runtime.model.session.session_options`).
+        provider_options: onnxruntime options for the chosen provider, over attnmap's (OpenVINO's
+            ``load_config`` ...; see :func:`~attnmap.runtime.model.providers.provider_options`).
 
     Attributes:
         map_threads: threads on which :meth:`explain` computes a batch's attention maps, each
@@ -148,8 +153,10 @@ class Explainer:
     """
 
     def __init__(self, model: str | Path | None = None, *, provider: str = "auto", threads: int | None = None,
-                 trt_cache: str | Path | None = None, budget: Budget | None = None):
-        self.model = OnnxModel(resolve_model(model), provider=provider, threads=threads, trt_cache=trt_cache)
+                 trt_cache: str | Path | None = None, budget: Budget | None = None, memory_arena: bool = True,
+                 provider_options: Mapping[str, str] | None = None):
+        self.model = OnnxModel(resolve_model(model), provider=provider, threads=threads, trt_cache=trt_cache,
+                               memory_arena=memory_arena, provider_options=provider_options)
         self.budget = budget or LIBRARY_BUDGET
         self.meta: ModelMeta = self.model.meta
         self.map_threads = int(threads) if threads else physical_cores()

@@ -105,17 +105,16 @@ METHODS: dict[str, Method] = {m.name: m for m in (
 
 METHODS["attn-norm"] = make_method(
     "attn-norm", attn_norm,
-    "Attention norm (Kobayashi et al. 2020): edges ||sum_h a_ij u_j|| (+ residual norm), rolled out; forward only.",
+    "Attention norm (Kobayashi et al. 2020): edges ||sum_h a_ij u_j|| + ||x_i||, rolled out.",
     {"residual": OptionSpec("residual", bool, None, "Add the residual stream's norm ||x_i|| on the diagonal."),
      "start_layer": _START}, kind=DECOMPOSITION)
 METHODS["globenc"] = make_method(
     "globenc", globenc,
-    "GlobEnc (Modarressi et al. 2022): token terms with residual through norm2 linearised, rolled out; forward only.",
+    "GlobEnc (Modarressi et al. 2022): token terms + residual through LN, as norms, rolled out.",
     {"start_layer": _START}, kind=DECOMPOSITION)
 METHODS["decompx"] = make_method(
     "decompx", decompx,
-    "DecompX-style (Modarressi et al. 2023): token parts of the class logit through the last block and head, "
-    "carried back by GlobEnc; forward only.",
+    "DecompX-style (Modarressi et al. 2023): tokens' parts of the class logit, no backward pass.",
     {"start_layer": _START}, kind=CONTRIBUTION)
 _RECIPROCAM = {
     "gaussian": OptionSpec("gaussian", bool, None,

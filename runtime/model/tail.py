@@ -94,4 +94,4 @@ class TailModel:
         """The tail of an :class:`~attnmap.runtime.model.session.OnnxModel`'s file, on the model's
         providers with its session options (threads, no spinning)."""
         props = model.session.get_modelmeta().custom_metadata_map
-        return cls(props, model.meta, model.path, model.session.get_providers(), session_options(model.threads))
+        return cls(props, model.meta, model.path, model.session.get_providers(), session_options(model.threads, memory_arena=model.memory_arena))

@@ -71,6 +71,8 @@ def test_a_new_kind_registered_in_one_place_runs_end_to_end(fake_method, tiny_vi
 def test_the_registered_kinds_say_what_they_read():
     assert KINDS == {"attention": ATTENTION, "perturbation": PERTURBATION, "features": FEATURES,
                      "decomposition": DECOMPOSITION, "contribution": CONTRIBUTION, "tail": TAIL}
+    assert DECOMPOSITION.reads == ("attentions", "mix_grams", "mix_grams_ln") and DECOMPOSITION.splits
+    assert CONTRIBUTION.class_specific and not DECOMPOSITION.class_specific
     assert {n for n, m in METHODS.items() if m.kind is ATTENTION} == {
         "rollout", "attention", "flow", "chefer", "grad_rollout", "gradsam", "product"}
     assert [n for n, m in METHODS.items() if m.reruns_model] == ["occlusion", "rise", "reciprocam"]

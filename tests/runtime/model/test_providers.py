@@ -175,3 +175,16 @@ def test_openvino_takes_its_options_and_one_it_cannot_start_with_is_an_error(tin
     # run the file on the CPU provider without saying so
     with pytest.raises(ProviderError, match="could not start OpenVINOExecutionProvider"):
         OnnxModel(tiny_vit_onnx, provider="openvino", provider_options={"precision": "INT3"})
+
+
+@pytest.mark.skipif(OV not in ort.get_available_providers(), reason="needs onnxruntime-openvino (CI's openvino lane)")
+def test_the_explainer_hands_provider_options_to_its_session(tiny_vit_onnx):
+    import json
+
+    from attnmap import Explainer
+
+    hint = {"load_config": json.dumps({"CPU": {"INFERENCE_PRECISION_HINT": "f32"}})}
+    ex = Explainer(tiny_vit_onnx, provider="openvino", provider_options=hint)
+    assert ex.provider == OV and ex.model.provider_options == hint
+    with pytest.raises(ProviderError, match="could not start OpenVINOExecutionProvider"):
+        Explainer(tiny_vit_onnx, provider="openvino", provider_options={"precision": "INT3"})
