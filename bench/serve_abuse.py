@@ -60,7 +60,10 @@ def _count(statuses: dict, key) -> None:
 # --------------------------------------------------------------------------- attacks
 async def _posting(url, stop, statuses, make, *, leave_after: float | None = None) -> None:
     async with httpx.AsyncClient(timeout=120) as client:
-        while not stop.is_set():
+        first = True
+        # at least one request: on a loaded box this thread may start after a short phase ended
+        while first or not stop.is_set():
+            first = False
             files, data = make()
             try:
                 if leave_after is None:
