@@ -33,7 +33,7 @@ from attnmap import __version__  # noqa: E402
 from attnmap.cli_options import (FITS, METHOD_FLAGS, PROVIDERS, engine_options, evaluation_options,  # noqa: E402
                                  export_options, fit_option, flag, folder_options, job_options, json_option,
                                  live_options, method_options, model_options, precision_options, serve_options,
-                                 throughput_options)
+                                 throughput_options, tune_options, tuned_option)
 from attnmap.cli_output import (Group, LineUsageError, err as _err, fail as _fail, out as _out,  # noqa: E402
                                 status as _status)
 from attnmap.runtime.methods import METHODS  # noqa: E402
@@ -62,6 +62,34 @@ def _explainer(model: str | None, provider: str, threads: int | None):
     return Explainer(model, provider=provider, threads=threads)
 
 
+def _setup(model: str | None, provider: str, threads: int | None, precision: str | None,
+           batch_size: int | None = None):
+    """The run's set-up: the flags given explicitly, else the model's tuned sidecar (`attnmap tune`)."""
+    from click.core import ParameterSource
+
+    from attnmap.runtime.model.registry import resolve_model
+    from attnmap.runtime.model.tuned import resolve_setup
+
+    given = click.get_current_context().get_parameter_source("provider") not in (ParameterSource.DEFAULT, None)
+    setup = resolve_setup(resolve_model(model), provider=provider if given else None, threads=threads,
+                          precision=precision, batch_size=batch_size)
+    if setup.note:
+        _err(f"note: {setup.note}")
+    return setup
+
+
+def _tuned_explainer(model: str | None, provider: str, threads: int | None, precision: str | None):
+    """The Explainer of the run's set-up (:func:`_setup`), and a JSON-able record of it."""
+    from attnmap import Explainer
+
+    _model_note(model)
+    setup = _setup(model, provider, threads, precision)
+    explainer = Explainer(setup.path, provider=setup.provider, threads=setup.threads)
+    return explainer, {"model": str(setup.path), "provider": explainer.model.provider_short,
+                       "threads": setup.threads, "precision": explainer.meta.precision,
+                       "tuned": None if setup.tuned is None else str(setup.tuned)}
+
+
 # ---------------------------------------------------------------------------- group
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="attnmap")
@@ -87,8 +115,8 @@ def main(ctx: click.Context, debug: bool) -> None:
 @click.option("--out", "-o", type=click.Path(dir_okay=False, path_type=Path), required=True,
               help="Where to write the .onnx file.")
 @export_options
-@precision_options(("fp32", "fp16", "int8"), "fp32", "fp16 or int8: export fp32 (parity-checked), convert, and "
-                   "write only if the fidelity gate passes (see `attnmap quantize`).")
+@precision_options(("fp32", "fp16", "int8", "bf16"), "fp32", "fp16, int8 or bf16: export fp32 (parity-checked), "
+                   "convert, and write only if the fidelity gate passes (see `attnmap quantize`).")
 def export(model_name: str, out: Path, export: dict[str, Any], convert: Any) -> None:
     """Export a timm or Hugging Face ViT to ONNX with attention outputs and attnmap metadata.
 
@@ -101,7 +129,7 @@ def export(model_name: str, out: Path, export: dict[str, Any], convert: Any) -> 
     its path is printed on stdout.
     """
     if convert is not None and not export["attentions"]:
-        raise click.UsageError("--precision fp16/int8 needs the attentions (the fidelity gate compares maps); "
+        raise click.UsageError("--precision fp16/int8/bf16 needs the attentions (the fidelity gate compares maps); "
                                "drop --no-attentions")
     try:
         from attnmap.export.to_onnx import export_onnx
@@ -123,10 +151,12 @@ def export(model_name: str, out: Path, export: dict[str, Any], convert: Any) -> 
               help="Where to write the converted .onnx file.")
 @click.option("--threads", type=click.IntRange(1, 256), default=None,
               help="CPU threads of the fidelity check (default: physical cores).")
-@precision_options(("fp16", "int8"), "int8", "int8: onnxruntime's quantiser (dynamic, or static QDQ with "
-                   "--calibration); fp16: half compute with float32 at the graph boundary.")
+@precision_options(("fp16", "int8", "bf16"), "int8", "int8: onnxruntime's quantiser (dynamic, or static QDQ with "
+                   "--calibration); fp16: half compute with float32 at the graph boundary; bf16: bfloat16 compute "
+                   "with float32 softmax, LayerNorm and outputs, only where a provider here computes in bf16 "
+                   "(a CPU with avx512_bf16 or amx_bf16 and OpenVINO, or CUDA).")
 def quantize(model: str, out: Path, threads: int | None, convert: Any) -> None:
-    """Convert an fp32 attnmap file to int8 or fp16, torch-free, behind a fidelity gate.
+    """Convert an fp32 attnmap file to int8, fp16 or bf16, torch-free, behind a fidelity gate.
 
     MODEL is an .onnx file from `attnmap export` (or a shipped model name). The converted
     file is compared with MODEL on the --check images, else on 64 synthetic images (plus the
@@ -139,6 +169,36 @@ def quantize(model: str, out: Path, threads: int | None, convert: Any) -> None:
     from attnmap.runtime.precision.convert import convert_file
 
     click.echo(str(convert_file(resolve_model(model), out, convert, log=_err, threads=threads).path))
+
+
+@main.command()
+@click.argument("model")
+@tune_options
+@click.option("--no-write", is_flag=True, help="Measure and print only; write nothing.")
+@json_option("Print the measured table as one JSON object.")
+def tune(model: str, plan: Any, no_write: bool, as_json: bool) -> None:
+    """Find the fastest faithful set-up of MODEL on this machine and make it the default.
+
+    Tries provider x precision x threads x batch, times each (the method's maps included) in
+    rounds alternated with plain fp32 inference, gates each against fp32 on the --check photos
+    (top-1 agreement, max |dp|, map correlation, top-10% IoU), prints the table, and writes the
+    fastest that passed as MODEL.tuned.json beside MODEL (with its converted file, e.g.
+    MODEL.tuned-int8.onnx). explain, live and serve then use it unless --provider, --threads,
+    --precision or --batch-size say otherwise.
+    """
+    from attnmap.runtime.fronts import tune as t
+    from attnmap.runtime.model.registry import resolve_model
+
+    result = t.run_tune(resolve_model(model), plan, log=_err)
+    try:
+        written = [] if no_write else t.write_winner(result)
+    finally:
+        t.discard_work(result)
+    click.echo(json.dumps(result.to_dict()) if as_json else t.format_table(result))
+    if written:
+        _err("wrote " + ", ".join(str(p) for p in written))
+    if result.winner is None:
+        raise click.ClickException("no set-up passed the fidelity gate; nothing written")
 
 
 @main.command()
@@ -171,8 +231,10 @@ def info(model: str | None, as_json: bool) -> None:
 @json_option("Print one JSON object per input: {schema_version, source, topk: [{index, label, prob}], target or "
              "classes, overlay, ...}, the same on every engine.")
 @engine_options
+@tuned_option
 def explain(sources: tuple[str, ...], model: str | None, provider: str, threads: int | None, job: Any, output: Any,
-            batch_size: int | None, workers: int | None, target: tuple[str, ...], as_json: bool, engine: Any) -> None:
+            batch_size: int | None, workers: int | None, target: tuple[str, ...], as_json: bool, engine: Any,
+            precision: str | None) -> None:
     """Explain images, folders, globs and videos; write overlays to --out.
 
     SOURCE is an image file, a directory, a glob ("photos/*.jpg"), a video file, an image
@@ -189,11 +251,12 @@ def explain(sources: tuple[str, ...], model: str | None, provider: str, threads:
                                  "or topk:N for several side by side", param_hint="--class")
     show = _stderr_is_terminal()
     _model_note(model)
+    setup = _setup(model, provider, threads, precision, batch_size)
     with contextlib.nullcontext() if engine.on_ray else terminate_as_interrupt():
         report = explain_collection(
-            model, sources, job, output, engine,
-            class_spec=target[0] if target else None, provider=provider, threads=threads, workers=workers,
-            batch_size=batch_size, on_record=lambda record, line: _out(json.dumps(record) if as_json else line),
+            setup.path, sources, job, output, engine,
+            class_spec=target[0] if target else None, provider=setup.provider, threads=setup.threads,
+            workers=workers, batch_size=setup.batch_size, on_record=lambda record, line: _out(json.dumps(record) if as_json else line),
             on_fail=_fail, on_video=lambda spec, p: _status.show(f"{spec}: {p.bar()}") if show else None,
             on_note=lambda line: _err(f"note: {line}"))
     _status.end()
@@ -219,8 +282,9 @@ def _live_epilog() -> str:
 @job_options(label_flag=False)
 @live_options
 @json_option("Print the run's statistics as one JSON object.")
+@tuned_option
 def live(source: str, model: str | None, provider: str, threads: int | None, job: Any, config: Any,
-         as_json: bool) -> None:
+         as_json: bool, precision: str | None) -> None:
     """Explain a camera, stream or video live, in a window or recorded headless.
 
     SOURCE is a camera index (0, cam:1), a stream URL (rtsp://, http://) or a video file played at
@@ -229,10 +293,11 @@ def live(source: str, model: str | None, provider: str, threads: int | None, job
     """
     from attnmap.runtime.fronts.live.loop import run_live
 
-    stats = run_live(_explainer(model, provider, threads), source, job, config)
+    explainer, used = _tuned_explainer(model, provider, threads, precision)
+    stats = run_live(explainer, source, job, config)
     summary = stats.to_dict()
     if as_json:
-        click.echo(json.dumps(summary))
+        click.echo(json.dumps({**summary, "setup": used}))
         return
     click.echo(f"{stats.source}: {stats.frames_processed} frames shown at {summary['fps']:.1f} frames/s, "
                f"{stats.frames_dropped} dropped, capture-to-display latency median "
@@ -247,8 +312,9 @@ def live(source: str, model: str | None, provider: str, threads: int | None, job
               help="Address to bind; anything beyond loopback needs a token (--token-file or $ATTNMAP_TOKEN).")
 @click.option("--port", type=click.IntRange(1, 65535), default=8000, show_default=True, help="TCP port.")
 @serve_options
+@tuned_option
 def serve(source: str | None, model: str | None, provider: str, threads: int | None, job: Any, host: str, port: int,
-          config: Any, settings: Any, launch: dict[str, Any]) -> None:
+          config: Any, settings: Any, launch: dict[str, Any], precision: str | None) -> None:
     """Serve the live overlay to a browser and explanations over HTTP (extra 'serve').
 
     SOURCE is as in `attnmap live` (camera index, stream URL, video file; a file plays in a loop);
@@ -256,7 +322,7 @@ def serve(source: str | None, model: str | None, provider: str, threads: int | N
     """
     from attnmap.runtime.fronts.serve.runner import serve as run_serve
 
-    run_serve(_explainer(model, provider, threads), source, job, config, settings, host=host, port=port, log=_err,
+    run_serve(_tuned_explainer(model, provider, threads, precision)[0], source, job, config, settings, host=host, port=port, log=_err,
               **launch)
 
 
@@ -329,7 +395,8 @@ def evaluate(sources: tuple[str, ...], model: str | None, provider: str, threads
     """Score how faithful each method's map is, and where ground truth is given, how well it localises.
 
     SOURCE is an image file, a directory, a glob or a manifest (.csv / .parquet with a `path`
-    column); with --engine ray each image is scored on a Ray actor. Each map's units are removed, most (or least)
+    column); with --engine ray each image is scored on a Ray actor, and with --out a rerun into the same folder
+    skips the images already scored there (their scores kept). Each map's units are removed, most (or least)
     relevant first, and the model is run again: positive / negative perturbation (Chefer et al.
     2021) and deletion / insertion (Petsiuk et al. 2018). With --masks, --boxes or --synthetic:
     pointing game, mass ratio, and segmentation pixel accuracy, mIoU and AP. A random map is the floor.
@@ -355,10 +422,14 @@ def evaluate(sources: tuple[str, ...], model: str | None, provider: str, threads
         if engine.on_ray:
             from attnmap.runtime.fronts.distributed.evaluate import evaluate_on_ray
 
+            kept: list[str] = []
             result = evaluate_on_ray(explainer, plan, inputs, engine.ray_options(provider, threads=threads),
-                                     on_image=lambda _: bar.update(1))
+                                     on_image=lambda _: bar.update(1), keep=out_dir, on_kept=kept.append,
+                                     on_note=lambda line: _err(f"note: {line}"))
         else:
             result = evaluate_inputs(explainer, plan, inputs, on_image=lambda _: bar.update(1))
+    if engine.on_ray and kept:
+        _err(f"{len(kept)} images already scored in {out_dir} (same content and settings): their scores kept")
     for source, reason in result.failed:
         _fail(source, reason)
     click.echo(json.dumps(result.to_dict()) if as_json else report.format_evaluation(result))
@@ -402,6 +473,8 @@ def methods() -> None:
         kind = ("class-specific, needs an export with --gradients" if m.needs_gradients else
                 "class-specific, needs an export with --decompositions" if m.kind.name == "contribution" else
                 "class-agnostic, needs an export with --decompositions" if m.kind.name == "decomposition" else
+                "class-specific, reruns the last block on masked tokens; needs an export with --tail"
+                if getattr(m.kind, "reruns_tail", False) else
                 "class-specific, runs the model on perturbed inputs" if m.reruns_model else "class-agnostic")
         click.echo(f"{m.name} ({kind})\n  {m.summary}")
         for name, spec in m.options.items():

@@ -188,7 +188,7 @@ def job_options(label: bool = True, label_flag: bool = True, topk: bool = False,
 
 # ---------------------------------------------------------------------------- export and quantize
 def _export(checkpoint: Path | None, pretrained: bool, img_size: int | None, heads: str, labels: Path | None,
-            num_classes: int | None, no_attentions: bool, gradients: bool, decompositions: bool,
+            num_classes: int | None, no_attentions: bool, gradients: bool, decompositions: bool, tail: bool,
             opset: int | None) -> dict[str, Any]:
     if checkpoint is not None and pretrained:
         raise click.UsageError("Use just one of --checkpoint or --pretrained.")
@@ -196,9 +196,12 @@ def _export(checkpoint: Path | None, pretrained: bool, img_size: int | None, hea
         raise click.UsageError("Use just one of --gradients or --no-attentions.")
     if decompositions and (gradients or no_attentions):
         raise click.UsageError("Use just one of --decompositions, --gradients or --no-attentions.")
+    if tail and (gradients or decompositions):
+        raise click.UsageError("Use just one of --tail, --gradients or --decompositions (reciprocam needs no "
+                               "gradients).")
     return {"export": dict(checkpoint=checkpoint, pretrained=pretrained, img_size=img_size, heads=heads,
                            labels=labels, attentions=not no_attentions, gradients=gradients,
-                           decompositions=decompositions, opset=opset,
+                           decompositions=decompositions, tail=tail, opset=opset,
                            model_kwargs={"num_classes": num_classes} if num_classes else None,
                            random_weights_hint="pass --checkpoint FILE or --pretrained")}
 
@@ -225,6 +228,9 @@ export_options = options(
                  help="Also emit the small per-token Grams (mix_grams, mix_grams_ln) and the class token's "
                       "decomposition (class_contributions) for the forward-only methods attn-norm, globenc and "
                       "decompx (timm models)."),
+    click.option("--tail", is_flag=True,
+                 help="Also emit the tokens entering the last block (tail_input) and store the last block, final "
+                      "norm and head as a second graph in the file's metadata, for the reciprocam method."),
     click.option("--opset", type=click.IntRange(13, 30), default=None, help="ONNX opset (default: the exporter's)."),
     build=_export)
 
@@ -443,3 +449,74 @@ serve_options = options(
     click.option("--max-connections", type=click.IntRange(1, None), default=512, show_default=True,
                  help="Open connections at most (lowered to fit ulimit -n); more are closed on accept."),
     build=_serve)  # the command gets ``config`` (StreamConfig), ``settings`` (ServerSettings), ``launch``
+
+
+# ---------------------------------------------------------------------------- tune
+tuned_option = click.option(
+    "--precision", type=click.Choice(["fp32", "fp16", "int8", "bf16"]), default=None,
+    help="Which file of a tuned model to run: fp32 runs MODEL itself, the tuned precision its converted file "
+         "(default: what `attnmap tune` chose, where MODEL has a MODEL.tuned.json; --provider, --threads and "
+         "--batch-size given explicitly also win over it).")
+
+
+def _csv(kind: Callable[[str], Any], text: str, what: str, choices: tuple | None = None) -> tuple:
+    try:
+        values = tuple(kind(v.strip()) for v in text.split(",") if v.strip())
+    except ValueError as exc:
+        raise click.BadParameter(f"expected comma-separated {what}; got {text!r}") from exc
+    bad = [v for v in values if choices is not None and v not in choices]
+    if bad or not values:
+        raise click.BadParameter(f"expected comma-separated {what}" + (f" among {', '.join(choices)}" if choices
+                                                                         else "") + f"; got {text!r}")
+    return values
+
+
+def _tune(check: str, calibration: str | None, providers: str | None, precisions: str, threads_list: str | None,
+          batch_sizes: str, method: str, rounds: int, warmup: int, min_top1: float,
+          min_rollout_corr: float) -> dict[str, Any]:
+    from attnmap.runtime.fronts.tune import TUNE_PRECISIONS, TUNE_PROVIDERS, TunePlan
+    from attnmap.runtime.precision.fidelity import Thresholds
+
+    def ints(text: str, what: str) -> tuple[int, ...]:
+        values = _csv(int, text, what)
+        if any(v < 1 for v in values):
+            raise click.BadParameter(f"expected comma-separated {what} >= 1; got {text!r}")
+        return values
+
+    if "int8-static" in precisions and not calibration:
+        raise click.BadParameter("int8-static needs calibration images: give --calibration SOURCE",
+                                 param_hint="--precisions")
+    return {"plan": TunePlan(
+        check=check, providers=_csv(str, providers, "providers", TUNE_PROVIDERS) if providers else (),
+        precisions=_csv(str, precisions, "precisions", TUNE_PRECISIONS),
+        threads=ints(threads_list, "thread counts") if threads_list else (),
+        batches=ints(batch_sizes, "batch sizes"), method=method, rounds=rounds, warmup=warmup,
+        thresholds=Thresholds(min_top1=min_top1, min_rollout_corr=min_rollout_corr), calibration=calibration)}
+
+
+# the command gets ``plan``: a TunePlan
+tune_options = options(
+    click.option("--check", required=True, metavar="SOURCE",
+                 help="Photos like the model's own (folder, glob, video) for the fidelity gate."),
+    click.option("--calibration", default=None, metavar="SOURCE",
+                 help="Calibration images of static int8 (--precisions ...,int8-static); other photos than --check."),
+    click.option("--providers", default=None, metavar="LIST",
+                 help="Comma-separated providers to try (default: every one onnxruntime offers of cpu, openvino, "
+                      "cuda, coreml)."),
+    click.option("--precisions", default="fp32,fp16,int8,bf16", show_default=True, metavar="LIST",
+                 help="Comma-separated precisions to try: fp32, fp16, int8 (dynamic), int8-static (needs "
+                      "--calibration), bf16 (only where a provider here computes it; the table says why not elsewhere)."),
+    click.option("--threads", "threads_list", default=None, metavar="LIST",
+                 help="Comma-separated thread counts (default: 1 and the physical cores)."),
+    click.option("--batch-sizes", default="1", show_default=True, metavar="LIST",
+                 help="Comma-separated batch sizes."),
+    click.option("--method", default="rollout", show_default=True, type=MethodChoice(list(METHODS)),
+                 help="The method timed and gated (a one-pass method; its maps must correlate too)."),
+    click.option("--rounds", type=click.IntRange(1, 10000), default=5, show_default=True,
+                 help="Timed rounds, each running every set-up once beside plain fp32 inference."),
+    click.option("--warmup", type=click.IntRange(0, 1000), default=1, show_default=True, help="Untimed rounds first."),
+    click.option("--min-top1", type=click.FloatRange(0, 1), default=0.98, show_default=True,
+                 help="Fidelity gate: lowest top-1 agreement with fp32 on the --check photos."),
+    click.option("--min-rollout-corr", type=click.FloatRange(-1, 1), default=0.98, show_default=True,
+                 help="Fidelity gate: lowest mean map correlation with fp32 (rollout's, and --method's)."),
+    build=_tune)

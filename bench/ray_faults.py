@@ -79,10 +79,12 @@ def descendants(root: int) -> list[int]:
     return [p for p in out if _alive(p)]
 
 
-def ray_processes(session_marker: str) -> list[int]:
-    """Live processes whose command line names ``session_marker`` (a Ray temp folder or session)."""
-    return [int(n) for n in os.listdir("/proc")
-            if n.isdigit() and int(n) != os.getpid() and _alive(int(n)) and session_marker in _cmdline(int(n))]
+def ray_processes(marker: str) -> list[int]:
+    """Live processes whose command line or open files name ``marker`` (a Ray temp folder):
+    Ray rewrites its agents' titles (``ray::DashboardAgent``), but they keep their logs open."""
+    from attnmap.runtime.fronts.distributed.instances import session_processes
+
+    return session_processes(marker)
 
 
 def actor_pids(root: int) -> list[int]:
@@ -111,6 +113,7 @@ class FaultRun:
     rerun_done: int = 0
     left_over: int = 0
     left_over_after_next: int = 0
+    rerun_notes: list[str] = field(default_factory=list)
     note: str = ""
 
 
@@ -181,6 +184,7 @@ def rerun(run: FaultRun, cmd: list[str], out: Path, env: dict[str, str]) -> None
     skipped = [line for line in done.stderr.splitlines() if "already done" in line]
     run.rerun_skipped = int(skipped[0].split()[0]) if skipped else 0
     run.rerun_done -= run.rerun_skipped  # resumed images are printed as well
+    run.rerun_notes = [line for line in done.stderr.splitlines() if line.startswith("note: stopped")]
 
 
 def actor_fault(work: Path, images: int, method: str, after: int = 6) -> FaultRun:
@@ -207,7 +211,7 @@ def actor_fault(work: Path, images: int, method: str, after: int = 6) -> FaultRu
     run.seconds, run.exit_code = round(time.perf_counter() - t0, 1), proc.returncode
     if proc.returncode:
         run.note = stderr.strip().splitlines()[-1][:300] if stderr.strip() else ""
-    check_table(run, out, images)
+    check_table(run, out, len(list(src.glob("*.png"))))
     count_printed(run, stdout)
     rerun(run, cmd, out, env)
     return run
@@ -323,7 +327,7 @@ def node_fault(work: Path, images: int, method: str, after: int = 6) -> FaultRun
         run.seconds, run.exit_code = round(time.perf_counter() - t0, 1), proc.returncode
         if proc.returncode:
             run.note = stderr.strip().splitlines()[-1][:300] if stderr.strip() else ""
-        check_table(run, out, images)
+        check_table(run, out, len(list(src.glob("*.png"))))
         count_printed(run, stdout)
         rerun(run, cmd, out, nodes.env)
     return run
@@ -341,21 +345,31 @@ def driver_fault(work: Path, images: int, method: str, after: int = 4) -> FaultR
     env = _env(RAY_TMPDIR=str(temp))
     cmd = explain_cmd(src, out, "--actors", "2", method=method)
     t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            start_new_session=True)
     try:
         run.killed_after_rows = wait_rows(out, after, proc)
-        os.kill(proc.pid, signal.SIGKILL)
+        os.kill(proc.pid, signal.SIGKILL)  # the driver alone: what it started stays
         run.killed = [proc.pid]
         proc.wait()
         time.sleep(3)  # what dies with the driver has had time to go
         run.left_over = len(ray_processes(str(temp)))
         run.seconds = round(time.perf_counter() - t0, 1)
         rerun(run, cmd, out, env)
-        time.sleep(1)
-        run.left_over_after_next = len(ray_processes(str(temp)))
-        check_table(run, out, images)
+        deadline = time.monotonic() + 10  # the next run's own instance takes a moment to go down
+        while time.monotonic() < deadline and ray_processes(str(temp)):
+            time.sleep(0.2)
+        left = ray_processes(str(temp))
+        run.left_over_after_next = len(left)
+        if left:
+            run.note = "left after the next run: " + "; ".join(_cmdline(p)[:80] for p in left)
+        check_table(run, out, len(list(src.glob("*.png"))))
     finally:
-        _stop(proc)
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)  # the whole group, whatever the checks above found
+        except ProcessLookupError:
+            pass
+        proc.wait()
         for pid in ray_processes(str(temp)):
             try:
                 os.kill(pid, signal.SIGKILL)
@@ -386,7 +400,8 @@ def main(argv: list[str] | None = None) -> int:
               f"{run.duplicates} duplicates, {run.errors} errors)  printed {run.printed} ({run.printed_sources} sources)  overlays/image {run.overlays_per_image:.2f}  "
               f"rerun: exit {run.rerun_exit_code}, {run.rerun_skipped} skipped, {run.rerun_done} redone  "
               f"left over {run.left_over} -> {run.left_over_after_next} after the next run  "
-              f"load {load[0]:.1f}" + (f"\n       note: {run.note}" if run.note else ""), flush=True)
+              f"load {load[0]:.1f}" + (f"\n       note: {run.note}" if run.note else "")
+              + "".join(f"\n       rerun {line}" for line in run.rerun_notes), flush=True)
     if args.json_out:
         args.json_out.write_text(json.dumps([asdict(r) for r in results], indent=1))
     if args.work is None:

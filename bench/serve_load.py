@@ -27,9 +27,6 @@ import argparse
 import asyncio
 import json
 import os
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -39,49 +36,8 @@ import httpx
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024.0
-    return float("nan")
-
-
-def _frames_total(client: httpx.Client) -> float:
-    for line in client.get("/metrics").text.splitlines():
-        if line.startswith("attnmap_frames_total "):
-            return float(line.split()[1])
-    raise RuntimeError("no attnmap_frames_total in /metrics")
-
-
-async def _viewer(url: str, stop: asyncio.Event, stats: dict) -> None:
-    async with httpx.AsyncClient(timeout=None) as client:
-        async with client.stream("GET", url + "/v1/stream.mjpg") as r:
-            last, tail = None, b""
-            async for chunk in r.aiter_raw():
-                data = tail + chunk
-                pos = 0
-                while True:
-                    i = data.find(b"X-Frame: ", pos)
-                    j = data.find(b"\r\n", i) if i >= 0 else -1
-                    if j < 0:
-                        break
-                    version = int(data[i + 9:j])
-                    stats["frames"] += 1
-                    if last is not None and version > last + 1:
-                        stats["skipped"] += version - last - 1
-                    last, pos = version, j
-                tail = data[-64:]
-                stats["bytes"] += len(chunk)
-                if stop.is_set():
-                    return
+sys.path.insert(0, str(ROOT / "bench"))
+from serve_common import frames_total, rss_mib, serving, viewer  # noqa: E402
 
 
 async def _api_client(url: str, image: bytes, stop: asyncio.Event, latencies: list, statuses: dict) -> None:
@@ -103,18 +59,18 @@ async def _phase(url: str, pid: int, seconds: float, viewers: int, api_clients: 
     vstats = [{"frames": 0, "skipped": 0, "bytes": 0} for _ in range(viewers)]
     latencies: list[float] = []
     statuses: dict = {}
-    tasks = [asyncio.create_task(_viewer(url, stop, s)) for s in vstats]
+    tasks = [asyncio.create_task(viewer(url, stop, s)) for s in vstats]
     tasks += [asyncio.create_task(_api_client(url, image, stop, latencies, statuses)) for _ in range(api_clients)]
     with httpx.Client(base_url=url, timeout=30) as sync:
         await asyncio.sleep(3.0)  # every client connected and warm
-        f0, t0 = _frames_total(sync), time.perf_counter()
+        f0, t0 = frames_total(sync), time.perf_counter()
         lat_start = len(latencies)
         rss = []
         while time.perf_counter() - t0 < seconds:
-            rss.append(round(_rss_mib(pid), 1))
+            rss.append(round(rss_mib(pid), 1))
             await asyncio.sleep(min(5.0, seconds - (time.perf_counter() - t0)) if seconds > 0 else 0)
-        f1, t1 = _frames_total(sync), time.perf_counter()
-        rss.append(round(_rss_mib(pid), 1))
+        f1, t1 = frames_total(sync), time.perf_counter()
+        rss.append(round(rss_mib(pid), 1))
     stop.set()
     await asyncio.wait(tasks, timeout=10)
     for t in tasks:
@@ -154,36 +110,14 @@ def main(argv: list[str] | None = None) -> int:
         images, video = write_demo_inputs(tmp, seed=0, n_images=1, video_frames=120, size=224, fps=args.fps)
         source = args.source or str(video)
         image = Path(args.image or images[0]).read_bytes()
-        port = _free_port()
-        url = f"http://127.0.0.1:{port}"
-        env = dict(os.environ, ATTNMAP_TOKEN="")
-        server = subprocess.Popen([sys.executable, "-m", "attnmap.cli", "serve", source, "--model", args.model,
-                                   "--port", str(port)], env=env, stderr=subprocess.PIPE)
-        try:
-            deadline = time.monotonic() + 120
-            while True:
-                if server.poll() is not None:
-                    raise SystemExit(f"the server exited: {server.stderr.read().decode()}")
-                try:
-                    if httpx.get(url + "/v1/stream/state", timeout=5).json()["status"]["frames"] > 0:
-                        break
-                except (httpx.HTTPError, KeyError, ValueError):
-                    pass
-                if time.monotonic() > deadline:
-                    raise SystemExit("the server did not start within 120 s")
-                time.sleep(0.2)
+        with serving(args.model, source) as server:
+            url = server.url
             print(f"server pid {server.pid} on {url}, model {Path(args.model).name}, source {source}; "
                   f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs", flush=True)
             results = {}
             for name, viewers, clients in (("baseline", 1, 0), ("load", args.viewers, args.api_clients)):
                 results[name] = asyncio.run(_phase(url, server.pid, args.duration, viewers, clients, image))
                 print(name, json.dumps(results[name]), flush=True)
-        finally:
-            server.send_signal(signal.SIGINT)
-            try:
-                server.wait(30)
-            except subprocess.TimeoutExpired:
-                server.kill()
     ratio = results["load"]["loop_fps"] / results["baseline"]["loop_fps"] if results["baseline"]["loop_fps"] else 0
     results["load_fps_ratio"] = round(ratio, 3)
     print(f"loop frames/s under load: {ratio:.1%} of the one-viewer baseline; "

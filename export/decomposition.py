@@ -132,6 +132,16 @@ def contributions_supported(model: nn.Module) -> str | None:
     return None
 
 
+def _gram(vecs: torch.Tensor) -> torch.Tensor:
+    """``[B, N, K, K]`` Gram matrices of ``[B, N, K, D]`` vectors, token by token.
+
+    As a broadcast product and a sum over D, not a batched matmul: onnxruntime runs the
+    (K x D) @ (D x K) products of N tokens (K = H + 1, a handful) as N tiny GEMMs, which took
+    three times as long on DeiT-Tiny.
+    """
+    return (vecs.unsqueeze(3) * vecs.unsqueeze(2)).sum(dim=-1)
+
+
 def _centre(y: torch.Tensor) -> torch.Tensor:
     return y - y.mean(dim=-1, keepdim=True)
 
@@ -231,6 +241,17 @@ class ViTWithDecompositions(ViTWithAttention):
             qkv = getattr(p["attn"], "qkv", None)
             if isinstance(qkv, nn.Linear) and getattr(p["attn"], "v_bias", None) is None:
                 self._handles.append(qkv.register_forward_hook(functools.partial(self._qkv_hook, i)))
+        # The last block's probabilities as the block used them, for the class contributions:
+        # reading them from the stacked `attentions` would make the stack a tensor other nodes
+        # read, which keeps the runtime from splitting it into per-layer outputs (an extra
+        # 5.6 MB copy per DeiT-Tiny image; runtime/model/graph.py).
+        self._last_probs: torch.Tensor | None = None
+        self._handles.append(parts[-1]["attn"].attn_drop.register_forward_hook(self._probs_hook))
+
+    def _probs_hook(self, module: nn.Module, inputs: tuple, output: torch.Tensor):
+        if self._capturing:
+            self._last_probs = output
+        return None
 
     def _norm_hook(self, index: int, module: nn.Module, inputs: tuple, output: torch.Tensor):
         if self._capturing:
@@ -271,14 +292,15 @@ class ViTWithDecompositions(ViTWithAttention):
                 u = u * gamma1
             w = u.transpose(1, 2)  # [B, N, H, D]
             vecs = torch.cat([w, stream[:, :, None, :]], dim=2)  # [B, N, H+1, D]
-            grams.append(torch.matmul(vecs, vecs.transpose(-1, -2)))
+            grams.append(_gram(vecs))
             norm2 = p["norm2"]
             g = _centre(vecs) * (norm2.weight if norm2.weight is not None else 1.0)
-            grams_ln.append(torch.matmul(g, g.transpose(-1, -2)))
+            grams_ln.append(_gram(g))
             if self.contributions and l == self.num_layers - 1:
-                contrib = class_contributions(self.model, p, stream, w, attentions[:, l])
+                contrib = class_contributions(self.model, p, stream, w, self._last_probs)
         self._inputs = [None] * self.num_layers
         self._qkv = [None] * self.num_layers
+        self._last_probs = None
         out = (logits, attentions, torch.stack(grams, dim=1), torch.stack(grams_ln, dim=1))
         return out + ((contrib,) if contrib is not None else ())
 

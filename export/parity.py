@@ -81,6 +81,8 @@ class ParityResult:
         decompositions_max_rel: largest |torch - onnx| of each decomposition output
             (``mix_grams``, ``mix_grams_ln``, ``class_contributions``) over its largest |value|,
             the worst of them (0.0 without them).
+        tail_input_max_abs: largest |torch - onnx| of ``tail_input`` (export/tail.py; 0.0 without it).
+        tail_input_scale: largest |token| of ``tail_input`` torch produced (0.0 without it).
     """
 
     logits_max_abs: float
@@ -94,6 +96,8 @@ class ParityResult:
     token_grads_max_abs: float = 0.0
     token_grads_scale: float = 0.0
     decompositions_max_rel: float = 0.0
+    tail_input_max_abs: float = 0.0
+    tail_input_scale: float = 0.0
 
 
 def gradient_module(wrapper: nn.Module) -> nn.Module:
@@ -111,7 +115,9 @@ def gradient_module(wrapper: nn.Module) -> nn.Module:
 
 
 def _as_wrapper(model: nn.Module, meta: ModelMeta) -> tuple[nn.Module, bool]:
-    if isinstance(model, ViTWithAttention) or callable(getattr(model, "set_deltas", None)):
+    # a wrapper already, or one around a wrapper (export/tail.py's TailInput adds outputs)
+    if (isinstance(model, ViTWithAttention) or callable(getattr(model, "set_deltas", None))
+            or hasattr(model, "extra_outputs")):
         return model, False
     return ViTWithAttention(model, heads=meta.head_fusion, attentions="attentions" in meta.outputs), True
 
@@ -154,7 +160,7 @@ def measure_parity(model: nn.Module, onnx_path: str | Path, meta: ModelMeta, *, 
     wrapper.model.eval()
     d_logits = d_attn = scale = row_err = 0.0
     # output name -> [largest |torch - onnx|, largest |torch|] for the outputs without extra checks
-    plain = {name: [0.0, 0.0] for name in ("attention_grads", "tokens", "token_grads", *DECOMPOSED)}
+    plain = {name: [0.0, 0.0] for name in ("attention_grads", "tokens", "token_grads", *DECOMPOSED, "tail_input")}
     try:
         for xb, tb in runs:
             feed = {"input": xb.numpy()}
@@ -196,7 +202,7 @@ def measure_parity(model: nn.Module, onnx_path: str | Path, meta: ModelMeta, *, 
             wrapper.close()
     decomposed = max((d / s if s > 0 else d for d, s in (plain[n] for n in DECOMPOSED)), default=0.0)
     return ParityResult(d_logits, d_attn, scale, row_err, *plain["attention_grads"], *plain["tokens"],
-                        *plain["token_grads"], decomposed)
+                        *plain["token_grads"], decomposed, *plain["tail_input"])
 
 
 def check_parity(model: nn.Module, onnx_path: str | Path, meta: ModelMeta, *, batch: int = 2,

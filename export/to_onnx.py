@@ -140,6 +140,7 @@ def _trace(wrapper: nn.Module, input_size: tuple[int, ...], opset: int | None, m
             module, args, inputs = wrapper, (example,), ["input"]
             outputs = ["logits", "attentions"] if wrapper.attentions else ["logits"]
             outputs = list(getattr(wrapper, "output_names", outputs))
+            outputs += list(getattr(wrapper, "extra_outputs", ()))  # export/tail.py's tail_input
             dynamic = {"x": {0: batch}}
         with warnings.catch_warnings():
             # Both inputs share the batch Dim, which the exporter reports once per export.
@@ -156,7 +157,11 @@ def _trace(wrapper: nn.Module, input_size: tuple[int, ...], opset: int | None, m
         raise ExportError(f"torch.onnx could not export {model_name}: {first}") from exc
     finally:
         folding_log.setLevel(level)
-    return program.model_proto
+    proto = program.model_proto  # a new proto at each access
+    finish = getattr(wrapper, "finish_proto", None)  # export/tail.py: the tail graph into the metadata
+    if callable(finish):
+        finish(proto, input_size, opset)
+    return proto
 
 
 def _opset_of(proto) -> int:
@@ -190,7 +195,8 @@ def export_module(model: nn.Module, out: str | Path, *, model_name: str, heads: 
                   labels: str | Path | Sequence[str] | None = None, attentions: bool = True,
                   opset: int | None = None, atol: float = 1e-4, extra: dict | None = None,
                   data_config: dict | None = None, gradients: bool = False,
-                  decompositions: bool = False, log: Callable[[str], None] = print) -> ExportReport:
+                  decompositions: bool = False, tail: bool = False,
+                  log: Callable[[str], None] = print) -> ExportReport:
     """Export an already-built (e.g. freshly trained) timm ViT-family model.
 
     The model is put in eval mode for the export and returned to its previous mode after; its
@@ -218,6 +224,9 @@ def export_module(model: nn.Module, out: str | Path, *, model_name: str, heads: 
         decompositions: also emit ``mix_grams`` and ``mix_grams_ln`` (and, for token-pooled
             models with a GELU MLP, ``class_contributions``) for the forward-only norm-based
             methods (see :mod:`export.decomposition`); needs ``heads="none"``, no gradients.
+        tail: also emit ``tail_input`` (the tokens entering the last block) and store the tail
+            graph (last block, final norm, head) in the metadata, for ViT-ReciproCAM (see
+            :mod:`attnmap.export.tail`); timm ``VisionTransformer`` models, without gradients.
         log: receives progress lines.
 
     Returns:
@@ -236,12 +245,19 @@ def export_module(model: nn.Module, out: str | Path, *, model_name: str, heads: 
     _check_module(model, model_name)
     meta = build_meta(model, model_name=model_name, heads=heads, labels=labels, attentions=attentions,
                       opset=opset or 0, data_config=data_config, extra=extra, gradients=gradients)
+    if decompositions and tail:
+        raise ExportError("decompositions=True and tail=True do not go together yet; export two files")
     if decompositions:
         check_decomposition_options(heads, attentions, gradients)
         with ViTWithDecompositions(model, contributions=None) as wrapper:
             meta = meta.replace(outputs=wrapper.output_names)
             return export_wrapped(wrapper, meta, out, opset=opset, atol=atol, log=log, started=started)
     with ViTWithAttention(model, heads=heads, attentions=attentions) as wrapper:
+        if tail:
+            from .tail import with_tail
+
+            return export_wrapped(*with_tail(wrapper, meta, atol=atol, log=log), out, opset=opset, atol=atol,
+                                  log=log, started=started)
         return export_wrapped(wrapper, meta, out, opset=opset, atol=atol, log=log, started=started)
 
 
@@ -305,6 +321,8 @@ def export_wrapped(wrapper: nn.Module, meta: ModelMeta, out: str | Path, *, opse
         if result.decompositions_max_rel > DECOMP_RTOL:
             failures.append(f"decomposition outputs max |torch - onnx| is {result.decompositions_max_rel:.2e} of "
                             f"their largest value (> {DECOMP_RTOL:.0e})")
+        if "tail_input" in meta.outputs and not result.tail_input_max_abs <= atol * max(1.0, result.tail_input_scale):
+            failures.append(f"tail_input max |torch - onnx| {result.tail_input_max_abs:.2e}")
         if failures:
             raise ExportError(f"parity check failed for {model_name}: {'; '.join(failures)}; no file written")
         commit(tmp, out)
@@ -335,7 +353,8 @@ def export_onnx(model_name: str, out: str | Path, *, checkpoint: str | Path | No
                 pretrained: bool = False, img_size: int | None = None, heads: str = "none",
                 labels: str | Path | Sequence[str] | None = None, attentions: bool = True,
                 model_kwargs: dict | None = None, opset: int | None = None, atol: float = 1e-4,
-                gradients: bool = False, decompositions: bool = False, log: Callable[[str], None] = print,
+                gradients: bool = False, decompositions: bool = False, tail: bool = False,
+                log: Callable[[str], None] = print,
                 random_weights_hint: str = "pass checkpoint=PATH or pretrained=True") -> ExportReport:
     """Build a timm model by name, load its weights and export it (see :func:`export_module`).
 
@@ -360,6 +379,8 @@ def export_onnx(model_name: str, out: str | Path, *, checkpoint: str | Path | No
             input (see :func:`export_module`).
         decompositions: also emit the forward-only decomposition outputs (see :func:`export_module`;
             timm models only).
+        tail: also emit ``tail_input`` and store the tail graph for ViT-ReciproCAM (see
+            :func:`export_module`).
         log: receives progress lines (and the warning when weights are random).
         random_weights_hint: how the warning about random weights tells the caller to pass
             real ones (the CLI says ``--checkpoint FILE or --pretrained``).
@@ -381,7 +402,8 @@ def export_onnx(model_name: str, out: str | Path, *, checkpoint: str | Path | No
         check_gradient_options(heads, attentions)
     if not timm.is_model(model_name) and is_hf_source(model_name):
         given = [k for k, v in (("checkpoint=", checkpoint), ("pretrained=True", pretrained), ("img_size=", img_size),
-                                ("model_kwargs=", model_kwargs), ("decompositions=True", decompositions)) if v]
+                                ("model_kwargs=", model_kwargs), ("decompositions=True", decompositions),
+                                ("tail=True", tail)) if v]
         if given:
             raise ExportError(f"{', '.join(given)} do not apply to the transformers model {model_name}: its "
                               "weights, input size and head come from its own files")
@@ -435,5 +457,5 @@ def export_onnx(model_name: str, out: str | Path, *, checkpoint: str | Path | No
             f"({random_weights_hint} for a real model)")
     report = export_module(model, out, model_name=model_name, heads=heads, labels=labels,
                            attentions=attentions, opset=opset, atol=atol, extra={"weights": source},
-                           gradients=gradients, decompositions=decompositions, log=log)
+                           gradients=gradients, decompositions=decompositions, tail=tail, log=log)
     return dataclasses.replace(report, seconds=time.perf_counter() - started)

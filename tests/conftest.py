@@ -131,6 +131,19 @@ def deit_tiny_grads_onnx(tmp_path_factory, shared_data) -> Path:
 
 
 @pytest.fixture(scope="session")
+def deit_tiny_tail_onnx(tmp_path_factory, shared_data) -> Path:
+    """The real DeiT-Tiny ImageNet checkpoint exported once per session with ``tail=True``
+    (``tail_input`` and the tail graph, for reciprocam)."""
+    pytest.importorskip("torch", reason="exporting DeiT-Tiny needs torch")
+    from attnmap.export import export_onnx
+
+    out = tmp_path_factory.mktemp("deit_tiny_tail") / "deit_tiny_patch16_224_tail.onnx"
+    export_onnx("deit_tiny_patch16_224", out, checkpoint=shared_data / DEIT_TINY_CHECKPOINT, tail=True,
+                log=lambda line: None)
+    return out
+
+
+@pytest.fixture(scope="session")
 def deit_tiny_decomp_onnx(tmp_path_factory, shared_data) -> Path:
     """The real DeiT-Tiny ImageNet checkpoint exported once per session with the decomposition outputs."""
     pytest.importorskip("torch", reason="exporting DeiT-Tiny needs torch")

@@ -33,7 +33,7 @@ POOLINGS = ("token", "avg")
 EXPORT_HEAD_FUSIONS = ("none", "mean", "max", "min")
 CROP_MODES = ("center", "squash", "border")
 INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "area", "lanczos")
-PRECISIONS = ("fp32", "fp16", "int8")
+PRECISIONS = ("fp32", "fp16", "int8", "bf16")
 # Outputs of a file exported with decompositions (export/decomposition.py), besides logits and attentions.
 DECOMPOSITION_OUTPUTS = ("mix_grams", "mix_grams_ln")
 # The fidelity record (runtime/precision/fidelity.py, Fidelity.to_dict) must hold these.
@@ -91,15 +91,16 @@ class ModelMeta:
         outputs: graph output names, e.g. ``("logits", "attentions")``; a gradient export adds
             ``"attention_grads"``, ``"tokens"`` and ``"token_grads"`` (see
             :attr:`has_gradients`, :attr:`has_token_grads`); a decomposition export adds
-            ``"mix_grams"``, ``"mix_grams_ln"`` and (token-pooled models) ``"class_contributions"``.
+            ``"mix_grams"``, ``"mix_grams_ln"`` and (token-pooled models) ``"class_contributions"``;
+            a tail export ``"tail_input"`` (:attr:`has_tail`).
         inputs: graph input names, e.g. ``("input",)`` or ``("input", "target")``.
         exporter: versions of the tools that wrote the file (attnmap, torch, timm, onnx, opset).
         extra: free-form notes (e.g. how a shipped model was trained); never needed to run.
-        precision: ``"fp32"`` (as exported), ``"fp16"`` or ``"int8"`` (converted by
+        precision: ``"fp32"`` (as exported), ``"fp16"``, ``"int8"`` or ``"bf16"`` (converted by
             ``attnmap quantize`` / ``export --precision``; inputs and outputs stay float32,
             except an fp16 file's attentions where it was asked for). Files from before this
             field read as ``"fp32"``.
-        fidelity: for fp16 and int8 files, the fidelity gate's figures against the fp32 file
+        fidelity: for fp16, int8 and bf16 files, the fidelity gate's figures against the fp32 file
             (:meth:`attnmap.runtime.precision.fidelity.Fidelity.to_dict`: ``images``, ``source``,
             ``top1_agreement``, ``max_prob_diff``, ``maps``, ``thresholds``); empty for fp32.
         schema_version: version of this schema.
@@ -206,6 +207,17 @@ class ModelMeta:
     def has_class_contributions(self) -> bool:
         """True when the graph also emits ``class_contributions`` float32 ``[B, N, C]``."""
         return "class_contributions" in self.outputs
+
+    @property
+    def has_tail(self) -> bool:
+        """True when the graph emits ``tail_input`` and the file carries the tail graph.
+
+        ``tail_input`` is float32 ``[B, N, D]``: the tokens entering the last block (prefix
+        tokens first). The tail (the last block, the final norm and the head, ``tail_input ->
+        logits``) is a second ONNX graph stored under the ``"attnmap.tail"`` metadata key
+        (``attnmap export --tail``; runtime/model/tail.py loads it). ViT-ReciproCAM reads both.
+        """
+        return "tail_input" in self.outputs
 
     @property
     def image_size(self) -> tuple[int, int]:
@@ -356,6 +368,8 @@ class ModelMeta:
         if self.has_class_contributions and (not self.has_decompositions or not self.has_class_token):
             fail(f"output 'class_contributions' needs {list(DECOMPOSITION_OUTPUTS)} and a class token; got outputs "
                  f"{self.outputs} and prefix_tokens {self.prefix_tokens}")
+        if self.has_tail and self.has_gradients:
+            fail(f"outputs has 'tail_input' and 'attention_grads'; a tail export has no gradients; got {self.outputs}")
         if "token_grads" in self.outputs and ("tokens" not in self.outputs or "target" not in self.inputs):
             fail(f"outputs has 'token_grads', so outputs needs 'tokens' and inputs needs 'target'; got outputs "
                  f"{self.outputs} and inputs {self.inputs}")

@@ -24,6 +24,7 @@ method: attention methods read the outputs' attentions, perturbation methods (``
 from __future__ import annotations
 
 import re
+import threading
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -47,6 +48,7 @@ from attnmap.runtime.engine.parts import in_parts, parts_for
 from attnmap.runtime.frames.frame import Frame
 from attnmap.runtime.image.preprocess import Geometry, check_image, preprocess, read_image
 from attnmap.runtime.model.session import OnnxModel, Outputs, physical_cores
+from attnmap.runtime.model.tail import TailModel
 
 ImageLike = Union[np.ndarray, str, Path]
 _PLAIN = (int, float, str, bool, type(None))  # option values a cached job may be compared on
@@ -136,6 +138,11 @@ class Explainer:
         budget: the most work :meth:`explain` takes on per image (model runs, memory at once;
             :class:`~attnmap.runtime.methods.cost.Budget`), checked before any work starts;
             default :data:`~attnmap.runtime.methods.cost.LIBRARY_BUDGET`.
+        memory_arena: keep onnxruntime's CPU memory arena, which holds the peak of the
+            largest run for the session's life (False: each run's buffers are freed; see
+            :func:`~attnmap.runtime.model.session.session_options`).
+        provider_options: onnxruntime options for the chosen provider, over attnmap's (OpenVINO's
+            ``load_config`` ...; see :func:`~attnmap.runtime.model.providers.provider_options`).
 
     Attributes:
         map_threads: threads on which :meth:`explain` computes a batch's attention maps, each
@@ -146,12 +153,16 @@ class Explainer:
     """
 
     def __init__(self, model: str | Path | None = None, *, provider: str = "auto", threads: int | None = None,
-                 trt_cache: str | Path | None = None, budget: Budget | None = None):
-        self.model = OnnxModel(resolve_model(model), provider=provider, threads=threads, trt_cache=trt_cache)
+                 trt_cache: str | Path | None = None, budget: Budget | None = None, memory_arena: bool = True,
+                 provider_options: Mapping[str, str] | None = None):
+        self.model = OnnxModel(resolve_model(model), provider=provider, threads=threads, trt_cache=trt_cache,
+                               memory_arena=memory_arena, provider_options=provider_options)
         self.budget = budget or LIBRARY_BUDGET
         self.meta: ModelMeta = self.model.meta
         self.map_threads = int(threads) if threads else physical_cores()
         self._last_engine: tuple[tuple, FrameEngine] | None = None
+        self._tail: TailModel | None = None
+        self._tail_lock = threading.Lock()
 
     @property
     def path(self) -> Path:
@@ -182,6 +193,18 @@ class Explainer:
         """(B, C) float32 softmax probabilities from the logits-only graph (the ``forward`` of
         perturbation methods)."""
         return softmax(self.infer_plain(x_nchw))
+
+    def tail_logits(self, tokens: np.ndarray, weights: np.ndarray) -> np.ndarray:
+        """(b, C) float32 logits of the file's tail graph (last block, norm, head) on weighted
+        tokens (b, N, D) and weights (b, N): what ViT-ReciproCAM reruns (a file exported with
+        ``--tail``; see ``runtime/model/tail.py``). The tail's session is created on first use."""
+        tail = self._tail
+        if tail is None:
+            with self._tail_lock:
+                if self._tail is None:
+                    self._tail = TailModel.of(self.model)
+                tail = self._tail
+        return tail.logits(tokens, weights)
 
     def maps(self, outputs: Outputs, method: str = "rollout", *, x: np.ndarray | None = None,
              classes: np.ndarray | Sequence[int] | None = None, **options) -> np.ndarray:
@@ -223,7 +246,8 @@ class Explainer:
         if kind.splits and classes is None:
             parts = parts_for(kind.split_bytes(outputs), len(outputs), self.map_threads)
         if parts == 1:
-            return kind.maps(m, outputs, layout, options, x=x, forward=self.probabilities, classes=classes)
+            rerun = {"tail": self.tail_logits} if getattr(kind, "reruns_tail", False) else {}
+            return kind.maps(m, outputs, layout, options, x=x, forward=self.probabilities, classes=classes, **rerun)
 
         def part(a: int, b: int) -> np.ndarray:
             return kind.maps(m, outputs.slice(a, b), layout, options, x=None if x is None else x[a:b],

@@ -215,8 +215,8 @@ class EvaluationPlan:
 
         Args:
             sources: image files, folders, globs and ``.csv`` / ``.parquet`` manifests.
-            on_skip: local engine: called as ``on_skip(spec, why)`` where a folder's or glob's
-                listing leaves files out (other extensions).
+            on_skip: called as ``on_skip(spec, why)`` where a folder's or glob's listing leaves
+                files out (other extensions; videos).
 
         Returns:
             :class:`EvaluationInputs`; arguments that name no still image are among its failures.
@@ -230,7 +230,7 @@ class EvaluationPlan:
             raise OptionError("give images to evaluate (sources) or a number of synthetic images")
         failures: list[tuple[str, str]] = []
         if self.engine == "ray":
-            images, missing = list_images(sources)
+            images, missing = list_images(sources, **({"on_skip": on_skip} if on_skip is not None else {}))
         else:
             listing = {"on_skip": on_skip} if on_skip is not None else {}
             refs, missing = plan_with_manifests(sources, **listing) if sources else ([], [])

@@ -103,11 +103,15 @@ def plan_with_manifests(specs: Sequence[str | os.PathLike],
     return refs, bad + missing
 
 
-def list_images(specs: Sequence[str | os.PathLike]) -> tuple[list[str], list[tuple[str, SourceError]]]:
+def list_images(specs: Sequence[str | os.PathLike], *,
+                on_skip: sources.SkipHandler | None = None) -> tuple[list[str], list[tuple[str, SourceError]]]:
     """Every still image the SOURCE arguments name, for a distributed run.
 
     Args:
         specs: image files, folders, globs and manifests.
+        on_skip: called as ``on_skip(spec, note)`` once per folder or glob whose listing left
+            files out (its videos among them: a distributed run takes still images), the note
+            saying how many and of which kinds.
 
     Returns:
         ``(paths, failures)``: image paths in order without repeats (the first of each kept),
@@ -129,7 +133,7 @@ def list_images(specs: Sequence[str | os.PathLike]) -> tuple[list[str], list[tup
                 else:
                     paths.append(row)
             continue
-        refs, missing = sources.plan_inputs([spec])
+        refs, missing = sources.plan_inputs([spec], on_skip=on_skip)
         failures.extend(missing)
         for ref in refs:
             if ref.kind == "image":

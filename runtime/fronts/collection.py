@@ -109,7 +109,8 @@ def explain_collection(model: str | Path | None, sources: Sequence[str], job: Jo
         on_fail: ``on_fail(source, reason)`` per input that failed.
         on_video: ``on_video(source, progress)`` as a video advances (local engine).
         on_note: ``on_note(line)`` for what the user should know and is no failure: files a
-            folder's listing left out, the codec note, partial videos swept (local engine).
+            folder's listing left out, the codec note, partial videos swept (local engine), Ray
+            processes a killed run left and this one stopped (Ray).
 
     Returns:
         :class:`~attnmap.runtime.fronts.offline.OfflineReport`: inputs done, skipped (Ray:
@@ -147,7 +148,7 @@ def explain_collection(model: str | Path | None, sources: Sequence[str], job: Jo
 
         claim_folder(output.out_dir, run_settings(FrameEngine(explainer, job)), overwrite=output.overwrite)
         ray = explain_on_ray(FrameEngine(explainer, job), sources, output, options, on_record=on_record,
-                             on_fail=on_fail)
+                             on_fail=on_fail, on_note=on_note)
         return OfflineReport(done=ray.done, failed=ray.failed, skipped=ray.skipped)
     engine_ = FrameEngine(explainer, job, batch_size=plan.batch_size, workers=plan.workers)
     return explain_inputs(engine_, planned, output, on_record=on_record, on_fail=on_fail, on_video=on_video,

@@ -31,14 +31,16 @@ from attnmap.runtime.methods.flow import attention_flow
 from attnmap.runtime.methods.gradient import chefer, gradsam, product_rule
 from attnmap.runtime.methods.contribution import decompx
 from attnmap.runtime.methods.decomposition import attn_norm, globenc
-from attnmap.runtime.methods.kinds import ATTENTION, CONTRIBUTION, DECOMPOSITION, FEATURES, KINDS, PERTURBATION, Kind
+from attnmap.runtime.methods.kinds import (ATTENTION, CONTRIBUTION, DECOMPOSITION, FEATURES, KINDS, PERTURBATION, TAIL,
+                                           Kind)
 from attnmap.runtime.methods.perturbation import OCCLUSION_BASELINES, occlusion, rise
+from attnmap.runtime.methods.reciprocam import SCORES, reciprocam
 from attnmap.runtime.methods.rollout import attention_rollout, grad_rollout
 
 __all__ = ["KINDS", "METHODS", "Kind", "Method", "attention_maps", "check_method_use", "check_options",
            "get_method", "normalize_maps", "runs_on", "attention_flow", "attention_rollout", "grad_rollout",
            "raw_attention", "chefer", "gradsam", "product_rule", "occlusion", "rise", "gradcam", "attn_norm",
-           "globenc", "decompx", "beyond_intuition", "vit_cx"]
+           "globenc", "decompx", "reciprocam", "beyond_intuition", "vit_cx"]
 
 # One declaration per option; methods that share an option share its spec (the default comes
 # from each function's signature).
@@ -105,18 +107,28 @@ METHODS: dict[str, Method] = {m.name: m for m in (
 
 METHODS["attn-norm"] = make_method(
     "attn-norm", attn_norm,
-    "Attention norm (Kobayashi et al. 2020): edges ||sum_h a_ij u_j|| (+ residual norm), rolled out; forward only.",
+    "Attention norm (Kobayashi et al. 2020): edges ||sum_h a_ij u_j|| + ||x_i||, rolled out.",
     {"residual": OptionSpec("residual", bool, None, "Add the residual stream's norm ||x_i|| on the diagonal."),
      "start_layer": _START}, kind=DECOMPOSITION)
 METHODS["globenc"] = make_method(
     "globenc", globenc,
-    "GlobEnc (Modarressi et al. 2022): token terms with residual through norm2 linearised, rolled out; forward only.",
+    "GlobEnc (Modarressi et al. 2022): token terms + residual through LN, as norms, rolled out.",
     {"start_layer": _START}, kind=DECOMPOSITION)
 METHODS["decompx"] = make_method(
     "decompx", decompx,
-    "DecompX-style (Modarressi et al. 2023): token parts of the class logit through the last block and head, "
-    "carried back by GlobEnc; forward only.",
+    "DecompX-style (Modarressi et al. 2023): tokens' parts of the class logit, no backward pass.",
     {"start_layer": _START}, kind=CONTRIBUTION)
+_RECIPROCAM = {
+    "gaussian": OptionSpec("gaussian", bool, None,
+                           "Keep each patch's 3x3 neighbourhood, Gaussian-weighted (else the patch alone)."),
+    "score": OptionSpec("score", str, None, "Which class score of each masked copy is the map: logit or softmax.",
+                        choices=SCORES),
+    "forward_batch": _FORWARD_BATCH}  # here the masked token copies per tail run
+
+METHODS["reciprocam"] = make_method(
+    "reciprocam", reciprocam,
+    "ViT-ReciproCAM (Byun & Lee 2023): class score of the last block per Gaussian-masked token copy.",
+    _RECIPROCAM, kind=TAIL)
 
 METHODS["gradcam"] = make_method(
     "gradcam", gradcam, "Grad-CAM (Selvaraju et al. 2017) on the last block's patch tokens: relu(sum_k a_k A_k).",
@@ -250,7 +262,8 @@ def attention_maps(method: str, attentions: np.ndarray, layout: TokenLayout, *,
     m = get_method(method)
     checked = check_options(method, options)
     if m.kind is not ATTENTION:
-        call = "maps(outputs, method, x=x_nchw)" if m.reruns_model else "maps(outputs, method)"
+        rerun_input = m.reruns_model and not getattr(m.kind, "reruns_tail", False)
+        call = "maps(outputs, method, x=x_nchw)" if rerun_input else "maps(outputs, method)"
         raise ExplainError(f"method {m.name!r} is a {m.kind} method, not an attention method; run it with "
                            f"Explainer.{call} or Explainer.explain")
     if m.needs_gradients and grads is None:

@@ -40,8 +40,9 @@ class Budget:
 
     Attributes:
         max_forward_passes: model runs per image (one input each): RISE's masks + 1,
-            occlusion's positions + 2, ViT-CX's 2 x (embedding width) + 1 at most, Beyond
-            Intuition's integration steps + 1, 1 for the other methods.
+            occlusion's positions + 2, reciprocam's patches + 1 (tail runs, counted whole),
+            ViT-CX's 2 x (embedding width) + 1 at most, Beyond Intuition's integration
+            steps + 1, 1 for the other methods.
         max_batch_bytes: estimated memory the method holds at once (its perturbed inputs,
             masks and one model run's activations).
 
@@ -123,6 +124,16 @@ def estimate(method: str, options: Mapping[str, Any], meta: ModelMeta) -> Cost:
         per_input = unit + input_bytes + 2 * _F32 * h * w  # the masked copy, its mask and the product
         held = grids + upsampled + batch * per_input + _F64 * h * w
         return Cost(n + 1, batch, held, per_input)
+    if m.name == "reciprocam":
+        # N_p tail runs (one block and the head each, counted as model runs: an upper bound) and
+        # the model's pass; a tail run holds its copies' tokens, weights and one block's activations
+        copies = meta.num_patches
+        batch = max(1, min(int(opts["forward_batch"]), copies))
+        n, heads = meta.num_tokens, meta.num_heads
+        width = HEAD_WIDTH * heads
+        per_copy = _F32 * (n * width + n + n * (heads * n + 4 * width))
+        held = batch * per_copy + _F32 * copies * n + _F64 * copies
+        return Cost(copies + 1, batch, held, per_copy)
     if m.name == "vit_cx":
         # at most one mask per embedding dimension (D = 64 x heads) survives the clustering; each
         # mask runs twice (masked, and noise only), plus the clean input
@@ -167,7 +178,8 @@ def check_budget(method: str, options: Mapping[str, Any], meta: ModelMeta, budge
     given = ", ".join(f"{k}={v}" for k, v in options.items() if v is not None)
     asked = f"method {method!r}" + (f" with {given}" if given else "")
     if cost.forward_passes > budget.max_forward_passes:
-        lower = {"rise": "masks", "occlusion": "a larger window and stride"}.get(method, "the options")
+        lower = {"rise": "masks", "occlusion": "a larger window and stride",
+                 "reciprocam": "the budget (it runs once per patch)"}.get(method, "the options")
         raise WorkLimitError(f"{asked} runs the model {cost.forward_passes:,} times per image, over the limit of "
                              f"{budget.max_forward_passes:,} ({names['max_forward_passes']}); lower {lower}")
     if cost.batch_bytes > budget.max_batch_bytes:

@@ -14,11 +14,15 @@ perturbation   the model input and the model    ``fn(x, forward, classes, layout
 features       token features and their grads   ``fn(tokens, token_grads, layout, **options)``
 decomposition  attentions and the norm Grams    ``fn(outputs, layout, None, **options)``
 contribution   the above and the class parts    ``fn(outputs, layout, classes, **options)``
+tail           the last block's input tokens    ``fn(tail_input, tail, classes, layout, **options)``
 =============  ===============================  =========================================================
+
+A kind that reruns only the end of the network (``reruns_tail``) is handed ``tail``, the file's
+tail graph (``tail(tokens, weights) -> logits``, ``runtime/model/tail.py``), beside ``forward``.
 
 ``outputs`` below is the forward pass of the model input
 (:class:`~attnmap.runtime.model.session.Outputs`: ``logits``, ``attentions``, ``grads``,
-``targets``, ``tokens``, ``token_grads``), read by attribute so that this floor does not import
+``targets``, ``tokens``, ``token_grads``, ``tail_input``), read by attribute so that this floor does not import
 the model floor.
 """
 
@@ -33,6 +37,7 @@ from attnmap.runtime.core.errors import ExplainError
 
 Infer = Callable[..., Any]  # infer(x_nchw, target=None) -> Outputs
 Forward = Callable[[np.ndarray], np.ndarray]  # forward(x_chunk) -> (b, C) float32 probabilities
+Tail = Callable[[np.ndarray, np.ndarray], np.ndarray]  # tail(tokens, weights) -> (b, C) float32 logits
 
 
 class Kind:
@@ -49,6 +54,8 @@ class Kind:
             a live view cannot afford that per frame.
         splits: a batch's maps may be computed in contiguous parts on several threads (the
             method is vectorised over the batch and reads only ``outputs``).
+        reruns_tail: the method reruns the file's tail graph (last block, norm, head), so
+            :meth:`maps` takes a ``tail`` keyword beside ``forward``.
     """
 
     name = "kind"
@@ -56,6 +63,7 @@ class Kind:
     class_specific = False
     reruns_model = False
     splits = False
+    reruns_tail = False
 
     def __repr__(self) -> str:
         return f"<method kind {self.name!r}>"
@@ -231,9 +239,46 @@ class ContributionKind(DecompositionKind):
         return method.fn(outputs, layout, chosen, **options)
 
 
+class TailKind(Kind):
+    """Methods that rerun only the tail (last block, final norm, head) on many modified copies of
+    the tokens entering the last block (ViT-ReciproCAM): a file exported with ``--tail``, no
+    gradients needed, so a chosen class is explained on it too."""
+
+    name = "tail"
+    reads = ("tail_input",)
+    class_specific = True
+    reruns_model = True  # N_p tail runs per image: about N_p / L model runs, too many for a live view
+    reruns_tail = True
+
+    def check_model(self, method, meta, model):
+        super().check_model(method, meta, model)
+        if not getattr(meta, "has_tail", False):
+            raise ExplainError(f"method {method.name!r} reruns the model's last block on masked copies of its input "
+                               f"tokens, and {model} has neither those tokens nor its tail graph; re-export with "
+                               "`attnmap export --tail`")
+
+    def forward(self, infer, x, targets, meta):
+        # as a perturbation method: the classes explained are recorded, the predictions where none were chosen
+        outputs = super().forward(infer, x, targets, meta)
+        return outputs if outputs.targets is not None else dataclasses.replace(outputs,
+                                                                               targets=explained_classes(outputs))
+
+    def maps(self, method, outputs, layout, options, *, x=None, forward=None, classes=None,
+             tail: Tail | None = None) -> np.ndarray:
+        tokens = getattr(outputs, "tail_input", None)
+        if tokens is None or tail is None:
+            raise ExplainError(f"method {method.name!r} needs the tokens entering the last block and the tail graph "
+                               "of a file exported with `attnmap export --tail`: run it with Explainer.maps or "
+                               "Explainer.explain on such a file")
+        chosen = explained_classes(outputs) if classes is None else np.asarray(classes).reshape(-1)
+        if chosen.shape != (len(outputs),):
+            raise ExplainError(f"classes must give one class per image ({len(outputs)}); got {chosen.tolist()}")
+        return method.fn(tokens, tail, chosen, layout, **options)
+
+
 ATTENTION, PERTURBATION, FEATURES = AttentionKind(), PerturbationKind(), FeaturesKind()
-DECOMPOSITION, CONTRIBUTION = DecompositionKind(), ContributionKind()
-KINDS: dict[str, Kind] = {k.name: k for k in (ATTENTION, PERTURBATION, FEATURES, DECOMPOSITION, CONTRIBUTION)}
+DECOMPOSITION, CONTRIBUTION, TAIL = DecompositionKind(), ContributionKind(), TailKind()
+KINDS: dict[str, Kind] = {k.name: k for k in (ATTENTION, PERTURBATION, FEATURES, DECOMPOSITION, CONTRIBUTION, TAIL)}
 
 
 def kind_of(kind: "str | Kind") -> Kind:

@@ -29,7 +29,7 @@ from attnmap.runtime.core.meta import ModelMeta
 from attnmap.runtime.image.header import describe_media
 
 STACKED = ("attentions", "attention_grads")
-TOKEN_OUTPUTS = ("tokens", "token_grads")
+TOKEN_OUTPUTS = ("tokens", "token_grads", "tail_input")  # each (B, N, D), one D
 IMAGE_TYPES = ("tensor(float)", "tensor(float16)", "tensor(double)")
 
 
@@ -143,8 +143,9 @@ def check_against_graph(meta: ModelMeta, inputs: Sequence[Any], outputs: Sequenc
 
 
 def _token_dims(meta: ModelMeta, outs: Mapping[str, tuple], tokens: str) -> list[str]:
-    """Mismatches of the ``tokens`` and ``token_grads`` outputs (B, N, D): their rank, N against
-    the metadata's tokens, and the same channel count D in both (the metadata does not store D)."""
+    """Mismatches of the ``tokens``, ``token_grads`` and ``tail_input`` outputs (B, N, D): their
+    rank, N against the metadata's tokens, and the same channel count D in all (the metadata does
+    not store D)."""
     problems, widths = [], {}
     for name in (n for n in TOKEN_OUTPUTS if n in outs and n in meta.outputs):
         shape = outs[name][0]
@@ -159,7 +160,7 @@ def _token_dims(meta: ModelMeta, outs: Mapping[str, tuple], tokens: str) -> list
         if isinstance(shape[2], int):
             widths[name] = shape[2]
     if len(set(widths.values())) > 1:
-        problems.append(f"the tokens and token_grads outputs must have the same channels D; got {widths}")
+        problems.append(f"the token outputs must have the same channels D; got {widths}")
     return problems
 
 

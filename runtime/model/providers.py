@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import onnxruntime as ort
 
@@ -81,12 +81,15 @@ def short_name(provider: str) -> str:
     return str(provider).removesuffix("ExecutionProvider").lower()
 
 
-def provider_options(providers: Sequence[str], trt_cache: str | Path | None = None) -> list[dict[str, str]]:
+def provider_options(providers: Sequence[str], trt_cache: str | Path | None = None,
+                     first: Mapping[str, str] | None = None) -> list[dict[str, str]]:
     """Options for each provider of :func:`resolve_providers`' list.
 
     TensorRT gets a persistent engine cache (``trt_cache``, else ``$ATTNMAP_TRT_CACHE``, else
     ``~/.cache/attnmap/tensorrt``), so that only the first session per model and batch shape
-    pays for the engine build. The others keep onnxruntime's defaults.
+    pays for the engine build. The others keep onnxruntime's defaults. ``first``: options for
+    the chosen provider (the list's first), over attnmap's own, as onnxruntime names them
+    (OpenVINO: ``{"load_config": '{"CPU": {"INFERENCE_PRECISION_HINT": "bf16"}}'}``).
     """
     out = []
     for name in providers:
@@ -96,4 +99,6 @@ def provider_options(providers: Sequence[str], trt_cache: str | Path | None = No
                         "trt_timing_cache_enable": "True", "trt_timing_cache_path": str(folder)})
         else:
             out.append({})
+    if first and out:
+        out[0] = {**out[0], **{str(k): str(v) for k, v in first.items()}}
     return out

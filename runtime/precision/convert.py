@@ -1,16 +1,20 @@
-"""fp32 attnmap file -> fp16 or int8 attnmap file, written only if it passes the fidelity gate.
+"""fp32 attnmap file -> fp16, int8 or bf16 attnmap file, written only if it passes the fidelity gate.
 
 :func:`convert_file` is what ``attnmap quantize`` and ``attnmap export --precision`` run:
 
 1. read the fp32 file and its metadata (a file already converted is refused);
-2. convert it (:func:`~attnmap.runtime.precision.quantize.quantize_int8` or
-   :func:`~attnmap.runtime.precision.fp16.convert_fp16`);
+2. convert it (:func:`~attnmap.runtime.precision.quantize.quantize_int8`,
+   :func:`~attnmap.runtime.precision.fp16.convert_fp16` or
+   :func:`~attnmap.runtime.precision.bf16.convert_bf16`; bf16 only where a provider here
+   computes in bf16, else a one-line PrecisionUnavailable before any work);
 3. write it to a hidden temp file beside the target, load it with the runtime's own
    :class:`~attnmap.runtime.model.session.OnnxModel` and measure its fidelity against the fp32
    file (:func:`~attnmap.runtime.precision.fidelity.measure_fidelity`) on the ``--check``
    images, else :data:`SYNTHETIC_IMAGES` images of the project's synthetic shapes together
    with the calibration images (never the calibration images alone: a static quantisation
    fits its ranges to them, so an absurd calibration would pass a gate measured on itself);
+   A bf16 file's fidelity is measured on its float32 twin that rounds every bf16 tensor
+   (:func:`~attnmap.runtime.precision.bf16.emulate_bf16`): the same numbers, on any CPU.
 4. below the thresholds: FidelityError and the temp file is removed (no file is left);
    else the figures go into the metadata (``precision``, ``fidelity``) and the file is moved
    into place.
@@ -32,11 +36,12 @@ from attnmap.runtime.core.meta import ModelMeta
 from attnmap.runtime.core.text import article, megabytes
 from attnmap.runtime.model.graph import read_model
 from attnmap.runtime.model.inference_graph import inference_graph
+from attnmap.runtime.precision.bf16 import ISLANDS, PrecisionUnavailable, bf16_support, convert_bf16, emulate_bf16
 from attnmap.runtime.precision.fidelity import Fidelity, Thresholds, check_fidelity, measure_fidelity
 from attnmap.runtime.precision.fp16 import convert_fp16
 from attnmap.runtime.precision.quantize import DEFAULT_CALIBRATION_IMAGES, INT8_MODES, quantize_int8
 
-PRECISIONS = ("fp16", "int8")  # what a conversion writes (fp32 is what export writes)
+PRECISIONS = ("fp16", "int8", "bf16")  # what a conversion writes (fp32 is what export writes)
 # 64, not 32: with 32 images a 0.98 top-1 gate allows no flip at all, and the shipped model's
 # fp16 file flipped one near-tie (|dp| 0.003) of 32 synthetic images.
 SYNTHETIC_IMAGES = 64
@@ -59,6 +64,7 @@ class ConvertOptions:
         check: image source for the fidelity gate, or None (calibration, else synthetic images).
         attn_dtype: fp16 only: ``"fp16"`` leaves the attentions output half.
         thresholds: the gate.
+        islands: bf16 only: the parts kept float32 (:data:`~attnmap.runtime.precision.bf16.ISLANDS`).
     """
 
     precision: str = "int8"
@@ -68,6 +74,7 @@ class ConvertOptions:
     check: str | None = None
     attn_dtype: str = "fp32"
     thresholds: Thresholds = field(default_factory=Thresholds)
+    islands: tuple[str, ...] = ISLANDS
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
@@ -78,6 +85,9 @@ class ConvertOptions:
             raise OptionError("static int8 needs calibration images: give calibration (a folder or glob)")
         if self.precision != "fp16" and self.attn_dtype != "fp32":
             raise OptionConflict([("attn_dtype", self.attn_dtype)], ("precision", "fp16"))
+        unknown = [i for i in self.islands if i not in ISLANDS]
+        if unknown:
+            raise OptionError(f"bf16 islands must be among {ISLANDS}; got {unknown[0]!r}")
         if self.calibration_images < 1:
             raise OptionError(f"calibration_images must be >= 1; got {self.calibration_images}")
 
@@ -93,8 +103,14 @@ def convert_options(precision: str, *, calibration: str | None = None,
     Raises:
         OptionConflict: a conversion parameter given for a precision it does not apply to
             (``calibration``, ``check`` or ``attn_dtype="fp16"`` with fp32, ``attn_dtype="fp16"``
-            with int8, ``calibration`` with fp16).
+            with int8, ``calibration`` with fp16 or bf16).
+        PrecisionUnavailable: bf16 on a machine where no provider computes in bf16 (checked
+            here, before an export or a conversion starts).
     """
+    if precision == "bf16":
+        support = bf16_support()
+        if not support.runners:
+            raise PrecisionUnavailable(support.line())
     if precision == "fp32":
         given = [(name, value) for name, value, used in (("calibration", None, calibration), ("check", None, check),
                                                           ("attn_dtype", "fp16", attn_dtype == "fp16")) if used]
@@ -164,6 +180,8 @@ def convert_proto(proto: onnx.ModelProto, options: ConvertOptions, calibration: 
     inference_graph(proto)
     if options.precision == "fp16":
         return convert_fp16(proto, attn_dtype=options.attn_dtype)
+    if options.precision == "bf16":
+        return convert_bf16(proto, islands=options.islands)
     return quantize_int8(proto, mode=options.mode, calibration=calibration)
 
 
@@ -187,9 +205,15 @@ def convert_file(src: str | Path, out: str | Path, options: ConvertOptions, *,
         SourceError: calibration or check images cannot be read.
         FidelityError: the converted file is below the thresholds (no file is written).
         OutputError: ``out`` cannot be written.
+        PrecisionUnavailable: bf16, and no provider here computes in bf16 (the line names the
+            CPU's missing flags); nothing is read or written.
     """
     from attnmap.runtime.engine.explainer import Explainer
 
+    if options.precision == "bf16":
+        support = bf16_support()
+        if not support.runners:
+            raise PrecisionUnavailable(support.line())
     started = time.perf_counter()
     src, out = Path(src), Path(out)
     if src.resolve() == out.resolve():
@@ -218,14 +242,17 @@ def convert_file(src: str | Path, out: str | Path, options: ConvertOptions, *,
     converted = convert_proto(read_model(src), options, calibration if options.mode == "static" else None)
     tmp = temp_path(out, ".onnx")
     try:
-        onnx.save_model(converted, str(tmp))
+        # bf16: the gate runs the float32 twin that rounds as the bf16 file stores (bf16.py)
+        onnx.save_model(emulate_bf16(converted) if options.precision == "bf16" else converted, str(tmp))
         candidate = Explainer(tmp, provider="cpu", threads=threads)
         fidelity = measure_fidelity(reference, candidate, x_check, source=where, thresholds=options.thresholds)
         del candidate
         log(f"fidelity against fp32: {fidelity.summary()}")
         check_fidelity(fidelity, options.thresholds, f"the {what} file")
-        tool = "onnxruntime " + _ort_version() + (f" {options.mode} int8" if options.precision == "int8"
-                                                  else f" float16 (attentions {options.attn_dtype})")
+        tool = "onnxruntime " + _ort_version() + (
+            f" {options.mode} int8" if options.precision == "int8" else
+            f" float16 (attentions {options.attn_dtype})" if options.precision == "fp16" else
+            f" attnmap bfloat16 (float32 islands: {', '.join(options.islands) or 'none'})")
         new_meta = meta.replace(precision=options.precision, fidelity=fidelity.to_dict(),
                                 exporter={**meta.exporter, "converter": tool})
         props = {p.key: p.value for p in converted.metadata_props}

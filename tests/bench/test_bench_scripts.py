@@ -37,3 +37,20 @@ def test_ab_revision_compares_this_checkout_with_a_revision_in_one_process():
     assert "this checkout against HEAD  2 paired rounds" in out
     for row in ("max fusion, discard 0.9", "explain(frame).overlay()", *ROWS):
         assert row in out, row
+
+
+def test_providers_prints_a_row_per_file_kind_and_provider_with_its_fidelity():
+    import onnxruntime as ort
+
+    from attnmap.runtime.model.providers import ORT_NAMES, short_name
+
+    out = _run("bench/providers.py", "--count", "4", "--runs", "2", "--warmup", "1")
+    assert "load average before:" in out and "load average after:" in out
+    assert "plain fp32 inference on the CPU provider (logits only):" in out
+    present = [short_name(p) for p in ort.get_available_providers() if short_name(p) in ORT_NAMES]
+    for kind in ("fp32", "fp16", "int8 dynamic", "int8 static"):
+        for provider in present:
+            rows = [line for line in out.splitlines() if line.startswith(f"| {kind} | {provider} | rollout |")]
+            assert len(rows) == 1, (kind, provider, out)
+            cells = [c.strip() for c in rows[0].strip("|").split("|")]
+            assert len(cells) == 9 and 0.0 <= float(cells[5]) <= 1.0  # top-1 agreement beside the speed

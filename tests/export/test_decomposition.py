@@ -102,6 +102,7 @@ def _check(path, model, x, classes=None, atol=1e-4):
 
 
 @pytest.mark.parametrize("fid,name,kwargs,contributions", FAMILIES, ids=[f[0] for f in FAMILIES])
+@pytest.mark.slow  # an export per family (as test_export.py's family test)
 def test_family_maps_equal_the_torch_reference(tmp_path, fid, name, kwargs, contributions):
     from attnmap.export import export_module
 

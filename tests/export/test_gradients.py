@@ -121,6 +121,20 @@ def test_exported_gradients_match_torch_autograd(exported, fid, name, kwargs, pr
         assert (np.abs(ref["grads"]).max(axis=(2, 3, 4)) > 1e-6).all()
 
 
+@pytest.mark.parametrize("fid", [f[0] for f in FAMILIES])
+def test_gradient_files_are_written_inference_clean(exported, fid):
+    """No training-form node (3-output LayerNormalization, Dropout, negative ArgMax axis): what
+    OpenVINO and other inference runtimes refuse. The parity test above checks the rewritten
+    graph against autograd, so the recomputed LayerNorm statistics are right too."""
+    import onnx
+
+    from attnmap.runtime.model.inference_graph import inference_problems
+
+    proto = onnx.load(str(exported[fid][1]))
+    assert inference_problems(proto) == []
+    assert all(len([o for o in n.output if o]) == 1 for n in proto.graph.node if n.op_type == "LayerNormalization")
+
+
 def test_gradients_are_class_specific_and_images_do_not_interact(exported):
     model, path, _ = exported["vit"]
     x = images(2, 5)

@@ -13,9 +13,10 @@ import logging
 import os
 import sys
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from attnmap.runtime.core.errors import AttnmapError, ClusterError
+from attnmap.runtime.fronts.distributed.instances import forget_instance, record_instance, sweep_stale_instances
 from attnmap.runtime.model.graph import first_line
 
 INSTALL_HINT = "pip install 'attnmap[distributed]'"
@@ -34,7 +35,8 @@ def import_ray() -> Any:
 
 
 @contextmanager
-def ray_cluster(address: str | None = None, *, num_cpus: int | None = None, verbose: bool = False) -> Iterator[Any]:
+def ray_cluster(address: str | None = None, *, num_cpus: int | None = None, verbose: bool = False,
+                on_note: Callable[[str], None] | None = None) -> Iterator[Any]:
     """Connect to Ray for the length of a run; yield the ``ray`` module.
 
     Args:
@@ -45,6 +47,8 @@ def ray_cluster(address: str | None = None, *, num_cpus: int | None = None, verb
         num_cpus: CPUs of the local instance (default: all of this machine's).
         verbose: Ray's own logs, progress bars and the workers' output on this process's
             stderr, at Ray's default levels; else only its errors (see the module's doc).
+        on_note: called with one line per local instance a killed run left behind and this
+            one stopped (see :mod:`~attnmap.runtime.fronts.distributed.instances`).
 
     Raises:
         ClusterError: Ray is missing, or the cluster cannot be reached or started.
@@ -58,6 +62,7 @@ def ray_cluster(address: str | None = None, *, num_cpus: int | None = None, verb
                                   logging_level=logging.INFO if verbose else logging.ERROR, ignore_reinit_error=True)
     if address is None:
         kwargs["num_cpus"] = num_cpus or os.cpu_count() or 1
+    sweep_stale_instances(on_note=on_note)
     try:
         with _core_logs(verbose):
             ray.init(address=address, **kwargs)
@@ -66,10 +71,30 @@ def ray_cluster(address: str | None = None, *, num_cpus: int | None = None, verb
         raise ClusterError(f"cannot connect to {where}: {first_line(exc)} (start a cluster with `ray start --head`, "
                            "or leave out the address for a local instance)") from exc
     data_context(ray, verbose)
+    if address is None:
+        _record(ray)
     try:
         yield ray
     finally:
         ray.shutdown()
+        if address is None:
+            forget_instance()
+
+
+def _record(ray: Any) -> None:
+    """Record the local instance this process started, so that the next run can stop what a
+    SIGKILL of this one leaves (Ray's session folder names its processes)."""
+    try:
+        from ray._private import worker  # Ray keeps the session folder on its private node object
+
+        session = worker._global_node.get_session_dir_path()
+    except (ImportError, AttributeError):
+        return
+    if session:
+        try:
+            record_instance(str(session))
+        except OSError:
+            pass  # a read-only temp folder: the run goes on without the safety net
 
 
 def data_context(ray: Any, verbose: bool = False) -> None:

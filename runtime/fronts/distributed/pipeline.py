@@ -36,6 +36,7 @@ import numpy as np
 
 from attnmap.runtime.core.errors import AttnmapError, ImageError, OptionError
 from attnmap.runtime.core.files import write_bytes
+from attnmap.runtime.core.text import plural
 from attnmap.runtime.engine.engine import FrameEngine, ItemResult, Job
 from attnmap.runtime.engine.record import OUTPUT_KEYS, record_line
 from attnmap.runtime.frames.frame import Frame
@@ -43,6 +44,7 @@ from attnmap.runtime.frames.manifest import list_images
 from attnmap.runtime.fronts.distributed.cluster import collect, ray_cluster
 from attnmap.runtime.fronts.distributed.table import (TABLE_NAME, content_hash, finished_row, item_row,
                                                       record_from_row, settings_fingerprint, write_record, write_table)
+from attnmap.runtime.fronts.interrupt import Interrupted
 from attnmap.runtime.fronts.offline import FolderOutput, StemNames, drawing_engine, write_item
 from attnmap.runtime.image.decode import decode_image
 
@@ -140,7 +142,8 @@ class RayReport:
 
 def explain_on_ray(engine: FrameEngine, specs: Sequence[str], output: FolderOutput, options: RayOptions, *,
                    on_record: Callable[[dict[str, Any], str], None],
-                   on_fail: Callable[[str, str], None]) -> RayReport:
+                   on_fail: Callable[[str, str], None],
+                   on_note: Callable[[str], None] | None = None) -> RayReport:
     """Explain every still image that ``specs`` name on Ray; write what the local path writes, plus the run table.
 
     Args:
@@ -154,20 +157,28 @@ def explain_on_ray(engine: FrameEngine, specs: Sequence[str], output: FolderOutp
             arrive (driver thread): the same record (:mod:`attnmap.runtime.engine.record`) and
             line the local engine gives.
         on_fail: called as ``on_fail(source, reason)`` per failed image or SOURCE.
+        on_note: called with one line for what the user should know and is no failure: the
+            files (videos among them) a folder's listing left out, Ray processes a killed run
+            had left and this one stopped.
 
     Returns:
         :class:`RayReport`; per-image failures are rows with their ``error``, never raised.
+        An image's row comes back once even where Ray ran its batch twice (a batch retried
+        after its actor or node died: the retry rewrites the same files, whole).
 
     Raises:
         ClusterError: Ray is missing, cannot start or connect, or the pipeline itself broke.
         OutputError: the run table cannot be written.
+        Interrupted: Ctrl-C (SIGINT); the finished images' files and rows stay (a rerun skips
+            them), ``summary`` says how many.
     """
     engine = drawing_engine(engine)
     # Workers do not share the driver's working directory: relative paths are the driver's.
     given_dir = Path(output.out_dir)
     output = dataclasses.replace(output, out_dir=given_dir.resolve())
     report = RayReport()
-    paths, missing = list_images(specs)
+    note = on_note or (lambda line: None)
+    paths, missing = list_images(specs, on_skip=lambda spec, why: note(f"{spec}: {why}"))
     for spec, exc in missing:
         report.failed.append((spec, str(exc)))
         on_fail(spec, str(exc))
@@ -178,7 +189,26 @@ def explain_on_ray(engine: FrameEngine, specs: Sequence[str], output: FolderOutp
     model_bytes = engine.explainer.path.read_bytes()
     model_sha = content_hash(model_bytes)
     fingerprint = settings_fingerprint(model_sha, engine.job, save_maps=output.save_maps, tiles=output.tiles)
-    with ray_cluster(options.address, num_cpus=options.num_cpus, verbose=options.verbose) as ray:
+    try:
+        _run(engine, items, output, given_dir, options, (model_bytes, model_sha), fingerprint, report, on_record,
+             on_fail, note)
+    except KeyboardInterrupt as exc:
+        raise Interrupted(_interrupted(report, len(items) + len(missing), given_dir), cause=exc) from exc
+    report.rows.sort(key=lambda r: r["index"])
+    table = Path(output.out_dir) / TABLE_NAME
+    write_table(report.rows, table)
+    report.table = table
+    return report
+
+
+def _run(engine: FrameEngine, items: list[dict[str, Any]], output: FolderOutput, given_dir: Path,
+         options: RayOptions, model_file: tuple[bytes, str], fingerprint: str, report: RayReport,
+         on_record: Callable[[dict[str, Any], str], None], on_fail: Callable[[str, str], None],
+         note: Callable[[str], None]) -> None:
+    """The pipeline on Ray (``model_file``: the model's bytes and their hash), its rows into
+    ``report`` (each image's once) and the callbacks."""
+    model_bytes, model_sha = model_file
+    with ray_cluster(options.address, num_cpus=options.num_cpus, verbose=options.verbose, on_note=note) as ray:
         model = ModelBytes(engine.explainer.path.name, model_sha, ray.put(model_bytes))
         ds = ray.data.from_items(items)
         ds = ds.map_batches(read_batch, batch_size=options.batch_size, batch_format="numpy",
@@ -191,8 +221,12 @@ def explain_on_ray(engine: FrameEngine, specs: Sequence[str], output: FolderOutp
                                                        output=output, fingerprint=fingerprint,
                                                        batch_size=options.batch_size))
         t0 = time.perf_counter()
+        seen: set[int] = set()
         for out in collect(ds.iter_rows(), "pipeline", len(items)):
             row = json.loads(out["row"])
+            if row["index"] in seen:  # a batch Ray ran again after a fault: its first row stands
+                continue
+            seen.add(row["index"])
             report.rows.append(row)
             if row["error"]:
                 report.failed.append((row["source"], row["error"]))
@@ -208,11 +242,19 @@ def explain_on_ray(engine: FrameEngine, specs: Sequence[str], output: FolderOutp
                     record[key] = str(given_dir / Path(record[key]).relative_to(output.out_dir))
             on_record(record, record_line(record))
         report.seconds = time.perf_counter() - t0
-    report.rows.sort(key=lambda r: r["index"])
-    table = Path(output.out_dir) / TABLE_NAME
-    write_table(report.rows, table)
-    report.table = table
-    return report
+
+
+def _interrupted(report: RayReport, total: int, out_dir: Path) -> str:
+    """The one line an interrupted Ray run ends with (as the local engine's)."""
+    done = report.done + report.skipped
+    text = f"{done} of {plural(total, 'input')} done in {str(out_dir)!r}"
+    if report.skipped:
+        text += f" ({report.skipped} from an earlier run)"
+    left = total - done - len(report.failed)
+    if left > 0:
+        text += (f"; {left} not written (the finished images' files and rows are kept: a rerun does the rest "
+                 "and skips them)")
+    return text
 
 
 # --------------------------------------------------------------------------- workers

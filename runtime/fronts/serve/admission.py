@@ -161,8 +161,8 @@ class WorkQueue:
 def cancellable(explainer, cancel: threading.Event):
     """A shallow copy of ``explainer`` whose perturbed-input model runs stop once ``cancel`` is set.
 
-    Perturbation methods call ``explainer.probabilities`` once per ``forward_batch`` inputs;
-    the copy's raises :class:`WorkCancelled` there, so a RISE of 4,000 masks stops within one
+    Perturbation methods call ``explainer.probabilities`` once per ``forward_batch`` inputs
+    (reciprocam ``explainer.tail_logits``); the copy's raise :class:`WorkCancelled` there, so a RISE of 4,000 masks stops within one
     chunk of its client leaving. The copy shares the model and its sessions.
     """
     copied = copy.copy(explainer)
@@ -174,5 +174,13 @@ def cancellable(explainer, cancel: threading.Event):
         return real(x)
 
     copied.probabilities = probabilities
+    real_tail = getattr(explainer, "tail_logits", None)
+    if real_tail is not None:
+        def tail_logits(tokens, weights):  # reciprocam's tail runs, one per forward_batch copies
+            if cancel.is_set():
+                raise WorkCancelled("the client left; the explanation was stopped")
+            return real_tail(tokens, weights)
+
+        copied.tail_logits = tail_logits
     copied._last_engine = None  # an engine the original cached runs the original's forward
     return copied

@@ -38,9 +38,7 @@ from urllib.parse import parse_qsl
 import anyio
 import cv2
 from starlette.applications import Starlette
-from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
-from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import ClientDisconnect, Request
@@ -48,9 +46,11 @@ from starlette.responses import JSONResponse, PlainTextResponse, RedirectRespons
 from starlette.routing import Route
 
 from attnmap.runtime.core.errors import AttnmapError, EncodeError, ExplainError, OptionError
+from attnmap.runtime.core.memory import release_free_heap
 from attnmap.runtime.fronts.serve import ServeError
 from attnmap.runtime.fronts.serve import api, control
 from attnmap.runtime.fronts.serve.admission import ClientGone, QueueFull, WorkQueue, cancellable
+from attnmap.runtime.fronts.serve.form import read_form
 from attnmap.runtime.fronts.serve.metrics import Registry, server_metrics
 from attnmap.runtime.fronts.serve.security import (OPEN_PATHS, Limits, is_preflight, presented_token, query_token,
                                                    refusal, token_cookie, token_matches)
@@ -258,7 +258,12 @@ class _Server:
                 return await loop.run_in_executor(self.pool, work, cancel)
 
             def work(cancel) -> bytes:
-                return api.answer_json(cancellable(self.explainer, cancel), data, name, req, limits)
+                try:
+                    return api.answer_json(cancellable(self.explainer, cancel), data, name, req, limits)
+                finally:
+                    # a big request's buffers are free now, but glibc keeps them in the worker
+                    # thread's arena: without this the server's RSS stays at its largest request
+                    release_free_heap()
 
             try:
                 body = await self.queue.run(work, execute, lambda: _disconnected(request))
@@ -276,10 +281,10 @@ class _Server:
         timeout and the size limits, nothing decoded."""
         try:
             with anyio.fail_after(self.settings.body_timeout):
-                body = await api.read_limited(request.stream(), limits, hold)
                 ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
                 if ctype == "multipart/form-data":
-                    return await _read_form(request, body, limits)
+                    return await read_form(request.headers, request.stream(), limits, hold)
+                body = await api.read_limited(request.stream(), limits, hold)
         except TimeoutError:
             raise api.HTTPProblem(408, f"the request body did not arrive within {self.settings.body_timeout:g} s "
                                        "(the server's body timeout)") from None
@@ -291,39 +296,6 @@ class _Server:
             return body, "the request body", dict(pairs)
         raise api.HTTPProblem(415, "send the image as multipart/form-data (field 'image') or as the raw body "
                                    f"with an image/* Content-Type; got Content-Type {ctype or 'none'!r}")
-
-
-async def _read_form(request: Request, body: bytes, limits: Limits) -> tuple[bytes, str, dict[str, str]]:
-    # The parser scans every byte in Python: on a thread of its own (with an event loop of its
-    # own, as Starlette's parser is async), not on the server's loop.
-    return await anyio.to_thread.run_sync(asyncio.run, _parse_form(request.headers, body))
-
-
-async def _parse_form(headers, body: bytes) -> tuple[bytes, str, dict[str, str]]:
-    async def chunks():
-        yield body
-
-    try:
-        form = await MultiPartParser(headers, chunks(), max_files=2, max_fields=api.MAX_FIELDS,
-                                     max_part_size=api.MAX_FIELD_BYTES).parse()
-    except MultiPartException as exc:
-        raise api.HTTPProblem(413 if "exceeded maximum size" in exc.message else 400,
-                              f"cannot read the multipart body: {exc.message} (text fields are at most "
-                              f"{api.MAX_FIELD_BYTES:,} bytes)") from exc
-    upload = form.get(api.IMAGE_FIELD)
-    fields = {k: v for k, v in form.multi_items() if k != api.IMAGE_FIELD}
-    files = [k for k, v in fields.items() if not isinstance(v, str)]
-    try:
-        if not isinstance(upload, UploadFile):
-            got = ", ".join(repr(k[:40]) for k in form.keys()) or "no fields"
-            what = "a text value" if upload is not None else got
-            raise api.HTTPProblem(422, f"expected the image as the file field {api.IMAGE_FIELD!r}; got {what}")
-        if files:
-            raise api.HTTPProblem(422, f"expected one file, in field {api.IMAGE_FIELD!r}; got another in "
-                                       f"{files[0][:40]!r}")
-        return await upload.read(), f"upload {(upload.filename or api.IMAGE_FIELD)[:80]!r}", fields
-    finally:
-        await form.close()
 
 
 async def _disconnected(request: Request) -> None:

@@ -264,7 +264,9 @@ def api_explainer(explainer, stream: StreamLoop | None):
         return explainer
     from attnmap.runtime.engine.explainer import Explainer
 
-    return Explainer(explainer.path, provider="cpu", threads=1)
+    # no memory arena: a large request's buffers go back to the allocator, which the server
+    # trims after each request (runtime/core/memory.py), instead of being held for its life
+    return Explainer(explainer.path, provider="cpu", threads=1, memory_arena=False)
 
 
 def bind_settings(settings: ServerSettings | None, host: str, *, token_file: str | Path | None = None,

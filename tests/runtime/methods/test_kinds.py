@@ -13,7 +13,7 @@ from attnmap.runtime.frames.frame import Frame
 from attnmap.runtime.fronts.serve.api import methods_document
 from attnmap.runtime.methods import KINDS, METHODS, check_method_use, runs_on
 from attnmap.runtime.methods.base import make_method, normalize_maps
-from attnmap.runtime.methods.kinds import ATTENTION, FEATURES, PERTURBATION, Kind
+from attnmap.runtime.methods.kinds import ATTENTION, CONTRIBUTION, DECOMPOSITION, FEATURES, PERTURBATION, TAIL, Kind
 
 
 class InputKind(Kind):
@@ -69,10 +69,15 @@ def test_a_new_kind_registered_in_one_place_runs_end_to_end(fake_method, tiny_vi
 
 
 def test_the_registered_kinds_say_what_they_read():
-    assert KINDS == {"attention": ATTENTION, "perturbation": PERTURBATION, "features": FEATURES}
+    assert KINDS == {"attention": ATTENTION, "perturbation": PERTURBATION, "features": FEATURES,
+                     "decomposition": DECOMPOSITION, "contribution": CONTRIBUTION, "tail": TAIL}
+    assert DECOMPOSITION.reads == ("attentions", "mix_grams", "mix_grams_ln") and DECOMPOSITION.splits
+    assert CONTRIBUTION.class_specific and not DECOMPOSITION.class_specific
     assert {n for n, m in METHODS.items() if m.kind is ATTENTION} == {
         "rollout", "attention", "flow", "chefer", "grad_rollout", "gradsam", "product"}
-    assert [n for n, m in METHODS.items() if m.reruns_model] == ["occlusion", "rise", "beyond_intuition", "vit_cx"]
+    assert [n for n, m in METHODS.items() if m.reruns_model] == ["occlusion", "rise", "reciprocam", "beyond_intuition",
+                                                                 "vit_cx"]
+    assert TAIL.reads == ("tail_input",) and TAIL.reruns_tail and not PERTURBATION.reruns_tail
     # kinds of their own, in their methods' files: Beyond Intuition's integrated gradients, ViT-CX's token masks
     assert (METHODS["beyond_intuition"].kind.name, METHODS["vit_cx"].kind.name) == ("attention+feedback",
                                                                                     "token-masks")

@@ -152,3 +152,39 @@ def test_a_providers_short_name_is_what_attnmap_calls_it(name, short):
 def test_a_session_reports_its_short_provider_name(tiny_vit_onnx):
     model = OnnxModel(tiny_vit_onnx, provider="cpu")
     assert (model.provider, model.provider_short) == (CPU, "cpu")
+
+
+def test_options_for_the_chosen_provider_go_over_attnmaps(tmp_path):
+    opts = provider_options([TRT, CUDA, CPU], tmp_path / "engines", {"trt_fp16_enable": True})
+    assert opts[0]["trt_fp16_enable"] == "True" and opts[0]["trt_engine_cache_path"] == str(tmp_path / "engines")
+    assert opts[1:] == [{}, {}]
+    assert provider_options([OV, CPU], first={"num_of_threads": 1}) == [{"num_of_threads": "1"}, {}]
+
+
+@pytest.mark.skipif(OV not in ort.get_available_providers(), reason="needs onnxruntime-openvino (CI's openvino lane)")
+def test_openvino_takes_its_options_and_one_it_cannot_start_with_is_an_error(tiny_vit_onnx):
+    import json
+
+    x = np.random.default_rng(0).normal(size=(1, 3, 32, 32)).astype(np.float32)
+    ref = OnnxModel(tiny_vit_onnx, provider="cpu").run(x)
+    hint = {"load_config": json.dumps({"CPU": {"INFERENCE_PRECISION_HINT": "f32"}})}
+    model = OnnxModel(tiny_vit_onnx, provider="openvino", provider_options=hint)
+    assert model.provider == OV
+    np.testing.assert_allclose(model.run(x).logits, ref.logits, atol=1e-4)
+    # OpenVINO's provider does not start with an unknown precision, and onnxruntime would then
+    # run the file on the CPU provider without saying so
+    with pytest.raises(ProviderError, match="could not start OpenVINOExecutionProvider"):
+        OnnxModel(tiny_vit_onnx, provider="openvino", provider_options={"precision": "INT3"})
+
+
+@pytest.mark.skipif(OV not in ort.get_available_providers(), reason="needs onnxruntime-openvino (CI's openvino lane)")
+def test_the_explainer_hands_provider_options_to_its_session(tiny_vit_onnx):
+    import json
+
+    from attnmap import Explainer
+
+    hint = {"load_config": json.dumps({"CPU": {"INFERENCE_PRECISION_HINT": "f32"}})}
+    ex = Explainer(tiny_vit_onnx, provider="openvino", provider_options=hint)
+    assert ex.provider == OV and ex.model.provider_options == hint
+    with pytest.raises(ProviderError, match="could not start OpenVINOExecutionProvider"):
+        Explainer(tiny_vit_onnx, provider="openvino", provider_options={"precision": "INT3"})

@@ -12,6 +12,7 @@ import csv
 import hashlib
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -249,3 +250,57 @@ def test_cli_evaluate_on_ray(ray_instance, photos):
     assert res.exit_code == 0, res.output
     doc = json.loads(res.stdout)
     assert doc["images"] == 2 and set(doc["methods"]) == {"rollout", "attention", "random"}
+
+
+# ----------------------------------------------------------------------------- resume of evaluate, Ctrl-C, notes
+def test_evaluate_on_ray_resumes_from_the_scores_kept_in_its_folder(ray_instance, photos, explainer, tmp_path):
+    paths = [str(photos / n) for n in sorted(os.listdir(photos))]
+    plan = EvaluationPlan(methods=("rollout",), engine="ray", steps=2, batch_size=16).checked(explainer.meta)
+    keep = tmp_path / "scores"
+    kept_first: list[str] = []
+    first = evaluate_on_ray(explainer, plan, plan.inputs(paths), RayOptions(actors=2), keep=keep,
+                            on_kept=kept_first.append)
+    kept_files = sorted((keep / ".attnmap" / "evaluate").glob("*.json"))
+    assert kept_first == [] and len(kept_files) == first.images == len(paths) - len(CORRUPT)
+    mtimes = {p: p.stat().st_mtime_ns for p in kept_files}
+    kept_again: list[str] = []
+    again = evaluate_on_ray(explainer, plan, plan.inputs(paths), RayOptions(actors=1), keep=keep,
+                            on_kept=kept_again.append)
+    assert sorted(kept_again) == sorted(first.sources)  # every scored image taken as kept ...
+    assert again.to_dict() == first.to_dict()  # ... with the same numbers, exactly
+    assert sorted(again.failed) == sorted(first.failed)  # failures are tried again (and fail again)
+    assert {p: p.stat().st_mtime_ns for p in kept_files} == mtimes
+    # other settings score again
+    other = EvaluationPlan(methods=("rollout",), engine="ray", steps=3, batch_size=16).checked(explainer.meta)
+    kept_other: list[str] = []
+    evaluate_on_ray(explainer, other, other.inputs(paths), RayOptions(actors=2), keep=keep, on_kept=kept_other.append)
+    assert kept_other == []
+
+
+def test_ctrl_c_on_a_ray_run_ends_with_the_summary(ray_instance, photos, explainer, tmp_path):
+    from attnmap.runtime.fronts.interrupt import Interrupted
+
+    def interrupt(row, line):
+        raise KeyboardInterrupt
+
+    with pytest.raises(Interrupted) as caught:
+        _explain(explainer, [str(photos)], tmp_path / "out", RayOptions(actors=1, batch_size=1), on_record=interrupt)
+    total = len(os.listdir(photos))
+    summary = caught.value.summary
+    out = re.escape(repr(str(tmp_path / "out")))
+    assert re.fullmatch(rf"1 of {total} inputs done in {out}; \d+ not written \(the finished images' files and rows "
+                        r"are kept: a rerun does the rest and skips them\)", summary), summary
+    assert caught.value.exit_code == 130
+
+
+def test_a_folders_videos_are_a_note_on_ray(ray_instance, photos, explainer, tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    shutil.copyfile(photos / "gen0.png", src / "gen0.png")
+    (src / "clip.mp4").write_bytes(b"\0" * 64)
+    notes = []
+    report = explain_on_ray(FrameEngine(explainer, Job()), [str(src)], FolderOutput(tmp_path / "out"),
+                            RayOptions(actors=1), on_record=lambda r, line: None, on_fail=lambda s, r: None,
+                            on_note=notes.append)
+    assert report.done == 1 and not report.failed
+    assert notes == [f"{src}: skipped 1 video (1 .mp4; still images only here)"]

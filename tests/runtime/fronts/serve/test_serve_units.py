@@ -284,6 +284,9 @@ def test_the_api_beside_a_cpu_stream_gets_a_single_threaded_session_of_its_own()
     assert api_explainer(ex, None) is ex  # API only: one session
     api = api_explainer(ex, object())  # any stream
     assert api is not ex and api.path == ex.path and api.model.threads == 1
+    # the API's session frees each request's buffers; the stream's keeps its arena
+    assert api.model.session.get_session_options().enable_cpu_mem_arena is False
+    assert ex.model.session.get_session_options().enable_cpu_mem_arena is True
     img = np.random.default_rng(3).integers(0, 256, (120, 160, 3), dtype=np.uint8)
     a, b = ex.explain(img), api.explain(img)
     np.testing.assert_allclose(a.probs, b.probs, atol=1e-6)
