@@ -54,6 +54,7 @@ def ray_cluster(address: str | None = None, *, num_cpus: int | None = None, verb
         ClusterError: Ray is missing, or the cluster cannot be reached or started.
     """
     ray = import_ray()
+    _raylet_errors_to_stderr()
     if ray.is_initialized():
         data_context(ray, verbose)
         yield ray
@@ -79,6 +80,28 @@ def ray_cluster(address: str | None = None, *, num_cpus: int | None = None, verb
         ray.shutdown()
         if address is None:
             forget_instance()
+
+
+def _raylet_errors_to_stderr() -> None:
+    """Ray prints the raylet's error messages ("A worker died or was killed ...", as after an
+    actor or node fault it recovers from) on the driver's stdout, where ``--json`` records go;
+    they go to stderr instead. Ray offers no switch for it: its printing function, a module
+    global its error listener looks up on each message, is wrapped once per process."""
+    try:
+        from ray._private import worker
+    except ImportError:
+        return
+    original = getattr(worker, "print_to_stdstream", None)
+    if original is None or getattr(original, "attnmap_wrapped", False):
+        return
+
+    def print_to_stdstream(data, ignore_prefix):  # noqa: ANN001 - Ray's signature
+        if isinstance(data, dict) and data.get("pid") == "raylet":
+            data = {**data, "is_err": True}
+        return original(data, ignore_prefix)
+
+    print_to_stdstream.attnmap_wrapped = True
+    worker.print_to_stdstream = print_to_stdstream
 
 
 def _record(ray: Any) -> None:

@@ -156,3 +156,17 @@ def test_the_fingerprint_follows_the_settings_that_change_scores():
                   EvaluationPlan(methods=("rollout",), steps=4, baseline="blur")):
         assert evaluation_fingerprint("m", other.checked(meta)) != evaluation_fingerprint("m", base)
     assert evaluation_fingerprint("n", base) != evaluation_fingerprint("m", base)
+
+
+def test_the_raylets_error_messages_go_to_stderr_not_to_the_json_on_stdout(capsys):
+    pytest.importorskip("ray", reason="needs the distributed extra: pip install -e '.[distributed]'")
+    from ray._private import worker
+
+    from attnmap.runtime.fronts.distributed.cluster import _raylet_errors_to_stderr
+
+    _raylet_errors_to_stderr()
+    _raylet_errors_to_stderr()  # once per process: not wrapped twice
+    worker.print_to_stdstream({"lines": ["A worker died or was killed"], "pid": "raylet", "is_err": False},
+                              ignore_prefix=False)
+    out, err = capsys.readouterr()
+    assert out == "" and "A worker died or was killed" in err
