@@ -108,8 +108,10 @@ async def read_form(headers: Any, stream: AsyncIterator[bytes], limits: Limits,
         stop.set()
         if not reader.done():
             reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await reader
+        # awaited in every case, so that a reading side that failed after the parser was done
+        # (the client left) is collected here, not logged as a task's unretrieved exception
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await reader
 
 
 async def _parse(headers: Any, chunks: AsyncIterator[bytes]) -> tuple[bytes, str, dict[str, str]]:
