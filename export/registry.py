@@ -6,14 +6,13 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
 import numpy as np
 
 from attnmap.runtime.frames import synth
-from attnmap.runtime.core.files import write_bytes
+from attnmap.runtime.core.files import file_sha256, write_bytes
 
 
 
@@ -65,15 +64,6 @@ def score_onnx(path: str | Path, seed: int, n: int, *, size: int | None = None,
                        "box_mass_ratio": float(np.nanmean(box_mass_ratio(full, boxes)))}
     return out
 
-
-
-def file_sha256(path: str | Path) -> str:
-    """Hex SHA-256 of a file."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def update_registry(registry: str | Path, entry: dict) -> None:

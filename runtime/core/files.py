@@ -8,6 +8,7 @@ without touching the process's umask.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import re
@@ -160,3 +161,12 @@ def _alive(pid: int) -> bool:
     except OSError:
         return True  # another user's process (EPERM): alive
     return True
+
+
+def file_sha256(path: str | Path) -> str:
+    """Hex SHA-256 of a file's bytes, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()

@@ -11,14 +11,13 @@ another model's tuning.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
 from attnmap.runtime.core.errors import MetadataError, OptionError
-from attnmap.runtime.core.files import write_bytes
+from attnmap.runtime.core.files import file_sha256, write_bytes
 
 SIDECAR_SUFFIX = ".tuned.json"
 SCHEMA_VERSION = 1
@@ -87,15 +86,6 @@ def tuned_file_path(model: str | Path, precision: str) -> Path:
     """Where a tuned converted file goes: ``deit.onnx`` -> ``deit.tuned-int8.onnx``."""
     model = Path(model)
     return model.with_name(f"{model.stem}.tuned-{precision}.onnx")
-
-
-def file_sha256(path: str | Path) -> str:
-    """Hex SHA-256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def write_tuned(setup: TunedSetup, model: str | Path) -> Path:
