@@ -36,6 +36,9 @@ INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "area", "lanczos")
 PRECISIONS = ("fp32", "fp16", "int8", "bf16")
 # Outputs of a file exported with decompositions (export/decomposition.py), besides logits and attentions.
 DECOMPOSITION_OUTPUTS = ("mix_grams", "mix_grams_ln")
+# Output of a file exported with norms (export/decomposition.py): per block and token the norms
+# ||γ1 ⊙ u^h_j|| of each head's value-output vector and ||x_j|| of the block input, [B, L, N, H+1].
+NORMS_OUTPUT = "head_norms"
 # The fidelity record (runtime/precision/fidelity.py, Fidelity.to_dict) must hold these.
 FIDELITY_FIELDS = ("images", "source", "top1_agreement", "max_prob_diff", "maps", "thresholds")
 
@@ -92,7 +95,8 @@ class ModelMeta:
             ``"attention_grads"``, ``"tokens"`` and ``"token_grads"`` (see
             :attr:`has_gradients`, :attr:`has_token_grads`); a decomposition export adds
             ``"mix_grams"``, ``"mix_grams_ln"`` and (token-pooled models) ``"class_contributions"``;
-            a tail export ``"tail_input"`` (:attr:`has_tail`).
+            a norms export ``"head_norms"`` (:attr:`has_head_norms`); a tail export
+            ``"tail_input"`` (:attr:`has_tail`).
         inputs: graph input names, e.g. ``("input",)`` or ``("input", "target")``.
         exporter: versions of the tools that wrote the file (attnmap, torch, timm, onnx, opset).
         extra: free-form notes (e.g. how a shipped model was trained); never needed to run.
@@ -202,6 +206,12 @@ class ModelMeta:
         """True when the graph emits ``mix_grams`` and ``mix_grams_ln`` (forward-only norm-based
         methods; ``attnmap export --decompositions``), both float32 ``[B, L, N, H+1, H+1]``."""
         return all(n in self.outputs for n in DECOMPOSITION_OUTPUTS)
+
+    @property
+    def has_head_norms(self) -> bool:
+        """True when the graph emits ``head_norms`` float32 ``[B, L, N, H+1]`` (the per-head
+        value-output norms and the block input's norm; ``attnmap export --norms``)."""
+        return NORMS_OUTPUT in self.outputs
 
     @property
     def has_class_contributions(self) -> bool:
@@ -365,6 +375,9 @@ class ModelMeta:
         if grams and (not self.has_decompositions or "attentions" not in self.outputs or self.head_fusion != "none"):
             fail(f"outputs {grams} need both {list(DECOMPOSITION_OUTPUTS)}, 'attentions' and head_fusion 'none'; got "
                  f"outputs {self.outputs} and head_fusion {self.head_fusion!r}")
+        if self.has_head_norms and ("attentions" not in self.outputs or self.head_fusion != "none"):
+            fail(f"output {NORMS_OUTPUT!r} needs 'attentions' and head_fusion 'none'; got outputs {self.outputs} "
+                 f"and head_fusion {self.head_fusion!r}")
         if self.has_class_contributions and (not self.has_decompositions or not self.has_class_token):
             fail(f"output 'class_contributions' needs {list(DECOMPOSITION_OUTPUTS)} and a class token; got outputs "
                  f"{self.outputs} and prefix_tokens {self.prefix_tokens}")
