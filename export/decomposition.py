@@ -271,16 +271,17 @@ class ViTWithBlockInputs(ViTWithAttention):
         self._qkv = [None] * self.num_layers
         self._v = [None] * self.num_layers
 
-    def _capture(self, x: torch.Tensor):
+    def _capture(self, x: torch.Tensor, read=None):
         """Run the model: ``(logits, attentions, [(x_l, z_l) per block], [values_l per block])``,
-        the values ``[B, N, A]`` as :meth:`_values` reads them."""
+        the values read by ``read(l, z_l)``, default :meth:`_values` (``[B, N, A]``)."""
+        read = self._values if read is None else read
         self._clear()
         try:
             logits, attentions = super().forward(x)
             if any(v is None for v in self._inputs):
                 raise ExportError("a block's norm1 did not run during the forward pass; cannot decompose it")
             inputs = list(self._inputs)
-            values = [self._values(l, z) for l, (_, z) in enumerate(inputs)]
+            values = [read(l, z) for l, (_, z) in enumerate(inputs)]
         finally:
             self._clear()
         return logits, attentions, inputs, values

@@ -79,10 +79,22 @@ class ViTWithNorms(ViTWithBlockInputs):
                 raise ExportError(f"{type(p['attn']).__name__}: the output projection is not one Linear over "
                                   f"{self.num_heads} heads; cannot split it per head")
             factors.append(norm_factors(proj, layer_scale(p["block"], 1), self.num_heads))
-        # Constants of the graph, not parameters of the model (its state_dict is unchanged); one
-        # per block, as one stacked tensor would be indexed by a Gather in the graph.
-        for l, f in enumerate(factors):
-            self.register_buffer(f"factor_{l}", f, persistent=False)  # [H, d, d]
+        # A constant of the graph, not a parameter of the model (its state_dict is unchanged).
+        self.register_buffer("factors", torch.cat(factors), persistent=False)  # [L*H, d, d]
+
+    def _head_values(self, index: int, z: torch.Tensor) -> torch.Tensor:
+        """``[B, H, N, d]`` the values block ``index`` used.
+
+        From a fused qkv output with the very operations timm's ``Attention`` applies to it
+        (reshape, permute, unbind), so that onnxruntime's common-subexpression elimination
+        can merge them with the block's own and the values cost nothing.
+        """
+        qkv = self._qkv[index]
+        if qkv is not None:
+            b, n, _ = qkv.shape
+            return qkv.reshape(b, n, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4).unbind(0)[2]
+        v = self._values(index, z)
+        return v.reshape(v.shape[0], v.shape[1], self.num_heads, -1).transpose(1, 2)
 
     def forward(self, x: torch.Tensor):
         """Run the model.
@@ -94,15 +106,19 @@ class ViTWithNorms(ViTWithBlockInputs):
             ``(logits, attentions, head_norms)``: float32 ``[B, C]``, ``[B, L, H, N, N]`` and
             ``[B, L, N, H+1]``.
         """
-        logits, attentions, inputs, values = self._capture(x)
-        squares = []
-        for l, ((stream, _), v) in enumerate(zip(inputs, values)):
-            b, n, _ = stream.shape
-            v = v.reshape(b, n, self.num_heads, -1).transpose(1, 2)  # [B, H, N, d]
-            y = torch.matmul(v, getattr(self, f"factor_{l}"))  # [B, H, N, d]: ||y|| = ||w^h_j||
-            heads = (y * y).sum(dim=-1).transpose(1, 2)  # [B, N, H]
-            squares.append(torch.cat([heads, (stream * stream).sum(dim=-1, keepdim=True)], dim=-1))
-        return logits, attentions, torch.sqrt(torch.stack(squares, dim=1))
+        logits, attentions, inputs, values = self._capture(x, self._head_values)
+        layers, heads = self.num_layers, self.num_heads
+        n = inputs[0][0].shape[1]
+        # Every block's values in one product, and every sum of squares in one Mul and one
+        # ReduceSum, with a single Sqrt at the end: a handful of graph nodes for the whole model
+        # instead of a few per block (at DeiT-Tiny's size the dispatch of a node costs more than
+        # its arithmetic), and Mul + ReduceSum rather than ReduceL2, which onnxruntime runs at
+        # half the speed.
+        y = torch.matmul(torch.cat(values, dim=1), self.factors)  # [B, L*H, N, d]: ||y|| = ||w^h_j||
+        head_sq = (y * y).sum(dim=-1).reshape(-1, layers, heads, n)
+        streams = torch.cat([stream for stream, _ in inputs], dim=1)  # [B, L*N, D]
+        stream_sq = (streams * streams).sum(dim=-1).reshape(-1, layers, 1, n)
+        return logits, attentions, torch.sqrt(torch.cat([head_sq, stream_sq], dim=2).transpose(2, 3))
 
 
 def check_norms_options(heads: str, attentions: bool, gradients: bool, decompositions: bool, tail: bool) -> None:
