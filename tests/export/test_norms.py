@@ -214,4 +214,4 @@ def test_cli_export_norms_writes_head_norms(tmp_path):
     session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
     outputs = {o.name: o.shape for o in session.get_outputs()}
     assert list(outputs) == ["logits", "attentions", NORMS_OUTPUT]
-    assert outputs[NORMS_OUTPUT][1:] == [12, 17, 4]  # 12 blocks, 4x4 patches + class token, 3 heads + x
+    assert outputs[NORMS_OUTPUT][1:] == [12, 5, 4]  # 12 blocks, 2x2 patches + class token, 3 heads + x
