@@ -142,6 +142,25 @@ def test_real_deit_tiny_head_norms_equal_the_torch_reference(tmp_path, shared_da
     assert got.shape == (2, 12, 197, 4)
 
 
+def test_the_parity_gate_compares_head_norms(tmp_path):
+    from attnmap.export.norms import ViTWithNorms
+    from attnmap.export.parity import measure_parity
+    from attnmap.export import export_module
+    from attnmap.export.decomposition import DECOMP_RTOL
+
+    model = make_model("vit_tiny_patch16_224", img_size=32, patch_size=8)
+    report = export_module(model, tmp_path / "n.onnx", model_name="vit", norms=True, **QUIET)
+    with ViTWithNorms(model) as wrapper:
+        assert measure_parity(wrapper, report.path, report.meta).decompositions_max_rel <= 1e-5
+        wrapper.factors.mul_(1.01)  # torch's head norms 1% larger than the file's
+        rel = measure_parity(wrapper, report.path, report.meta).decompositions_max_rel
+    # the gate measures against the largest value of the output, here a block input's norm
+    x = torch.randn((2, *report.meta.input_size), generator=torch.Generator().manual_seed(0)).numpy()
+    norms = _run(report.path, x)[NORMS_OUTPUT]
+    assert rel == pytest.approx(0.01 * norms[..., :-1].max() / norms.max(), rel=0.05)
+    assert rel > DECOMP_RTOL
+
+
 def test_norms_refuse_other_outputs_and_non_pre_ln_blocks(tmp_path):
     from attnmap.export import export_module
 
