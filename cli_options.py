@@ -192,7 +192,7 @@ def job_options(label: bool = True, label_flag: bool = True, topk: bool = False,
 # ---------------------------------------------------------------------------- export and quantize
 def _export(checkpoint: Path | None, pretrained: bool, img_size: int | None, heads: str, labels: Path | None,
             num_classes: int | None, no_attentions: bool, gradients: bool, decompositions: bool, tail: bool,
-            opset: int | None) -> dict[str, Any]:
+            norms: bool, opset: int | None) -> dict[str, Any]:
     if checkpoint is not None and pretrained:
         raise click.UsageError("Use just one of --checkpoint or --pretrained.")
     if gradients and no_attentions:
@@ -202,9 +202,11 @@ def _export(checkpoint: Path | None, pretrained: bool, img_size: int | None, hea
     if tail and (gradients or decompositions):
         raise click.UsageError("Use just one of --tail, --gradients or --decompositions (reciprocam needs no "
                                "gradients).")
+    if norms and (decompositions or gradients or no_attentions or tail):
+        raise click.UsageError("Use just one of --norms, --decompositions, --gradients, --no-attentions or --tail.")
     return {"export": dict(checkpoint=checkpoint, pretrained=pretrained, img_size=img_size, heads=heads,
                            labels=labels, attentions=not no_attentions, gradients=gradients,
-                           decompositions=decompositions, tail=tail, opset=opset,
+                           decompositions=decompositions, tail=tail, norms=norms, opset=opset,
                            model_kwargs={"num_classes": num_classes} if num_classes else None,
                            random_weights_hint="pass --checkpoint FILE or --pretrained")}
 
@@ -234,6 +236,10 @@ export_options = options(
     click.option("--tail", is_flag=True,
                  help="Also emit the tokens entering the last block (tail_input) and store the last block, final "
                       "norm and head as a second graph in the file's metadata, for the reciprocam method."),
+    click.option("--norms", is_flag=True,
+                 help="Also emit head_norms (per block and token the norm of each head's value-output vector and "
+                      "of the block input) for the forward-only head-norm map, at a few percent over plain "
+                      "inference (timm models)."),
     click.option("--opset", type=click.IntRange(13, 30), default=None, help="ONNX opset (default: the exporter's)."),
     build=_export)
 

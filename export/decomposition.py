@@ -28,9 +28,10 @@ through the LAST block, the final norm and the head; see :func:`class_contributi
 
 The hooks capture the tensors the block uses: the input of ``norm1`` (x), its output (z), and
 the probabilities (:class:`ViTWithAttention`'s hook), and the values: the last third of the
-fused ``qkv`` Linear's output where the module runs it (timm's ``Attention``), else (BEiT, EVA,
-which call ``F.linear`` with a concatenated bias that no module hook sees) recomputed from z with
-the module's own value weights.
+fused ``qkv`` Linear's output where the module runs it (timm's ``Attention``), or the ``v_proj``
+Linear's (EVA-02 with unfused projections), else (BEiT, fused EVA with q/v biases, which call
+``F.linear`` with a concatenated bias that no module hook sees) recomputed from z with the
+module's own value weights.
 """
 
 from __future__ import annotations
@@ -47,7 +48,8 @@ from attnmap.runtime.core.meta import DECOMPOSITION_OUTPUTS
 from .vit_attn import ViTWithAttention
 
 __all__ = ["DECOMPOSITION_OUTPUTS", "CONTRIBUTION_OUTPUT", "DECOMP_RTOL", "check_decomposition_options",
-           "ViTWithDecompositions", "value_weights", "block_parts", "contributions_supported"]
+           "ViTWithBlockInputs", "ViTWithDecompositions", "value_weights", "block_parts", "layer_scale",
+           "contributions_supported"]
 
 CONTRIBUTION_OUTPUT = "class_contributions"
 
@@ -85,7 +87,7 @@ def check_value_path(attn: nn.Module) -> None:
                           "the norm-based decompositions need a linear value path")
 
 
-def _scale(block: nn.Module, index: int) -> torch.Tensor | None:
+def layer_scale(block: nn.Module, index: int) -> torch.Tensor | None:
     """Layer scale γ of the residual branch ``index`` (1: attention, 2: MLP), or None."""
     ls = getattr(block, f"ls{index}", None)
     if ls is not None and hasattr(ls, "gamma"):
@@ -182,7 +184,7 @@ def class_contributions(model: nn.Module, parts: dict, x: torch.Tensor, w: torch
     """
     d = torch.einsum("bhj,bjhd->bjd", probs[:, :, 0, :], w)
     d = torch.cat([d[:, :1] + x[:, :1], d[:, 1:]], dim=1)
-    gamma1 = _scale(parts["block"], 1)
+    gamma1 = layer_scale(parts["block"], 1)
     gamma1 = gamma1 if gamma1 is not None else 1.0
     b_o = parts["proj"].bias if parts["proj"].bias is not None else torch.zeros_like(x[0, 0])
     bias = (gamma1 * b_o).expand(x.shape[0], -1)
@@ -195,7 +197,7 @@ def class_contributions(model: nn.Module, parts: dict, x: torch.Tensor, w: torch
     f = ratio[:, None] * F.linear(e, mlp.fc1.weight)
     f_bias = ratio * F.linear(e_bias, mlp.fc1.weight, mlp.fc1.bias)
     m, m_bias = F.linear(f, mlp.fc2.weight), F.linear(f_bias, mlp.fc2.weight, mlp.fc2.bias)
-    gamma2 = _scale(parts["block"], 2)
+    gamma2 = layer_scale(parts["block"], 2)
     gamma2 = gamma2 if gamma2 is not None else 1.0
     p, p_bias = d + gamma2 * m, bias + gamma2 * m_bias
     q, q_bias = _linear_norm(p, p_bias, model.norm, p.sum(dim=1) + p_bias)
@@ -204,7 +206,88 @@ def class_contributions(model: nn.Module, parts: dict, x: torch.Tensor, w: torch
     return F.linear(q, model.head.weight)
 
 
-class ViTWithDecompositions(ViTWithAttention):
+class ViTWithBlockInputs(ViTWithAttention):
+    """A :class:`ViTWithAttention` (every head) that also captures, per pre-LN block, the residual
+    stream x entering it, z = norm1(x) and the values the block used.
+
+    The base of the wrappers whose extra outputs are computed from these tensors
+    (:class:`ViTWithDecompositions`, :class:`export.norms.ViTWithNorms`); call :meth:`_capture`
+    in their forward.
+
+    Raises:
+        ExportError: a block outside the decomposable layout (see :func:`block_parts`).
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        blocks = list(model.blocks.children())
+        parts = [block_parts(b) for b in blocks]  # raises before any hook is set
+        super().__init__(model, heads="none", attentions=True)
+        # In a list: the parts hold submodules of model already registered there.
+        self._parts = [parts]
+        self._inputs: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * len(blocks)
+        self._qkv: list[torch.Tensor | None] = [None] * len(blocks)
+        self._v: list[torch.Tensor | None] = [None] * len(blocks)
+        for i, p in enumerate(parts):
+            self._handles.append(p["norm1"].register_forward_hook(functools.partial(self._norm_hook, i)))
+            # Where the attention runs its fused qkv Linear (timm's Attention) or its value Linear
+            # (EVA-02's unfused v_proj) as a module, its output holds the values the block uses:
+            # read them there instead of a second value projection. BEiT and fused EVA call
+            # F.linear with a concatenated bias, which no hook sees; their values are recomputed
+            # from z (value_weights).
+            qkv, v_proj = getattr(p["attn"], "qkv", None), getattr(p["attn"], "v_proj", None)
+            if isinstance(qkv, nn.Linear) and getattr(p["attn"], "v_bias", None) is None:
+                self._handles.append(qkv.register_forward_hook(functools.partial(self._qkv_hook, i)))
+            elif qkv is None and isinstance(v_proj, nn.Linear):
+                self._handles.append(v_proj.register_forward_hook(functools.partial(self._v_hook, i)))
+
+    def _norm_hook(self, index: int, module: nn.Module, inputs: tuple, output: torch.Tensor):
+        if self._capturing:
+            self._inputs[index] = (inputs[0], output)
+        return None
+
+    def _qkv_hook(self, index: int, module: nn.Module, inputs: tuple, output: torch.Tensor):
+        if self._capturing:
+            self._qkv[index] = output
+        return None
+
+    def _v_hook(self, index: int, module: nn.Module, inputs: tuple, output: torch.Tensor):
+        if self._capturing:
+            self._v[index] = output
+        return None
+
+    def _values(self, index: int, z: torch.Tensor) -> torch.Tensor:
+        """``[B, N, A]`` the values block ``index`` used: its qkv output's last third, its v_proj
+        output, or z W_V + b_V."""
+        qkv = self._qkv[index]
+        if qkv is not None:
+            return qkv[..., 2 * (qkv.shape[-1] // 3):]
+        if self._v[index] is not None:
+            return self._v[index]
+        weight, bias = value_weights(self._parts[0][index]["attn"])
+        return F.linear(z, weight, bias)
+
+    def _clear(self) -> None:
+        self._inputs = [None] * self.num_layers
+        self._qkv = [None] * self.num_layers
+        self._v = [None] * self.num_layers
+
+    def _capture(self, x: torch.Tensor, read=None):
+        """Run the model: ``(logits, attentions, [(x_l, z_l) per block], [values_l per block])``,
+        the values read by ``read(l, z_l)``, default :meth:`_values` (``[B, N, A]``)."""
+        read = self._values if read is None else read
+        self._clear()
+        try:
+            logits, attentions = super().forward(x)
+            if any(v is None for v in self._inputs):
+                raise ExportError("a block's norm1 did not run during the forward pass; cannot decompose it")
+            inputs = list(self._inputs)
+            values = [read(l, z) for l, (_, z) in enumerate(inputs)]
+        finally:
+            self._clear()
+        return logits, attentions, inputs, values
+
+
+class ViTWithDecompositions(ViTWithBlockInputs):
     """A timm ViT that returns ``(logits, attentions, mix_grams, mix_grams_ln[, class_contributions])``.
 
     Args:
@@ -218,76 +301,40 @@ class ViTWithDecompositions(ViTWithAttention):
     """
 
     def __init__(self, model: nn.Module, contributions: bool | None = True) -> None:
-        blocks = list(model.blocks.children())
-        parts = [block_parts(b) for b in blocks]  # raises before any hook is set
+        super().__init__(model)
         why = contributions_supported(model)
         if contributions and why is not None:
+            self.close()
             raise ExportError(f"{type(model).__name__}: no class contributions: {why}")
         contributions = why is None if contributions is None else contributions
-        super().__init__(model, heads="none", attentions=True)
         self.contributions = bool(contributions)
         self.output_names = ("logits", "attentions", *DECOMPOSITION_OUTPUTS) + (
             (CONTRIBUTION_OUTPUT,) if contributions else ())
-        # In a list: the parts hold submodules of model already registered there.
-        self._parts = [parts]
-        self._inputs: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * len(blocks)
-        self._qkv: list[torch.Tensor | None] = [None] * len(blocks)
-        for i, p in enumerate(parts):
-            self._handles.append(p["norm1"].register_forward_hook(functools.partial(self._norm_hook, i)))
-            # Where the attention runs its fused qkv Linear as a module (timm's Attention), its
-            # output holds the values the block uses: read them there instead of a second
-            # value projection. BEiT and EVA call F.linear with a concatenated bias, which no
-            # hook sees; their values are recomputed from z (value_weights).
-            qkv = getattr(p["attn"], "qkv", None)
-            if isinstance(qkv, nn.Linear) and getattr(p["attn"], "v_bias", None) is None:
-                self._handles.append(qkv.register_forward_hook(functools.partial(self._qkv_hook, i)))
         # The last block's probabilities as the block used them, for the class contributions:
         # reading them from the stacked `attentions` would make the stack a tensor other nodes
         # read, which keeps the runtime from splitting it into per-layer outputs (an extra
         # 5.6 MB copy per DeiT-Tiny image; runtime/model/graph.py).
         self._last_probs: torch.Tensor | None = None
-        self._handles.append(parts[-1]["attn"].attn_drop.register_forward_hook(self._probs_hook))
+        self._handles.append(self._parts[0][-1]["attn"].attn_drop.register_forward_hook(self._probs_hook))
 
     def _probs_hook(self, module: nn.Module, inputs: tuple, output: torch.Tensor):
         if self._capturing:
             self._last_probs = output
         return None
 
-    def _norm_hook(self, index: int, module: nn.Module, inputs: tuple, output: torch.Tensor):
-        if self._capturing:
-            self._inputs[index] = (inputs[0], output)
-        return None
-
-    def _qkv_hook(self, index: int, module: nn.Module, inputs: tuple, output: torch.Tensor):
-        if self._capturing:
-            self._qkv[index] = output
-        return None
-
-    def _values(self, index: int, z: torch.Tensor) -> torch.Tensor:
-        """``[B, N, A]`` the values block ``index`` used: its qkv output's last third, or z W_V + b_V."""
-        qkv = self._qkv[index]
-        if qkv is not None:
-            return qkv[..., 2 * (qkv.shape[-1] // 3):]
-        weight, bias = value_weights(self._parts[0][index]["attn"])
-        return F.linear(z, weight, bias)
-
     def forward(self, x: torch.Tensor):
         """Run the model; see the module docstring for the outputs' definitions and shapes."""
-        self._inputs = [None] * self.num_layers
-        self._qkv = [None] * self.num_layers
-        logits, attentions = super().forward(x)
-        if any(v is None for v in self._inputs):
-            raise ExportError("a block's norm1 did not run during the forward pass; cannot decompose it")
+        logits, attentions, inputs, values = self._capture(x)
         grams, grams_ln, contrib = [], [], None
         for l, p in enumerate(self._parts[0]):
-            stream, z = self._inputs[l]
+            stream, z = inputs[l]
             b, n, dim = stream.shape
             heads = self.num_heads
-            v = self._values(l, z).reshape(b, n, heads, -1).transpose(1, 2)  # [B, H, N, d]
+            v = values[l].reshape(b, n, heads, -1).transpose(1, 2)  # [B, H, N, d]
             w_o = p["proj"].weight
             w_o = w_o.t().reshape(heads, -1, w_o.shape[0])  # [H, d, D]: the rows of W_O head h feeds
             u = torch.matmul(v, w_o)  # [B, H, N, D]
-            gamma1 = _scale(p["block"], 1)
+            gamma1 = layer_scale(p["block"], 1)
             if gamma1 is not None:
                 u = u * gamma1
             w = u.transpose(1, 2)  # [B, N, H, D]
@@ -298,8 +345,6 @@ class ViTWithDecompositions(ViTWithAttention):
             grams_ln.append(_gram(g))
             if self.contributions and l == self.num_layers - 1:
                 contrib = class_contributions(self.model, p, stream, w, self._last_probs)
-        self._inputs = [None] * self.num_layers
-        self._qkv = [None] * self.num_layers
         self._last_probs = None
         out = (logits, attentions, torch.stack(grams, dim=1), torch.stack(grams_ln, dim=1))
         return out + ((contrib,) if contrib is not None else ())

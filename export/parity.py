@@ -26,6 +26,7 @@ from attnmap.runtime.core.errors import ExportError
 from attnmap.runtime.core.meta import ModelMeta
 
 from .decomposition import CONTRIBUTION_OUTPUT, DECOMPOSITION_OUTPUTS
+from .norms import NORMS_OUTPUT
 from .gradients import AttentionGradients
 from .vit_attn import ViTWithAttention
 
@@ -33,7 +34,7 @@ __all__ = ["ROW_SUM_ATOL", "ParityResult", "ort_session", "gradient_module", "me
 
 ROW_SUM_ATOL = 1e-5
 # outputs compared relative to their largest value (ParityResult.decompositions_max_rel)
-DECOMPOSED = (*DECOMPOSITION_OUTPUTS, CONTRIBUTION_OUTPUT)
+DECOMPOSED = (*DECOMPOSITION_OUTPUTS, CONTRIBUTION_OUTPUT, NORMS_OUTPUT)
 
 
 def _cpu_threads() -> int:
@@ -79,7 +80,8 @@ class ParityResult:
         token_grads_max_abs: largest |torch - onnx| of ``token_grads`` (0.0 without it).
         token_grads_scale: largest |token gradient| torch produced (0.0 without them).
         decompositions_max_rel: largest |torch - onnx| of each decomposition output
-            (``mix_grams``, ``mix_grams_ln``, ``class_contributions``) over its largest |value|,
+            (``mix_grams``, ``mix_grams_ln``, ``class_contributions``, ``head_norms``) over its
+            largest |value|,
             the worst of them (0.0 without them).
         tail_input_max_abs: largest |torch - onnx| of ``tail_input`` (export/tail.py; 0.0 without it).
         tail_input_scale: largest |token| of ``tail_input`` torch produced (0.0 without it).

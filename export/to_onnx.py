@@ -44,6 +44,7 @@ from .gradients import GRAD_RTOL, GRADIENT_INPUTS, GRADIENT_OUTPUTS, check_gradi
 from .metadata import build_meta
 from .parity import check_parity, gradient_module, measure_parity
 from .decomposition import DECOMP_RTOL, ViTWithDecompositions, check_decomposition_options
+from .norms import ViTWithNorms, check_norms_options
 from .vit_attn import ViTWithAttention, describe_tokens
 from .weights import (checkpoint_num_classes, create_pretrained, head_classes, load_checkpoint,
                       load_state_dict_strict, read_state_dict)
@@ -195,7 +196,7 @@ def export_module(model: nn.Module, out: str | Path, *, model_name: str, heads: 
                   labels: str | Path | Sequence[str] | None = None, attentions: bool = True,
                   opset: int | None = None, atol: float = 1e-4, extra: dict | None = None,
                   data_config: dict | None = None, gradients: bool = False,
-                  decompositions: bool = False, tail: bool = False,
+                  decompositions: bool = False, tail: bool = False, norms: bool = False,
                   log: Callable[[str], None] = print) -> ExportReport:
     """Export an already-built (e.g. freshly trained) timm ViT-family model.
 
@@ -227,6 +228,12 @@ def export_module(model: nn.Module, out: str | Path, *, model_name: str, heads: 
         tail: also emit ``tail_input`` (the tokens entering the last block) and store the tail
             graph (last block, final norm, head) in the metadata, for ViT-ReciproCAM (see
             :mod:`attnmap.export.tail`); timm ``VisionTransformer`` models, without gradients.
+        norms: also emit ``head_norms`` float32 ``[B, L, N, H+1]`` (per block and token the norm
+            of each head's value-output vector ``||γ1 ⊙ (z_j W_V^h + b_V^h) W_O^h||`` and of the
+            block input ``||x_j||``) for the forward-only ``head-norm`` map, at a few percent
+            over plain inference (see :mod:`export.norms`); needs ``heads="none"`` and
+            attentions, without gradients, decompositions or tail. The parity gate checks them
+            within :data:`export.decomposition.DECOMP_RTOL` of their largest value.
         log: receives progress lines.
 
     Returns:
@@ -245,6 +252,11 @@ def export_module(model: nn.Module, out: str | Path, *, model_name: str, heads: 
     _check_module(model, model_name)
     meta = build_meta(model, model_name=model_name, heads=heads, labels=labels, attentions=attentions,
                       opset=opset or 0, data_config=data_config, extra=extra, gradients=gradients)
+    if norms:
+        check_norms_options(heads, attentions, gradients, decompositions, tail)
+        with ViTWithNorms(model) as wrapper:
+            meta = meta.replace(outputs=wrapper.output_names)
+            return export_wrapped(wrapper, meta, out, opset=opset, atol=atol, log=log, started=started)
     if decompositions and tail:
         raise ExportError("decompositions=True and tail=True do not go together yet; export two files")
     if decompositions:
@@ -354,7 +366,7 @@ def export_onnx(model_name: str, out: str | Path, *, checkpoint: str | Path | No
                 labels: str | Path | Sequence[str] | None = None, attentions: bool = True,
                 model_kwargs: dict | None = None, opset: int | None = None, atol: float = 1e-4,
                 gradients: bool = False, decompositions: bool = False, tail: bool = False,
-                log: Callable[[str], None] = print,
+                norms: bool = False, log: Callable[[str], None] = print,
                 random_weights_hint: str = "pass checkpoint=PATH or pretrained=True") -> ExportReport:
     """Build a timm model by name, load its weights and export it (see :func:`export_module`).
 
@@ -381,6 +393,8 @@ def export_onnx(model_name: str, out: str | Path, *, checkpoint: str | Path | No
             timm models only).
         tail: also emit ``tail_input`` and store the tail graph for ViT-ReciproCAM (see
             :func:`export_module`).
+        norms: also emit ``head_norms`` for the forward-only ``head-norm`` map (see
+            :func:`export_module`; timm models only).
         log: receives progress lines (and the warning when weights are random).
         random_weights_hint: how the warning about random weights tells the caller to pass
             real ones (the CLI says ``--checkpoint FILE or --pretrained``).
@@ -400,10 +414,12 @@ def export_onnx(model_name: str, out: str | Path, *, checkpoint: str | Path | No
     _check_heads(heads)
     if gradients:
         check_gradient_options(heads, attentions)
+    if norms:
+        check_norms_options(heads, attentions, gradients, decompositions, tail)
     if not timm.is_model(model_name) and is_hf_source(model_name):
         given = [k for k, v in (("checkpoint=", checkpoint), ("pretrained=True", pretrained), ("img_size=", img_size),
                                 ("model_kwargs=", model_kwargs), ("decompositions=True", decompositions),
-                                ("tail=True", tail)) if v]
+                                ("tail=True", tail), ("norms=True", norms)) if v]
         if given:
             raise ExportError(f"{', '.join(given)} do not apply to the transformers model {model_name}: its "
                               "weights, input size and head come from its own files")
@@ -457,5 +473,5 @@ def export_onnx(model_name: str, out: str | Path, *, checkpoint: str | Path | No
             f"({random_weights_hint} for a real model)")
     report = export_module(model, out, model_name=model_name, heads=heads, labels=labels,
                            attentions=attentions, opset=opset, atol=atol, extra={"weights": source},
-                           gradients=gradients, decompositions=decompositions, tail=tail, log=log)
+                           gradients=gradients, decompositions=decompositions, tail=tail, norms=norms, log=log)
     return dataclasses.replace(report, seconds=time.perf_counter() - started)

@@ -303,6 +303,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="models/registry.json to record the exported model in (default: none)")
     p.add_argument("--name", default="shapes-vit", help="registry name (default: %(default)s)")
     p.add_argument("--default", action="store_true", help="mark the registry entry as the default")
+    p.add_argument("--norms", action="store_true",
+                   help="also emit head_norms for the forward-only head-norm map (see export/norms.py)")
     p.add_argument("--score-seed", type=int, default=4242,
                    help="held-out seed for the registry figures (default: %(default)s)")
     p.add_argument("--score-n", type=int, default=500,
@@ -338,7 +340,7 @@ def main(argv: Sequence[str] | None = None) -> TrainResult:
                                           "num_heads": cfg.num_heads, "mlp_ratio": cfg.mlp_ratio,
                                           "num_classes": len(synth.CLASSES)}}}
     report = export_module(model, args.out, model_name=cfg.model_name, labels=list(synth.CLASSES),
-                           extra=extra, data_config=cfg.data_config, log=log)
+                           extra=extra, data_config=cfg.data_config, norms=args.norms, log=log)
     if args.registry is None:
         return result
     scores = score_onnx(report.path, args.score_seed, args.score_n)

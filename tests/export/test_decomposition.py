@@ -33,6 +33,7 @@ FAMILIES = [
     ("registers_gap", "vit_base_patch16_reg4_gap_256", dict(img_size=32, patch_size=8), False),
     ("dinov2_reg4", "vit_small_patch14_reg4_dinov2", dict(img_size=42), True),
     ("eva02_rope", "eva02_tiny_patch14_224", dict(img_size=42), False),
+    ("eva02_unfused", "eva02_tiny_patch14_224", dict(img_size=42, qkv_fused=False), False),  # values: v_proj's
     ("beit_relpos", "beit_base_patch16_224", dict(img_size=32, patch_size=8), False),
     ("no_class_token", "vit_tiny_patch16_224",
      dict(img_size=(32, 48), patch_size=8, class_token=False, global_pool="avg"), False),
