@@ -235,15 +235,29 @@ def head_norm(outputs, layout: TokenLayout, classes=None, *, residual: bool = Tr
     residual = check_bool("residual", residual)
     start = resolve_index("start_layer", start_layer, a.shape[1], "layers")
     b, num_layers, h, n, _ = a.shape
-    v = start_vector(layout, b).astype(np.float32)
-    for l in range(num_layers - 1, start - 1, -1):
-        a_l = a[:, l]
-        heads = np.ascontiguousarray(norms[:, l, :, :h].transpose(0, 2, 1))  # (B, H, N): n_h[j]
-        own = norms[:, l, :, h] if residual else np.zeros((b, n), np.float32)  # ||x_i||
-        sums = np.matmul(a_l, heads[..., None])[..., 0].sum(axis=1) + own  # d_i = Σ_h A_h n_h + r
-        u = v / np.where(sums > 0.0, sums, 1.0)
-        moved = np.matmul(u[:, None, None, :], a_l)[:, :, 0]  # (B, H, N): u A_h
-        v = np.einsum("bhn,bhn->bn", moved, heads) + u * own
+    layers = slice(start, num_layers)
+    heads = np.ascontiguousarray(norms[:, layers, :, :h].transpose(0, 1, 3, 2))  # (B, L', H, N): n_h[j]
+    own = norms[:, layers, :, h] if residual else np.zeros((b, num_layers - start, n), np.float32)  # ||x_i||
+    # every block's row sums d_i = Σ_h (A_h n_h)_i + r_i at once: one batched matrix-vector call
+    sums = np.matmul(a[:, layers], heads[..., None])[..., 0].sum(axis=2) + own
+    sums[sums <= 0.0] = 1.0  # an all-zero row of M stays zero whatever it is divided by
+    last = num_layers - 1 - start
+    t = layout.target_row
+    if t is not None:
+        # the first step from the one-hot e_t reads only row t of each head: (Σ_h A_h[t] n_h + e_t r_t) / d_t
+        v = np.einsum("bhj,bhj->bj", a[:, num_layers - 1, :, t], heads[:, last])
+        v[:, t] += own[:, last, t]
+        v /= sums[:, last, t:t + 1]
+    else:
+        u = start_vector(layout, b).astype(np.float32) / sums[:, last]
+        v = np.einsum("bhj,bhj->bj", np.matmul(u[:, None, None, :], a[:, num_layers - 1])[:, :, 0], heads[:, last])
+        v += u * own[:, last]
+    for k in range(last - 1, -1, -1):
+        u = v / sums[:, k]
+        moved = np.matmul(u[:, None, None, :], a[:, start + k])[:, :, 0]  # (B, H, N): u A_h
+        moved *= heads[:, k]
+        v = moved.sum(axis=1)
+        v += u * own[:, k]
     return patch_maps(v, layout, "head-norm")
 
 
