@@ -36,7 +36,7 @@ from attnmap.cli_options import (FITS, METHOD_FLAGS, PROVIDERS, engine_options, 
                                  throughput_options, tune_options, tuned_option)
 from attnmap.cli_output import (Group, LineUsageError, err as _err, fail as _fail, out as _out,  # noqa: E402
                                 status as _status)
-from attnmap.runtime.methods import METHODS  # noqa: E402
+from attnmap.runtime.methods import LIVE_DEFAULTS, METHODS  # noqa: E402
 
 __all__ = ["FITS", "METHOD_FLAGS", "PROVIDERS", "main"]
 
@@ -469,10 +469,13 @@ def demo(out_dir: Path, model: str | None, provider: str, threads: int | None, m
 @main.command()
 def methods() -> None:
     """List the explanation methods, their options, allowed values and defaults."""
+    click.echo(f"--method auto (the default of explain, video, live and serve): the first of "
+               f"{', '.join(LIVE_DEFAULTS)} that the model's file can run")
     for m in METHODS.values():
         kind = ("class-specific, needs an export with --gradients" if m.needs_gradients else
                 "class-specific, needs an export with --decompositions" if m.kind.name == "contribution" else
                 "class-agnostic, needs an export with --decompositions" if m.kind.name == "decomposition" else
+                "class-agnostic, needs an export with --norms (or --decompositions)" if m.kind.name == "norms" else
                 "class-specific, reruns the last block on masked tokens; needs an export with --tail"
                 if getattr(m.kind, "reruns_tail", False) else
                 "class-specific, runs the model on perturbed inputs" if m.reruns_model else "class-agnostic")

@@ -17,7 +17,7 @@ import click
 
 from attnmap.runtime.core.meta import EXPORT_HEAD_FUSIONS
 from attnmap.runtime.core.options import OptionSpec
-from attnmap.runtime.methods import METHODS
+from attnmap.runtime.methods import AUTO, LIVE_DEFAULTS, METHODS
 
 FITS = ("crop", "squash", "letterbox")
 # runtime.model.session.PROVIDERS, written out so that --help does not import onnxruntime
@@ -101,7 +101,7 @@ def _method_flag(name: str, spec: OptionSpec, users: list[str]) -> Callable:
 def _method(method: str, **flags: Any) -> dict[str, Any]:
     """``method`` and the method options the user set; a flag the method does not take is refused."""
     given = {name: value for name, value in flags.items() if value is not None}
-    for name in given:
+    for name in given if method != AUTO else ():  # auto's method is known with the model (Job.checked)
         if name not in METHODS[method].options:
             takes = ", ".join(flag(o) for o in METHODS[method].options) or "no options"
             raise click.BadParameter(f"--method {method} does not take it; it takes {takes}", param_hint=flag(name))
@@ -118,6 +118,8 @@ class MethodChoice(click.Choice):
         from attnmap.runtime.core.errors import MethodOptionError
         from attnmap.runtime.methods import get_method
 
+        if value == AUTO:
+            return value
         try:
             return get_method(value).name
         except MethodOptionError as exc:
@@ -125,8 +127,9 @@ class MethodChoice(click.Choice):
 
 
 _METHOD_OPTIONS = (
-    click.option("--method", default="rollout", show_default=True, type=MethodChoice(list(METHODS)),
-                 help="Explanation method (`attnmap methods` describes each one)."),
+    click.option("--method", default=AUTO, show_default=True, type=MethodChoice([AUTO, *METHODS]),
+                 help="Explanation method (`attnmap methods` describes each one); auto: the most faithful one-pass "
+                      f"method the model's file carries, the first of {', '.join(LIVE_DEFAULTS)}."),
     *[_method_flag(name, spec, users) for name, (spec, users) in sorted(METHOD_FLAGS.items())])
 # the command gets ``method`` and ``options`` (the method options the user set)
 method_options = options(*_METHOD_OPTIONS, build=_method)

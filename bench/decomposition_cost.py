@@ -2,18 +2,21 @@
 
 Same method as ``bench/explain_limit.py`` (one torch-free process, every row once per round in a
 new seeded order, medians, each ratio over the baseline's median): the baseline is plain
-inference of the decomposition file's graph pruned to its logits (what a file exported without
+inference of the first file's graph pruned to its logits (what a file exported without
 attentions runs) in a user's own onnxruntime session, on an input already preprocessed; each
 row is ``Explainer.explain(img224, fit="squash", method=...)``, preprocessing, inference with
 the file's outputs, the map, top-k and the result objects. Rollout and raw attention run on a
-plain attention export, chefer and gradcam on a ``--gradients`` export, the decomposition
-methods on a ``--decompositions`` export, so each method pays for the outputs its file carries.
+plain attention export, head-norm (and rollout beside it) on a ``--norms`` export, decompx on a
+``--contributions`` export (the last block's contributions, its default), chefer and gradcam on
+a ``--gradients`` export, the Gram methods on a ``--decompositions`` export, so each method pays
+for the outputs its file carries.
 
 Also reported: the median process CPU time of each row over the baseline's (on a shared,
 overloaded machine the wall times measure the other tenants).
 
-Usage:
-    .venv/bin/python bench/decomposition_cost.py --decomp deit_dec.onnx --attn deit.onnx --grads deit_grads.onnx
+Usage (any subset of the files, all exports of one model):
+    .venv/bin/python bench/decomposition_cost.py --attn deit.onnx --norms deit_norms.onnx \
+        --contrib deit_contrib.onnx --decomp deit_dec.onnx --grads deit_grads.onnx
 """
 
 from __future__ import annotations
@@ -54,35 +57,44 @@ def measure(rows: dict, rounds: int, warmup: int) -> tuple[dict[str, float], dic
     return ({k: float(np.median(v)) for k, v in wall.items()}, {k: float(np.median(v)) for k, v in cpu.items()})
 
 
-ROWS = {"attn": ("rollout", "attention"), "decomp": ("rollout", "attn-norm", "globenc", "decompx"),
-        "grads": ("chefer", "gradcam")}
+ROWS = {"attn": ("rollout", "attention"), "norms": ("head-norm", "rollout"), "contrib": ("decompx",),
+        "decomp": ("attn-norm", "globenc", "decompx:start_layer=0"), "grads": ("chefer", "gradcam")}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--decomp", type=Path, required=True, help="export with --decompositions")
-    parser.add_argument("--attn", type=Path, help="the same model exported with attentions only")
+    parser.add_argument("--attn", type=Path, help="the model exported with attentions only")
+    parser.add_argument("--norms", type=Path, help="the same model exported with --norms")
+    parser.add_argument("--contrib", type=Path, help="the same model exported with --contributions")
+    parser.add_argument("--decomp", type=Path, help="the same model exported with --decompositions")
     parser.add_argument("--grads", type=Path, help="the same model exported with --gradients")
     parser.add_argument("--rounds", type=int, default=40)
     parser.add_argument("--warmup", type=int, default=5)
     args = parser.parse_args()
     threads = physical_cores()
-    files = {"decomp": args.decomp, "attn": args.attn, "grads": args.grads}
+    files = {k: getattr(args, k) for k in ROWS if getattr(args, k) is not None}
+    if not files:
+        parser.error("give at least one file")
     with tempfile.TemporaryDirectory() as tmp:
-        sess = user_session(pruned_plain(args.decomp, Path(tmp)), threads)
+        first = next(iter(files.values()))
+        sess = user_session(pruned_plain(first, Path(tmp)), threads)
         name = sess.get_inputs()[0].name
-        explainers = {k: Explainer(p, provider="cpu", threads=threads) for k, p in files.items() if p is not None}
-        img, _, _ = images(explainers["decomp"].meta.image_size)
-        x1, _ = explainers["decomp"].preprocess([img], fit="squash")
+        explainers = {k: Explainer(p, provider="cpu", threads=threads) for k, p in files.items()}
+        ex0 = next(iter(explainers.values()))
+        img, _, _ = images(ex0.meta.image_size)
+        x1, _ = ex0.preprocess([img], fit="squash")
         x1 = x1.copy()
         rows = {"plain": lambda: sess.run(["logits"], {name: x1})}
         for key, ex in explainers.items():
-            for method in ROWS[key]:
-                rows[f"{method} ({key} file)"] = lambda ex=ex, m=method: ex.explain(img, method=m, fit="squash")
+            for spec in ROWS[key]:
+                method, _, option = spec.partition(":")
+                opts = {option.split("=")[0]: int(option.split("=")[1])} if option else {}
+                rows[f"{spec} ({key} file)"] = lambda ex=ex, m=method, o=opts: ex.explain(img, method=m, fit="squash",
+                                                                                        **o)
         wall, cpu = measure(rows, args.rounds, args.warmup)
     print(f"plain inference: {wall['plain'] * 1e3:.2f} ms wall, {cpu['plain'] * 1e3:.2f} ms CPU ({threads} threads)")
     for row in wall:
-        print(f"{row:32s} {wall[row] * 1e3:8.2f} ms {wall[row] / wall['plain']:6.3f} x plain (wall)   "
+        print(f"{row:42s} {wall[row] * 1e3:8.2f} ms {wall[row] / wall['plain']:6.3f} x plain (wall)   "
               f"{cpu[row] * 1e3:8.2f} ms {cpu[row] / cpu['plain']:6.3f} x plain (CPU)")
 
 

@@ -378,9 +378,9 @@ class ModelMeta:
         if self.has_head_norms and ("attentions" not in self.outputs or self.head_fusion != "none"):
             fail(f"output {NORMS_OUTPUT!r} needs 'attentions' and head_fusion 'none'; got outputs {self.outputs} "
                  f"and head_fusion {self.head_fusion!r}")
-        if self.has_class_contributions and (not self.has_decompositions or not self.has_class_token):
-            fail(f"output 'class_contributions' needs {list(DECOMPOSITION_OUTPUTS)} and a class token; got outputs "
-                 f"{self.outputs} and prefix_tokens {self.prefix_tokens}")
+        if self.has_class_contributions and ("attentions" not in self.outputs or not self.has_class_token):
+            fail(f"output 'class_contributions' needs 'attentions' and a class token; got outputs {self.outputs} and "
+                 f"prefix_tokens {self.prefix_tokens}")
         if self.has_tail and self.has_gradients:
             fail(f"outputs has 'tail_input' and 'attention_grads'; a tail export has no gradients; got {self.outputs}")
         if "token_grads" in self.outputs and ("tokens" not in self.outputs or "target" not in self.inputs):

@@ -9,11 +9,11 @@ from typing import TYPE_CHECKING, Any, Mapping, Protocol
 
 import numpy as np
 
-from attnmap.runtime.core.errors import AttnmapError, OptionError
+from attnmap.runtime.core.errors import AttnmapError, MethodOptionError, OptionError
 from attnmap.runtime.draw.style import OverlayStyle
 from attnmap.runtime.frames.frame import Frame
 from attnmap.runtime.image.preprocess import FITS
-from attnmap.runtime.methods import Method, check_method_use, check_options
+from attnmap.runtime.methods import AUTO, Method, check_method_use, check_options, resolve_method
 from attnmap.runtime.methods.cost import Budget, check_budget
 from attnmap.runtime.model.session import Outputs
 
@@ -26,7 +26,9 @@ class Job:
     """What the engine computes for every frame.
 
     Attributes:
-        method: an explanation method, a key of :data:`~attnmap.runtime.methods.METHODS`.
+        method: an explanation method, a key of :data:`~attnmap.runtime.methods.METHODS`, or
+            ``"auto"`` (the default): the most faithful live method the model's file can run
+            (:func:`~attnmap.runtime.methods.default_method`), resolved when the job is checked.
         options: the method's options (checked against its specs and the model).
         fit: how frames enter the model: ``"crop"``, ``"squash"`` or ``"letterbox"``.
         topk: predictions kept per frame.
@@ -41,7 +43,7 @@ class Job:
             checked with the options; None: the library's default.
     """
 
-    method: str = "rollout"
+    method: str = AUTO
     options: Mapping[str, Any] = field(default_factory=dict)
     fit: str = "crop"
     topk: int = 5
@@ -69,11 +71,12 @@ class Job:
         """
         if self.__dict__.get("_checked_for") is meta:
             return self
+        method = resolve_method(self.method, meta)
         if self.fit not in FITS:
             raise OptionError(f"fit must be one of {', '.join(FITS)}; got {self.fit!r}")
         if isinstance(self.topk, bool) or not isinstance(self.topk, (int, np.integer)) or self.topk < 1:
             raise OptionError(f"topk must be an integer >= 1; got {self.topk!r}")
-        m = check_method_use(self.method, meta, class_given=self.target is not None or self.top_classes is not None,
+        m = check_method_use(method, meta, class_given=self.target is not None or self.top_classes is not None,
                              model=model)
         if self.target is not None and self.top_classes is not None:
             raise OptionError("give a target class or a number of top classes, not both")
@@ -83,9 +86,15 @@ class Job:
             raise OptionError(f"top_classes must be >= 1; got {self.top_classes}")
         if self.style is not None and not isinstance(self.style, OverlayStyle):
             raise OptionError(f"style must be an OverlayStyle; got {type(self.style).__name__}")
-        options = check_options(self.method, self.options, meta)
-        check_budget(self.method, options, meta, self.budget)
-        job = dataclasses.replace(self, options=options)
+        try:
+            options = check_options(method, self.options, meta)
+        except MethodOptionError as exc:
+            if self.method != AUTO:
+                raise
+            raise MethodOptionError(f"{exc} (method 'auto' is {method!r} for this model; name the method whose "
+                                    "options you set)") from exc
+        check_budget(method, options, meta, self.budget)
+        job = dataclasses.replace(self, method=method, options=options)
         object.__setattr__(job, "_checked_for", meta)  # frozen: the mark is set once, here
         object.__setattr__(job, "_method", m)
         return job

@@ -19,7 +19,7 @@ from attnmap.runtime.core.errors import OptionConflict, OptionError
 from attnmap.runtime.engine.engine import FrameEngine, Job
 from attnmap.runtime.engine.explainer import Explainer, parse_class_spec
 from attnmap.runtime.fronts.offline import FolderOutput, OfflineReport, count_inputs, explain_inputs
-from attnmap.runtime.methods import METHODS
+from attnmap.runtime.methods import AUTO, METHODS
 
 ENGINES = ("local", "ray")
 # what the local engine takes and Ray does not: each Ray actor is one session on one CPU thread
@@ -122,7 +122,8 @@ def explain_collection(model: str | Path | None, sources: Sequence[str], job: Jo
             ``output.overwrite`` is off.
         AttnmapError: the model cannot be loaded, the job does not fit it, Ray cannot start.
     """
-    if class_spec is not None and not METHODS[job.method].class_specific:
+    # auto picks a class-agnostic live map (LIVE_DEFAULTS), so a class goes with a named method only
+    if class_spec is not None and (job.method == AUTO or not METHODS[job.method].class_specific):
         takes = [name for name, m in METHODS.items() if m.class_specific]
         raise OptionConflict([("class", None)], ("method", ", ".join(takes[:-1]) + f" or {takes[-1]}"),
                              hint=f"{job.method!r} is class-agnostic")

@@ -30,17 +30,17 @@ from attnmap.runtime.methods.gradcam import gradcam
 from attnmap.runtime.methods.flow import attention_flow
 from attnmap.runtime.methods.gradient import chefer, gradsam, product_rule
 from attnmap.runtime.methods.contribution import decompx
-from attnmap.runtime.methods.decomposition import attn_norm, globenc
-from attnmap.runtime.methods.kinds import (ATTENTION, CONTRIBUTION, DECOMPOSITION, FEATURES, KINDS, PERTURBATION, TAIL,
-                                           Kind)
+from attnmap.runtime.methods.decomposition import attn_norm, globenc, head_norm
+from attnmap.runtime.methods.kinds import (ATTENTION, CONTRIBUTION, DECOMPOSITION, FEATURES, KINDS, NORMS, PERTURBATION,
+                                           TAIL, Kind)
 from attnmap.runtime.methods.perturbation import OCCLUSION_BASELINES, occlusion, rise
 from attnmap.runtime.methods.reciprocam import SCORES, reciprocam
 from attnmap.runtime.methods.rollout import attention_rollout, grad_rollout
 
-__all__ = ["KINDS", "METHODS", "Kind", "Method", "attention_maps", "check_method_use", "check_options",
-           "get_method", "normalize_maps", "runs_on", "attention_flow", "attention_rollout", "grad_rollout",
+__all__ = ["AUTO", "KINDS", "LIVE_DEFAULTS", "METHODS", "Kind", "Method", "attention_maps", "check_method_use",
+           "check_options", "default_method", "resolve_method", "get_method", "normalize_maps", "runs_on", "attention_flow", "attention_rollout", "grad_rollout",
            "raw_attention", "chefer", "gradsam", "product_rule", "occlusion", "rise", "gradcam", "attn_norm",
-           "globenc", "decompx", "reciprocam", "beyond_intuition", "vit_cx"]
+           "head_norm", "globenc", "decompx", "reciprocam", "beyond_intuition", "vit_cx"]
 
 # One declaration per option; methods that share an option share its spec (the default comes
 # from each function's signature).
@@ -110,6 +110,11 @@ METHODS["attn-norm"] = make_method(
     "Attention norm (Kobayashi et al. 2020): edges ||sum_h a_ij u_j|| + ||x_i||, rolled out.",
     {"residual": OptionSpec("residual", bool, None, "Add the residual stream's norm ||x_i|| on the diagonal."),
      "start_layer": _START}, kind=DECOMPOSITION)
+METHODS["head-norm"] = make_method(
+    "head-norm", head_norm,
+    "Attention norms head by head (Kobayashi et al. 2020): sum_h a_ij ||u_j|| + ||x_i||, rolled out.",
+    {"residual": OptionSpec("residual", bool, None, "Add the residual stream's norm ||x_i|| on the diagonal."),
+     "start_layer": _START}, kind=NORMS)
 METHODS["globenc"] = make_method(
     "globenc", globenc,
     "GlobEnc (Modarressi et al. 2022): token terms + residual through LN, as norms, rolled out.",
@@ -200,6 +205,27 @@ def check_options(method: str, options: Mapping[str, Any], meta: ModelMeta | Non
     except OptionError as exc:
         raise MethodOptionError(str(exc)) from exc
     return out
+
+
+# ``method="auto"`` (the default of explain, live and serve): the first of LIVE_DEFAULTS the file can
+# run. Each is a one-pass map within the live budget (<= 1.10x plain inference at 224), most
+# faithful first, as `attnmap evaluate` ranked them on DeiT-Tiny's shared photos and on the shipped
+# model's synthetic images (README, "Which map to trust, and what it costs").
+AUTO = "auto"
+LIVE_DEFAULTS = ("head-norm", "rollout")
+
+
+def default_method(meta: ModelMeta) -> str:
+    """The most faithful live method ``meta``'s file can run (:data:`LIVE_DEFAULTS`)."""
+    for name in LIVE_DEFAULTS:
+        if runs_on(name, meta):
+            return name
+    return "rollout"  # check_method_use then says what the file lacks
+
+
+def resolve_method(method: str, meta: ModelMeta) -> str:
+    """``method``, or :func:`default_method` of ``meta`` for :data:`AUTO`."""
+    return default_method(meta) if method == AUTO else method
 
 
 def check_method_use(method: str, meta: ModelMeta, *, class_given: bool = False, model: str = "this model") -> Method:

@@ -22,6 +22,14 @@ rollout does, later blocks on the left, the target's row read):
   multi-head output is Σ_h). The residual option adds the residual as METHODS.md writes it,
   ``M[i, j] = ||γ1 ⊙ Σ_h α^h_ij u^h_j|| + δ_ij ||x_i||`` (the issue's prototype, done with the
   residual stream x, not the LN1 output).
+* ``head-norm`` (Kobayashi et al. 2020's norms taken head by head): the paper's edge weight
+  for one head, ``||α^h_ij f^h(x_j)|| = α^h_ij ||f^h(x_j)||`` (α ≥ 0), summed over the heads,
+  ``M[i, j] = Σ_h α^h_ij ||w^h_j|| + δ_ij ||x_i||``. By the triangle inequality it bounds
+  attn-norm's ``||Σ_h α^h_ij w^h_j||`` from above, equal where the heads' vectors at j point
+  the same way; what it gains is cost: it needs only the H + 1 norms per token (``head_norms``,
+  ``attnmap export --norms``, or the diagonal of ``mix_grams``), and v M never builds M:
+  ``v M = Σ_h (v A_h) ⊙ n_h + v ⊙ r`` and rowsum(M) = ``Σ_h A_h n_h + r``, two passes over the
+  attentions per block, as for rollout.
 * ``globenc`` (Modarressi et al. 2022, after Kobayashi et al. 2021's "N_ResLN"): the norm of each
   token's whole term through the LayerNorm that reads the sum, linearised with the total's
   statistics: ``M[i, j] = ||g_i(T_i(x_j))||`` with ``g_i(y) = γ2 ⊙ (y − mean(y)) / σ(x'_i)``;
@@ -51,7 +59,7 @@ from attnmap.runtime.core.errors import ExplainError
 from attnmap.runtime.core.meta import TokenLayout
 from attnmap.runtime.methods.base import check_attentions, check_bool, patch_maps, resolve_index, start_vector
 
-__all__ = ["attn_norm", "globenc", "check_grams", "norm_squares", "mixing_rollout"]
+__all__ = ["attn_norm", "head_norm", "globenc", "check_grams", "head_norms_of", "norm_squares", "mixing_rollout"]
 
 
 def check_grams(grams: np.ndarray | None, a: np.ndarray, name: str, method: str) -> np.ndarray:
@@ -175,6 +183,82 @@ def attn_norm(outputs, layout: TokenLayout, classes=None, *, residual: bool = Tr
         return m
 
     return patch_maps(mixing_rollout(matrix, a.shape[1], start, layout, a.shape[0]), layout, "attn-norm")
+
+
+def head_norms_of(outputs, a: np.ndarray, method: str) -> np.ndarray:
+    """(B, L, N, H+1) float32 norms ``[||w^1_j|| .. ||w^H_j||, ||x_j||]`` of each block and token.
+
+    From the ``head_norms`` output (``attnmap export --norms``), else the square root of the
+    diagonal of ``mix_grams`` (a ``--decompositions`` file), checked against the attentions ``a``.
+    """
+    norms = getattr(outputs, "head_norms", None)
+    if norms is None:
+        grams = getattr(outputs, "mix_grams", None)
+        if grams is None:
+            raise ExplainError(f"method {method!r} needs the 'head_norms' output; export the model with "
+                               "`attnmap export --norms` (or --decompositions)")
+        diagonal = np.diagonal(check_grams(grams, a, "mix_grams", method), axis1=-2, axis2=-1)
+        return np.sqrt(np.maximum(diagonal, 0.0)).astype(np.float32)
+    norms = np.asarray(norms)
+    b, l, h, n, _ = a.shape
+    if norms.shape != (b, l, n, h + 1):
+        raise ExplainError(f"head_norms must be (B, L, N, H+1) = {(b, l, n, h + 1)} for attentions of shape "
+                           f"{a.shape}; got {norms.shape}")
+    return norms.astype(np.float32, copy=False)
+
+
+def head_norm(outputs, layout: TokenLayout, classes=None, *, residual: bool = True,
+              start_layer: int = 0) -> np.ndarray:
+    """Kobayashi et al. 2020's norms head by head, rolled out: edges ``Σ_h α^h_ij ||w^h_j||``.
+
+    "we propose the norm of the transformed input vector ||α_ij f(x_j)|| as the weight of edge
+    j → i" (Kobayashi et al. 2020), taken for each head h (``f^h(x_j) = w^h_j``, the head's value
+    vector through its rows of W_O and the layer scale) and summed over the heads; the residual
+    adds ``||x_i||`` on the diagonal as attn-norm does. Row i of the mixing matrix is
+    renormalised by ``d_i = Σ_h Σ_j α^h_ij ||w^h_j|| + ||x_i||`` and the product is rolled out
+    from the target row, later blocks on the left, as :func:`attn_norm` does, without building
+    the matrix (module docstring).
+
+    Args:
+        outputs: the forward pass (``attentions`` (B, L, H, N, N) and ``head_norms``
+            (B, L, N, H+1), or ``mix_grams``), read by attribute.
+        layout: token layout.
+        classes: ignored (class-agnostic).
+        residual: add ``||x_i||`` (the residual stream's norm) on the diagonal.
+        start_layer: first block of the product (negative counts from the end).
+
+    Returns:
+        (B, gh, gw) float32 in [0, 1].
+    """
+    a = check_attentions(outputs.attentions, layout)
+    norms = head_norms_of(outputs, a, "head-norm")
+    residual = check_bool("residual", residual)
+    start = resolve_index("start_layer", start_layer, a.shape[1], "layers")
+    b, num_layers, h, n, _ = a.shape
+    layers = slice(start, num_layers)
+    heads = np.ascontiguousarray(norms[:, layers, :, :h].transpose(0, 1, 3, 2))  # (B, L', H, N): n_h[j]
+    own = norms[:, layers, :, h] if residual else np.zeros((b, num_layers - start, n), np.float32)  # ||x_i||
+    # every block's row sums d_i = Σ_h (A_h n_h)_i + r_i at once: one batched matrix-vector call
+    sums = np.matmul(a[:, layers], heads[..., None])[..., 0].sum(axis=2) + own
+    sums[sums <= 0.0] = 1.0  # an all-zero row of M stays zero whatever it is divided by
+    last = num_layers - 1 - start
+    t = layout.target_row
+    if t is not None:
+        # the first step from the one-hot e_t reads only row t of each head: (Σ_h A_h[t] n_h + e_t r_t) / d_t
+        v = np.einsum("bhj,bhj->bj", a[:, num_layers - 1, :, t], heads[:, last])
+        v[:, t] += own[:, last, t]
+        v /= sums[:, last, t:t + 1]
+    else:
+        u = start_vector(layout, b).astype(np.float32) / sums[:, last]
+        v = np.einsum("bhj,bhj->bj", np.matmul(u[:, None, None, :], a[:, num_layers - 1])[:, :, 0], heads[:, last])
+        v += u * own[:, last]
+    for k in range(last - 1, -1, -1):
+        u = v / sums[:, k]
+        moved = np.matmul(u[:, None, None, :], a[:, start + k])[:, :, 0]  # (B, H, N): u A_h
+        moved *= heads[:, k]
+        v = moved.sum(axis=1)
+        v += u * own[:, k]
+    return patch_maps(v, layout, "head-norm")
 
 
 def globenc(outputs, layout: TokenLayout, classes=None, *, start_layer: int = 0) -> np.ndarray:

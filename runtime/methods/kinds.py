@@ -13,7 +13,8 @@ attention      attentions (and their grads)     ``fn(attentions, layout, *, grad
 perturbation   the model input and the model    ``fn(x, forward, classes, layout, **options)``
 features       token features and their grads   ``fn(tokens, token_grads, layout, **options)``
 decomposition  attentions and the norm Grams    ``fn(outputs, layout, None, **options)``
-contribution   the above and the class parts    ``fn(outputs, layout, classes, **options)``
+norms          attentions and the head norms    ``fn(outputs, layout, None, **options)``
+contribution   the class parts (+ norm Grams)   ``fn(outputs, layout, classes, **options)``
 tail           the last block's input tokens    ``fn(tail_input, tail, classes, layout, **options)``
 =============  ===============================  =========================================================
 
@@ -22,7 +23,7 @@ tail graph (``tail(tokens, weights) -> logits``, ``runtime/model/tail.py``), bes
 
 ``outputs`` below is the forward pass of the model input
 (:class:`~attnmap.runtime.model.session.Outputs`: ``logits``, ``attentions``, ``grads``,
-``targets``, ``tokens``, ``token_grads``, ``tail_input``), read by attribute so that this floor does not import
+``targets``, ``tokens``, ``token_grads``, ``head_norms``, ``tail_input`` ...), read by attribute so that this floor does not import
 the model floor.
 """
 
@@ -221,13 +222,42 @@ class DecompositionKind(Kind):
         return method.fn(outputs, layout, None, **options)
 
 
+class NormsKind(DecompositionKind):
+    """Forward-only methods on the attentions and the per-head value-output norms (``head_norms``,
+    ``attnmap export --norms``; a ``--decompositions`` file's Grams hold them on their diagonal)."""
+
+    name = "norms"
+    reads = ("attentions", "head_norms")
+
+    def check_model(self, method, meta, model):
+        Kind.check_model(self, method, meta, model)
+        if not (getattr(meta, "has_head_norms", False) or meta.has_decompositions):
+            raise ExplainError(f"method {method.name!r} needs the per-head norms (head_norms), and {model} has "
+                               "none; re-export it with `attnmap export --norms` (or --decompositions)")
+
+    def split_bytes(self, outputs) -> int:
+        return sum(getattr(outputs, n).nbytes for n in ("attentions", "head_norms", "mix_grams")
+                   if getattr(outputs, n, None) is not None)
+
+
 class ContributionKind(DecompositionKind):
     """Forward-only class-specific decomposition: each token's part of every logit
     (``class_contributions``), so any class is explained from the one forward pass."""
 
     name = "contribution"
-    reads = ("attentions", "mix_grams", "mix_grams_ln", "class_contributions")
+    reads = ("attentions", "class_contributions")
     class_specific = True
+
+    def check_model(self, method, meta, model):
+        Kind.check_model(self, method, meta, model)
+        if not meta.has_class_contributions:
+            raise ExplainError(f"method {method.name!r} needs the class contributions (class_contributions), and "
+                               f"{model} has none; re-export it with `attnmap export --contributions` (or "
+                               "--decompositions), a model with one class token and a GELU MLP")
+
+    def split_bytes(self, outputs) -> int:
+        return sum(getattr(outputs, n).nbytes for n in ("attentions", "class_contributions", "mix_grams_ln")
+                   if getattr(outputs, n, None) is not None)
 
     def maps(self, method, outputs, layout, options, *, x=None, forward=None, classes=None) -> np.ndarray:
         if outputs.attentions is None:
@@ -277,8 +307,9 @@ class TailKind(Kind):
 
 
 ATTENTION, PERTURBATION, FEATURES = AttentionKind(), PerturbationKind(), FeaturesKind()
-DECOMPOSITION, CONTRIBUTION, TAIL = DecompositionKind(), ContributionKind(), TailKind()
-KINDS: dict[str, Kind] = {k.name: k for k in (ATTENTION, PERTURBATION, FEATURES, DECOMPOSITION, CONTRIBUTION, TAIL)}
+DECOMPOSITION, NORMS, CONTRIBUTION, TAIL = DecompositionKind(), NormsKind(), ContributionKind(), TailKind()
+KINDS: dict[str, Kind] = {k.name: k for k in (ATTENTION, PERTURBATION, FEATURES, DECOMPOSITION, NORMS, CONTRIBUTION,
+                                              TAIL)}
 
 
 def kind_of(kind: "str | Kind") -> Kind:

@@ -25,7 +25,7 @@ from google.protobuf.message import DecodeError
 from onnx import helper, numpy_helper
 
 from attnmap.runtime.core.errors import GraphMismatchError, ModelError
-from attnmap.runtime.core.meta import ModelMeta
+from attnmap.runtime.core.meta import NORMS_OUTPUT, ModelMeta
 from attnmap.runtime.image.header import describe_media
 
 STACKED = ("attentions", "attention_grads")
@@ -136,6 +136,12 @@ def check_against_graph(meta: ModelMeta, inputs: Sequence[Any], outputs: Sequenc
             problems += _dims(f"{name} output", outs[name][0],
                               [("L", "layers", meta.num_layers, layers), ("H", "heads", meta.output_heads, heads),
                                ("N", "tokens", meta.num_tokens, tokens), ("N", "tokens", meta.num_tokens, tokens)])
+    if NORMS_OUTPUT in outs and NORMS_OUTPUT in meta.outputs:
+        problems += _dims(f"{NORMS_OUTPUT} output", outs[NORMS_OUTPUT][0],
+                          [("L", "layers", meta.num_layers, layers), ("N", "tokens", meta.num_tokens, tokens),
+                           ("", "norms", meta.num_heads + 1,
+                            f"the metadata's num_heads {meta.num_heads} gives {meta.num_heads + 1} (the heads and the "
+                            "block input)")])
     problems += _token_dims(meta, outs, tokens)
     if problems:
         raise GraphMismatchError(f"{str(path)}: the attnmap metadata does not match the ONNX graph: "

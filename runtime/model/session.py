@@ -63,6 +63,9 @@ class Outputs:
             the last block and the head (DecompX-style), or None.
         tail_input: (B, N, D) float32 tokens entering the last block (a file exported with
             ``--tail``; ViT-ReciproCAM reruns the tail on them), or None.
+        head_norms: (B, L, N, H+1) float32 per block and token j the norms ||γ1 ⊙ u^h_j|| of the
+            heads' value-output vectors and ||x_j|| of the block input (``attnmap export
+            --norms``), or None.
     """
 
     logits: np.ndarray
@@ -75,6 +78,7 @@ class Outputs:
     mix_grams_ln: np.ndarray | None = None
     class_contributions: np.ndarray | None = None
     tail_input: np.ndarray | None = None
+    head_norms: np.ndarray | None = None
 
     def __len__(self) -> int:
         return int(self.logits.shape[0])
@@ -97,6 +101,7 @@ class Outputs:
             None if self.mix_grams_ln is None else self.mix_grams_ln[pick],
             None if self.class_contributions is None else self.class_contributions[pick],
             None if self.tail_input is None else self.tail_input[pick],
+            None if self.head_norms is None else self.head_norms[pick],
         )
 
 
@@ -344,7 +349,8 @@ class OnnxModel:
             targets[unset] = logits[unset].argmax(-1)
         return Outputs(logits, values.get("attentions"), values.get("attention_grads"), targets,
                        values.get("tokens"), values.get("token_grads"), values.get("mix_grams"),
-                       values.get("mix_grams_ln"), values.get("class_contributions"), values.get("tail_input"))
+                       values.get("mix_grams_ln"), values.get("class_contributions"), values.get("tail_input"),
+                       values.get("head_norms"))
 
     def _run_each(self, x: np.ndarray, target, outputs) -> Outputs:
         """:meth:`run` one image at a time, the results stacked (copies, not pooled buffers)."""
@@ -353,7 +359,7 @@ class OnnxModel:
         runs = [self.run(x[i:i + 1], None if target is None else target[i:i + 1], outputs) for i in range(len(x))]
         return Outputs(*(None if getattr(runs[0], f) is None else np.concatenate([getattr(r, f) for r in runs])
                          for f in ("logits", "attentions", "grads", "targets", "tokens", "token_grads",
-                                  "mix_grams", "mix_grams_ln", "class_contributions", "tail_input")))
+                                  "mix_grams", "mix_grams_ln", "class_contributions", "tail_input", "head_norms")))
 
     def _check_input(self, x_nchw: np.ndarray) -> np.ndarray:
         """``x_nchw`` checked against the graph input, as a contiguous array of its dtype."""

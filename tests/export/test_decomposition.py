@@ -62,7 +62,10 @@ def _maps(path, x: np.ndarray, classes=None) -> tuple[dict, object]:
         m = METHODS[name]
         if name == "decompx" and not model.meta.has_class_contributions:
             continue
-        got[name] = m.kind.maps(m, out, layout, m.defaults, classes=classes)
+        options = {**m.defaults, "start_layer": 0} if name == "decompx" else m.defaults  # the carry-back
+        got[name] = m.kind.maps(m, out, layout, options, classes=classes)
+        if name == "decompx":  # its default: the last block's contributions as they are
+            got["decompx-last"] = m.kind.maps(m, out, layout, m.defaults, classes=classes)
     return got, out, model.meta
 
 
@@ -82,6 +85,7 @@ def _references(model, x: torch.Tensor, meta, classes) -> dict:
         assert torch.allclose(parts.sum(dim=1) + bias, logits, atol=1e-4 * max(1.0, logits.abs().max().item()))
         v = parts[torch.arange(parts.shape[0]), :, torch.as_tensor(classes)]
         want["decompx"] = ref.minmax_patches(ref.rollout_row(glob[:-1], target, v=v), prefix, grid)
+        want["decompx-last"] = ref.minmax_patches(v, prefix, grid)
         want["parts"] = parts
     return want
 

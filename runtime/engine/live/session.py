@@ -39,6 +39,7 @@ from attnmap.runtime.engine.clock import StageClock
 from attnmap.runtime.engine.engine import FrameEngine, Job
 from attnmap.runtime.engine.explainer import Explanation
 from attnmap.runtime.engine.live.state import LiveState, apply_key, method_options
+from attnmap.runtime.methods import resolve_method
 from attnmap.runtime.engine.live.stats import STAGES, FrameRecord, LiveFrame, LiveStats
 from attnmap.runtime.frames.capture import LatestFrameGrabber
 from attnmap.runtime.frames.frame import Frame
@@ -140,6 +141,7 @@ class LiveSession:
     def __init__(self, explainer, job: Job | None = None, settings: LiveSettings | None = None, *,
                  clock: StageClock | None = None, on_frame: Callable[[LiveFrame], int | None] | None = None):
         job = job or Job()
+        job = dataclasses.replace(job, method=resolve_method(job.method, explainer.meta))
         self.settings = settings or LiveSettings()
         meta = self.meta = explainer.meta
         methods = live_methods(meta, job.method)

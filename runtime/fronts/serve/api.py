@@ -29,7 +29,7 @@ from attnmap.runtime.fronts.serve.security import Limits
 from attnmap.runtime.image.decode import decode_image
 from attnmap.runtime.image.header import HeaderError, read_header
 from attnmap.runtime.image.preprocess import FITS
-from attnmap.runtime.methods import METHODS, check_method_use, runs_on
+from attnmap.runtime.methods import METHODS, check_method_use, resolve_method, runs_on
 from attnmap.runtime.methods.cost import Budget, check_budget
 from attnmap.runtime.model.info import describe_model
 
@@ -166,7 +166,7 @@ def parse_fields(fields: Mapping[str, str], meta, default_method: str = "rollout
             or a value out of its range or choices.
     """
     check_field_sizes(fields)
-    method = fields.get("method", default_method)
+    method = resolve_method(fields.get("method", default_method), meta)
     if method not in METHODS:
         raise OptionError(f"method must be one of {', '.join(METHODS)}; got {method!r}." + suggest(method, METHODS))
     spec = METHODS[method].options

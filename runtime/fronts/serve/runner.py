@@ -23,6 +23,7 @@ from attnmap.runtime.fronts.serve.metrics import server_metrics
 from attnmap.runtime.fronts.serve.security import (ARGV_TOKEN_WARNING, LOOPBACK_NAMES, is_loopback,
                                                    resolve_token)
 from attnmap.runtime.fronts.serve.stream import StreamLoop
+from attnmap.runtime.methods import resolve_method
 
 
 @dataclass(frozen=True)
@@ -318,6 +319,7 @@ def serve(explainer, source, job, config=None, settings: ServerSettings | None =
     if token_in_argv and settings is not None and settings.token is not None:
         log(ARGV_TOKEN_WARNING)
     settings = bind_settings(settings, host, token_file=token_file)
+    job = dataclasses.replace(job, method=resolve_method(job.method, explainer.meta))
     metrics = server_metrics()
     stream = None
     if source is not None:

@@ -136,11 +136,21 @@ def test_job_is_checked_against_the_model():
     for job, fragment in [(Job(fit="zoom"), "fit must be"), (Job(topk=0), "topk"),
                           (Job(method="chefer"), "needs attention gradients"),
                           (Job(method="rollout", target=1), "class-agnostic"),
-                          (Job(options={"start_layer": 5}), r"\[-2, 2\)"),
+                          (Job(method="rollout", options={"start_layer": 5}), r"\[-2, 2\)"),
+                          (Job(options={"layer": 1}), "method 'auto' is 'rollout' for this model"),
                           (Job(style={"colormap": "jet"}), "OverlayStyle")]:
         with pytest.raises((OptionError, ExplainError), match=fragment):
             FrameEngine(ex, job)
-    assert FrameEngine(ex, Job(options={"discard_ratio": np.float64(0.5)})).job.options == {"discard_ratio": 0.5}
+    job = FrameEngine(ex, Job(method="rollout", options={"discard_ratio": np.float64(0.5)})).job
+    assert job.options == {"discard_ratio": 0.5}
+
+
+def test_method_auto_is_the_first_live_default_the_file_carries():
+    ex = FakeExplainer()
+    assert FrameEngine(ex, Job()).job.method == "rollout"  # a plain attention file
+    with_norms = ex.meta.replace(outputs=(*ex.meta.outputs, "head_norms"))
+    assert Job().checked(with_norms).method == "head-norm"
+    assert Job(method="attention").checked(with_norms).method == "attention"  # a named method is kept
 
 
 def test_step_gives_what_the_one_image_api_gives_and_a_failure_as_an_item(tmp_path):

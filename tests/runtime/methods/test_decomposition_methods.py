@@ -128,7 +128,8 @@ def test_kinds_refuse_a_file_without_the_decomposition_outputs():
                      head_fusion="none", num_classes=5)
     for name in ("attn-norm", "globenc", "decompx"):
         assert not runs_on(name, meta)
-        with pytest.raises(ExplainError, match="attnmap export --decompositions"):
+        with pytest.raises(ExplainError, match="attnmap export --decompositions" if name != "decompx" else
+                           "attnmap export --contributions"):
             check_method_use(name, meta)
     full = meta.replace(outputs=("logits", "attentions", "mix_grams", "mix_grams_ln", "class_contributions"))
     assert all(runs_on(name, full) for name in ("attn-norm", "globenc", "decompx"))
@@ -137,3 +138,21 @@ def test_kinds_refuse_a_file_without_the_decomposition_outputs():
     assert runs_on("globenc", no_class) and not runs_on("decompx", no_class)
     with pytest.raises(ValueError, match="need both"):
         meta.replace(outputs=("logits", "attentions", "mix_grams"))
+    # the contributions alone (export --contributions): decompx without its optional carry-back
+    alone = meta.replace(outputs=("logits", "attentions", "class_contributions"))
+    assert runs_on("decompx", alone) and not runs_on("globenc", alone)
+    with pytest.raises(ValueError, match="a class token"):
+        alone.replace(prefix_tokens=(), pooling="avg")
+
+
+def test_decompx_carries_back_only_with_the_grams():
+    rng = np.random.default_rng(6)
+    out = _outputs(rng, contributions=True)
+    classes = np.array([3, 1])
+    last = decompx(out, LAYOUT, classes)  # the default: no carry-back
+    np.testing.assert_array_equal(last, decompx(out, LAYOUT, classes, start_layer=-1))
+    assert not np.allclose(decompx(out, LAYOUT, classes, start_layer=0), last)
+    out.mix_grams_ln = None
+    np.testing.assert_array_equal(decompx(out, LAYOUT, classes), last)
+    with pytest.raises(ExplainError, match="start_layer=0 carries the contributions back.*--decompositions"):
+        decompx(out, LAYOUT, classes, start_layer=0)

@@ -29,14 +29,15 @@ G = np.random.default_rng(1).standard_normal(A.shape).astype(np.float32)
 # --------------------------------------------------------------------------- registry
 def test_registry_holds_the_documented_methods():
     assert set(METHODS) == {"rollout", "attention", "flow", "chefer", "grad_rollout", "gradsam", "product",
-                               "gradcam", "occlusion", "rise", "attn-norm", "globenc", "decompx", "reciprocam",
-                               "beyond_intuition", "vit_cx"}
+                               "gradcam", "occlusion", "rise", "attn-norm", "head-norm", "globenc", "decompx",
+                               "reciprocam", "beyond_intuition", "vit_cx"}
     assert {k for k, m in METHODS.items() if m.needs_gradients} == set(GRADIENT_METHODS)
     assert {k for k, m in METHODS.items() if m.kind.name == "perturbation"} == {"occlusion", "rise"}
     assert {k for k, m in METHODS.items() if m.kind.name == "features"} == {"gradcam"}
     assert {k for k, m in METHODS.items() if m.kind.name == "tail"} == {"reciprocam"}
+    assert {k for k, m in METHODS.items() if m.kind.name == "norms"} == {"head-norm"}
     assert {k for k, m in METHODS.items() if not m.class_specific} == {"rollout", "attention", "flow", "attn-norm",
-                                                                        "globenc"}
+                                                                        "head-norm", "globenc"}
 
 
 @pytest.mark.parametrize("name", sorted(set(METHODS) - set(ATTENTION_METHODS)))

@@ -13,7 +13,7 @@ from attnmap.runtime.frames.frame import Frame
 from attnmap.runtime.fronts.serve.api import methods_document
 from attnmap.runtime.methods import KINDS, METHODS, check_method_use, runs_on
 from attnmap.runtime.methods.base import make_method, normalize_maps
-from attnmap.runtime.methods.kinds import ATTENTION, CONTRIBUTION, DECOMPOSITION, FEATURES, PERTURBATION, TAIL, Kind
+from attnmap.runtime.methods.kinds import ATTENTION, CONTRIBUTION, DECOMPOSITION, FEATURES, NORMS, PERTURBATION, TAIL, Kind
 
 
 class InputKind(Kind):
@@ -70,7 +70,8 @@ def test_a_new_kind_registered_in_one_place_runs_end_to_end(fake_method, tiny_vi
 
 def test_the_registered_kinds_say_what_they_read():
     assert KINDS == {"attention": ATTENTION, "perturbation": PERTURBATION, "features": FEATURES,
-                     "decomposition": DECOMPOSITION, "contribution": CONTRIBUTION, "tail": TAIL}
+                     "decomposition": DECOMPOSITION, "norms": NORMS, "contribution": CONTRIBUTION, "tail": TAIL}
+    assert NORMS.reads == ("attentions", "head_norms") and NORMS.splits and not NORMS.class_specific
     assert DECOMPOSITION.reads == ("attentions", "mix_grams", "mix_grams_ln") and DECOMPOSITION.splits
     assert CONTRIBUTION.class_specific and not DECOMPOSITION.class_specific
     assert {n for n, m in METHODS.items() if m.kind is ATTENTION} == {
