@@ -192,7 +192,7 @@ def job_options(label: bool = True, label_flag: bool = True, topk: bool = False,
 # ---------------------------------------------------------------------------- export and quantize
 def _export(checkpoint: Path | None, pretrained: bool, img_size: int | None, heads: str, labels: Path | None,
             num_classes: int | None, no_attentions: bool, gradients: bool, decompositions: bool, tail: bool,
-            norms: bool, opset: int | None) -> dict[str, Any]:
+            norms: bool, contributions: bool, opset: int | None) -> dict[str, Any]:
     if checkpoint is not None and pretrained:
         raise click.UsageError("Use just one of --checkpoint or --pretrained.")
     if gradients and no_attentions:
@@ -204,9 +204,13 @@ def _export(checkpoint: Path | None, pretrained: bool, img_size: int | None, hea
                                "gradients).")
     if norms and (decompositions or gradients or no_attentions or tail):
         raise click.UsageError("Use just one of --norms, --decompositions, --gradients, --no-attentions or --tail.")
+    if contributions and (decompositions or gradients or no_attentions or tail):
+        raise click.UsageError("Use just one of --contributions, --decompositions (which emits them too), "
+                               "--gradients, --no-attentions or --tail.")
     return {"export": dict(checkpoint=checkpoint, pretrained=pretrained, img_size=img_size, heads=heads,
                            labels=labels, attentions=not no_attentions, gradients=gradients,
-                           decompositions=decompositions, tail=tail, norms=norms, opset=opset,
+                           decompositions=decompositions, tail=tail, norms=norms,
+                           contributions=contributions, opset=opset,
                            model_kwargs={"num_classes": num_classes} if num_classes else None,
                            random_weights_hint="pass --checkpoint FILE or --pretrained")}
 
@@ -240,6 +244,10 @@ export_options = options(
                  help="Also emit head_norms (per block and token the norm of each head's value-output vector and "
                       "of the block input) for the forward-only head-norm map, at a few percent over plain "
                       "inference (timm models)."),
+    click.option("--contributions", is_flag=True,
+                 help="Also emit the class token's decomposition (class_contributions: each token's part of every "
+                      "logit through the last block) for the forward-only decompx map, without the Grams of "
+                      "--decompositions; combines with --norms (timm models)."),
     click.option("--opset", type=click.IntRange(13, 30), default=None, help="ONNX opset (default: the exporter's)."),
     build=_export)
 

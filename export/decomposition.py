@@ -48,7 +48,7 @@ from attnmap.runtime.core.meta import DECOMPOSITION_OUTPUTS
 
 from .vit_attn import ViTWithAttention
 
-__all__ = ["DECOMPOSITION_OUTPUTS", "CONTRIBUTION_OUTPUT", "DECOMP_RTOL", "check_decomposition_options",
+__all__ = ["DECOMPOSITION_OUTPUTS", "CONTRIBUTION_OUTPUT", "DECOMP_RTOL",
            "ViTWithBlockInputs", "ViTWithDecompositions", "value_weights", "block_parts", "layer_scale",
            "contributions_supported"]
 
@@ -212,17 +212,28 @@ class ViTWithBlockInputs(ViTWithAttention):
     stream x entering it, z = norm1(x) and the values the block used.
 
     The base of the wrappers whose extra outputs are computed from these tensors
-    (:class:`ViTWithDecompositions`, :class:`export.norms.ViTWithNorms`); call :meth:`_capture`
-    in their forward.
+    (:class:`ViTWithDecompositions`, :class:`export.norms.ViTWithNorms`,
+    :class:`export.forward_outputs.ViTWithContributions`); call :meth:`_capture` in their forward,
+    and :meth:`_class_contributions` where ``self.contributions``.
+
+    Args:
+        model: a timm ViT-family model with pre-LN blocks (see :func:`block_parts`).
+        contributions: also capture the last block's probabilities for ``class_contributions``
+            (needs :func:`contributions_supported`); None: where the model supports them.
 
     Raises:
-        ExportError: a block outside the decomposable layout (see :func:`block_parts`).
+        ExportError: a block outside the decomposable layout (see :func:`block_parts`), or
+            contributions asked for a model they do not apply to.
     """
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, contributions: bool | None = False) -> None:
         blocks = list(model.blocks.children())
         parts = [block_parts(b) for b in blocks]  # raises before any hook is set
+        why = contributions_supported(model) if contributions is not False else None
+        if contributions and why is not None:
+            raise ExportError(f"{type(model).__name__}: no class contributions: {why}")
         super().__init__(model, heads="none", attentions=True)
+        self.contributions = bool(why is None if contributions is None else contributions)
         # In a list: the parts hold submodules of model already registered there.
         self._parts = [parts]
         self._inputs: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * len(blocks)
@@ -240,6 +251,13 @@ class ViTWithBlockInputs(ViTWithAttention):
                 self._handles.append(qkv.register_forward_hook(functools.partial(self._qkv_hook, i)))
             elif qkv is None and isinstance(v_proj, nn.Linear):
                 self._handles.append(v_proj.register_forward_hook(functools.partial(self._v_hook, i)))
+        # The last block's probabilities as the block used them, for the class contributions:
+        # reading them from the stacked `attentions` would make the stack a tensor other nodes
+        # read, which keeps the runtime from splitting it into per-layer outputs (an extra
+        # 5.6 MB copy per DeiT-Tiny image; runtime/model/graph.py).
+        self._last_probs: torch.Tensor | None = None
+        if self.contributions:
+            self._handles.append(parts[-1]["attn"].attn_drop.register_forward_hook(self._probs_hook))
 
     def _norm_hook(self, index: int, module: nn.Module, inputs: tuple, output: torch.Tensor):
         if self._capturing:
@@ -256,6 +274,11 @@ class ViTWithBlockInputs(ViTWithAttention):
             self._v[index] = output
         return None
 
+    def _probs_hook(self, module: nn.Module, inputs: tuple, output: torch.Tensor):
+        if self._capturing:
+            self._last_probs = output
+        return None
+
     def _values(self, index: int, z: torch.Tensor) -> torch.Tensor:
         """``[B, N, A]`` the values block ``index`` used: its qkv output's last third, its v_proj
         output, or z W_V + b_V."""
@@ -267,6 +290,26 @@ class ViTWithBlockInputs(ViTWithAttention):
         weight, bias = value_weights(self._parts[0][index]["attn"])
         return F.linear(z, weight, bias)
 
+    def _head_outputs(self, index: int, v: torch.Tensor) -> torch.Tensor:
+        """``[B, N, H, D]`` the ``w^h_j = γ1 ⊙ v^h_j W_O^h`` of block ``index`` from its values
+        ``v`` ``[B, H, N, d]``: one product per head with its rows of the output projection."""
+        p = self._parts[0][index]
+        w_o = p["proj"].weight
+        w_o = w_o.t().reshape(self.num_heads, -1, w_o.shape[0])  # [H, d, D]: the rows of W_O head h feeds
+        u = torch.matmul(v, w_o)  # [B, H, N, D]
+        gamma1 = layer_scale(p["block"], 1)
+        if gamma1 is not None:
+            u = u * gamma1
+        return u.transpose(1, 2)
+
+    def _class_contributions(self, inputs: list, w: torch.Tensor) -> torch.Tensor:
+        """``[B, N, C]`` :func:`class_contributions` of a :meth:`_capture` run, ``w`` the last
+        block's :meth:`_head_outputs`."""
+        probs, self._last_probs = self._last_probs, None
+        if probs is None:
+            raise ExportError("the last block's attention probabilities were not captured; cannot decompose it")
+        return class_contributions(self.model, self._parts[0][-1], inputs[-1][0], w, probs)
+
     def _clear(self) -> None:
         self._inputs = [None] * self.num_layers
         self._qkv = [None] * self.num_layers
@@ -277,6 +320,7 @@ class ViTWithBlockInputs(ViTWithAttention):
         the values read by ``read(l, z_l)``, default :meth:`_values` (``[B, N, A]``)."""
         read = self._values if read is None else read
         self._clear()
+        self._last_probs = None
         try:
             logits, attentions = super().forward(x)
             if any(v is None for v in self._inputs):
@@ -302,71 +346,28 @@ class ViTWithDecompositions(ViTWithBlockInputs):
     """
 
     def __init__(self, model: nn.Module, contributions: bool | None = True) -> None:
-        super().__init__(model)
-        why = contributions_supported(model)
-        if contributions and why is not None:
-            self.close()
-            raise ExportError(f"{type(model).__name__}: no class contributions: {why}")
-        contributions = why is None if contributions is None else contributions
-        self.contributions = bool(contributions)
+        super().__init__(model, contributions=contributions)
         self.output_names = ("logits", "attentions", *DECOMPOSITION_OUTPUTS) + (
-            (CONTRIBUTION_OUTPUT,) if contributions else ())
-        # The last block's probabilities as the block used them, for the class contributions:
-        # reading them from the stacked `attentions` would make the stack a tensor other nodes
-        # read, which keeps the runtime from splitting it into per-layer outputs (an extra
-        # 5.6 MB copy per DeiT-Tiny image; runtime/model/graph.py).
-        self._last_probs: torch.Tensor | None = None
-        self._handles.append(self._parts[0][-1]["attn"].attn_drop.register_forward_hook(self._probs_hook))
-
-    def _probs_hook(self, module: nn.Module, inputs: tuple, output: torch.Tensor):
-        if self._capturing:
-            self._last_probs = output
-        return None
+            (CONTRIBUTION_OUTPUT,) if self.contributions else ())
 
     def forward(self, x: torch.Tensor):
         """Run the model; see the module docstring for the outputs' definitions and shapes."""
         logits, attentions, inputs, values = self._capture(x)
         grams, grams_ln, contrib = [], [], None
         for l, p in enumerate(self._parts[0]):
-            stream, z = inputs[l]
-            b, n, dim = stream.shape
-            heads = self.num_heads
-            v = values[l].reshape(b, n, heads, -1).transpose(1, 2)  # [B, H, N, d]
-            w_o = p["proj"].weight
-            w_o = w_o.t().reshape(heads, -1, w_o.shape[0])  # [H, d, D]: the rows of W_O head h feeds
-            u = torch.matmul(v, w_o)  # [B, H, N, D]
-            gamma1 = layer_scale(p["block"], 1)
-            if gamma1 is not None:
-                u = u * gamma1
-            w = u.transpose(1, 2)  # [B, N, H, D]
+            stream, _ = inputs[l]
+            b, n, _ = stream.shape
+            w = self._head_outputs(l, values[l].reshape(b, n, self.num_heads, -1).transpose(1, 2))
             vecs = torch.cat([w, stream[:, :, None, :]], dim=2)  # [B, N, H+1, D]
             grams.append(_gram(vecs))
             norm2 = p["norm2"]
             g = _centre(vecs) * (norm2.weight if norm2.weight is not None else 1.0)
             grams_ln.append(_gram(g))
             if self.contributions and l == self.num_layers - 1:
-                contrib = class_contributions(self.model, p, stream, w, self._last_probs)
-        self._last_probs = None
+                contrib = self._class_contributions(inputs, w)
         out = (logits, attentions, torch.stack(grams, dim=1), torch.stack(grams_ln, dim=1))
         return out + ((contrib,) if contrib is not None else ())
 
 
 # Parity tolerance of the decomposition outputs: |onnx - torch| <= DECOMP_RTOL * max |torch|.
 DECOMP_RTOL = 1e-5
-
-
-def check_decomposition_options(heads: str, attentions: bool, gradients: bool) -> None:
-    """Refuse export options the decomposition outputs cannot go with.
-
-    Raises:
-        ExportError: fused heads (the Grams pair every head's weights), no attentions, or
-            gradients (the gradient graph has its own fixed outputs).
-    """
-    if heads != "none":
-        raise ExportError(f"decompositions=True needs every head (heads='none'); got heads={heads!r}: the norm "
-                          "of Σ_h α^h_ij u^h_j pairs each head's attention with its own value vectors")
-    if not attentions:
-        raise ExportError("decompositions=True needs attentions=True: the maps weight the attention by the norms")
-    if gradients:
-        raise ExportError("decompositions=True and gradients=True cannot be combined in one file yet; the "
-                          "decompositions are for files without a backward pass")

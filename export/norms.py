@@ -31,9 +31,9 @@ from torch import nn
 from attnmap.runtime.core.errors import ExportError
 from attnmap.runtime.core.meta import NORMS_OUTPUT
 
-from .decomposition import ViTWithBlockInputs, layer_scale
+from .decomposition import CONTRIBUTION_OUTPUT, ViTWithBlockInputs, layer_scale
 
-__all__ = ["NORMS_OUTPUT", "ViTWithNorms", "norm_factors", "check_norms_options"]
+__all__ = ["NORMS_OUTPUT", "ViTWithNorms", "norm_factors"]
 
 
 def norm_factors(proj: nn.Linear, gamma: torch.Tensor | None, heads: int) -> torch.Tensor:
@@ -57,20 +57,24 @@ def norm_factors(proj: nn.Linear, gamma: torch.Tensor | None, heads: int) -> tor
 
 
 class ViTWithNorms(ViTWithBlockInputs):
-    """A timm ViT that returns ``(logits, attentions, head_norms)`` (see the module docstring).
+    """A timm ViT that returns ``(logits, attentions, head_norms[, class_contributions])`` (see
+    the module docstring and :func:`export.decomposition.class_contributions`).
 
     Args:
         model: a timm ViT-family model with pre-LN blocks (see
             :func:`export.decomposition.block_parts`).
+        contributions: also emit ``class_contributions`` float32 ``[B, N, C]``.
 
     Raises:
         ExportError: a block outside the decomposable layout (post-norm, RMSNorm, a normalised
-            or gated value path), or a head dimension that does not divide the projection.
+            or gated value path), a head dimension that does not divide the projection, or
+            contributions asked for a model they do not apply to.
     """
 
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__(model)
-        self.output_names = ("logits", "attentions", NORMS_OUTPUT)
+    def __init__(self, model: nn.Module, contributions: bool = False) -> None:
+        super().__init__(model, contributions=contributions)
+        self.output_names = ("logits", "attentions", NORMS_OUTPUT) + (
+            (CONTRIBUTION_OUTPUT,) if self.contributions else ())
         factors = []
         for p in self._parts[0]:
             proj = p["proj"]
@@ -103,8 +107,8 @@ class ViTWithNorms(ViTWithBlockInputs):
             x: images, float32 ``[B, 3, H, W]``, normalised as the model expects.
 
         Returns:
-            ``(logits, attentions, head_norms)``: float32 ``[B, C]``, ``[B, L, H, N, N]`` and
-            ``[B, L, N, H+1]``.
+            ``(logits, attentions, head_norms[, class_contributions])``: float32 ``[B, C]``,
+            ``[B, L, H, N, N]``, ``[B, L, N, H+1]`` and ``[B, N, C]``.
         """
         logits, attentions, inputs, values = self._capture(x, self._head_values)
         layers, heads = self.num_layers, self.num_heads
@@ -118,26 +122,7 @@ class ViTWithNorms(ViTWithBlockInputs):
         head_sq = (y * y).sum(dim=-1).reshape(-1, layers, heads, n)
         streams = torch.cat([stream for stream, _ in inputs], dim=1)  # [B, L*N, D]
         stream_sq = (streams * streams).sum(dim=-1).reshape(-1, layers, 1, n)
-        return logits, attentions, torch.sqrt(torch.cat([head_sq, stream_sq], dim=2).transpose(2, 3))
-
-
-def check_norms_options(heads: str, attentions: bool, gradients: bool, decompositions: bool, tail: bool) -> None:
-    """Refuse export options the ``head_norms`` output cannot go with.
-
-    Raises:
-        ExportError: fused heads (each head's norm pairs with its own attention), no attentions,
-            gradients, decompositions (their ``mix_grams`` hold the same norms) or a tail.
-    """
-    if heads != "none":
-        raise ExportError(f"norms=True needs every head (heads='none'); got heads={heads!r}: the map weights "
-                          "each head's attention by that head's norms")
-    if not attentions:
-        raise ExportError("norms=True needs attentions=True: the map weights the attention by the norms")
-    if gradients:
-        raise ExportError("norms=True and gradients=True cannot be combined in one file; the norms are for "
-                          "files without a backward pass")
-    if decompositions:
-        raise ExportError("norms=True and decompositions=True cannot be combined: the decompositions' mix_grams "
-                          "hold the same norms on their diagonal")
-    if tail:
-        raise ExportError("norms=True and tail=True do not go together yet; export two files")
+        out = (logits, attentions, torch.sqrt(torch.cat([head_sq, stream_sq], dim=2).transpose(2, 3)))
+        if self.contributions:
+            out += (self._class_contributions(inputs, self._head_outputs(layers - 1, values[-1])),)
+        return out

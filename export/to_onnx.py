@@ -43,8 +43,8 @@ from attnmap.runtime.model.inference_graph import inference_graph, inference_pro
 from .gradients import GRAD_RTOL, GRADIENT_INPUTS, GRADIENT_OUTPUTS, check_gradient_options, trace_gradients
 from .metadata import build_meta
 from .parity import DECOMPOSED, check_parity, gradient_module, measure_parity
-from .decomposition import DECOMP_RTOL, ViTWithDecompositions, check_decomposition_options
-from .norms import ViTWithNorms, check_norms_options
+from .decomposition import DECOMP_RTOL
+from .forward_outputs import check_forward_options, forward_wrapper
 from .vit_attn import ViTWithAttention, describe_tokens
 from .weights import (checkpoint_num_classes, create_pretrained, head_classes, load_checkpoint,
                       load_state_dict_strict, read_state_dict)
@@ -197,7 +197,7 @@ def export_module(model: nn.Module, out: str | Path, *, model_name: str, heads: 
                   opset: int | None = None, atol: float = 1e-4, extra: dict | None = None,
                   data_config: dict | None = None, gradients: bool = False,
                   decompositions: bool = False, tail: bool = False, norms: bool = False,
-                  log: Callable[[str], None] = print) -> ExportReport:
+                  contributions: bool = False, log: Callable[[str], None] = print) -> ExportReport:
     """Export an already-built (e.g. freshly trained) timm ViT-family model.
 
     The model is put in eval mode for the export and returned to its previous mode after; its
@@ -234,6 +234,13 @@ def export_module(model: nn.Module, out: str | Path, *, model_name: str, heads: 
             over plain inference (see :mod:`export.norms`); needs ``heads="none"`` and
             attentions, without gradients, decompositions or tail. The parity gate checks them
             within :data:`export.decomposition.DECOMP_RTOL` of their largest value.
+        contributions: also emit ``class_contributions`` float32 ``[B, N, C]`` (each token's part
+            of every logit through the last block, final norm and head; DecompX-style, see
+            :func:`export.decomposition.class_contributions`) for the forward-only ``decompx``
+            map, without the Grams; with ``norms`` as well, both in one file. Token-pooled
+            models with one class token and a GELU MLP; ``heads="none"`` and attentions,
+            without gradients, decompositions (which emit them already) or tail. Checked as
+            ``norms``.
         log: receives progress lines.
 
     Returns:
@@ -252,16 +259,10 @@ def export_module(model: nn.Module, out: str | Path, *, model_name: str, heads: 
     _check_module(model, model_name)
     meta = build_meta(model, model_name=model_name, heads=heads, labels=labels, attentions=attentions,
                       opset=opset or 0, data_config=data_config, extra=extra, gradients=gradients)
-    if norms:
-        check_norms_options(heads, attentions, gradients, decompositions, tail)
-        with ViTWithNorms(model) as wrapper:
-            meta = meta.replace(outputs=wrapper.output_names)
-            return export_wrapped(wrapper, meta, out, opset=opset, atol=atol, log=log, started=started)
-    if decompositions and tail:
-        raise ExportError("decompositions=True and tail=True do not go together yet; export two files")
-    if decompositions:
-        check_decomposition_options(heads, attentions, gradients)
-        with ViTWithDecompositions(model, contributions=None) as wrapper:
+    if norms or contributions or decompositions:
+        forward = dict(norms=norms, contributions=contributions, decompositions=decompositions)
+        check_forward_options(heads, attentions, gradients, tail, **forward)
+        with forward_wrapper(model, **forward) as wrapper:
             meta = meta.replace(outputs=wrapper.output_names)
             return export_wrapped(wrapper, meta, out, opset=opset, atol=atol, log=log, started=started)
     with ViTWithAttention(model, heads=heads, attentions=attentions) as wrapper:
@@ -370,7 +371,7 @@ def export_onnx(model_name: str, out: str | Path, *, checkpoint: str | Path | No
                 labels: str | Path | Sequence[str] | None = None, attentions: bool = True,
                 model_kwargs: dict | None = None, opset: int | None = None, atol: float = 1e-4,
                 gradients: bool = False, decompositions: bool = False, tail: bool = False,
-                norms: bool = False, log: Callable[[str], None] = print,
+                norms: bool = False, contributions: bool = False, log: Callable[[str], None] = print,
                 random_weights_hint: str = "pass checkpoint=PATH or pretrained=True") -> ExportReport:
     """Build a timm model by name, load its weights and export it (see :func:`export_module`).
 
@@ -399,6 +400,8 @@ def export_onnx(model_name: str, out: str | Path, *, checkpoint: str | Path | No
             :func:`export_module`).
         norms: also emit ``head_norms`` for the forward-only ``head-norm`` map (see
             :func:`export_module`; timm models only).
+        contributions: also emit ``class_contributions`` for the forward-only ``decompx`` map,
+            without the Grams (see :func:`export_module`; timm models only).
         log: receives progress lines (and the warning when weights are random).
         random_weights_hint: how the warning about random weights tells the caller to pass
             real ones (the CLI says ``--checkpoint FILE or --pretrained``).
@@ -418,12 +421,13 @@ def export_onnx(model_name: str, out: str | Path, *, checkpoint: str | Path | No
     _check_heads(heads)
     if gradients:
         check_gradient_options(heads, attentions)
-    if norms:
-        check_norms_options(heads, attentions, gradients, decompositions, tail)
+    check_forward_options(heads, attentions, gradients, tail, norms=norms, contributions=contributions,
+                          decompositions=decompositions)
     if not timm.is_model(model_name) and is_hf_source(model_name):
         given = [k for k, v in (("checkpoint=", checkpoint), ("pretrained=True", pretrained), ("img_size=", img_size),
                                 ("model_kwargs=", model_kwargs), ("decompositions=True", decompositions),
-                                ("tail=True", tail), ("norms=True", norms)) if v]
+                                ("tail=True", tail), ("norms=True", norms),
+                                ("contributions=True", contributions)) if v]
         if given:
             raise ExportError(f"{', '.join(given)} do not apply to the transformers model {model_name}: its "
                               "weights, input size and head come from its own files")
@@ -477,5 +481,6 @@ def export_onnx(model_name: str, out: str | Path, *, checkpoint: str | Path | No
             f"({random_weights_hint} for a real model)")
     report = export_module(model, out, model_name=model_name, heads=heads, labels=labels,
                            attentions=attentions, opset=opset, atol=atol, extra={"weights": source},
-                           gradients=gradients, decompositions=decompositions, tail=tail, norms=norms, log=log)
+                           gradients=gradients, decompositions=decompositions, tail=tail, norms=norms,
+                           contributions=contributions, log=log)
     return dataclasses.replace(report, seconds=time.perf_counter() - started)
