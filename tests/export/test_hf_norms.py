@@ -123,6 +123,18 @@ def test_runtime_head_norm_runs_and_is_the_default(exported, case):
     assert result.grid.min() == 0.0 and result.grid.max() == 1.0
 
 
+def test_parity_gate_compares_head_norms_against_the_wrapper(exported):
+    from attnmap.export.parity import measure_parity
+
+    model, path, meta = exported["dinov2_reg"]
+    with HFWithNorms(model, image_size=meta.image_size) as wrapper:
+        assert measure_parity(wrapper, path, meta).decompositions_max_rel <= RTOL
+        with torch.no_grad():
+            wrapper.factors[0].mul_(1.5)  # the first layer's first head's norms grow by half
+        assert measure_parity(wrapper, path, meta).decompositions_max_rel > 0.01
+    assert model.config._attn_implementation != "attnmap_capture"
+
+
 def test_cli_export_with_norms(tmp_path):
     from click.testing import CliRunner
 
