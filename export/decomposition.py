@@ -37,6 +37,7 @@ module's own value weights.
 from __future__ import annotations
 
 import functools
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -271,7 +272,7 @@ class ViTWithBlockInputs(ViTWithAttention):
         self._qkv = [None] * self.num_layers
         self._v = [None] * self.num_layers
 
-    def _capture(self, x: torch.Tensor, read=None):
+    def _capture(self, x: torch.Tensor, read: Callable[[int, torch.Tensor], torch.Tensor] | None = None):
         """Run the model: ``(logits, attentions, [(x_l, z_l) per block], [values_l per block])``,
         the values read by ``read(l, z_l)``, default :meth:`_values` (``[B, N, A]``)."""
         read = self._values if read is None else read

@@ -42,7 +42,7 @@ from attnmap.runtime.model.inference_graph import inference_graph, inference_pro
 
 from .gradients import GRAD_RTOL, GRADIENT_INPUTS, GRADIENT_OUTPUTS, check_gradient_options, trace_gradients
 from .metadata import build_meta
-from .parity import check_parity, gradient_module, measure_parity
+from .parity import DECOMPOSED, check_parity, gradient_module, measure_parity
 from .decomposition import DECOMP_RTOL, ViTWithDecompositions, check_decomposition_options
 from .norms import ViTWithNorms, check_norms_options
 from .vit_attn import ViTWithAttention, describe_tokens
@@ -331,7 +331,8 @@ def export_wrapped(wrapper: nn.Module, meta: ModelMeta, out: str | Path, *, opse
                             f"{token_grads_rel:.2e} of the largest gradient {result.token_grads_scale:.2e} "
                             f"(> {GRAD_RTOL:.0e})")
         if result.decompositions_max_rel > DECOMP_RTOL:
-            failures.append(f"decomposition outputs max |torch - onnx| is {result.decompositions_max_rel:.2e} of "
+            failures.append(f"{'/'.join(n for n in meta.outputs if n in DECOMPOSED)} max |torch - onnx| is "
+                            f"{result.decompositions_max_rel:.2e} of "
                             f"their largest value (> {DECOMP_RTOL:.0e})")
         if "tail_input" in meta.outputs and not result.tail_input_max_abs <= atol * max(1.0, result.tail_input_scale):
             failures.append(f"tail_input max |torch - onnx| {result.tail_input_max_abs:.2e}")
@@ -345,8 +346,11 @@ def export_wrapped(wrapper: nn.Module, meta: ModelMeta, out: str | Path, *, opse
     seconds = time.perf_counter() - started
     grads_note = (f", attention_grads max |d| {grads_rel:.2e} and token_grads {token_grads_rel:.2e} of the largest"
                   if gradients else "")
+    decomposed = [n for n in meta.outputs if n in DECOMPOSED]
+    decomp_note = (f", {'/'.join(decomposed)} max |d| {result.decompositions_max_rel:.2e} of the largest"
+                   if decomposed else "")
     log(f"wrote {out} ({megabytes(size)}, {seconds:.1f} s); parity: logits max |d| "
-        f"{result.logits_max_abs:.2e}, attentions max |d| {result.attentions_max_abs:.2e}{grads_note}")
+        f"{result.logits_max_abs:.2e}, attentions max |d| {result.attentions_max_abs:.2e}{grads_note}{decomp_note}")
     return ExportReport(out, meta, result.logits_max_abs, result.attentions_max_abs, size, seconds,
                         grads_rel if gradients else 0.0, token_grads_rel if gradients else 0.0)
 

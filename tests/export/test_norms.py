@@ -230,6 +230,7 @@ def test_cli_export_norms_writes_head_norms(tmp_path):
     result = CliRunner().invoke(cli.main, ["export", "vit_tiny_patch16_224", "-o", str(out), "--img-size", "32",
                                            "--num-classes", "4", "--norms"], catch_exceptions=False)
     assert result.exit_code == 0, result.output
+    assert "head_norms max |d|" in result.stderr
     session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
     outputs = {o.name: o.shape for o in session.get_outputs()}
     assert list(outputs) == ["logits", "attentions", NORMS_OUTPUT]

@@ -38,7 +38,7 @@ def smoke(tmp_path_factory):
     out = root / "models" / "smoke.onnx"
     argv = SMOKE + ["--out", str(out), "--ckpt-dir", str(root / "ckpt"),
                     "--registry", str(root / "models" / "registry.json"), "--name", "smoke",
-                    "--default", "--score-n", "30", "--score-seed", "11"]
+                    "--default", "--score-n", "30", "--score-seed", "11", "--norms"]
     result = T.main(argv)
     return root, out, argv, result
 
@@ -78,8 +78,9 @@ def test_smoke_run_writes_a_valid_attnmap_onnx(smoke) -> None:
     assert meta.extra["training"]["dataset"] == synth.DATASET_VERSION
     assert meta.extra["training"]["steps"] == 20
     x = np.random.default_rng(0).standard_normal((2, 3, 48, 48)).astype(np.float32)
-    logits, attn = sess.run(["logits", "attentions"], {"input": x})
+    logits, attn, norms = sess.run(["logits", "attentions", "head_norms"], {"input": x})
     assert logits.shape == (2, len(synth.CLASSES)) and attn.shape == (2, 2, 2, 37, 37)
+    assert meta.has_head_norms and norms.shape == (2, 2, 37, 3) and np.all(norms > 0)  # the shipped file's --norms
     np.testing.assert_allclose(attn.sum(-1), 1.0, atol=1e-5)
 
 
@@ -104,7 +105,7 @@ def test_registry_entry(smoke) -> None:
     data = json.loads((root / "models" / "registry.json").read_text())
     (entry,) = data["models"]
     assert entry["name"] == "smoke" and entry["default"] is True and entry["file"] == "smoke.onnx"
-    assert entry["command"].startswith("python -m export.train --steps 20 ")
+    assert entry["command"].startswith("python -m export.train --steps 20 ") and entry["command"].endswith(" --norms")
     assert entry["sha256"] == hashlib.sha256(out.read_bytes()).hexdigest()
     assert entry["size_bytes"] == out.stat().st_size
     assert entry["dataset"] == synth.DATASET_VERSION and entry["seed"] == 0
