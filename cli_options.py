@@ -239,7 +239,7 @@ export_options = options(
     click.option("--norms", is_flag=True,
                  help="Also emit head_norms (per block and token the norm of each head's value-output vector and "
                       "of the block input) for the forward-only head-norm map, at a few percent over plain "
-                      "inference (timm models)."),
+                      "inference."),
     click.option("--opset", type=click.IntRange(13, 30), default=None, help="ONNX opset (default: the exporter's)."),
     build=_export)
 
