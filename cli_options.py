@@ -243,7 +243,7 @@ export_options = options(
     click.option("--norms", is_flag=True,
                  help="Also emit head_norms (per block and token the norm of each head's value-output vector and "
                       "of the block input) for the forward-only head-norm map, at a few percent over plain "
-                      "inference (timm models)."),
+                      "inference."),
     click.option("--contributions", is_flag=True,
                  help="Also emit the class token's decomposition (class_contributions: each token's part of every "
                       "logit through the last block) for the forward-only decompx map, without the Grams of "

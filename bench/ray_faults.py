@@ -208,6 +208,13 @@ def actor_fault(work: Path, images: int, method: str, after: int = 6) -> FaultRu
         stdout, stderr = proc.communicate(timeout=600)
     finally:
         _stop(proc)
+    return _finish(run, proc, t0, stdout, stderr, src, out, cmd, env)
+
+
+def _finish(run: FaultRun, proc: subprocess.Popen, t0: float, stdout: str, stderr: str, src: Path, out: Path,
+            cmd: list[str], env: dict[str, str]) -> FaultRun:
+    """After a faulted run: its time and exit, then the table checked, the printed records counted
+    and the rerun that must skip every image."""
     run.seconds, run.exit_code = round(time.perf_counter() - t0, 1), proc.returncode
     if proc.returncode:
         run.note = stderr.strip().splitlines()[-1][:300] if stderr.strip() else ""
@@ -324,12 +331,7 @@ def node_fault(work: Path, images: int, method: str, after: int = 6) -> FaultRun
             stdout, stderr = proc.communicate(timeout=600)
         finally:
             _stop(proc)
-        run.seconds, run.exit_code = round(time.perf_counter() - t0, 1), proc.returncode
-        if proc.returncode:
-            run.note = stderr.strip().splitlines()[-1][:300] if stderr.strip() else ""
-        check_table(run, out, len(list(src.glob("*.png"))))
-        count_printed(run, stdout)
-        rerun(run, cmd, out, nodes.env)
+        _finish(run, proc, t0, stdout, stderr, src, out, cmd, nodes.env)
     return run
 
 

@@ -1,7 +1,8 @@
 """Export a Hugging Face transformers ViT classifier: metadata from its own configs, then the graph.
 
 The file is the one a timm export writes: ``input`` -> ``logits``, ``attentions`` (and, with
-gradients, ``target`` -> ``attention_grads``, ``tokens``, ``token_grads``), with the same
+gradients, ``target`` -> ``attention_grads``, ``tokens``, ``token_grads``; with norms,
+``head_norms``), with the same
 :class:`attnmap.runtime.core.meta.ModelMeta`, filled from ``config.json`` (patch size, layers,
 heads, prefix tokens, ``id2label``) and ``preprocessor_config.json`` (input size, resize and crop
 rule, interpolation, rescale factor, mean and std; see :mod:`export.hf_meta`). The runtime reads
@@ -20,10 +21,12 @@ from torch import nn
 from attnmap.runtime.core.errors import ExportError
 from attnmap.runtime.core.meta import ModelMeta
 
+from .forward_outputs import check_forward_options
 from .gradients import GRADIENT_INPUTS, GRADIENT_OUTPUTS, check_gradient_options
 from .hf import HFWithAttention, describe_hf, patch_grid
 from .hf_load import HF_PREFIX, load_hf
 from .hf_meta import processor_data_config
+from .hf_norms import HFWithNorms
 from .labels import resolve_labels
 from .metadata import exporter_versions
 
@@ -99,7 +102,7 @@ def build_hf_meta(model: nn.Module, processor: Any, *, model_name: str, heads: s
 
 def export_hf(source: str, out: str | Path, *, heads: str = "none",
               labels: str | Path | Sequence[str] | None = None, attentions: bool = True,
-              opset: int | None = None, atol: float = 1e-4, gradients: bool = False,
+              opset: int | None = None, atol: float = 1e-4, gradients: bool = False, norms: bool = False,
               log: Callable[[str], None] = print) -> Any:
     """Load a transformers classifier (folder or ``hf:ORG/NAME``) and export it.
 
@@ -112,6 +115,9 @@ def export_hf(source: str, out: str | Path, *, heads: str = "none",
         opset: ONNX opset; None uses the exporter's default.
         atol: logits tolerance of the parity gate (scaled by the logit magnitude).
         gradients: also emit the gradient outputs (see :func:`export.to_onnx.export_module`).
+        norms: also emit ``head_norms`` float32 ``[B, L, N, H+1]`` for the forward-only
+            ``head-norm`` map (see :mod:`export.hf_norms`); needs ``heads="none"`` and
+            attentions, without gradients.
         log: progress lines and parity figures.
 
     Returns:
@@ -128,10 +134,15 @@ def export_hf(source: str, out: str | Path, *, heads: str = "none",
     _check_heads(heads)
     if gradients:
         check_gradient_options(heads, attentions)
+    check_forward_options(heads, attentions, gradients, False, norms=norms)
     model, processor, arch = load_hf(source, log)
     name = hf_model_name(source)
     _check_module(model, name)
     meta = build_hf_meta(model, processor, model_name=name, heads=heads, labels=labels, attentions=attentions,
                          gradients=gradients, opset=opset or 0, extra={"weights": f"transformers:{name}"})
+    if norms:
+        with HFWithNorms(model, image_size=meta.image_size) as wrapper:
+            meta = meta.replace(outputs=wrapper.output_names)
+            return export_wrapped(wrapper, meta, out, opset=opset, atol=atol, log=log, started=started)
     with HFWithAttention(model, heads=heads, attentions=attentions, image_size=meta.image_size) as wrapper:
         return export_wrapped(wrapper, meta, out, opset=opset, atol=atol, log=log, started=started)

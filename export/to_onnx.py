@@ -399,7 +399,7 @@ def export_onnx(model_name: str, out: str | Path, *, checkpoint: str | Path | No
         tail: also emit ``tail_input`` and store the tail graph for ViT-ReciproCAM (see
             :func:`export_module`).
         norms: also emit ``head_norms`` for the forward-only ``head-norm`` map (see
-            :func:`export_module`; timm models only).
+            :func:`export_module`, and :mod:`export.hf_norms` for transformers models).
         contributions: also emit ``class_contributions`` for the forward-only ``decompx`` map,
             without the Grams (see :func:`export_module`; timm models only).
         log: receives progress lines (and the warning when weights are random).
@@ -426,15 +426,14 @@ def export_onnx(model_name: str, out: str | Path, *, checkpoint: str | Path | No
     if not timm.is_model(model_name) and is_hf_source(model_name):
         given = [k for k, v in (("checkpoint=", checkpoint), ("pretrained=True", pretrained), ("img_size=", img_size),
                                 ("model_kwargs=", model_kwargs), ("decompositions=True", decompositions),
-                                ("tail=True", tail), ("norms=True", norms),
-                                ("contributions=True", contributions)) if v]
+                                ("tail=True", tail), ("contributions=True", contributions)) if v]
         if given:
             raise ExportError(f"{', '.join(given)} do not apply to the transformers model {model_name}: its "
                               "weights, input size and head come from its own files")
         from .hf_export import export_hf
 
         report = export_hf(model_name, out, heads=heads, labels=labels, attentions=attentions, opset=opset,
-                           atol=atol, gradients=gradients, log=log)
+                           atol=atol, gradients=gradients, norms=norms, log=log)
         return dataclasses.replace(report, seconds=time.perf_counter() - started)
     if not timm.is_model(model_name):
         raise ExportError(f"{model_name!r} is neither a timm model nor a folder holding a transformers model "

@@ -38,7 +38,8 @@ from attnmap.runtime.methods.reciprocam import SCORES, reciprocam
 from attnmap.runtime.methods.rollout import attention_rollout, grad_rollout
 
 __all__ = ["AUTO", "KINDS", "LIVE_DEFAULTS", "METHODS", "Kind", "Method", "attention_maps", "check_method_use",
-           "check_options", "default_method", "resolve_method", "get_method", "normalize_maps", "runs_on", "attention_flow", "attention_rollout", "grad_rollout",
+           "check_options", "default_method", "resolve_method", "get_method", "normalize_maps", "runs_on",
+           "attention_flow", "attention_rollout", "grad_rollout",
            "raw_attention", "chefer", "gradsam", "product_rule", "occlusion", "rise", "gradcam", "attn_norm",
            "head_norm", "globenc", "decompx", "reciprocam", "beyond_intuition", "vit_cx"]
 

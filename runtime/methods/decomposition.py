@@ -29,7 +29,7 @@ rollout does, later blocks on the left, the target's row read):
   the same way; what it gains is cost: it needs only the H + 1 norms per token (``head_norms``,
   ``attnmap export --norms``, or the diagonal of ``mix_grams``), and v M never builds M:
   ``v M = Σ_h (v A_h) ⊙ n_h + v ⊙ r`` and rowsum(M) = ``Σ_h A_h n_h + r``, two passes over the
-  attentions per block, as for rollout.
+  attentions per block (rollout makes one).
 * ``globenc`` (Modarressi et al. 2022, after Kobayashi et al. 2021's "N_ResLN"): the norm of each
   token's whole term through the LayerNorm that reads the sum, linearised with the total's
   statistics: ``M[i, j] = ||g_i(T_i(x_j))||`` with ``g_i(y) = γ2 ⊙ (y − mean(y)) / σ(x'_i)``;

@@ -23,8 +23,8 @@ tail graph (``tail(tokens, weights) -> logits``, ``runtime/model/tail.py``), bes
 
 ``outputs`` below is the forward pass of the model input
 (:class:`~attnmap.runtime.model.session.Outputs`: ``logits``, ``attentions``, ``grads``,
-``targets``, ``tokens``, ``token_grads``, ``head_norms``, ``tail_input`` ...), read by attribute so that this floor does not import
-the model floor.
+``targets``, ``tokens``, ``token_grads``, ``head_norms``, ``tail_input`` ...), read by
+attribute so that this floor does not import the model floor.
 """
 
 from __future__ import annotations

@@ -4,9 +4,7 @@ figures and leftover detection. No wall-clock bounds: the script measures, it is
 
 from __future__ import annotations
 
-import importlib.util
 import resource
-import sys
 from pathlib import Path
 
 import cv2
@@ -14,6 +12,7 @@ import numpy as np
 import pytest
 
 from attnmap import Explainer
+from scripts import script_module
 
 pytestmark = pytest.mark.slow
 
@@ -23,14 +22,8 @@ FRAMES, WARMUP, EVERY, SIZE = 300, 100, 50, 64
 
 @pytest.fixture(scope="module")
 def soak_mod():
-    spec = importlib.util.spec_from_file_location("attnmap_bench_soak", SOAK_SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod  # dataclasses look their module up while the class is built
-    try:
-        spec.loader.exec_module(mod)
+    with script_module(SOAK_SCRIPT, "attnmap_bench_soak") as mod:
         yield mod
-    finally:
-        sys.modules.pop(spec.name, None)
 
 
 @pytest.fixture(scope="module")

@@ -9,12 +9,12 @@ blocks (by process group, and by the test's own Ray temp folders), also when a c
 
 from __future__ import annotations
 
-import importlib.util
 import sys
 from pathlib import Path
 
 import pytest
 from extras import need
+from scripts import script_module
 
 need("ray", "distributed")
 need("pyarrow", "distributed")
@@ -27,14 +27,8 @@ IMAGES = 16
 
 @pytest.fixture(scope="module")
 def faults():
-    spec = importlib.util.spec_from_file_location("attnmap_bench_ray_faults", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod  # its dataclasses look their module up there
-    try:
-        spec.loader.exec_module(mod)
+    with script_module(SCRIPT, "attnmap_bench_ray_faults") as mod:
         yield mod
-    finally:
-        sys.modules.pop(spec.name, None)
 
 
 @pytest.fixture(scope="module")
