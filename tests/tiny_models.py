@@ -23,3 +23,19 @@ def make_model(name: str, seed: int = 0, **kwargs) -> torch.nn.Module:
                 head.weight.normal_(0.0, 0.5)
                 head.bias.normal_(0.0, 0.1)
     return model
+
+
+def randomise_layer_scales(model: torch.nn.Module, seed: int = 3) -> None:
+    """Redraw every layer scale γ (timm's ``ls1``/``ls2``, BEiT's ``gamma_1``/``gamma_2``) in
+    [0.5, 1.5): they start at 1e-5 (DINOv2) or 0.1 (BEiT), where they would hardly matter."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for blk in model.blocks:
+            for name in ("ls1", "ls2"):
+                if hasattr(getattr(blk, name, None), "gamma"):
+                    gamma = getattr(blk, name).gamma
+                    gamma.copy_(0.5 + torch.rand(gamma.shape, generator=gen))
+            for name in ("gamma_1", "gamma_2"):
+                gamma = getattr(blk, name, None)
+                if isinstance(gamma, torch.Tensor):
+                    gamma.copy_(0.5 + torch.rand(gamma.shape, generator=gen))

@@ -20,7 +20,7 @@ ort = need("onnxruntime", "export")
 
 import decomposition_reference as ref  # noqa: E402
 from click.testing import CliRunner  # noqa: E402
-from tiny_models import make_model  # noqa: E402
+from tiny_models import make_model, randomise_layer_scales  # noqa: E402
 
 import attnmap.cli as cli  # noqa: E402
 from attnmap.runtime.core.errors import ExportError  # noqa: E402
@@ -37,17 +37,6 @@ REF_RTOL = 1e-4  # either against the float64 torch reference (as test_decomposi
 # file name -> export options
 KINDS = {"contrib": dict(contributions=True), "norms_contrib": dict(norms=True, contributions=True),
          "decomp": dict(decompositions=True)}
-
-
-def _randomise_layer_scales(model) -> None:
-    """DINOv2's layer scales start at 1e-5: redraw them so that they matter."""
-    gen = torch.Generator().manual_seed(3)
-    with torch.no_grad():
-        for blk in model.blocks:
-            for name in ("ls1", "ls2"):
-                if hasattr(getattr(blk, name, None), "gamma"):
-                    gamma = getattr(blk, name).gamma
-                    gamma.copy_(0.5 + torch.rand(gamma.shape, generator=gen))
 
 
 def _run(path, x: np.ndarray) -> dict:
@@ -112,7 +101,7 @@ def test_tiny_contributions_equal_the_decompositions_and_the_reference(tmp_path,
     from attnmap.export import export_module
 
     model = make_model(name, **kwargs)
-    _randomise_layer_scales(model)
+    randomise_layer_scales(model)
     paths = _export_all(export_module, model, tmp_path, model_name=name)
     c, h, w = OnnxModel(paths["contrib"], provider="cpu").meta.input_size
     x = torch.randn(2, c, h, w, generator=torch.Generator().manual_seed(1))

@@ -24,7 +24,7 @@ ort = need("onnxruntime", "export")
 
 import decomposition_reference as ref  # noqa: E402
 from click.testing import CliRunner  # noqa: E402
-from tiny_models import make_model  # noqa: E402
+from tiny_models import make_model, randomise_layer_scales  # noqa: E402
 
 import attnmap.cli as cli  # noqa: E402
 from attnmap.runtime.core.errors import ExportError  # noqa: E402
@@ -45,21 +45,6 @@ FAMILIES = [
     ("eva02_unfused", "eva02_tiny_patch14_224", dict(img_size=42, qkv_fused=False)),
     ("beit_relpos", "beit_base_patch16_224", dict(img_size=32, patch_size=8)),
 ]
-
-
-def _randomise_layer_scales(model) -> None:
-    """Layer scales start at 1e-5 (DINOv2) or 0.1 (BEiT): redraw them so that they matter."""
-    gen = torch.Generator().manual_seed(3)
-    with torch.no_grad():
-        for blk in model.blocks:
-            for name in ("ls1", "ls2"):
-                if hasattr(getattr(blk, name, None), "gamma"):
-                    gamma = getattr(blk, name).gamma
-                    gamma.copy_(0.5 + torch.rand(gamma.shape, generator=gen))
-            for name in ("gamma_1", "gamma_2"):
-                gamma = getattr(blk, name, None)
-                if isinstance(gamma, torch.Tensor):
-                    gamma.copy_(0.5 + torch.rand(gamma.shape, generator=gen))
 
 
 def _run(path, x: np.ndarray) -> dict:
@@ -96,7 +81,7 @@ def test_family_head_norms_equal_the_torch_reference(tmp_path, fid, name, kwargs
     from attnmap.export import export_module
 
     model = make_model(name, **kwargs)
-    _randomise_layer_scales(model)
+    randomise_layer_scales(model)
     out = tmp_path / f"{fid}.onnx"
     report = export_module(model, out, model_name=name, norms=True, **QUIET)
     meta = report.meta
@@ -111,7 +96,7 @@ def test_head_norms_are_the_square_roots_of_the_mix_grams_diagonal(tmp_path):
     from attnmap.export import export_module
 
     model = make_model("vit_small_patch14_reg4_dinov2", img_size=28)
-    _randomise_layer_scales(model)
+    randomise_layer_scales(model)
     export_module(model, tmp_path / "n.onnx", model_name="dinov2", norms=True, **QUIET)
     export_module(model, tmp_path / "d.onnx", model_name="dinov2", decompositions=True, **QUIET)
     x = torch.randn(2, 3, 28, 28, generator=torch.Generator().manual_seed(2)).numpy()
