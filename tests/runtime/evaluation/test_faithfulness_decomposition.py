@@ -16,7 +16,7 @@ from attnmap.runtime.frames.sources import expand_sources, open_files
 
 pytestmark = [pytest.mark.export, pytest.mark.slow]  # the DeiT-Tiny export needs torch
 
-DECOMPOSITION_METHODS = ["attn-norm", "globenc", "decompx"]
+DECOMPOSITION_METHODS = ["attn-norm", "head-norm", "globenc", "decompx"]
 
 
 @pytest.fixture(scope="module")
