@@ -242,8 +242,8 @@ export_options = options(
                       "norm and head as a second graph in the file's metadata, for the reciprocam method."),
     click.option("--norms", is_flag=True,
                  help="Also emit head_norms (per block and token the norm of each head's value-output vector and "
-                      "of the block input) for the forward-only head-norm map, at a few percent over plain "
-                      "inference."),
+                      "of the block input) for the forward-only head-norm map; one extra product of N x D^2 / H "
+                      "multiply-adds per block."),
     click.option("--contributions", is_flag=True,
                  help="Also emit the class token's decomposition (class_contributions: each token's part of every "
                       "logit through the last block) for the forward-only decompx map, without the Grams of "
