@@ -25,9 +25,10 @@ from attnmap.runtime.methods.flow import max_flows
 
 pytestmark = [pytest.mark.export, pytest.mark.slow]  # the DeiT-Tiny export needs torch
 
-# The forward-only decomposition methods read outputs a gradient export has not (their own test:
-# test_faithfulness_decomposition.py).
-GRADIENT_FILE_METHODS = [m for m, x in METHODS.items() if x.kind.name not in ("decomposition", "contribution")]
+# The forward-only methods read outputs a gradient export has not (the norms, Grams and class
+# contributions; their own test: test_faithfulness_decomposition.py).
+GRADIENT_FILE_METHODS = [m for m, x in METHODS.items()
+                         if x.kind.name not in ("decomposition", "norms", "contribution")]
 
 
 @pytest.fixture(scope="module")
